@@ -1,0 +1,155 @@
+"""Settings: environment variables (prefix ``VIGIL_``, nested with ``__``) and an optional YAML/JSON file.
+
+``KAFKA_BOOTSTRAP_SERVERS`` (no prefix) is honoured as the standard way to point vigil at a real cluster;
+without it the demo and the tests start the embedded broker. Credentials are ``SecretStr`` and never
+printed (:meth:`Settings.redacted`).
+
+>>> s = Settings(_env_file=None)
+>>> s.scoring.mode
+'row'
+>>> s.kafka.client_kwargs()["security_protocol"]
+'PLAINTEXT'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["KafkaSettings", "ScoringSettings", "StateSettings", "AlertSettings", "Settings", "load_settings"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class KafkaSettings(BaseModel):
+    """Connection options passed through to every aiokafka / Faust client."""
+
+    bootstrap_servers: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    client_id: str = "vigil"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients (security options only when configured)."""
+        kw: dict[str, Any] = {"security_protocol": self.security_protocol, "client_id": self.client_id}
+        if self.bootstrap_servers:
+            kw["bootstrap_servers"] = self.bootstrap_servers
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
+        return kw
+
+
+class ScoringSettings(BaseModel):
+    """When a patient is scored.
+
+    ``row``: once per completed hourly row (replayed PhysioNet stays: row t is scored when the first event
+    of a later hour, or the discharge, arrives; empty hours in between are scored too, up to
+    ``max_gap_rows``). ``interval``: the current hour as it stands, at most once per ``min_interval_s``
+    seconds of event time (1 Hz monitor data).
+    """
+
+    mode: Literal["row", "interval"] = "row"
+    min_interval_s: float = 60.0
+    max_gap_rows: int = 72
+    providers: list[str] = Field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    intra_op_threads: int = 1
+    models: list[str] = Field(default_factory=list, description="NAME[:VERSION]; empty = serving models")
+
+
+class StateSettings(BaseModel):
+    ttl_s: float = 48 * 3600.0  # evict a patient after this much event time without any event
+    admit_grace_s: float = 3600.0  # how long events wait for an ADT admit before scoring starts without it
+    dedupe_window: int = 256  # recent (source, seq) ids remembered per patient
+
+
+class AlertSettings(BaseModel):
+    news2_emergency: int = 7
+    rearm_below_fraction: float = 0.8  # a model alert re-arms once risk < fraction * threshold
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", env_nested_delimiter="__", extra="ignore", env_file=None
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    pseudonym_key: SecretStr = SecretStr("vigil-dev-key-change-me")  # HMAC key for patient pseudonyms
+    topic_prefix: str = ""  # prepended to every catalogue topic (tests use a unique prefix each)
+    group_id: str = "vigil-worker"
+    models_dir: Path = REPO_ROOT / "models"
+    streams_dir: Path = REPO_ROOT / "streams"
+    metrics_port: int = 0  # 0 = no metrics HTTP endpoint; the worker's Faust web server serves /metrics
+    web_port: int = 6066
+    max_batch: int = 5000
+    fetch_timeout_ms: int = 100
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, file_secret_settings)
+
+    def topic(self, name: str) -> str:
+        """The broker-side name of catalogue topic ``name``."""
+        return f"{self.topic_prefix}{name}"
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked (safe to log)."""
+        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``path`` (YAML or JSON, optional), then the environment, then ``overrides``."""
+    data: dict[str, Any] = {}
+    path = path or os.environ.get("VIGIL_CONFIG")
+    if path:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    env = Settings()  # environment only
+    merged = _deep_merge(data, env.model_dump(exclude_unset=True))
+    merged = _deep_merge(merged, overrides)
+    settings = Settings(**merged)
+    if not settings.kafka.bootstrap_servers and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        settings.kafka.bootstrap_servers = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    return settings
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
