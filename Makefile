@@ -1,0 +1,45 @@
+# vigil — `make help` lists the targets. Set-up on a fresh machine: `make demo`, then `make test`.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-train demo test lint bench ci clean topics-doc
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install vigil with the test tools
+	@echo "installed: $$($(BIN)/vigil --help | head -1)"
+
+install-train: $(STAMP) ## Add the trainer extra (TensorFlow, tf2onnx) to .venv
+	$(BIN)/pip install -q -e '.[dev,train]'
+
+demo: install ## Run the whole system end to end on the embedded broker (ends by itself)
+	$(BIN)/vigil demo
+
+test: install ## Run the test suite (unit + integration on the embedded broker)
+	$(BIN)/python -m pytest src tests -q -p no:cacheprovider
+
+lint: install ## ruff
+	$(BIN)/ruff check src tests
+
+bench: install ## Benchmarks (not tests): throughput vs raw aiokafka and naive Faust; writes docs/benchmarks.md
+	$(BIN)/python -m vigil.bench --out docs/benchmarks.md
+
+topics-doc: install ## Regenerate docs/topics.md from streams/
+	$(BIN)/vigil topics docs > docs/topics.md
+
+ci: test ## Exactly what CI runs (.ci/run)
+
+clean: ## Remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info

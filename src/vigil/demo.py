@@ -1,0 +1,157 @@
+"""``vigil demo`` / ``make demo``: the whole system end to end on the embedded broker, then a SUMMARY line.
+
+Starts the embedded broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` points at a cluster), creates the
+topics, starts ``vigil worker`` process(es), replays the bundled PhysioNet sample as fast as possible
+plus a handful of deliberately invalid events, prints alerts live as they arrive on the ``alerts``
+topic, waits until every row has been scored, stops everything it started and prints
+``SUMMARY {json}`` as its last line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from vigil.config import REPO_ROOT, Settings
+
+__all__ = ["run_demo", "SAMPLE", "BAD_EVENTS"]
+
+SAMPLE = REPO_ROOT / "data" / "sample" / "physionet2019_sample.tar.gz"
+
+# Deliberately invalid inputs: each must end up on the dead-letter topic with its reason.
+BAD_EVENTS: list[tuple[str, bytes | None, bytes]] = [
+    ("vitals", b"demo-bad", b"{not json"),
+    ("vitals", b"demo-bad", b'{"v":1,"source":"demo","seq":1,"patient":"demo-bad","time":"2026-01-01T00:00:00+00:00",'
+     b'"system":"LOINC","code":"0000-0","value":1,"unit":"/min"}'),
+    ("vitals", b"demo-bad", b'{"v":1,"source":"demo","seq":2,"patient":"demo-bad","time":"2026-01-01T00:00:00",'
+     b'"system":"LOINC","code":"8867-4","value":80,"unit":"/min"}'),
+    ("vitals", b"demo-bad", b'{"v":1,"source":"demo","seq":3,"patient":"demo-bad","time":"2026-01-01T00:00:00+00:00",'
+     b'"system":"LOINC","code":"8867-4","value":900,"unit":"/min"}'),
+    ("labs", b"demo-bad", b'{"v":1,"source":"demo","seq":4,"time":"2026-01-01T00:00:00+00:00",'
+     b'"system":"LOINC","code":"2524-7","value":2.0,"unit":"mmol/L"}'),
+]
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    i = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
+    return round(values[i], 4)
+
+
+def _ts(s: str) -> float:
+    return datetime.fromisoformat(s).timestamp()
+
+
+def _print_alert(a: dict[str, Any]) -> None:
+    print(
+        f"ALERT {a['severity']:<9} {a['type']:<16} ward={a.get('ward') or '-':<9} bed={a.get('bed') or '-':<4} "
+        f"row={a['row']:>3}h risk={a['score']:.2f} NEWS2={a['news2']['total']:>2}  {a['message']}",
+        flush=True,
+    )
+
+
+async def _demo(settings: Settings, data: Path, limit: int | None, workers: int, logdir: Path) -> dict[str, Any]:
+    from vigil.catalog import create_topics, load_catalog
+    from vigil.kafka_io import TopicTail, produce_many
+    from vigil.physionet import iter_stays
+    from vigil.procs import WorkerProcess
+    from vigil.replay import replay
+
+    await create_topics(settings.kafka.client_kwargs(), load_catalog(settings.streams_dir), settings.topic_prefix)
+    expected_rows = sum(len(s.values) for s in iter_stays(data, limit=limit))
+    procs = [WorkerProcess(settings, log_path=logdir / f"worker-{i}.log").start() for i in range(workers)]
+    tails: dict[str, TopicTail] = {}
+    try:
+        for p in procs:
+            await asyncio.to_thread(p.wait_ready, 90.0)
+        print(f"demo: {workers} worker(s) ready; replaying {data.name} ({expected_rows} hourly rows)", flush=True)
+        for name in ("scores", "alerts", "dead-letter"):
+            tails[name] = await TopicTail(settings, settings.topic(name)).start()
+        t0 = time.time()
+        stats = await replay(settings, data, speed=None, limit=limit)
+        bad = 0
+        for stream, key, value in BAD_EVENTS:
+            bad += await produce_many(settings, settings.topic(stream), [(key, value)])
+        t_replayed = time.time()
+        n_alerts_seen = 0
+        last_progress, last_count = time.monotonic(), -1
+        while True:
+            for tail in tails.values():
+                await tail.poll(timeout_ms=100)
+            for rec in tails["alerts"].records[n_alerts_seen:]:
+                _print_alert(orjson.loads(rec.value))
+            n_alerts_seen = len(tails["alerts"].records)
+            n_scores = len(tails["scores"].records)
+            count = n_scores + len(tails["dead-letter"].records)
+            if count != last_count:
+                last_count, last_progress = count, time.monotonic()
+            if n_scores >= expected_rows and len(tails["dead-letter"].records) >= bad:
+                break
+            if time.monotonic() - last_progress > 30:
+                print(f"demo: no progress for 30 s ({n_scores}/{expected_rows} rows scored); stopping", flush=True)
+                break
+        scores = [orjson.loads(r.value) for r in tails["scores"].records]
+        t_done = max((r.timestamp / 1000 for r in tails["scores"].records), default=time.time())
+        metrics_text = procs[0].metrics_text()
+    finally:
+        for tail in tails.values():
+            await tail.stop()
+        for p in procs:
+            await asyncio.to_thread(p.stop)
+    latencies = [_ts(s["emitted_at"]) - _ts(s["trigger_time"]) for s in scores]
+    alerts = [orjson.loads(r.value) for r in tails["alerts"].records]
+    events = stats.events + bad
+    return {
+        "events": events,
+        "stays": stats.stays,
+        "scores": len(scores),
+        "rows_expected": expected_rows,
+        "alerts": len(alerts),
+        "alerts_by_type": {k: sum(1 for a in alerts if a["type"] == k) for k in sorted({a["type"] for a in alerts})},
+        "dead_letters": len(tails["dead-letter"].records),
+        "dead_letter_reasons": sorted({orjson.loads(r.value)["reason"] for r in tails["dead-letter"].records}),
+        "events_per_s": round(events / max(1e-9, t_done - t0), 1),
+        "replay_events_per_s": round(stats.events / max(1e-9, t_replayed - t0), 1),
+        "latency_p50_s": _pct(latencies, 0.5),
+        "latency_p99_s": _pct(latencies, 0.99),
+        "latency_mean_s": round(statistics.fmean(latencies), 4) if latencies else None,
+        "workers": workers,
+        "provider": next((s["model"]["provider"] for s in scores), None),
+        "model": next((f"{s['model']['name']}:{s['model']['version']}" for s in scores), None),
+        "metrics_endpoint_ok": "vigil_events_total" in metrics_text,
+        "wall_s": round(time.time() - t0, 2),
+    }
+
+
+def run_demo(settings: Settings, data: Path | None = None, limit: int | None = None, workers: int = 1) -> int:
+    from vigil.broker import EmbeddedBroker
+
+    data = data or SAMPLE
+    logdir = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
+    with contextlib.ExitStack() as stack:
+        if not settings.kafka.bootstrap_servers:
+            b = stack.enter_context(EmbeddedBroker(log_path=logdir / "broker.log"))
+            settings.kafka.bootstrap_servers = b.bootstrap
+            print(f"demo: embedded broker on {b.bootstrap}", flush=True)
+        else:  # a real cluster: keep the demo's topics apart
+            settings.topic_prefix = settings.topic_prefix or f"vigil-demo-{uuid.uuid4().hex[:8]}-"
+            print(f"demo: using Kafka at {settings.kafka.bootstrap_servers} with prefix {settings.topic_prefix}")
+        settings.group_id = f"vigil-demo-{uuid.uuid4().hex[:8]}"
+        summary = asyncio.run(_demo(settings, data, limit, workers, logdir))
+    print(f"demo: logs in {logdir}", flush=True)
+    ok = summary["scores"] >= summary["rows_expected"] and summary["dead_letters"] >= len(BAD_EVENTS)
+    print("SUMMARY " + orjson.dumps(summary).decode(), flush=True)
+    sys.stdout.flush()
+    return 0 if ok else 1

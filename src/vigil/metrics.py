@@ -1,0 +1,54 @@
+"""Prometheus metrics of the worker: one class, an injected registry, base units, no patient labels.
+
+Labels are topics, partitions, reasons, models, alert types and wards — never patients.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["WorkerMetrics", "LATENCY_BUCKETS"]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
+
+
+class WorkerMetrics:
+    """All worker metrics, registered on ``registry`` (a fresh ``CollectorRegistry`` per test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "vigil") -> None:
+        self.registry = registry or CollectorRegistry()
+        r, p = self.registry, prefix
+        self.events = Counter(f"{p}_events", "Valid events consumed", ["topic", "kind"], registry=r)
+        self.invalid = Counter(f"{p}_invalid_events", "Events rejected at the edge", ["topic", "reason"], registry=r)
+        self.duplicates = Counter(f"{p}_duplicate_events", "Duplicate events dropped", ["topic"], registry=r)
+        self.late = Counter(f"{p}_late_events", "Events for an already closed hourly row", ["topic"], registry=r)
+        self.dead_letters = Counter(f"{p}_dead_letters", "Records sent to the dead-letter topic", ["reason"], registry=r)
+        self.scores = Counter(f"{p}_scores", "Risk scores emitted", ["model", "version"], registry=r)
+        self.alerts = Counter(f"{p}_alerts", "Alerts emitted", ["type", "severity", "ward"], registry=r)
+        self.batch_size = Histogram(f"{p}_batch_size_events", "Events per consumed batch", buckets=BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram(f"{p}_batch_seconds", "Wall time to process one batch", buckets=LATENCY_BUCKETS, registry=r)
+        self.featurize_seconds = Histogram(
+            f"{p}_featurize_seconds", "Featurization time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            f"{p}_inference_seconds", "ONNX inference time per batch", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.e2e_latency = Histogram(
+            f"{p}_e2e_latency_seconds",
+            "Ingest (broker timestamp of the triggering event) to output acknowledged by the broker",
+            ["output"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.event_time_lag = Histogram(
+            f"{p}_event_time_lag_seconds", "Event time of the scored row's end to output emitted",
+            buckets=(*LATENCY_BUCKETS, 300.0, 900.0, 3600.0, 7200.0), registry=r,
+        )  # fmt: skip
+        self.model_info = Gauge(
+            f"{p}_model_info", "Models serving (1 = active)", ["name", "version", "provider"], registry=r
+        )
+        self.consumer_lag = Gauge(f"{p}_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r)
+        self.patients = Gauge(f"{p}_patients_in_state", "Patients held in state by this worker", registry=r)
+        self.partitions = Gauge(f"{p}_assigned_partitions", "Input partitions owned by this worker", registry=r)
+        self.evictions = Counter(f"{p}_state_evictions", "Patient states evicted", ["reason"], registry=r)
+        self.restored = Counter(f"{p}_state_restored", "Patient states restored from the changelog", registry=r)
+        self.up = Gauge(f"{p}_worker_up", "1 while the worker's consume loop runs", registry=r)

@@ -1,0 +1,87 @@
+"""ONNX Runtime scoring with a provider preference (TensorRT, CUDA, CPU by default).
+
+ONNX Runtime silently falls back to the CPU when a GPU provider cannot start, so the provider actually
+in use is read back from the session (``session.get_providers()``), logged and exported as a metric.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from vigil.errors import ModelError
+from vigil.features import FEATURE_SCHEMA_HASH
+from vigil.registry import ModelRef
+
+__all__ = ["Scorer", "choose_providers"]
+
+log = logging.getLogger(__name__)
+
+
+def choose_providers(preference: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The preferred providers that this ONNX Runtime build offers, in preference order, CPU last.
+
+    >>> choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"])
+    ['CPUExecutionProvider']
+    >>> choose_providers(["TensorrtExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    ['CPUExecutionProvider']
+    """
+    chosen = [p for p in preference if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class Scorer:
+    """One loaded model. ``predict`` takes a feature matrix [B, F] and returns probabilities [B]."""
+
+    def __init__(self, ref: ModelRef, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 1):
+        import onnxruntime as ort
+
+        if ref.feature_hash != FEATURE_SCHEMA_HASH:
+            msg = (
+                f"model {ref.name}:{ref.version} was trained on feature schema {ref.feature_hash}, "
+                f"but this featurizer produces {FEATURE_SCHEMA_HASH}"
+            )
+            raise ModelError(msg)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        wanted = choose_providers(providers, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(ref.onnx_path), sess_options=opts, providers=wanted)
+        except Exception as exc:
+            msg = f"cannot load {ref.onnx_path}: {exc}"
+            raise ModelError(msg) from exc
+        self.ref = ref
+        self.provider = self.session.get_providers()[0]
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.n_features = int(ref.card["input"].get("n_features") or len(ref.card["feature_schema"]["names"]))
+        if wanted[0] != self.provider:
+            log.warning("model %s:%s wanted %s but runs on %s", ref.name, ref.version, wanted[0], self.provider)
+        log.info("model %s:%s loaded on %s", ref.name, ref.version, self.provider)
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def version(self) -> str:
+        return self.ref.version
+
+    @property
+    def threshold(self) -> float:
+        return self.ref.threshold
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            msg = f"expected features of shape [B, {self.n_features}], got {x.shape}"
+            raise ModelError(msg)
+        if x.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)

@@ -1,0 +1,249 @@
+"""Per-patient streaming state: an hourly ring buffer of the canonical variables, LOCF values, ADT context.
+
+The state holds exactly what :mod:`vigil.features` needs to featurize the current hourly row, so the
+stream and the offline trainer compute the same features (see ``FeatureInput``): the last ``WINDOW``
+hourly rows, the last value of every variable and the row it was measured in, and the static context.
+
+Rows are hours since ICU admission (PhysioNet's ICULOS): row ``k`` covers
+``[admit_time + k h, admit_time + (k+1) h)``. Within an hour the latest value wins.
+
+State is serialised compactly (:meth:`PatientState.to_bytes`) to a compacted changelog topic so a
+restarted or rebalanced worker restores it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import orjson
+
+from vigil.features import WINDOW, FeatureInput
+from vigil.records import AdtEvent, Observation
+from vigil.variables import STATIC_INDEX, VARIABLES
+
+__all__ = ["PatientState", "Snapshot", "event_uid", "stack_snapshots"]
+
+V = len(VARIABLES)
+HOUR = 3600.0
+_NEVER = np.int32(-(2**31))
+_MAGIC = b"VS1"
+
+
+@lru_cache(maxsize=4096)
+def _source_hash(source: str) -> int:
+    return zlib.crc32(source.encode())
+
+
+def event_uid(source: str, seq: int) -> int:
+    """A 64-bit id for (source, seq), stable across processes (used for de-duplication).
+
+    >>> event_uid("monitor-1", 7) == event_uid("monitor-1", 7)
+    True
+    >>> event_uid("monitor-1", 7) != event_uid("monitor-2", 7)
+    True
+    """
+    return (_source_hash(source) << 32) | (seq & 0xFFFFFFFF)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything needed to score one row of one patient, frozen at the moment the row was closed."""
+
+    patient: str
+    row: int
+    row_time: float  # POSIX start of the row (admit_time + row h)
+    window: np.ndarray  # [W, V]
+    last_value: np.ndarray  # [V]
+    hours_since: np.ndarray  # [V]
+    static: np.ndarray  # [6]
+    ward: str | None
+    bed: str | None
+    unit: str | None
+    trigger_ts: float  # broker timestamp (s) of the event that caused the scoring
+    partial: bool = False  # True when the row was still open (interval cadence)
+
+
+def stack_snapshots(snaps: list[Snapshot]) -> FeatureInput:
+    """One :class:`FeatureInput` for a batch of snapshots (many patients, many rows)."""
+    return FeatureInput(
+        window=np.stack([s.window for s in snaps]),
+        last_value=np.stack([s.last_value for s in snaps]),
+        hours_since=np.stack([s.hours_since for s in snaps]),
+        static=np.stack([s.static for s in snaps]),
+    )
+
+
+class PatientState:
+    """The streaming state of one patient. Mutated only by the worker that owns its partition."""
+
+    __slots__ = (
+        "patient", "window", "last_value", "last_row", "static", "admit_time", "row", "first_row",
+        "anchored", "from_admit", "ward", "bed", "unit", "first_event_time", "last_event_time",
+        "last_score_time", "seen", "pending", "alerts", "discharged",
+    )  # fmt: skip
+
+    def __init__(self, patient: str) -> None:
+        self.patient = patient
+        self.window = np.full((WINDOW, V), np.nan, dtype=np.float32)
+        self.last_value = np.full(V, np.nan, dtype=np.float32)
+        self.last_row = np.full(V, _NEVER, dtype=np.int32)
+        self.static = np.full(len(STATIC_INDEX), np.nan, dtype=np.float32)
+        self.admit_time: float | None = None
+        self.row = 0  # the open (current) row
+        self.first_row = 0  # first row that is scored
+        self.anchored = False  # rows are numbered (admit seen, or grace expired)
+        self.from_admit = False  # anchored by an ADT admit (not inferred)
+        self.ward: str | None = None
+        self.bed: str | None = None
+        self.unit: str | None = None
+        self.first_event_time: float | None = None
+        self.last_event_time = -math.inf
+        self.last_score_time = -math.inf
+        self.seen: dict[int, None] = {}  # recent event uids, insertion-ordered (LRU window)
+        self.pending: list[Observation] = []  # observations waiting for the admit (grace period)
+        self.alerts: dict[str, bool] = {}  # alert type -> currently raised (re-arms on clear)
+        self.discharged = False
+
+    # -- de-duplication ------------------------------------------------------------------------
+    def is_duplicate(self, uid: int, window: int) -> bool:
+        """True if ``uid`` was seen recently; otherwise remember it (bounded to ``window`` ids)."""
+        if uid in self.seen:
+            return True
+        self.seen[uid] = None
+        if len(self.seen) > window:
+            del self.seen[next(iter(self.seen))]
+        return False
+
+    # -- row clock -----------------------------------------------------------------------------
+    def row_of(self, t: float) -> int:
+        assert self.admit_time is not None
+        return math.floor((t - self.admit_time) / HOUR)
+
+    def anchor(self, admit_time: float, first_row: int, *, from_admit: bool) -> None:
+        """Fix row numbering. Re-anchoring shifts every stored row index consistently."""
+        if self.anchored and self.admit_time is not None:
+            delta = round((self.admit_time - admit_time) / HOUR)
+            self.row += delta
+            self.first_row += delta
+            known = self.last_row != _NEVER
+            self.last_row[known] += delta
+        else:
+            self.row = first_row
+            self.first_row = first_row
+        self.admit_time = admit_time
+        self.anchored = True
+        self.from_admit = from_admit
+
+    def snapshot(self, trigger_ts: float, partial: bool = False) -> Snapshot:
+        known = self.last_row != _NEVER
+        since = np.where(known, (self.row - self.last_row).astype(np.float32), np.float32(np.nan))
+        static = self.static.copy()
+        static[STATIC_INDEX["ICULOS"]] = self.row
+        row_time = (self.admit_time or 0.0) + self.row * HOUR
+        return Snapshot(
+            self.patient, self.row, row_time, self.window.copy(), self.last_value.copy(),
+            since.astype(np.float32), static, self.ward, self.bed, self.unit, trigger_ts, partial,
+        )  # fmt: skip
+
+    def advance_to(self, k: int, max_gap: int, trigger_ts: float, out: list[Snapshot] | None) -> None:
+        """Close rows ``row .. k-1`` (snapshotting each into ``out`` when given) and open row ``k``."""
+        while self.row < k:
+            if out is not None and self.row >= self.first_row:
+                out.append(self.snapshot(trigger_ts))
+            gap = k - self.row
+            if gap > max_gap:  # a long silence: skip the empty hours instead of flooding scores
+                self._shift(gap)
+                self.row = k
+                break
+            self._shift(1)
+            self.row += 1
+
+    def _shift(self, n: int) -> None:
+        if n >= WINDOW:
+            self.window[:] = np.nan
+        else:
+            self.window[:-n] = self.window[n:]
+            self.window[-n:] = np.nan
+
+    # -- applying events -----------------------------------------------------------------------
+    def observe(self, obs: Observation) -> bool:
+        """Write an observation into the open row (or a recent past row). Returns True if it was late."""
+        k = self.row_of(obs.time)
+        v = obs.var
+        late = k < self.row
+        if late:
+            back = self.row - k
+            if back < WINDOW:
+                self.window[WINDOW - 1 - back, v] = obs.value
+        else:
+            self.window[-1, v] = obs.value
+        if self.last_row[v] == _NEVER or k >= self.last_row[v]:
+            self.last_value[v] = obs.value
+            self.last_row[v] = k
+        return late
+
+    def set_context(self, adt: AdtEvent) -> None:
+        self.ward = adt.ward if adt.ward is not None else self.ward
+        self.bed = adt.bed if adt.bed is not None else self.bed
+        if adt.kind == "admit":
+            self.unit = adt.unit
+            st, ix = self.static, STATIC_INDEX
+            st[ix["Age"]] = np.nan if adt.age is None else adt.age
+            st[ix["Gender"]] = {"M": 1.0, "F": 0.0}.get(adt.sex or "", np.nan)
+            known_unit = adt.unit in ("MICU", "SICU")
+            st[ix["Unit1"]] = float(adt.unit == "MICU") if known_unit else np.nan
+            st[ix["Unit2"]] = float(adt.unit == "SICU") if known_unit else np.nan
+            st[ix["HospAdmTime"]] = np.nan if adt.hosp_adm_time_h is None else adt.hosp_adm_time_h
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        header: dict[str, Any] = {
+            "patient": self.patient, "admit_time": self.admit_time, "row": self.row,
+            "first_row": self.first_row, "anchored": self.anchored, "from_admit": self.from_admit,
+            "ward": self.ward, "bed": self.bed, "unit": self.unit, "static": self.static.tolist(),
+            "first_event_time": self.first_event_time,
+            "last_event_time": None if self.last_event_time == -math.inf else self.last_event_time,
+            "last_score_time": None if self.last_score_time == -math.inf else self.last_score_time,
+            "alerts": self.alerts, "discharged": self.discharged,
+            "pending": [[o.source, o.seq, o.time, o.var, o.value, o.kind] for o in self.pending],
+        }  # fmt: skip
+        h = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+        seen = np.fromiter(self.seen.keys(), dtype=np.uint64, count=len(self.seen))
+        return b"".join(
+            (_MAGIC, struct.pack("<I", len(h)), h, self.window.tobytes(), self.last_value.tobytes(),
+             self.last_row.tobytes(), seen.tobytes())
+        )  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PatientState:
+        if data[:3] != _MAGIC:
+            msg = "not a vigil patient-state record (bad magic)"
+            raise ValueError(msg)
+        (hlen,) = struct.unpack_from("<I", data, 3)
+        off = 7 + hlen
+        h = orjson.loads(data[7:off])
+        s = cls(h["patient"])
+        n_win = WINDOW * V * 4
+        s.window = np.frombuffer(data, np.float32, WINDOW * V, off).reshape(WINDOW, V).copy()
+        off += n_win
+        s.last_value = np.frombuffer(data, np.float32, V, off).copy()
+        off += V * 4
+        s.last_row = np.frombuffer(data, np.int32, V, off).copy()
+        off += V * 4
+        s.seen = dict.fromkeys(int(u) for u in np.frombuffer(data, np.uint64, offset=off))
+        s.static = np.asarray(h["static"], dtype=np.float32)
+        s.admit_time, s.row, s.first_row = h["admit_time"], h["row"], h["first_row"]
+        s.anchored, s.from_admit = h["anchored"], h["from_admit"]
+        s.ward, s.bed, s.unit = h["ward"], h["bed"], h["unit"]
+        s.first_event_time = h["first_event_time"]
+        s.last_event_time = -math.inf if h["last_event_time"] is None else h["last_event_time"]
+        s.last_score_time = -math.inf if h["last_score_time"] is None else h["last_score_time"]
+        s.alerts, s.discharged = h["alerts"], h["discharged"]
+        s.pending = [Observation(s.patient, p[0], p[1], p[2], p[3], p[4], p[5]) for p in h["pending"]]
+        return s

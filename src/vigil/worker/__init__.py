@@ -1,0 +1,3 @@
+"""The streaming worker: Kafka I/O (``engine``), per-batch processing (``batch``), Faust host (``app``)."""
+
+__all__: list[str] = []

@@ -1,0 +1,257 @@
+"""Per-batch processing, free of Kafka I/O: events in -> state updated -> rows scored -> output records.
+
+This is the hot path. Events are handled in batches: decoding and state updates are per event (a few
+microseconds each), featurization is one vectorised call over every row closed in the batch, and each
+model is one ONNX Runtime call per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from vigil.alerts import AlertRules, alert_id, alert_message, score_id
+from vigil.config import Settings
+from vigil.features import featurize
+from vigil.news2 import news2_from_last, news2_parts_dict
+from vigil.records import AdtEvent, Observation
+from vigil.scoring import Scorer
+from vigil.state import HOUR, PatientState, Snapshot, event_uid, stack_snapshots
+
+__all__ = ["Processor", "Outputs", "InEvent", "iso"]
+
+# Order of kinds at the same event time: admit first, discharge last.
+_ORDER = {"admit": 0, "transfer": 2, "discharge": 3}
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
+
+
+@dataclass(slots=True)
+class InEvent:
+    """A decoded event with its Kafka coordinates."""
+
+    event: Observation | AdtEvent
+    topic: str  # catalogue name: vitals | labs | adt
+    partition: int
+    broker_ts: float  # Kafka record timestamp, seconds
+
+
+@dataclass(slots=True)
+class Outputs:
+    scores: list[tuple[str, bytes]] = field(default_factory=list)  # (key, value)
+    alerts: list[tuple[str, bytes]] = field(default_factory=list)
+    changelog: list[tuple[int, str, bytes | None]] = field(default_factory=list)  # (partition, key, value)
+    score_trigger_ts: list[float] = field(default_factory=list)
+    alert_trigger_ts: list[float] = field(default_factory=list)
+    row_end_times: list[float] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    featurize_s: float = 0.0
+    inference_s: dict[str, float] = field(default_factory=dict)
+    alert_labels: list[tuple[str, str, str]] = field(default_factory=list)  # (type, severity, ward)
+
+
+class Processor:
+    """Applies batches of events to per-partition patient state and produces the output records."""
+
+    def __init__(self, settings: Settings, scorers: list[Scorer]) -> None:
+        self.settings = settings
+        self.scorers = scorers
+        self.rules = AlertRules(settings.alerts.news2_emergency, settings.alerts.rearm_below_fraction)
+        self.states: dict[int, dict[str, PatientState]] = {}
+        self.watermark: dict[int, float] = {}  # max event time seen per partition
+
+    # -- state ownership -----------------------------------------------------------------------
+    def patients(self) -> int:
+        return sum(len(s) for s in self.states.values())
+
+    def drop_partitions(self, parts: Iterable[int]) -> None:
+        for p in parts:
+            self.states.pop(p, None)
+            self.watermark.pop(p, None)
+
+    def load_partition(self, p: int, states: dict[str, PatientState]) -> None:
+        self.states[p] = states
+        self.watermark[p] = max((s.last_event_time for s in states.values()), default=-math.inf)
+
+    # -- the batch -----------------------------------------------------------------------------
+    def process(self, events: list[InEvent]) -> Outputs:
+        out = Outputs()
+        counts: dict[str, Any] = {"duplicates": {}, "late": {}, "evicted": {}}
+        out.counts = counts
+        by_patient: dict[str, list[InEvent]] = {}
+        for ie in events:
+            lst = by_patient.get(ie.event.patient)
+            if lst is None:
+                by_patient[ie.event.patient] = [ie]
+            else:
+                lst.append(ie)
+
+        snaps: list[Snapshot] = []
+        touched: list[tuple[int, PatientState]] = []
+        for patient, lst in by_patient.items():
+            lst.sort(key=_sort_key)
+            p = lst[0].partition
+            part = self.states.setdefault(p, {})
+            st = part.get(patient)
+            if st is None:
+                st = part[patient] = PatientState(patient)
+            self._apply(st, lst, snaps, counts)
+            wm = self.watermark.get(p, -math.inf)
+            if st.last_event_time > wm:
+                self.watermark[p] = st.last_event_time
+            touched.append((p, st))
+
+        self._score(snaps, by_state={id(st): st for _, st in touched}, out=out)
+
+        for p, st in touched:
+            if st.discharged:
+                self.states[p].pop(st.patient, None)
+                out.changelog.append((p, st.patient, None))
+                counts["evicted"]["discharge"] = counts["evicted"].get("discharge", 0) + 1
+            else:
+                out.changelog.append((p, st.patient, st.to_bytes()))
+        return out
+
+    def evict_idle(self) -> list[tuple[int, str, bytes | None]]:
+        """Tombstones for patients silent for longer than the TTL (event time, per partition)."""
+        ttl = self.settings.state.ttl_s
+        tombstones: list[tuple[int, str, bytes | None]] = []
+        for p, part in self.states.items():
+            wm = self.watermark.get(p, -math.inf)
+            stale = [k for k, s in part.items() if wm - s.last_event_time > ttl]
+            for k in stale:
+                del part[k]
+                tombstones.append((p, k, None))
+        return tombstones
+
+    def _apply(self, st: PatientState, lst: list[InEvent], snaps: list[Snapshot], counts: dict[str, Any]) -> None:
+        cfg = self.settings
+        window = cfg.state.dedupe_window
+        max_gap = cfg.scoring.max_gap_rows
+        row_mode = cfg.scoring.mode == "row"
+        dups, late = counts["duplicates"], counts["late"]
+        for ie in lst:
+            ev = ie.event
+            if st.is_duplicate(event_uid(ev.source, ev.seq), window):
+                dups[ie.topic] = dups.get(ie.topic, 0) + 1
+                continue
+            if ev.time > st.last_event_time:
+                st.last_event_time = ev.time
+            if type(ev) is Observation:
+                if not st.anchored:
+                    if st.first_event_time is None:
+                        st.first_event_time = ev.time
+                    st.pending.append(ev)
+                    if ev.time - st.first_event_time >= cfg.state.admit_grace_s:
+                        self._anchor_inferred(st)
+                        self._flush_pending(st, snaps if row_mode else None, ie.broker_ts, max_gap)
+                    continue
+                k = st.row_of(ev.time)
+                if k > st.row:
+                    st.advance_to(k, max_gap, ie.broker_ts, snaps if row_mode else None)
+                if st.observe(ev):
+                    late[ie.topic] = late.get(ie.topic, 0) + 1
+                continue
+            # ADT
+            assert isinstance(ev, AdtEvent)
+            if ev.kind == "admit":
+                st.set_context(ev)
+                admit_time = ev.admit_time if ev.admit_time is not None else ev.time
+                if not st.from_admit:
+                    st.anchor(admit_time, math.floor((ev.time - admit_time) / HOUR), from_admit=True)
+                    self._flush_pending(st, snaps if row_mode else None, ie.broker_ts, max_gap)
+            elif ev.kind == "transfer":
+                st.set_context(ev)
+            else:  # discharge: close every row up to the discharge, then evict
+                if not st.anchored:
+                    self._anchor_inferred(st)
+                    self._flush_pending(st, snaps if row_mode else None, ie.broker_ts, max_gap)
+                if st.anchored:
+                    k = st.row_of(ev.time)
+                    if row_mode and k > st.row:
+                        st.advance_to(k, max_gap, ie.broker_ts, snaps)
+                st.discharged = True
+        if not row_mode and st.anchored and not st.discharged:
+            if st.last_event_time - st.last_score_time >= cfg.scoring.min_interval_s:
+                snaps.append(st.snapshot(lst[-1].broker_ts, partial=True))
+                st.last_score_time = st.last_event_time
+
+    @staticmethod
+    def _anchor_inferred(st: PatientState) -> None:
+        first = st.first_event_time if st.first_event_time is not None else st.last_event_time
+        if math.isfinite(first):
+            st.anchor(first, 0, from_admit=False)
+
+    @staticmethod
+    def _flush_pending(st: PatientState, snaps: list[Snapshot] | None, ts: float, max_gap: int) -> None:
+        pending, st.pending = sorted(st.pending, key=lambda o: o.time), []
+        for obs in pending:
+            k = st.row_of(obs.time)
+            if k > st.row:
+                st.advance_to(k, max_gap, ts, snaps)
+            st.observe(obs)
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _score(self, snaps: list[Snapshot], by_state: dict[int, PatientState], out: Outputs) -> None:
+        if not snaps:
+            return
+        t0 = time.perf_counter()
+        x = featurize(stack_snapshots(snaps))
+        out.featurize_s = time.perf_counter() - t0
+        news = news2_from_last(np.stack([s.last_value for s in snaps]))
+        risks: list[np.ndarray] = []
+        for sc in self.scorers:
+            t1 = time.perf_counter()
+            risks.append(sc.predict(x))
+            out.inference_s[sc.name] = time.perf_counter() - t1
+        states = {st.patient: st for st in by_state.values()}
+        now = time.time()
+        now_iso = iso(now)
+        for i, snap in enumerate(snaps):
+            st = states[snap.patient]
+            n2 = news2_parts_dict(news, i)
+            row_iso = iso(snap.row_time)
+            for sc, risk_arr in zip(self.scorers, risks, strict=True):
+                risk = float(risk_arr[i])
+                thr = sc.threshold
+                rec = {
+                    "v": 1, "score_id": score_id(snap.patient, sc.name, sc.version, snap.row, snap.partial),
+                    "patient": snap.patient, "ward": snap.ward, "bed": snap.bed, "unit": snap.unit,
+                    "time": row_iso, "row": snap.row, "partial": snap.partial,
+                    "model": {"name": sc.name, "version": sc.version, "provider": sc.provider},
+                    "risk": round(risk, 6), "threshold": thr, "above_threshold": risk >= thr, "news2": n2,
+                    "emitted_at": now_iso, "trigger_time": iso(snap.trigger_ts),
+                }  # fmt: skip
+                out.scores.append((snap.patient, orjson.dumps(rec)))
+                out.score_trigger_ts.append(snap.trigger_ts)
+                out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
+                for kind, severity in self.rules.evaluate(
+                    st.alerts, risk=risk, threshold=thr, model_key=sc.name, news2_total=int(n2["total"])
+                ):
+                    if kind == "news2_emergency" and sc is not self.scorers[0]:
+                        continue  # NEWS2 alerts once per row, not once per model
+                    version = sc.version if kind == "model_risk" else "-"
+                    alert = {
+                        "v": 1, "alert_id": alert_id(snap.patient, kind, version, snap.row), "type": kind,
+                        "severity": severity, "patient": snap.patient, "ward": snap.ward, "bed": snap.bed,
+                        "time": row_iso, "row": snap.row, "model": {"name": sc.name, "version": sc.version},
+                        "score": round(risk, 6), "threshold": thr, "news2": n2,
+                        "message": alert_message(kind, risk=risk, threshold=thr, news2=n2), "emitted_at": now_iso,
+                    }  # fmt: skip
+                    out.alerts.append((snap.patient, orjson.dumps(alert)))
+                    out.alert_trigger_ts.append(snap.trigger_ts)
+                    out.alert_labels.append((kind, severity, snap.ward or "unknown"))
+
+
+def _sort_key(ie: InEvent) -> tuple[float, int]:
+    ev = ie.event
+    return (ev.time, 1 if type(ev) is Observation else _ORDER[ev.kind])  # type: ignore[union-attr]

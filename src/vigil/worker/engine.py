@@ -1,0 +1,316 @@
+"""The data plane: a raw aiokafka consumer group, batch processing, changelogged state, at-least-once.
+
+Delivery guarantee (per batch):
+
+1. ``getmany`` fetches up to ``max_batch`` records from the assigned partitions of vitals/labs/adt.
+2. Records are decoded and validated; invalid ones become dead-letter records (never dropped).
+3. :class:`~vigil.worker.batch.Processor` updates patient state and scores closed rows.
+4. Scores, alerts, dead letters and the new state of every touched patient (changelog, compacted,
+   same partition number as the input) are produced with ``acks=all`` and **all acknowledgements are
+   awaited**.
+5. Only then are the input offsets committed.
+
+A crash between 4 and 5 replays the batch: state restored from the changelog already contains the
+events, which the per-patient (source, seq) de-duplication drops, so nothing is applied twice; a crash
+before 4 completes re-emits the same outputs with the same deterministic ``score_id``/``alert_id``,
+which subscribers de-duplicate. That is at-least-once delivery with idempotent outputs. Kafka
+transactions (exactly-once) are not used: the embedded broker does not support them.
+
+Partitions and state move together: the three input topics are co-partitioned by patient and
+assigned with the range assignor, so a worker owns partition ``p`` of all three and restores
+changelog partition ``p`` when it is assigned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from vigil.config import Settings
+from vigil.metrics import WorkerMetrics
+from vigil.records import Invalid, dead_letter_record, decode
+from vigil.registry import Registry
+from vigil.scoring import Scorer
+from vigil.state import PatientState
+from vigil.worker.batch import InEvent, Outputs, Processor
+
+__all__ = ["Engine", "INPUT_TOPICS", "load_scorers"]
+
+log = logging.getLogger(__name__)
+
+INPUT_TOPICS = ("vitals", "labs", "adt")
+CHANGELOG = "worker-state-changelog"
+
+
+def load_scorers(settings: Settings) -> list[Scorer]:
+    reg = Registry(settings.models_dir)
+    return [
+        Scorer(ref, settings.scoring.providers, settings.scoring.intra_op_threads)
+        for ref in reg.serving_refs(settings.scoring.models or None)
+    ]
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.engine._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self.engine._on_assigned(assigned)
+
+
+class Engine:
+    """Consumes the input topics in batches and keeps per-patient state; see the module docstring."""
+
+    def __init__(
+        self, settings: Settings, metrics: WorkerMetrics | None = None, scorers: list[Scorer] | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.scorers = scorers if scorers is not None else load_scorers(settings)
+        self.processor = Processor(settings, self.scorers)
+        self._topic_names = {settings.topic(t): t for t in INPUT_TOPICS}
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._owned: set[int] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.events_seen = 0
+        self.last_activity = time.monotonic()
+        for sc in self.scorers:
+            self.metrics.model_info.labels(sc.name, sc.version, sc.provider).set(1)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        kw = s.kafka.client_kwargs()
+        self._producer = AIOKafkaProducer(acks="all", linger_ms=5, max_batch_size=1 << 18, **kw)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_partition_fetch_bytes=1 << 20,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            **kw,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe(list(self._topic_names), listener=_Rebalance(self))
+        self._task = asyncio.create_task(self._run(), name="vigil-engine")
+        self.metrics.up.set(1)
+        log.info("engine started: group=%s topics=%s", s.group_id, sorted(self._topic_names))
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, commit, leave the group cleanly, flush the producer."""
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=30)
+            except TimeoutError:
+                self._task.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        self.metrics.up.set(0)
+        log.info("engine stopped after %d batches, %d records", self.batches, self.events_seen)
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        last_housekeeping = 0.0
+        while not self._stopping.is_set():
+            batch = await self._consumer.getmany(
+                timeout_ms=self.settings.fetch_timeout_ms, max_records=self.settings.max_batch
+            )
+            if batch:
+                async with self._lock:
+                    await self._handle(batch)
+            if time.monotonic() - last_housekeeping > 1.0:
+                last_housekeeping = time.monotonic()
+                async with self._lock:
+                    await self._housekeeping()
+
+    async def _handle(self, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+        assert self._consumer is not None and self._producer is not None
+        t0 = time.perf_counter()
+        m, s = self.metrics, self.settings
+        events: list[InEvent] = []
+        offsets: dict[TopicPartition, int] = {}
+        dead: list[tuple[bytes | None, bytes]] = []
+        kinds: dict[tuple[str, str], int] = {}
+        invalid: dict[tuple[str, str], int] = {}
+        now = time.time()
+        n = 0
+        for tp, records in batch.items():
+            name = self._topic_names[tp.topic]
+            offsets[tp] = records[-1].offset + 1
+            n += len(records)
+            for r in records:
+                ev = decode(r.value, name, r.key)
+                if type(ev) is Invalid:
+                    dead.append((r.key, dead_letter_record(
+                        ev, topic=tp.topic, partition=tp.partition, offset=r.offset, raw=r.value, key=r.key,
+                        received_at=now)))  # fmt: skip
+                    invalid[(name, ev.reason)] = invalid.get((name, ev.reason), 0) + 1
+                    continue
+                events.append(InEvent(ev, name, tp.partition, r.timestamp / 1000.0))  # type: ignore[arg-type]
+                k = (name, ev.kind)  # type: ignore[union-attr]
+                kinds[k] = kinds.get(k, 0) + 1
+        out = self.processor.process(events)
+        await self._emit(out, dead)
+        await self._consumer.commit(offsets)
+        # metrics after the commit: they count what is durable
+        self.batches += 1
+        self.events_seen += n
+        self.last_activity = time.monotonic()
+        m.batch_size.observe(n)
+        for (topic, kind), c in kinds.items():
+            m.events.labels(topic, kind).inc(c)
+        for (topic, reason), c in invalid.items():
+            m.invalid.labels(topic, reason).inc(c)
+            m.dead_letters.labels(reason).inc(c)
+        for topic, c in out.counts["duplicates"].items():
+            m.duplicates.labels(topic).inc(c)
+        for topic, c in out.counts["late"].items():
+            m.late.labels(topic).inc(c)
+        for reason, c in out.counts["evicted"].items():
+            m.evictions.labels(reason).inc(c)
+        if out.scores:
+            m.featurize_seconds.observe(out.featurize_s)
+            for name, secs in out.inference_s.items():
+                m.inference_seconds.labels(name).observe(secs)
+            for sc in self.scorers:
+                m.scores.labels(sc.name, sc.version).inc(len(out.scores) // max(1, len(self.scorers)))
+        for labels in out.alert_labels:
+            m.alerts.labels(*labels).inc()
+        m.patients.set(self.processor.patients())
+        m.batch_seconds.observe(time.perf_counter() - t0)
+
+    async def _emit(self, out: Outputs, dead: list[tuple[bytes | None, bytes]]) -> None:
+        assert self._producer is not None
+        s, p = self.settings, self._producer
+        futs = []
+        scores_t, alerts_t, dlq_t, log_t = (
+            s.topic("scores"), s.topic("alerts"), s.topic("dead-letter"), s.topic(CHANGELOG)
+        )
+        for key, value in out.scores:
+            futs.append(await p.send(scores_t, value, key=key.encode()))
+        n_scores = len(futs)
+        for key, value in out.alerts:
+            futs.append(await p.send(alerts_t, value, key=key.encode()))
+        for raw_key, value in dead:
+            futs.append(await p.send(dlq_t, value, key=raw_key))
+        for part, key, value in out.changelog:
+            futs.append(await p.send(log_t, value, key=key.encode(), partition=part))
+        if futs:
+            await asyncio.gather(*futs)
+        acked = time.time()
+        m = self.metrics
+        for ts in out.score_trigger_ts:
+            m.e2e_latency.labels("score").observe(max(0.0, acked - ts))
+        for ts in out.alert_trigger_ts:
+            m.e2e_latency.labels("alert").observe(max(0.0, acked - ts))
+        for t_end in out.row_end_times[:n_scores]:
+            m.event_time_lag.observe(max(0.0, acked - t_end))
+
+    async def _housekeeping(self) -> None:
+        assert self._producer is not None and self._consumer is not None
+        tombstones = self.processor.evict_idle()
+        if tombstones:
+            await self._emit(Outputs(changelog=tombstones), [])
+            self.metrics.evictions.labels("ttl").inc(len(tombstones))
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            if hw is None:
+                continue
+            pos = await self._consumer.position(tp)
+            self.metrics.consumer_lag.labels(self._topic_names.get(tp.topic, tp.topic), str(tp.partition)).set(
+                max(0, hw - pos)
+            )
+        self.metrics.patients.set(self.processor.patients())
+
+    async def total_lag(self) -> int | None:
+        """Records behind the high watermarks of the owned partitions (None until fetched once)."""
+        if self._consumer is None:
+            return None
+        total = 0
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            if hw is None:
+                return None
+            total += max(0, hw - await self._consumer.position(tp))
+        return total
+
+    # -- rebalance: state moves with partitions ---------------------------------------------------
+    async def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self._lock:  # waits for the batch in flight: it commits before we let go
+            log.info("partitions revoked: %s", sorted({tp.partition for tp in revoked}))
+
+    async def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        async with self._lock:
+            parts = {tp.partition for tp in assigned if tp.topic in self._topic_names}
+            gone = self._owned - parts
+            new = parts - self._owned
+            self.processor.drop_partitions(gone)
+            if new:
+                restored = await self._restore(sorted(new))
+                for p in new:
+                    self.processor.load_partition(p, restored.get(p, {}))
+            self._owned = parts
+            self.metrics.partitions.set(len(parts))
+            log.info("partitions assigned: %s (restored %s)", sorted(parts), sorted(new))
+
+    async def _restore(self, parts: list[int]) -> dict[int, dict[str, PatientState]]:
+        """Read changelog partitions ``parts`` from the beginning to their end offsets."""
+        topic = self.settings.topic(CHANGELOG)
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer = AIOKafkaConsumer(
+            group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+            **self.settings.kafka.client_kwargs(),
+        )  # fmt: skip
+        await consumer.start()
+        out: dict[int, dict[str, PatientState]] = {p: {} for p in parts}
+        n = 0
+        try:
+            known = await consumer.topics()
+            if topic not in known:
+                return out
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10_000)
+                for tp, records in batch.items():
+                    part = out[tp.partition]
+                    for r in records:
+                        key = r.key.decode() if r.key else ""
+                        if r.value is None:
+                            part.pop(key, None)
+                        else:
+                            part[key] = PatientState.from_bytes(r.value)
+                            n += 1
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+        self.metrics.restored.inc(sum(len(v) for v in out.values()))
+        log.info("restored %d patient states from %d changelog records", sum(len(v) for v in out.values()), n)
+        return out

@@ -1,0 +1,67 @@
+"""Shared fixtures: one embedded broker per test session, unique topic/group names per test, factories."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vigil.broker import EmbeddedBroker
+from vigil.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample" / "physionet2019_sample.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of the session's broker: KAFKA_BOOTSTRAP_SERVERS if set, else embedded Tansu."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as b:
+        yield b.bootstrap
+
+
+@pytest.fixture
+def settings_factory(broker: str) -> Callable[..., Settings]:
+    """Settings with a unique topic prefix and group id per call (tests never share topics)."""
+
+    def make(**overrides: object) -> Settings:
+        tag = uuid.uuid4().hex[:10]
+        base: dict[str, object] = {
+            "topic_prefix": f"t{tag}-",
+            "group_id": f"g{tag}",
+            "kafka": {"bootstrap_servers": broker},
+            "web_port": 0,
+        }
+        base.update(overrides)
+        return load_settings(None, **base)
+
+    return make
+
+
+@pytest.fixture
+def topics_factory() -> Callable[..., list[str]]:
+    """Create the catalogue topics for a Settings (with its prefix)."""
+    from vigil.catalog import create_topics, load_catalog
+
+    def make(settings: Settings, partitions: int | None = None) -> list[str]:
+        return asyncio.run(
+            create_topics(settings.kafka.client_kwargs(), load_catalog(settings.streams_dir), settings.topic_prefix,
+                          partitions)
+        )  # fmt: skip
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sample_path() -> Path:
+    assert SAMPLE.exists(), f"bundled sample missing: {SAMPLE}"
+    return SAMPLE

@@ -1,0 +1,203 @@
+"""`vigil worker` end to end on the real embedded broker: events in, scores/alerts/dead letters out,
+state intact across a restart and across a rebalance to a second worker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from vigil.config import Settings
+from vigil.kafka_io import TopicTail, produce_many, read_topic
+from vigil.physionet import iter_stays
+from vigil.privacy import pseudonymise
+from vigil.procs import WorkerProcess
+from vigil.records import decode
+from vigil.replay import stay_events
+from vigil.worker.batch import InEvent, Processor
+from vigil.worker.engine import load_scorers
+
+pytestmark = pytest.mark.broker
+ANCHOR = datetime(2026, 3, 1, tzinfo=UTC)
+PARTITIONS = 4
+
+
+def build_events(sample: Path, n: int, s: Settings) -> list[tuple[str, bytes, bytes]]:
+    """(stream, key, value) for the first ``n`` sample stays, each stay's events in order."""
+    out: list[tuple[str, bytes, bytes]] = []
+    for i, stay in enumerate(iter_stays(sample, limit=n)):
+        patient = pseudonymise(stay.stay_id, s.pseudonym_key.get_secret_value())
+        for stream, _t, value in stay_events(stay, patient=patient, anchor=ANCHOR, source="test-feed",
+                                             ward=f"W{i % 2}", bed=str(i)):  # fmt: skip
+            out.append((stream, patient.encode(), value))
+    return out
+
+
+def reference_scores(events: list[tuple[str, bytes, bytes]], s: Settings) -> dict[tuple[str, int], float]:
+    """What a single uninterrupted pass of the same code computes, event by event in publish order."""
+    p = Processor(s, load_scorers(s))
+    result: dict[tuple[str, int], float] = {}
+    for stream, key, value in events:
+        ev = decode(value, stream, key)
+        out = p.process([InEvent(ev, stream, 0, 0.0)])  # type: ignore[arg-type]
+        for _, v in out.scores:
+            rec = orjson.loads(v)
+            result[(rec["patient"], rec["row"])] = rec["risk"]
+    return result
+
+
+def publish(s: Settings, events: list[tuple[str, bytes, bytes]]) -> None:
+    async def go() -> None:
+        for stream in ("adt", "vitals", "labs"):
+            await produce_many(s, s.topic(stream), [(k, v) for st, k, v in events if st == stream])
+
+    asyncio.run(go())
+
+
+def scores_by_row(s: Settings, expected: int, timeout_s: float = 90) -> dict[tuple[str, int], float]:
+    async def go() -> dict[tuple[str, int], float]:
+        tail = await TopicTail(s, s.topic("scores")).start()
+        try:
+            def distinct(recs: list) -> int:  # type: ignore[type-arg]
+                return len({orjson.loads(r.value)["score_id"] for r in recs})
+
+            await tail.wait_for(lambda recs: distinct(recs) >= expected, timeout_s)
+            return {(d["patient"], d["row"]): d["risk"] for d in (orjson.loads(r.value) for r in tail.records)}
+        finally:
+            await tail.stop()
+
+    return asyncio.run(go())
+
+
+BAD = [
+    ("vitals", b"{not json", "malformed_json"),
+    (
+        "vitals",
+        b'{"v":1,"source":"t","seq":1,"time":"2026-01-01T00:00:00+00:00","system":"LOINC","code":"8867-4",'
+        b'"value":80,"unit":"/min"}',
+        "missing_field",
+    ),
+    (
+        "vitals",
+        b'{"v":1,"source":"t","seq":2,"patient":"pt-x","time":"2026-01-01T00:00:00+00:00","system":"LOINC",'
+        b'"code":"0000-0","value":80,"unit":"/min"}',
+        "unknown_code",
+    ),
+    (
+        "labs",
+        b'{"v":1,"source":"t","seq":3,"patient":"pt-x","time":"2026-01-01T00:00:00+00:00","system":"LOINC",'
+        b'"code":"8867-4","value":-5,"unit":"/min"}',
+        "implausible_value",
+    ),
+    (
+        "adt",
+        b'{"v":1,"source":"t","seq":4,"patient":"pt-x","time":"2026-01-01T00:00:00","kind":"admit"}',
+        "naive_timestamp",
+    ),
+]
+
+
+def test_worker_end_to_end_scores_alerts_and_dead_letters(settings_factory, topics_factory, sample_path, tmp_path):
+    s = settings_factory()
+    topics_factory(s, PARTITIONS)
+    events = build_events(sample_path, 6, s)
+    expected = reference_scores(events, s)
+    with WorkerProcess(s, log_path=tmp_path / "worker.log") as w:
+        w.wait_ready()
+        publish(s, events)
+        asyncio.run(_produce_bad(s))
+        got = scores_by_row(s, len(expected))
+        dead = asyncio.run(read_topic(s, s.topic("dead-letter"), quiet_s=1.5))
+        metrics = w.metrics_text()
+        assert w.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    assert got.keys() == expected.keys()
+    assert max(abs(got[k] - expected[k]) for k in expected) <= 1e-6
+    # every bad event is on the dead-letter topic with its reason, coordinates and exact raw bytes
+    records = [orjson.loads(r.value) for r in dead]
+    by_raw = {base64.b64decode(d["raw_b64"]): d for d in records}
+    for stream, raw, reason in BAD:
+        d = by_raw[raw]
+        assert d["reason"] == reason, d
+        assert d["source_topic"] == s.topic(stream)
+        assert d["partition"] >= 0 and d["offset"] >= 0 and d["error_type"]
+    assert 'vigil_invalid_events_total{reason="malformed_json",topic="vitals"} 1.0' in metrics
+    assert "vigil_model_info{" in metrics and 'provider="CPUExecutionProvider"' in metrics
+    assert "pt-" not in "".join(line for line in metrics.splitlines() if not line.startswith("#"))
+
+
+async def _produce_bad(s: Settings) -> None:
+    for stream, raw, _ in BAD:
+        await produce_many(s, s.topic(stream), [(b"pt-x", raw)])
+
+
+def _split_by_time(events, frac: float):  # type: ignore[no-untyped-def]
+    """Cut every stay's event list at ``frac`` of its length (phase 1 / phase 2)."""
+    per: dict[bytes, list] = {}  # type: ignore[type-arg]
+    for e in events:
+        per.setdefault(e[1], []).append(e)
+    first, second = [], []
+    for lst in per.values():
+        cut = int(len(lst) * frac)
+        first += lst[:cut]
+        second += lst[cut:]
+    return first, second
+
+
+def test_state_survives_worker_restart(settings_factory, topics_factory, sample_path, tmp_path):
+    s = settings_factory()
+    topics_factory(s, PARTITIONS)
+    events = build_events(sample_path, 5, s)
+    expected = reference_scores(events, s)
+    first, second = _split_by_time(events, 0.5)
+    with WorkerProcess(s, log_path=tmp_path / "w1.log") as w:
+        w.wait_ready()
+        publish(s, first)
+        n_first = len(reference_scores(first, s))
+        scores_by_row(s, n_first)
+        assert w.stop() == 0
+    with WorkerProcess(s, log_path=tmp_path / "w2.log") as w:
+        w.wait_ready()
+        publish(s, second)
+        got = scores_by_row(s, len(expected))
+        restored = [ln for ln in w.metrics_text().splitlines() if ln.startswith("vigil_state_restored_total")]
+        assert w.stop() == 0
+    assert restored and float(restored[0].split()[-1]) > 0
+    assert got.keys() == expected.keys()
+    assert max(abs(got[k] - expected[k]) for k in expected) <= 1e-6
+
+
+def test_two_workers_split_partitions_and_state_moves(settings_factory, topics_factory, sample_path, tmp_path):
+    s = settings_factory()
+    topics_factory(s, PARTITIONS)
+    events = build_events(sample_path, 8, s)
+    expected = reference_scores(events, s)
+    first, second = _split_by_time(events, 0.5)
+    a = WorkerProcess(s, log_path=tmp_path / "a.log").start()
+    b = None
+    try:
+        a.wait_ready()
+        publish(s, first)
+        scores_by_row(s, len(reference_scores(first, s)))
+        b = WorkerProcess(s, log_path=tmp_path / "b.log").start()  # joins the group: partitions move
+        b.wait_ready()
+        owned = [_gauge(w.metrics_text(), "vigil_assigned_partitions") for w in (a, b)]
+        assert sorted(owned) == [PARTITIONS // 2, PARTITIONS // 2], owned
+        publish(s, second)
+        got = scores_by_row(s, len(expected))
+    finally:
+        for w in (a, b):
+            if w is not None:
+                w.stop()
+    assert got.keys() == expected.keys()
+    assert max(abs(got[k] - expected[k]) for k in expected) <= 1e-6
+
+
+def _gauge(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in metrics")
