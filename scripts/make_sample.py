@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate ``data/sample/physionet2019_sample.tar.gz``: a small, reproducible subset of PhysioNet 2019 set A.
+"""Regenerate ``data/sample/physionet2019_sample.tar.gz``: a small reproducible subset of PhysioNet 2019 A.
 
 Selection rule (deterministic, no randomness):
 
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             first = next(iter(members.values()))[0]
             folder = tarfile.TarInfo(FOLDER)
             folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, first.mtime
-            folder.uid, folder.gid, folder.uname, folder.gname = first.uid, first.gid, first.uname, first.gname
+            folder.uid, folder.gid = first.uid, first.gid
+            folder.uname, folder.gname = first.uname, first.gname
             out.addfile(folder)
             for stem in sorted(members):
                 info, data = members[stem]

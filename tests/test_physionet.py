@@ -115,9 +115,7 @@ def test_values_as_in_the_psv(members: dict[str, bytes]) -> None:
     assert stay.label is not None and stay.label.tolist() == df["SepsisLabel"].tolist()
 
 
-def test_parquet_stays_spanning_batches(
-    layouts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_parquet_stays_spanning_batches(layouts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     whole = list(iter_stays(layouts["dir"]))
     monkeypatch.setattr(physionet, "_PARQUET_BATCH_ROWS", 7)
     _same(whole, list(iter_stays(layouts["parquet"])))
@@ -148,7 +146,11 @@ def test_read_frame_same_for_all_layouts(layouts: dict[str, Path], members: dict
     frames = {name: read_frame(p) for name, p in layouts.items()}
     ref = frames["parquet"]
     assert list(ref.columns) == ["patient_id", *PSV_COLUMNS]
-    assert ref["ICULOS"].dtype == np.int16 and ref["SepsisLabel"].dtype == np.int8 and ref["HR"].dtype == np.float32
+    assert (
+        ref["ICULOS"].dtype == np.int16
+        and ref["SepsisLabel"].dtype == np.int8
+        and ref["HR"].dtype == np.float32
+    )
     assert ref["patient_id"].nunique() == len(members)
     for name in ("dir", "tar"):
         pd.testing.assert_frame_equal(frames[name], ref, check_dtype=True)

@@ -36,7 +36,7 @@ def adt(t_h: float, kind: str, seq: int, patient: str = "pt-a", **kw: object) ->
 def proc() -> Processor:
     from vigil.worker.engine import load_scorers
 
-    s = load_settings(None)
+    s = load_settings(None, state={"discharge_grace_s": 0, "admit_grace_s": 60})
     return Processor(s, load_scorers(s))
 
 
@@ -73,21 +73,23 @@ def test_duplicates_dropped_and_counted(proc: Processor) -> None:
 
 def test_events_wait_for_admit_then_anchor(proc: Processor) -> None:
     # vitals arrive before their admit (cross-topic skew): rows are numbered once the admit arrives
-    out = proc.process([obs(3, HR, 80, 2), obs(4, HR, 85, 3)])
-    assert out.scores == []
+    out = proc.process([obs(3, HR, 80, 2), obs(3.9, HR, 85, 3)])
+    assert out.scores == []  # waiting for the admit (grace period)
     out = proc.process([adt(3, "admit", 1)])
-    assert [orjson_loads(v)["row"] for _, v in out.scores] == [3]
     st = proc.states[0]["pt-a"]
-    assert st.row == 4 and st.static[STATIC_INDEX["Age"]] == 70.0
+    assert out.scores == [] and st.row == 3 and st.static[STATIC_INDEX["Age"]] == 70.0
+    out = proc.process([obs(4, HR, 90, 4)])
+    assert [orjson_loads(v)["row"] for _, v in out.scores] == [3]
+    assert st.last_value[HR] == 90 and st.window[-2, HR] == 85
 
 
 def test_admit_grace_expires_without_adt() -> None:
     from vigil.worker.engine import load_scorers
 
-    s = load_settings(None, state={"admit_grace_s": 2 * HOUR})
+    s = load_settings(None, state={"admit_grace_s": 0, "discharge_grace_s": 0})
     p = Processor(s, load_scorers(s))
     out = p.process([obs(0, HR, 80, 1), obs(1, HR, 82, 2), obs(2, HR, 84, 3)])
-    assert [orjson_loads(v)["row"] for _, v in out.scores] == [0, 1]
+    assert [orjson_loads(v)["row"] for _, v in out.scores] == [0, 1]  # grace over: rows from the first event
     assert math.isnan(p.states[0]["pt-a"].static[STATIC_INDEX["Age"]])
 
 
@@ -108,11 +110,14 @@ def test_interval_mode_scores_at_most_every_n_seconds() -> None:
 def test_ttl_eviction_by_event_time() -> None:
     from vigil.worker.engine import load_scorers
 
-    s = load_settings(None, state={"ttl_s": 10 * HOUR})
+    s = load_settings(None, state={"ttl_s": 10 * HOUR, "ttl_wall_s": 0})
     p = Processor(s, load_scorers(s))
     p.process([adt(0, "admit", 1, patient="pt-old"), obs(0, HR, 80, 2, patient="pt-old")])
     p.process([adt(20, "admit", 3, patient="pt-new"), obs(20, HR, 80, 4, patient="pt-new")])
     assert p.evict_idle() == [(0, "pt-old", None)]
+    p2 = Processor(load_settings(None, state={"ttl_s": 10 * HOUR}), p.scorers)  # recently seen: kept
+    p2.process([adt(0, "admit", 1, patient="pt-old"), adt(20, "admit", 3, patient="pt-new")])
+    assert p2.evict_idle() == []
     assert set(p.states[0]) == {"pt-new"}
 
 

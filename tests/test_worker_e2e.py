@@ -4,6 +4,7 @@ state intact across a restart and across a rebalance to a second worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ import orjson
 import pytest
 
 from vigil.config import Settings
-from vigil.kafka_io import TopicTail, produce_many, read_topic
+from vigil.kafka_io import TopicTail, produce_many, produce_records, read_topic
 from vigil.physionet import iter_stays
 from vigil.privacy import pseudonymise
 from vigil.procs import WorkerProcess
@@ -39,6 +40,7 @@ def build_events(sample: Path, n: int, s: Settings) -> list[tuple[str, bytes, by
 
 def reference_scores(events: list[tuple[str, bytes, bytes]], s: Settings) -> dict[tuple[str, int], float]:
     """What a single uninterrupted pass of the same code computes, event by event in publish order."""
+    s = s.model_copy(update={"state": s.state.model_copy(update={"discharge_grace_s": 0.0, "admit_grace_s": 60.0})})
     p = Processor(s, load_scorers(s))
     result: dict[tuple[str, int], float] = {}
     for stream, key, value in events:
@@ -51,9 +53,8 @@ def reference_scores(events: list[tuple[str, bytes, bytes]], s: Settings) -> dic
 
 
 def publish(s: Settings, events: list[tuple[str, bytes, bytes]]) -> None:
-    async def go() -> None:
-        for stream in ("adt", "vitals", "labs"):
-            await produce_many(s, s.topic(stream), [(k, v) for st, k, v in events if st == stream])
+    async def go() -> None:  # in order across topics (one producer), like independent real feeds
+        await produce_records(s, [(s.topic(stream), k, v) for stream, k, v in events])
 
     asyncio.run(go())
 
@@ -65,7 +66,8 @@ def scores_by_row(s: Settings, expected: int, timeout_s: float = 90) -> dict[tup
             def distinct(recs: list) -> int:  # type: ignore[type-arg]
                 return len({orjson.loads(r.value)["score_id"] for r in recs})
 
-            await tail.wait_for(lambda recs: distinct(recs) >= expected, timeout_s)
+            with contextlib.suppress(TimeoutError):  # the caller's assertion reports what is missing
+                await tail.wait_for(lambda recs: distinct(recs) >= expected, timeout_s)
             return {(d["patient"], d["row"]): d["risk"] for d in (orjson.loads(r.value) for r in tail.records)}
         finally:
             await tail.stop()
@@ -114,7 +116,7 @@ def test_worker_end_to_end_scores_alerts_and_dead_letters(settings_factory, topi
         dead = asyncio.run(read_topic(s, s.topic("dead-letter"), quiet_s=1.5))
         metrics = w.metrics_text()
         assert w.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
-    assert got.keys() == expected.keys()
+    assert got.keys() == expected.keys(), _missing(expected, got)
     assert max(abs(got[k] - expected[k]) for k in expected) <= 1e-6
     # every bad event is on the dead-letter topic with its reason, coordinates and exact raw bytes
     records = [orjson.loads(r.value) for r in dead]
@@ -166,7 +168,7 @@ def test_state_survives_worker_restart(settings_factory, topics_factory, sample_
         restored = [ln for ln in w.metrics_text().splitlines() if ln.startswith("vigil_state_restored_total")]
         assert w.stop() == 0
     assert restored and float(restored[0].split()[-1]) > 0
-    assert got.keys() == expected.keys()
+    assert got.keys() == expected.keys(), _missing(expected, got)
     assert max(abs(got[k] - expected[k]) for k in expected) <= 1e-6
 
 
@@ -192,7 +194,7 @@ def test_two_workers_split_partitions_and_state_moves(settings_factory, topics_f
         for w in (a, b):
             if w is not None:
                 w.stop()
-    assert got.keys() == expected.keys()
+    assert got.keys() == expected.keys(), _missing(expected, got)
     assert max(abs(got[k] - expected[k]) for k in expected) <= 1e-6
 
 
@@ -201,3 +203,9 @@ def _gauge(text: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.split()[-1])
     raise AssertionError(f"{name} not in metrics")
+
+
+def _missing(expected: dict, got: dict) -> str:  # type: ignore[type-arg]
+    miss = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    return f"{len(miss)} rows never scored, e.g. {miss[:6]}; {len(extra)} unexpected, e.g. {extra[:6]}"

@@ -67,9 +67,9 @@ async def _pipeline(settings: Settings, total: int) -> tuple[float, dict[str, An
     await eng.start()
     t0 = None
     try:
-        while eng.events_seen < total:
+        while eng.events_done < total:
             if t0 is None and eng.events_seen > 0:
-                t0 = time.perf_counter() - 0.0
+                t0 = time.perf_counter()
             await asyncio.sleep(0.01)
         dt = time.perf_counter() - (t0 or time.perf_counter())
     finally:

@@ -53,11 +53,10 @@ def wait_for_port(host: str, port: int, timeout_s: float = 10.0) -> None:
 
 
 class EmbeddedBroker:
-    """A Tansu broker on a free loopback port, as a context manager.
+    """A Tansu broker on a free loopback port, as a context manager::
 
-    >>> with EmbeddedBroker() as b:  # doctest: +SKIP
-    ...     print(b.bootstrap)
-    127.0.0.1:40123
+        with EmbeddedBroker() as b:
+            print(b.bootstrap)  # e.g. 127.0.0.1:40123
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None) -> None:

@@ -78,9 +78,21 @@ class ScoringSettings(BaseModel):
 
 
 class StateSettings(BaseModel):
-    ttl_s: float = 48 * 3600.0  # evict a patient after this much event time without any event
-    admit_grace_s: float = 3600.0  # how long events wait for an ADT admit before scoring starts without it
+    # A patient is evicted when it has had no event for ttl_s of event time (against the partition's
+    # newest event) AND for ttl_wall_s of wall time (so a fast replay or backlog never evicts early).
+    ttl_s: float = 48 * 3600.0
+    ttl_wall_s: float = 3600.0
+    # Observations of a patient with no ADT admit yet wait this many wall seconds for it (feeds are
+    # independent topics: a fetch can deliver vitals before their admit); then rows are numbered from
+    # the first observation and scoring starts without the ADT context.
+    admit_grace_s: float = 2.0
     dedupe_window: int = 256  # recent (source, seq) ids remembered per patient
+    # A discharge is finalised (last rows scored, state evicted) this many wall seconds after it was
+    # applied (on top of the reorder hold below).
+    discharge_grace_s: float = 0.0
+    # Every fetched batch is held this many wall seconds before it is applied, so cross-topic skew
+    # (labs of hour k fetched after vitals of hour k+1) does not close a row early. Adds this latency.
+    reorder_hold_s: float = 1.0
 
 
 class AlertSettings(BaseModel):

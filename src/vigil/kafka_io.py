@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from vigil.config import Settings
 
-__all__ = ["produce_many", "read_topic", "TopicTail"]
+__all__ = ["produce_many", "produce_records", "read_topic", "TopicTail"]
 
 
 async def produce_many(settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
@@ -20,6 +20,18 @@ async def produce_many(settings: Settings, topic: str, records: Iterable[tuple[b
     await producer.start()
     try:
         futs = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*futs)
+        return len(futs)
+    finally:
+        await producer.stop()
+
+
+async def produce_records(settings: Settings, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> int:
+    """Produce (topic, key, value) records in the given order with one producer (acks=all)."""
+    producer = AIOKafkaProducer(acks="all", linger_ms=5, **settings.kafka.client_kwargs())
+    await producer.start()
+    try:
+        futs = [await producer.send(topic, value, key=key) for topic, key, value in records]
         await asyncio.gather(*futs)
         return len(futs)
     finally:

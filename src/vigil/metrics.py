@@ -51,4 +51,5 @@ class WorkerMetrics:
         self.partitions = Gauge(f"{p}_assigned_partitions", "Input partitions owned by this worker", registry=r)
         self.evictions = Counter(f"{p}_state_evictions", "Patient states evicted", ["reason"], registry=r)
         self.restored = Counter(f"{p}_state_restored", "Patient states restored from the changelog", registry=r)
+        self.commit_failures = Counter(f"{p}_commit_failures", "Batches whose offset commit failed (re-delivered)", registry=r)
         self.up = Gauge(f"{p}_worker_up", "1 while the worker's consume loop runs", registry=r)

@@ -3,8 +3,8 @@
 Layouts (picked from the path):
 
 - a directory of ``pNNNNNN.psv`` files (or a directory holding one folder of them, e.g. ``training_setA/``);
-- a ``.tar.gz`` / ``.tgz`` / ``.tar`` archive in the PhysioNet layout (``training_setA/pNNNNNN.psv``), read as a
-  stream with :mod:`tarfile` and never extracted to disk;
+- a ``.tar.gz`` / ``.tgz`` / ``.tar`` archive in the PhysioNet layout (``training_setA/pNNNNNN.psv``),
+  read as a stream with :mod:`tarfile` and never extracted to disk;
 - a ``.parquet`` table: ``patient_id`` + the PhysioNet columns, rows sorted by patient then ``ICULOS``;
 - a single ``.psv`` file.
 

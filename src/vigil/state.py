@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -85,7 +86,8 @@ class PatientState:
     __slots__ = (
         "patient", "window", "last_value", "last_row", "static", "admit_time", "row", "first_row",
         "anchored", "from_admit", "ward", "bed", "unit", "first_event_time", "last_event_time",
-        "last_score_time", "seen", "pending", "alerts", "discharged",
+        "last_score_time", "seen", "pending", "alerts", "discharged", "discharge_time", "discharge_seen",
+        "pending_since", "last_wall",
     )  # fmt: skip
 
     def __init__(self, patient: str) -> None:
@@ -107,8 +109,12 @@ class PatientState:
         self.last_score_time = -math.inf
         self.seen: dict[int, None] = {}  # recent event uids, insertion-ordered (LRU window)
         self.pending: list[Observation] = []  # observations waiting for the admit (grace period)
+        self.pending_since: float | None = None  # wall-clock time the first pending observation arrived
+        self.last_wall = time.time()  # wall-clock time of the last event (not persisted: restore = now)
         self.alerts: dict[str, bool] = {}  # alert type -> currently raised (re-arms on clear)
-        self.discharged = False
+        self.discharged = False  # finalised: rows closed up to the discharge, state to be evicted
+        self.discharge_time: float | None = None  # event time of a discharge waiting for its grace period
+        self.discharge_seen: float | None = None  # wall-clock time the discharge was processed
 
     # -- de-duplication ------------------------------------------------------------------------
     def is_duplicate(self, uid: int, window: int) -> bool:
@@ -210,7 +216,8 @@ class PatientState:
             "first_event_time": self.first_event_time,
             "last_event_time": None if self.last_event_time == -math.inf else self.last_event_time,
             "last_score_time": None if self.last_score_time == -math.inf else self.last_score_time,
-            "alerts": self.alerts, "discharged": self.discharged,
+            "alerts": self.alerts, "discharged": self.discharged, "discharge_time": self.discharge_time,
+            "discharge_seen": self.discharge_seen, "pending_since": self.pending_since,
             "pending": [[o.source, o.seq, o.time, o.var, o.value, o.kind] for o in self.pending],
         }  # fmt: skip
         h = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -245,5 +252,7 @@ class PatientState:
         s.last_event_time = -math.inf if h["last_event_time"] is None else h["last_event_time"]
         s.last_score_time = -math.inf if h["last_score_time"] is None else h["last_score_time"]
         s.alerts, s.discharged = h["alerts"], h["discharged"]
+        s.discharge_time, s.discharge_seen = h["discharge_time"], h["discharge_seen"]
+        s.pending_since = h["pending_since"]
         s.pending = [Observation(s.patient, p[0], p[1], p[2], p[3], p[4], p[5]) for p in h["pending"]]
         return s

@@ -86,6 +86,12 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
         consumer_auto_offset_reset="latest",
     )
     app.service(EngineService(engine))
+
+    def fatal(exc: BaseException) -> None:  # crash-only: the orchestrator restarts the worker
+        logging.getLogger(__name__).critical("stopping the worker after a fatal engine error")
+        os._exit(70)
+
+    engine.on_fatal = fatal
     updates = app.topic(settings.topic("model-updates"), value_serializer="raw", key_serializer="raw")
 
     @app.agent(updates)

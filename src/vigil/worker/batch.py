@@ -43,6 +43,7 @@ class InEvent:
     topic: str  # catalogue name: vitals | labs | adt
     partition: int
     broker_ts: float  # Kafka record timestamp, seconds
+    offset: int = -1  # Kafka offset in (topic, partition)
 
 
 @dataclass(slots=True)
@@ -68,6 +69,8 @@ class Processor:
         self.rules = AlertRules(settings.alerts.news2_emergency, settings.alerts.rearm_below_fraction)
         self.states: dict[int, dict[str, PatientState]] = {}
         self.watermark: dict[int, float] = {}  # max event time seen per partition
+        # partition -> patients waiting for a grace period: observations without an admit yet, or a discharge
+        self._waiting: dict[int, set[str]] = {}
 
     # -- state ownership -----------------------------------------------------------------------
     def patients(self) -> int:
@@ -77,9 +80,11 @@ class Processor:
         for p in parts:
             self.states.pop(p, None)
             self.watermark.pop(p, None)
+            self._waiting.pop(p, None)
 
     def load_partition(self, p: int, states: dict[str, PatientState]) -> None:
         self.states[p] = states
+        self._waiting[p] = {k for k, s in states.items() if s.discharge_time is not None or s.pending}
         self.watermark[p] = max((s.last_event_time for s in states.values()), default=-math.inf)
 
     # -- the batch -----------------------------------------------------------------------------
@@ -112,22 +117,72 @@ class Processor:
 
         self._score(snaps, by_state={id(st): st for _, st in touched}, out=out)
 
-        for p, st in touched:
+        self._finalize_discharges(time.time(), out, touched)
+        return out
+
+    def finalize_due(self, now: float | None = None) -> Outputs:
+        """Finalise discharges whose grace period has passed (called between batches too)."""
+        out = Outputs(counts={"duplicates": {}, "late": {}, "evicted": {}})
+        self._finalize_discharges(time.time() if now is None else now, out, [])
+        return out
+
+    def _finalize_discharges(self, now: float, out: Outputs, touched: list[tuple[int, PatientState]]) -> None:
+        """Patients past a grace period: anchor those whose admit never came (and score their rows);
+        close the last rows of the discharged and evict them. Then write the changelog of every
+        touched state (a tombstone for the discharged)."""
+        st_cfg = self.settings.state
+        max_gap = self.settings.scoring.max_gap_rows
+        row_mode = self.settings.scoring.mode == "row"
+        snaps: list[Snapshot] = []
+        done: list[tuple[int, PatientState]] = []
+        for p, waiting in self._waiting.items():
+            for patient in list(waiting):
+                st = self.states.get(p, {}).get(patient)
+                if st is None:
+                    waiting.discard(patient)
+                    continue
+                if st.pending and not st.anchored:
+                    since = st.pending_since if st.pending_since is not None else now
+                    if now - since < st_cfg.admit_grace_s:
+                        continue
+                    self._anchor_inferred(st)
+                    self._flush_pending(st, snaps if row_mode else None, since, max_gap)
+                    done.append((p, st))
+                if st.discharge_time is None:
+                    waiting.discard(patient)
+                    continue
+                seen = st.discharge_seen if st.discharge_seen is not None else now
+                if now - seen < st_cfg.discharge_grace_s:
+                    continue
+                if st.anchored and row_mode and st.row_of(st.discharge_time) > st.row:
+                    st.advance_to(st.row_of(st.discharge_time), max_gap, seen, snaps)
+                st.discharged = True
+                waiting.discard(patient)
+                done.append((p, st))
+        if snaps:
+            extra = Outputs()
+            self._score(snaps, by_state={id(st): st for _, st in done}, out=extra)
+            _merge(out, extra)
+        written: set[int] = set()
+        for p, st in touched + done:
+            if id(st) in written:
+                continue
+            written.add(id(st))
             if st.discharged:
                 self.states[p].pop(st.patient, None)
                 out.changelog.append((p, st.patient, None))
-                counts["evicted"]["discharge"] = counts["evicted"].get("discharge", 0) + 1
+                out.counts["evicted"]["discharge"] = out.counts["evicted"].get("discharge", 0) + 1
             else:
                 out.changelog.append((p, st.patient, st.to_bytes()))
-        return out
 
     def evict_idle(self) -> list[tuple[int, str, bytes | None]]:
         """Tombstones for patients silent for longer than the TTL (event time, per partition)."""
-        ttl = self.settings.state.ttl_s
+        ttl, ttl_wall = self.settings.state.ttl_s, self.settings.state.ttl_wall_s
+        now = time.time()
         tombstones: list[tuple[int, str, bytes | None]] = []
         for p, part in self.states.items():
             wm = self.watermark.get(p, -math.inf)
-            stale = [k for k, s in part.items() if wm - s.last_event_time > ttl]
+            stale = [k for k, s in part.items() if wm - s.last_event_time > ttl and now - s.last_wall > ttl_wall]
             for k in stale:
                 del part[k]
                 tombstones.append((p, k, None))
@@ -139,6 +194,7 @@ class Processor:
         max_gap = cfg.scoring.max_gap_rows
         row_mode = cfg.scoring.mode == "row"
         dups, late = counts["duplicates"], counts["late"]
+        now = time.time()
         for ie in lst:
             ev = ie.event
             if st.is_duplicate(event_uid(ev.source, ev.seq), window):
@@ -146,14 +202,15 @@ class Processor:
                 continue
             if ev.time > st.last_event_time:
                 st.last_event_time = ev.time
+            st.last_wall = now
             if type(ev) is Observation:
                 if not st.anchored:
-                    if st.first_event_time is None:
+                    if st.first_event_time is None or ev.time < st.first_event_time:
                         st.first_event_time = ev.time
+                    if st.pending_since is None:
+                        st.pending_since = time.time()
+                        self._waiting.setdefault(ie.partition, set()).add(st.patient)
                     st.pending.append(ev)
-                    if ev.time - st.first_event_time >= cfg.state.admit_grace_s:
-                        self._anchor_inferred(st)
-                        self._flush_pending(st, snaps if row_mode else None, ie.broker_ts, max_gap)
                     continue
                 k = st.row_of(ev.time)
                 if k > st.row:
@@ -171,22 +228,18 @@ class Processor:
                     self._flush_pending(st, snaps if row_mode else None, ie.broker_ts, max_gap)
             elif ev.kind == "transfer":
                 st.set_context(ev)
-            else:  # discharge: close every row up to the discharge, then evict
-                if not st.anchored:
-                    self._anchor_inferred(st)
-                    self._flush_pending(st, snaps if row_mode else None, ie.broker_ts, max_gap)
-                if st.anchored:
-                    k = st.row_of(ev.time)
-                    if row_mode and k > st.row:
-                        st.advance_to(k, max_gap, ie.broker_ts, snaps)
-                st.discharged = True
-        if not row_mode and st.anchored and not st.discharged:
+            else:  # discharge: finalised (rows closed, state evicted) after the grace period
+                st.discharge_time = ev.time
+                st.discharge_seen = time.time()
+                self._waiting.setdefault(ie.partition, set()).add(st.patient)
+        if not row_mode and st.anchored and st.discharge_time is None:
             if st.last_event_time - st.last_score_time >= cfg.scoring.min_interval_s:
                 snaps.append(st.snapshot(lst[-1].broker_ts, partial=True))
                 st.last_score_time = st.last_event_time
 
     @staticmethod
     def _anchor_inferred(st: PatientState) -> None:
+        st.pending_since = None
         first = st.first_event_time if st.first_event_time is not None else st.last_event_time
         if math.isfinite(first):
             st.anchor(first, 0, from_admit=False)
@@ -194,6 +247,7 @@ class Processor:
     @staticmethod
     def _flush_pending(st: PatientState, snaps: list[Snapshot] | None, ts: float, max_gap: int) -> None:
         pending, st.pending = sorted(st.pending, key=lambda o: o.time), []
+        st.pending_since = None
         for obs in pending:
             k = st.row_of(obs.time)
             if k > st.row:
@@ -250,6 +304,18 @@ class Processor:
                     out.alerts.append((snap.patient, orjson.dumps(alert)))
                     out.alert_trigger_ts.append(snap.trigger_ts)
                     out.alert_labels.append((kind, severity, snap.ward or "unknown"))
+
+
+def _merge(out: Outputs, extra: Outputs) -> None:
+    out.scores += extra.scores
+    out.alerts += extra.alerts
+    out.score_trigger_ts += extra.score_trigger_ts
+    out.alert_trigger_ts += extra.alert_trigger_ts
+    out.row_end_times += extra.row_end_times
+    out.alert_labels += extra.alert_labels
+    out.featurize_s += extra.featurize_s
+    for k, v in extra.inference_s.items():
+        out.inference_s[k] = out.inference_s.get(k, 0.0) + v
 
 
 def _sort_key(ie: InEvent) -> tuple[float, int]:

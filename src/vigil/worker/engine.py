@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from vigil.config import Settings
 from vigil.metrics import WorkerMetrics
@@ -38,6 +40,7 @@ from vigil.registry import Registry
 from vigil.scoring import Scorer
 from vigil.state import PatientState
 from vigil.worker.batch import InEvent, Outputs, Processor
+from vigil.worker.reorder import ReorderBuffer
 
 __all__ = ["Engine", "INPUT_TOPICS", "load_scorers"]
 
@@ -80,11 +83,17 @@ class Engine:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._owned: set[int] = set()
+        self.reorder = ReorderBuffer(settings.state.reorder_hold_s)
+        self.fatal: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        self._next_offsets: dict[TopicPartition, int] = {}  # next offset to read, per fetched partition
+        self._committed: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
-        self.events_seen = 0
+        self.events_seen = 0  # records fetched
+        self.events_done = 0  # records applied to state or dead-lettered, outputs acknowledged
         self.last_activity = time.monotonic()
         for sc in self.scorers:
             self.metrics.model_info.labels(sc.name, sc.version, sc.provider).set(1)
@@ -108,13 +117,14 @@ class Engine:
         await self._consumer.start()
         self._consumer.subscribe(list(self._topic_names), listener=_Rebalance(self))
         self._task = asyncio.create_task(self._run(), name="vigil-engine")
+        self._task.add_done_callback(self._on_done)
         self.metrics.up.set(1)
         log.info("engine started: group=%s topics=%s", s.group_id, sorted(self._topic_names))
 
     async def stop(self) -> None:
         """Finish the batch in flight, commit, leave the group cleanly, flush the producer."""
         self._stopping.set()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(self._task, timeout=30)
             except TimeoutError:
@@ -135,23 +145,42 @@ class Engine:
         assert self._consumer is not None
         last_housekeeping = 0.0
         while not self._stopping.is_set():
-            batch = await self._consumer.getmany(
-                timeout_ms=self.settings.fetch_timeout_ms, max_records=self.settings.max_batch
-            )
-            if batch:
+            try:
+                batch = await self._consumer.getmany(
+                    timeout_ms=self.settings.fetch_timeout_ms, max_records=self.settings.max_batch
+                )
                 async with self._lock:
                     await self._handle(batch)
-            if time.monotonic() - last_housekeeping > 1.0:
-                last_housekeeping = time.monotonic()
-                async with self._lock:
-                    await self._housekeeping()
+                if time.monotonic() - last_housekeeping > 0.5:
+                    last_housekeeping = time.monotonic()
+                    async with self._lock:
+                        await self._housekeeping()
+            except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+                # a rebalance raced the batch: its offsets stay uncommitted and it is consumed again
+                # (state already holds it: de-duplicated; outputs carry deterministic ids)
+                log.warning("batch not committed (%s: %s); it will be re-delivered", type(exc).__name__, exc)
+                self.metrics.commit_failures.inc()
+        async with self._lock:  # stopping: apply what is held, then commit everything
+            await self._handle({}, flush=True)
 
-    async def _handle(self, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        """The consume loop must never die silently: a fatal error ends the process (crash-only design:
+        uncommitted input is re-delivered to the next owner, so this is safe)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.critical("engine failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        self.metrics.up.set(0)
+        self.fatal = exc
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    async def _handle(self, batch: dict[TopicPartition, list], flush: bool = False) -> None:  # type: ignore[type-arg]
+        """Decode a fetched batch into the reorder buffer, apply what is due, emit, then commit."""
         assert self._consumer is not None and self._producer is not None
         t0 = time.perf_counter()
-        m, s = self.metrics, self.settings
+        m = self.metrics
         events: list[InEvent] = []
-        offsets: dict[TopicPartition, int] = {}
         dead: list[tuple[bytes | None, bytes]] = []
         kinds: dict[tuple[str, str], int] = {}
         invalid: dict[tuple[str, str], int] = {}
@@ -159,7 +188,7 @@ class Engine:
         n = 0
         for tp, records in batch.items():
             name = self._topic_names[tp.topic]
-            offsets[tp] = records[-1].offset + 1
+            self._next_offsets[tp] = records[-1].offset + 1
             n += len(records)
             for r in records:
                 ev = decode(r.value, name, r.key)
@@ -169,27 +198,56 @@ class Engine:
                         received_at=now)))  # fmt: skip
                     invalid[(name, ev.reason)] = invalid.get((name, ev.reason), 0) + 1
                     continue
-                events.append(InEvent(ev, name, tp.partition, r.timestamp / 1000.0))  # type: ignore[arg-type]
+                events.append(InEvent(ev, name, tp.partition, r.timestamp / 1000.0, r.offset))  # type: ignore[arg-type]
                 k = (name, ev.kind)  # type: ignore[union-attr]
                 kinds[k] = kinds.get(k, 0) + 1
-        out = self.processor.process(events)
-        await self._emit(out, dead)
-        await self._consumer.commit(offsets)
-        # metrics after the commit: they count what is durable
-        self.batches += 1
+        self.reorder.add(events, now)
         self.events_seen += n
-        self.last_activity = time.monotonic()
-        m.batch_size.observe(n)
+        due = self.reorder.release(math.inf if flush else now)
+        if not due and not dead and not self._commit_pending():
+            if n:
+                self.batches += 1
+                m.batch_size.observe(n)
+            return
+        out = self.processor.process(due)
+        await self._emit(out, dead)
+        await self._commit()
+        # metrics after the commit: they count what is durable
+        self.events_done += len(due) + len(dead)
+        if n:
+            self.batches += 1
+            self.last_activity = time.monotonic()
+            m.batch_size.observe(n)
         for (topic, kind), c in kinds.items():
             m.events.labels(topic, kind).inc(c)
         for (topic, reason), c in invalid.items():
             m.invalid.labels(topic, reason).inc(c)
             m.dead_letters.labels(reason).inc(c)
-        for topic, c in out.counts["duplicates"].items():
+        self._count(out)
+        m.batch_seconds.observe(time.perf_counter() - t0)
+
+    def _commit_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition: the next offset, or the lowest offset still held in the reorder buffer."""
+        held = self.reorder.min_offsets()
+        return {tp: held.get((self._topic_names[tp.topic], tp.partition), nxt) for tp, nxt in self._next_offsets.items()}
+
+    def _commit_pending(self) -> bool:
+        return any(self._committed.get(tp) != off for tp, off in self._commit_offsets().items())
+
+    async def _commit(self) -> None:
+        assert self._consumer is not None
+        offsets = {tp: off for tp, off in self._commit_offsets().items() if self._committed.get(tp) != off}
+        if offsets:
+            await self._consumer.commit(offsets)
+            self._committed.update(offsets)
+
+    def _count(self, out: Outputs) -> None:
+        m = self.metrics
+        for topic, c in out.counts.get("duplicates", {}).items():
             m.duplicates.labels(topic).inc(c)
-        for topic, c in out.counts["late"].items():
+        for topic, c in out.counts.get("late", {}).items():
             m.late.labels(topic).inc(c)
-        for reason, c in out.counts["evicted"].items():
+        for reason, c in out.counts.get("evicted", {}).items():
             m.evictions.labels(reason).inc(c)
         if out.scores:
             m.featurize_seconds.observe(out.featurize_s)
@@ -200,7 +258,6 @@ class Engine:
         for labels in out.alert_labels:
             m.alerts.labels(*labels).inc()
         m.patients.set(self.processor.patients())
-        m.batch_seconds.observe(time.perf_counter() - t0)
 
     async def _emit(self, out: Outputs, dead: list[tuple[bytes | None, bytes]]) -> None:
         assert self._producer is not None
@@ -231,15 +288,22 @@ class Engine:
 
     async def _housekeeping(self) -> None:
         assert self._producer is not None and self._consumer is not None
+        out = self.processor.finalize_due()
         tombstones = self.processor.evict_idle()
-        if tombstones:
-            await self._emit(Outputs(changelog=tombstones), [])
-            self.metrics.evictions.labels("ttl").inc(len(tombstones))
+        out.changelog += tombstones
+        if out.changelog:
+            await self._emit(out, [])
+            self._count(out)
+            if tombstones:
+                self.metrics.evictions.labels("ttl").inc(len(tombstones))
         for tp in self._consumer.assignment():
             hw = self._consumer.highwater(tp)
             if hw is None:
                 continue
-            pos = await self._consumer.position(tp)
+            try:
+                pos = await self._consumer.position(tp)
+            except IllegalStateError:  # revoked meanwhile
+                continue
             self.metrics.consumer_lag.labels(self._topic_names.get(tp.topic, tp.topic), str(tp.partition)).set(
                 max(0, hw - pos)
             )
@@ -254,7 +318,10 @@ class Engine:
             hw = self._consumer.highwater(tp)
             if hw is None:
                 return None
-            total += max(0, hw - await self._consumer.position(tp))
+            try:
+                total += max(0, hw - await self._consumer.position(tp))
+            except IllegalStateError:
+                return None
         return total
 
     # -- rebalance: state moves with partitions ---------------------------------------------------
@@ -268,6 +335,10 @@ class Engine:
             gone = self._owned - parts
             new = parts - self._owned
             self.processor.drop_partitions(gone)
+            self.reorder.drop_partitions(gone)
+            for tp in [tp for tp in self._next_offsets if tp.partition in gone]:
+                del self._next_offsets[tp]
+                self._committed.pop(tp, None)
             if new:
                 restored = await self._restore(sorted(new))
                 for p in new:

@@ -1,0 +1,312 @@
+"""Typed event records and the edge decoder: every input event is validated once, here.
+
+Wire format (JSON objects, ``"v": 1``; unknown extra fields are ignored). Vital signs and lab results::
+
+    {"v": 1, "source": "monitor-7", "seq": 42, "patient": "pt-...", "time": "2026-01-01T05:00:00+00:00",
+     "system": "LOINC", "code": "8867-4", "value": 88, "unit": "/min"}
+
+ADT (admit / transfer / discharge); ``ward``, ``bed``, ``unit``, ``admit_time``, ``age``, ``sex`` and
+``hosp_adm_time_h`` are optional::
+
+    {"v": 1, "source": "adt", "seq": 7, "patient": "pt-...", "time": "...", "kind": "admit",
+     "ward": "ICU-MED", "bed": "4", "unit": "MICU", "admit_time": "...", "age": 71, "sex": "F",
+     "hosp_adm_time_h": -12.5}
+
+Rules: times are ISO 8601 with an explicit offset (``Z`` or ``+hh:mm``; a naive time is rejected, never
+guessed); numbers are JSON numbers (``true`` is not a number; NaN / Infinity are rejected); strings are
+non-empty and at most :data:`MAX_STR` characters; ``seq`` is an integer >= 0. Codes, units and plausible
+ranges come from the data tables (:mod:`vigil.codes`); values are converted to the canonical unit.
+
+:func:`decode` never raises: it returns an :class:`Observation`, an :class:`AdtEvent` or an
+:class:`Invalid` (errors are values on the hot path); :func:`dead_letter_record` turns an
+:class:`Invalid` into the dead-letter topic's value, keeping the original bytes.
+
+>>> raw = encode_observation(patient="pt-1", source="m", seq=1, time=datetime(2026, 1, 1, tzinfo=UTC),
+...                          system="LOINC", code="8310-5", value=100.4, unit="[degF]")
+>>> ev = decode(raw, "vitals", b"pt-1")
+>>> ev.var, ev.value, ev.kind
+(2, 38.0, 'vital')
+>>> decode(b'{"v":1}', "vitals")
+Invalid(reason='missing_field', error_type='InvalidEvent', detail="required field 'patient' is missing", field='patient')
+>>> decode(raw, "vitals", b"pt-2").reason
+'key_mismatch'
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from vigil.codes import normaliser
+from vigil.errors import InvalidEvent
+
+__all__ = [
+    "Observation", "AdtEvent", "Invalid", "decode", "encode_observation", "encode_adt", "dead_letter_record",
+    "ADT_KINDS", "SEXES", "MAX_STR", "STREAMS",
+]  # fmt: skip
+
+STREAMS = ("vitals", "labs", "adt")
+ADT_KINDS = ("admit", "transfer", "discharge")
+SEXES = ("M", "F", "U")
+MAX_STR = 128
+_MAX_TIME_STR = 64
+_AGE_RANGE = (0.0, 130.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A vital sign or a lab result, already normalised."""
+
+    patient: str  # pseudonymised patient id (== Kafka key)
+    source: str  # feed / system id
+    seq: int  # sequence id within source; (source, seq) identifies the event for de-duplication
+    time: float  # event (observation) time, POSIX seconds UTC
+    var: int  # index into vigil.variables.VARIABLES
+    value: float  # in vigil.variables.CANONICAL_UNITS
+    kind: str  # "vital" | "lab"
+
+
+@dataclass(frozen=True, slots=True)
+class AdtEvent:
+    """Admit, transfer or discharge, with the ICU context the featurizer needs."""
+
+    patient: str
+    source: str
+    seq: int
+    time: float
+    kind: str  # "admit" | "transfer" | "discharge"
+    ward: str | None
+    bed: str | None
+    unit: str | None  # ICU unit, e.g. "MICU", "SICU"; other strings allowed
+    admit_time: float | None  # ICU admission time (POSIX s); for an admit defaults to `time`
+    age: float | None  # years
+    sex: str | None  # "M" | "F" | "U"
+    hosp_adm_time_h: float | None  # hours from hospital admission to ICU admission (<= 0 typically)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Why an event was rejected: a stable ``reason`` (:data:`vigil.errors.REASONS`), the exception type,
+    a message naming the field and the value, and the field."""
+
+    reason: str
+    error_type: str
+    detail: str
+    field: str | None = None
+
+
+# ------------------------------------------------------------------------------------------- field checks
+def _missing(name: str) -> InvalidEvent:
+    return InvalidEvent("missing_field", f"required field {name!r} is missing", name)
+
+
+def _str(d: dict[str, Any], name: str, required: bool = True, empty_ok: bool = False) -> str | None:
+    v = d.get(name)
+    if type(v) is str and (v or empty_ok) and len(v) <= MAX_STR:
+        return v
+    if v is None:
+        if required:
+            raise _missing(name)
+        return None
+    what = type(v).__name__ if type(v) is not str else ("an empty string" if not v else f"{len(v)} characters")
+    msg = f"field {name!r} must be a non-empty string of at most {MAX_STR} characters, got {what}"
+    raise InvalidEvent("bad_type", msg, name)
+
+
+def _num(d: dict[str, Any], name: str, required: bool = True) -> float | None:
+    v = d.get(name)
+    t = type(v)
+    if t is float:
+        if math.isfinite(v):  # type: ignore[arg-type]
+            return v  # type: ignore[return-value]
+        raise InvalidEvent("bad_type", f"field {name!r} must be a finite number, got {v!r}", name)
+    if t is int:  # bool is a subclass of int, but type() is exact: true/false are rejected below
+        f = float(v)  # type: ignore[arg-type]
+        if math.isfinite(f):
+            return f
+        raise InvalidEvent("bad_type", f"field {name!r} is out of range", name)
+    if v is None:
+        if required:
+            raise _missing(name)
+        return None
+    raise InvalidEvent("bad_type", f"field {name!r} must be a number, got {t.__name__} {_short(v)}", name)
+
+
+def _seq(d: dict[str, Any]) -> int:
+    v = d.get("seq")
+    if type(v) is int and v >= 0:
+        return v
+    if v is None:
+        raise _missing("seq")
+    raise InvalidEvent("bad_type", f"field 'seq' must be an integer >= 0, got {_short(v)}", "seq")
+
+
+def _time(d: dict[str, Any], name: str, required: bool = True) -> float | None:
+    v = d.get(name)
+    if v is None:
+        if required:
+            raise _missing(name)
+        return None
+    if type(v) is not str or len(v) > _MAX_TIME_STR:
+        msg = f"field {name!r} must be an ISO 8601 string with a UTC offset, got {type(v).__name__}"
+        raise InvalidEvent("bad_type", msg, name)
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError as exc:
+        raise InvalidEvent("bad_timestamp", f"field {name!r} is not ISO 8601: {v!r}", name) from exc
+    if dt.tzinfo is None:
+        msg = f"field {name!r} has no UTC offset: {v!r} (send 'Z' or +hh:mm; local times are never guessed)"
+        raise InvalidEvent("naive_timestamp", msg, name)
+    try:
+        return dt.timestamp()
+    except (OverflowError, ValueError) as exc:
+        raise InvalidEvent("bad_timestamp", f"field {name!r} is out of range: {v!r}", name) from exc
+
+
+def _short(v: object) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def _observation(d: dict[str, Any]) -> Observation:
+    patient, source, seq, t = _str(d, "patient"), _str(d, "source"), _seq(d), _time(d, "time")
+    system, code = _str(d, "system"), _str(d, "code")
+    value = _num(d, "value")
+    unit = _str(d, "unit", empty_ok=True)
+    var, canonical, kind = normaliser().normalise(system, code, unit, value)  # type: ignore[arg-type]
+    return Observation(patient, source, seq, t, var, canonical, kind)  # type: ignore[arg-type]
+
+
+def _adt(d: dict[str, Any]) -> AdtEvent:
+    patient, source, seq, t = _str(d, "patient"), _str(d, "source"), _seq(d), _time(d, "time")
+    kind = d.get("kind")
+    if kind not in ADT_KINDS:
+        if kind is None:
+            raise _missing("kind")
+        msg = f"ADT kind {_short(kind)} is not one of {', '.join(ADT_KINDS)}"
+        raise InvalidEvent("unknown_adt_kind", msg, "kind")
+    sex = _str(d, "sex", False)
+    if sex is not None and sex not in SEXES:
+        raise InvalidEvent("bad_type", f"field 'sex' must be one of {', '.join(SEXES)}, got {sex!r}", "sex")
+    age = _num(d, "age", False)
+    if age is not None and not _AGE_RANGE[0] <= age <= _AGE_RANGE[1]:
+        msg = f"age {age:g} outside the plausible range [{_AGE_RANGE[0]:g}, {_AGE_RANGE[1]:g}] years"
+        raise InvalidEvent("implausible_value", msg, "age")
+    admit_time = _time(d, "admit_time", False)
+    if admit_time is None and kind == "admit":
+        admit_time = t
+    return AdtEvent(
+        patient, source, seq, t, kind, _str(d, "ward", False), _str(d, "bed", False),  # type: ignore[arg-type]
+        _str(d, "unit", False), admit_time, age, sex, _num(d, "hosp_adm_time_h", False),
+    )  # fmt: skip
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # orjson rejects the NaN / Infinity literals outright; parse those (only those) leniently so that
+        # the record is reported as what it is — a non-finite number (bad_type) — rather than as garbage.
+        if b"NaN" not in raw and b"Infinity" not in raw:
+            raise
+        return json.loads(raw)
+
+
+def decode(raw: bytes | None, stream: str, key: bytes | None = None) -> Observation | AdtEvent | Invalid:
+    """Validate one raw event from ``stream`` (``"adt"``; anything else is decoded as an observation —
+    the ``kind`` comes from the code table, not from the topic). Never raises.
+
+    When ``key`` (the Kafka key) is given it must equal the event's patient (UTF-8), else ``key_mismatch``.
+    """
+    try:
+        if raw is None:
+            return Invalid("malformed_json", "EmptyValue", "the record has no value (null)")
+        try:
+            d = _loads(raw)
+        except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ...
+            return Invalid("malformed_json", type(exc).__name__, f"not valid JSON: {_short(str(exc))}")
+        if type(d) is not dict:
+            return Invalid("not_an_object", "InvalidEvent", f"expected a JSON object, got {type(d).__name__}")
+        v = d.get("v", 1)
+        if type(v) is not int or v != 1:
+            return Invalid("unsupported_version", "InvalidEvent", f"unsupported event version {_short(v)}", "v")
+        ev: Observation | AdtEvent = _adt(d) if stream == "adt" else _observation(d)
+        if key is not None and key != ev.patient.encode():
+            msg = f"the Kafka key {_short(key)} differs from the event's patient {ev.patient!r}"
+            return Invalid("key_mismatch", "InvalidEvent", msg, "patient")
+        return ev
+    except InvalidEvent as exc:
+        return Invalid(exc.reason, type(exc).__name__, str(exc), exc.field)
+    except Exception as exc:  # noqa: BLE001 - one bad event must never stop a batch
+        return Invalid("bad_type", type(exc).__name__, f"unexpected error: {_short(str(exc))}")
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+def _iso(t: datetime, name: str = "time") -> str:
+    if t.tzinfo is None or t.utcoffset() is None:
+        msg = f"{name} must be timezone-aware, got naive {t.isoformat()}"
+        raise ValueError(msg)
+    return t.isoformat()
+
+
+def encode_observation(
+    *, patient: str, source: str, seq: int, time: datetime, system: str, code: str, value: float, unit: str
+) -> bytes:
+    """One vitals/labs event in the wire format (``time`` must be timezone-aware, ``value`` finite)."""
+    if not math.isfinite(value):
+        msg = f"value must be finite, got {value!r}"
+        raise ValueError(msg)
+    return orjson.dumps({"v": 1, "source": source, "seq": seq, "patient": patient, "time": _iso(time),
+                         "system": system, "code": code, "value": value, "unit": unit})  # fmt: skip
+
+
+def encode_adt(
+    *, patient: str, source: str, seq: int, time: datetime, kind: str, ward: str | None = None,
+    bed: str | None = None, unit: str | None = None, admit_time: datetime | None = None,
+    age: float | None = None, sex: str | None = None, hosp_adm_time_h: float | None = None,
+) -> bytes:  # fmt: skip
+    """One ADT event in the wire format; ``None`` fields are left out."""
+    d: dict[str, Any] = {"v": 1, "source": source, "seq": seq, "patient": patient, "time": _iso(time), "kind": kind}
+    if ward is not None:
+        d["ward"] = ward
+    if bed is not None:
+        d["bed"] = bed
+    if unit is not None:
+        d["unit"] = unit
+    if admit_time is not None:
+        d["admit_time"] = _iso(admit_time, "admit_time")
+    if age is not None:
+        d["age"] = age
+    if sex is not None:
+        d["sex"] = sex
+    if hosp_adm_time_h is not None:
+        d["hosp_adm_time_h"] = hosp_adm_time_h
+    return orjson.dumps(d)
+
+
+def dead_letter_record(
+    inv: Invalid, *, topic: str, partition: int, offset: int, raw: bytes | None, key: bytes | None,
+    received_at: float,
+) -> bytes:  # fmt: skip
+    """The dead-letter value: the reason plus everything needed to find and replay the original.
+
+    >>> inv = decode(b"{oops", "vitals")
+    >>> rec = orjson.loads(dead_letter_record(inv, topic="vitals", partition=3, offset=17, raw=b"{oops",
+    ...                                       key=b"pt-1", received_at=0.0))
+    >>> rec["reason"], base64.b64decode(rec["raw_b64"]), rec["received_at"]
+    ('malformed_json', b'{oops', '1970-01-01T00:00:00+00:00')
+    """
+    return orjson.dumps({
+        "v": 1, "reason": inv.reason, "error_type": inv.error_type, "detail": inv.detail, "field": inv.field,
+        "source_topic": topic, "partition": partition, "offset": offset,
+        "raw_b64": base64.b64encode(raw).decode("ascii") if raw is not None else None,
+        "key_b64": base64.b64encode(key).decode("ascii") if key is not None else None,
+        "received_at": datetime.fromtimestamp(received_at, UTC).isoformat(),
+    })  # fmt: skip
