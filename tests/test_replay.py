@@ -280,7 +280,8 @@ def test_replay_into_broker(broker: str, sample_path: Path) -> None:
         stream = r.topic.removeprefix(s.topic_prefix)  # type: ignore[attr-defined]
         ev = decode(r.value, stream, r.key)  # type: ignore[attr-defined]
         assert not isinstance(ev, Invalid)
-        assert r.timestamp == round(ev.time * 1000)  # type: ignore[attr-defined, union-attr]
+        # the broker timestamp is the send (ingest) time, which end-to-end latency is measured from
+        assert abs(r.timestamp / 1000 - time.time()) < 120  # type: ignore[attr-defined]
         by_key.setdefault(r.key, []).append((r.timestamp, ev.seq))  # type: ignore[attr-defined, union-attr]
     assert sorted(by_key) == sorted(pseudonymise(st.stay_id, s.pseudonym_key.get_secret_value()).encode()
                                     for st in first5)  # fmt: skip

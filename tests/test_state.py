@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -46,8 +47,15 @@ def test_rows_close_on_next_hour_and_discharge(proc: Processor) -> None:
     assert rows == [2, 3, 4]  # row 5 is still open; row 4 had no data but an hour passed
     out = proc.process([adt(6, "discharge", 5)])
     assert [orjson_loads(v)["row"] for _, v in out.scores] == [5]
-    assert proc.patients() == 0
-    assert out.changelog == [(0, "pt-a", None)]  # tombstone on discharge
+    assert proc.patients() == 0  # discharged: no longer in care
+    # a straggler or a duplicate of the finished stay is dropped (counted late), not a ghost stay
+    out = proc.process([obs(5.5, HR, 95, 99), obs(2, HR, 80, 2)])
+    assert out.scores == [] and out.counts["late"] == {"vitals": 2} and proc.patients() == 0
+    tombstones, reasons = proc.evict_idle(now=time.time() + 7200)  # closed record kept closed_keep_s
+    assert tombstones == [(0, "pt-a", None)] and reasons["discharge"] == 1
+    # a new stay after the discharge opens a fresh state
+    proc.process([adt(30, "admit", 200, admit_time=T0 + 30 * HOUR), obs(30, HR, 70, 201)])
+    assert proc.patients() == 1 and proc.states[0]["pt-a"].row == 0
 
 
 def test_locf_and_hours_since_in_snapshot() -> None:
@@ -114,10 +122,10 @@ def test_ttl_eviction_by_event_time() -> None:
     p = Processor(s, load_scorers(s))
     p.process([adt(0, "admit", 1, patient="pt-old"), obs(0, HR, 80, 2, patient="pt-old")])
     p.process([adt(20, "admit", 3, patient="pt-new"), obs(20, HR, 80, 4, patient="pt-new")])
-    assert p.evict_idle() == [(0, "pt-old", None)]
+    assert p.evict_idle()[0] == [(0, "pt-old", None)]
     p2 = Processor(load_settings(None, state={"ttl_s": 10 * HOUR}), p.scorers)  # recently seen: kept
     p2.process([adt(0, "admit", 1, patient="pt-old"), adt(20, "admit", 3, patient="pt-new")])
-    assert p2.evict_idle() == []
+    assert p2.evict_idle()[0] == []
     assert set(p.states[0]) == {"pt-new"}
 
 

@@ -69,6 +69,6 @@ class AlertRules:
 
 def alert_message(kind: str, *, risk: float, threshold: float, news2: dict[str, Any]) -> str:
     if kind == "model_risk":
-        return f"Sepsis risk {risk:.2f} at or above the operating threshold {threshold:.2f}; NEWS2 {news2['total']}"
+        return f"Sepsis risk {risk:.3f} at or above the operating threshold {threshold:.3f}; NEWS2 {news2['total']}"
     parts = ", ".join(f"{k} {v}" for k, v in news2["parts"].items() if v)
     return f"NEWS2 {news2['total']} (emergency threshold): {parts}"

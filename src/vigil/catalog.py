@@ -26,7 +26,8 @@ from typing import Any
 from vigil.errors import ConfigError
 
 __all__ = [
-    "TopicSpec", "load_catalog", "schema_for", "create_topics", "render_markdown", "REQUIRED", "CO_PARTITIONED",
+    "TopicSpec", "load_catalog", "schema_for", "create_topics", "render_markdown", "REQUIRED",
+    "CO_PARTITIONED",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def load_catalog(streams_dir: Path) -> dict[str, TopicSpec]:
         try:
             spec = TopicSpec(
                 name=str(name), partitions=int(t["partitions"]),
-                replication_factor=int(t.get("replication_factor", 1)), cleanup_policy=str(t["cleanup_policy"]),
+                replication_factor=int(t.get("replication_factor", 1)),
+                cleanup_policy=str(t["cleanup_policy"]),
                 retention_ms=int(t["retention_ms"]), key=str(t["key"]), schema_file=str(t["schema"]),
                 description=str(t["description"]), producers=tuple(map(str, t.get("producers") or ())),
                 consumers=tuple(map(str, t.get("consumers") or ())),
@@ -113,7 +115,8 @@ def load_catalog(streams_dir: Path) -> dict[str, TopicSpec]:
 def schema_for(name: str, streams_dir: Path) -> dict[str, Any]:
     """The JSON Schema (a dict) of topic ``name``'s values."""
     spec = load_catalog(streams_dir)[name]
-    return json.loads((Path(streams_dir) / spec.schema_file).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    schema: dict[str, Any] = json.loads((Path(streams_dir) / spec.schema_file).read_text(encoding="utf-8"))
+    return schema
 
 
 def _partitions(spec: TopicSpec, override: int | None) -> int:
@@ -163,12 +166,15 @@ async def create_topics(
             errors = await _create(admin, [new_topic(n, True) for n in todo])
             retry = [n for n, (code, _) in errors.items() if code in _UNSUPPORTED_CONFIG]
             if retry:
+                why = "; ".join(f"{errors[n][0]}: {errors[n][1]}" for n in retry)
                 log.warning("broker rejected topic configs for %s (%s); creating them without configs",
-                            ", ".join(retry), "; ".join(f"{errors[n][0]}: {errors[n][1]}" for n in retry))  # fmt: skip
+                            ", ".join(retry), why)  # fmt: skip
                 errors = {n: e for n, e in errors.items() if n not in retry}
                 errors.update(await _create(admin, [new_topic(n, False) for n in retry]))
             if errors:
-                msg = "create_topics failed: " + "; ".join(f"{n}: error {c} {m}" for n, (c, m) in errors.items())
+                msg = "create_topics failed: " + "; ".join(
+                    f"{n}: error {c} {m}" for n, (c, m) in errors.items()
+                )
                 raise ConfigError(msg)
         await _check_partitions(admin, names, prefix, partitions_override)
         log.info("topics ready: %s", ", ".join(names))
@@ -193,7 +199,9 @@ async def _create(admin: Any, topics: list[Any]) -> dict[str, tuple[int, str | N
     return out
 
 
-async def _check_partitions(admin: Any, names: dict[str, TopicSpec], prefix: str, override: int | None) -> None:
+async def _check_partitions(
+    admin: Any, names: dict[str, TopicSpec], prefix: str, override: int | None
+) -> None:
     described = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(list(names))}
     for name, spec in names.items():
         want, got = _partitions(spec, override), described.get(name)
@@ -218,8 +226,8 @@ def _type(p: dict[str, Any]) -> str:
         return f"const {json.dumps(p['const'])}"
     if "enum" in p:
         return "one of " + ", ".join(f"`{e}`" for e in p["enum"])
-    typ = p.get("type", "any")
-    typ = " or ".join(typ) if isinstance(typ, list) else typ
+    raw = p.get("type", "any")
+    typ = " or ".join(map(str, raw)) if isinstance(raw, list) else str(raw)
     if p.get("format"):
         typ += f" ({p['format']})"
     if typ == "array" and "items" in p:
@@ -256,7 +264,8 @@ def render_markdown(catalog: dict[str, TopicSpec], streams_dir: Path) -> str:
         " unknown extra fields are ignored by consumers. Times are ISO 8601 with a UTC offset.",
         f"`{'`, `'.join(CO_PARTITIONED)}` are co-partitioned by patient: they always have the same partition"
         " count. `vigil topics create` creates every topic (idempotent) with `cleanup.policy` and"
-        " `retention.ms`; the embedded Tansu broker accepts and stores these configs (and does not validate them).",
+        " `retention.ms`; the embedded Tansu broker accepts and stores these configs (and does not validate"
+        " them).",
         "",
         "| topic | partitions | replication | key | cleanup | retention | description |",
         "|---|---:|---:|---|---|---|---|",
@@ -266,10 +275,19 @@ def render_markdown(catalog: dict[str, TopicSpec], streams_dir: Path) -> str:
                      f" | {_fmt_retention(s.retention_ms)} | {s.description} |")  # fmt: skip
     for s in catalog.values():
         schema = json.loads((Path(streams_dir) / s.schema_file).read_text(encoding="utf-8"))
-        lines += ["", f"## `{s.name}`", "", f"**{schema.get('title', s.name)}.** {schema.get('description', '')}", ""]
+        lines += [
+            "",
+            f"## `{s.name}`",
+            "",
+            f"**{schema.get('title', s.name)}.** {schema.get('description', '')}",
+            "",
+        ]
         lines += [f"Schema: `streams/{s.schema_file}`. Key: {s.key}.", ""]
         if s.producers or s.consumers:
-            lines += [f"Producers: {', '.join(s.producers) or '-'}. Consumers: {', '.join(s.consumers) or '-'}.", ""]
+            lines += [
+                f"Producers: {', '.join(s.producers) or '-'}. Consumers: {', '.join(s.consumers) or '-'}.",
+                "",
+            ]
         props = schema.get("properties")
         if props:
             lines += ["| field | type | required | description |", "|---|---|---|---|"]

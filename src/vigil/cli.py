@@ -42,6 +42,7 @@ def cli(ctx: click.Context, config_path: str | None, bootstrap: str | None, topi
     if log_level:
         settings.log_level = log_level
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     ctx.obj = {"settings": settings}
 
 

@@ -6,9 +6,9 @@
   rate 149530). An MDC row's reference id (its ``display``, e.g. ``MDC_PULS_OXIM_SAT_O2``) is accepted as a
   code too. The replay sends each variable under its *first* LOINC row, so keep that one first. No comment
   lines in this file (other tools read it with a plain CSV reader).
-* ``units.csv`` — ``variable,unit,factor,offset``: canonical = factor * value + offset. Units match exactly and
-  case-sensitively (UCUM) after stripping surrounding whitespace; documented aliases and MDC unit codes are
-  listed rows. Every variable has an identity row for its canonical unit.
+* ``units.csv`` — ``variable,unit,factor,offset``: canonical = factor * value + offset. Units match exactly
+  and case-sensitively (UCUM) after stripping surrounding whitespace; documented aliases and MDC unit codes
+  are listed rows. Every variable has an identity row for its canonical unit.
 * ``ranges.csv`` — ``variable,min,max``: physiologic plausibility in canonical units, inclusive.
 
 Coding systems are normalised through :data:`SYSTEM_ALIASES` (``LOINC`` = ``http://loinc.org`` = ``LN``;
@@ -93,8 +93,10 @@ class Normaliser:
         lo, hi = self.ranges[var]
         if not lo <= canonical <= hi:
             name = VARIABLES[var]
-            msg = (f"{name} {canonical:g} outside the plausible range [{lo:g}, {hi:g}] {CANONICAL_UNITS[name]} "
-                   f"(code {system} {code}, sent {value:g} {unit})")  # fmt: skip
+            msg = (
+                f"{name} {canonical:g} outside the plausible range [{lo:g}, {hi:g}] {CANONICAL_UNITS[name]} "
+                f"(code {system} {code}, sent {value:g} {unit})"
+            )
             raise InvalidEvent("implausible_value", msg, "value")
         return var, canonical, kind
 
@@ -104,7 +106,11 @@ class Normaliser:
         >>> normaliser().codes_for(VAR_INDEX["Lactate"])
         ['2524-7', '32693-4']
         """
-        return [c for (s, c), (v, _) in self.codes.items() if v == var and s == system and not c.startswith("MDC_")]
+        return [
+            c
+            for (s, c), (v, _) in self.codes.items()
+            if v == var and s == system and not c.startswith("MDC_")
+        ]
 
     @classmethod
     def from_rows(
@@ -126,8 +132,9 @@ class Normaliser:
             if system is None:
                 msg = f"codes.csv: unknown coding system {row['system']!r} (add it to SYSTEM_ALIASES)"
                 raise ConfigError(msg)
-            keys = [row["code"]] + ([row["display"]] if system == "MDC" and row.get("display", "").startswith("MDC_")
-                                    else [])  # fmt: skip
+            keys = [row["code"]]
+            if system == "MDC" and row.get("display", "").startswith("MDC_"):
+                keys.append(row["display"])  # the MDC reference id, e.g. MDC_PULS_OXIM_SAT_O2
             for code in keys:
                 for alias, target in SYSTEM_ALIASES.items():
                     if target == system:

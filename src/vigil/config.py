@@ -82,6 +82,9 @@ class StateSettings(BaseModel):
     # newest event) AND for ttl_wall_s of wall time (so a fast replay or backlog never evicts early).
     ttl_s: float = 48 * 3600.0
     ttl_wall_s: float = 3600.0
+    # After a discharge a small closed record is kept this long (wall seconds): late events and
+    # duplicates of the finished stay are dropped and counted instead of opening a ghost stay.
+    closed_keep_s: float = 3600.0
     # Observations of a patient with no ADT admit yet wait this many wall seconds for it (feeds are
     # independent topics: a fetch can deliver vitals before their admit); then rows are numbered from
     # the first observation and scoring starts without the ADT context.
@@ -90,9 +93,12 @@ class StateSettings(BaseModel):
     # A discharge is finalised (last rows scored, state evicted) this many wall seconds after it was
     # applied (on top of the reorder hold below).
     discharge_grace_s: float = 0.0
-    # Every fetched batch is held this many wall seconds before it is applied, so cross-topic skew
-    # (labs of hour k fetched after vitals of hour k+1) does not close a row early. Adds this latency.
-    reorder_hold_s: float = 1.0
+    # Events wait in a reorder buffer until the partition's event-time watermark (over vitals, labs
+    # and adt; a caught-up topic does not hold the others back) passes them, so cross-topic skew never
+    # closes a row early: at least reorder_min_hold_s (events in flight from independent feeds) and at
+    # most reorder_max_hold_s wall seconds (bounded latency if a topic lags). See worker/reorder.py.
+    reorder_min_hold_s: float = 0.5
+    reorder_max_hold_s: float = 10.0
 
 
 class AlertSettings(BaseModel):

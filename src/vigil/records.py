@@ -26,8 +26,9 @@ ranges come from the data tables (:mod:`vigil.codes`); values are converted to t
 >>> ev = decode(raw, "vitals", b"pt-1")
 >>> ev.var, ev.value, ev.kind
 (2, 38.0, 'vital')
->>> decode(b'{"v":1}', "vitals")
-Invalid(reason='missing_field', error_type='InvalidEvent', detail="required field 'patient' is missing", field='patient')
+>>> bad = decode(b'{"v":1}', "vitals")
+>>> bad.reason, bad.field, bad.detail
+('missing_field', 'patient', "required field 'patient' is missing")
 >>> decode(raw, "vitals", b"pt-2").reason
 'key_mismatch'
 """
@@ -102,40 +103,46 @@ class Invalid:
 
 
 # ------------------------------------------------------------------------------------------- field checks
+# Each check returns the value or raises InvalidEvent naming the field; the opt_ variants return None for an
+# absent or null field. Exact type() checks: a JSON true/false is never a number, 1.0 is never a seq.
 def _missing(name: str) -> InvalidEvent:
     return InvalidEvent("missing_field", f"required field {name!r} is missing", name)
 
 
-def _str(d: dict[str, Any], name: str, required: bool = True, empty_ok: bool = False) -> str | None:
+def _opt_str(d: dict[str, Any], name: str, empty_ok: bool = False) -> str | None:
     v = d.get(name)
-    if type(v) is str and (v or empty_ok) and len(v) <= MAX_STR:
+    if v is None or (type(v) is str and (v or empty_ok) and len(v) <= MAX_STR):
         return v
-    if v is None:
-        if required:
-            raise _missing(name)
-        return None
-    what = type(v).__name__ if type(v) is not str else ("an empty string" if not v else f"{len(v)} characters")
+    what = type(v).__name__ if type(v) is not str else (f"{len(v)} characters" if v else "an empty string")
     msg = f"field {name!r} must be a non-empty string of at most {MAX_STR} characters, got {what}"
     raise InvalidEvent("bad_type", msg, name)
 
 
-def _num(d: dict[str, Any], name: str, required: bool = True) -> float | None:
+def _str(d: dict[str, Any], name: str, empty_ok: bool = False) -> str:
+    v = _opt_str(d, name, empty_ok)
+    if v is None:
+        raise _missing(name)
+    return v
+
+
+def _opt_num(d: dict[str, Any], name: str) -> float | None:
     v = d.get(name)
     t = type(v)
-    if t is float:
-        if math.isfinite(v):  # type: ignore[arg-type]
-            return v  # type: ignore[return-value]
-        raise InvalidEvent("bad_type", f"field {name!r} must be a finite number, got {v!r}", name)
-    if t is int:  # bool is a subclass of int, but type() is exact: true/false are rejected below
+    if t is float or t is int:
         f = float(v)  # type: ignore[arg-type]
         if math.isfinite(f):
             return f
-        raise InvalidEvent("bad_type", f"field {name!r} is out of range", name)
+        raise InvalidEvent("bad_type", f"field {name!r} must be a finite number, got {_short(v)}", name)
     if v is None:
-        if required:
-            raise _missing(name)
         return None
     raise InvalidEvent("bad_type", f"field {name!r} must be a number, got {t.__name__} {_short(v)}", name)
+
+
+def _num(d: dict[str, Any], name: str) -> float:
+    v = _opt_num(d, name)
+    if v is None:
+        raise _missing(name)
+    return v
 
 
 def _seq(d: dict[str, Any]) -> int:
@@ -147,11 +154,9 @@ def _seq(d: dict[str, Any]) -> int:
     raise InvalidEvent("bad_type", f"field 'seq' must be an integer >= 0, got {_short(v)}", "seq")
 
 
-def _time(d: dict[str, Any], name: str, required: bool = True) -> float | None:
+def _opt_time(d: dict[str, Any], name: str) -> float | None:
     v = d.get(name)
     if v is None:
-        if required:
-            raise _missing(name)
         return None
     if type(v) is not str or len(v) > _MAX_TIME_STR:
         msg = f"field {name!r} must be an ISO 8601 string with a UTC offset, got {type(v).__name__}"
@@ -169,6 +174,13 @@ def _time(d: dict[str, Any], name: str, required: bool = True) -> float | None:
         raise InvalidEvent("bad_timestamp", f"field {name!r} is out of range: {v!r}", name) from exc
 
 
+def _time(d: dict[str, Any], name: str) -> float:
+    v = _opt_time(d, name)
+    if v is None:
+        raise _missing(name)
+    return v
+
+
 def _short(v: object) -> str:
     r = repr(v)
     return r if len(r) <= 40 else r[:37] + "..."
@@ -177,46 +189,44 @@ def _short(v: object) -> str:
 # ---------------------------------------------------------------------------------------------- decoding
 def _observation(d: dict[str, Any]) -> Observation:
     patient, source, seq, t = _str(d, "patient"), _str(d, "source"), _seq(d), _time(d, "time")
-    system, code = _str(d, "system"), _str(d, "code")
-    value = _num(d, "value")
-    unit = _str(d, "unit", empty_ok=True)
-    var, canonical, kind = normaliser().normalise(system, code, unit, value)  # type: ignore[arg-type]
-    return Observation(patient, source, seq, t, var, canonical, kind)  # type: ignore[arg-type]
+    system, code, value, unit = _str(d, "system"), _str(d, "code"), _num(d, "value"), _str(d, "unit", True)
+    var, canonical, kind = normaliser().normalise(system, code, unit, value)
+    return Observation(patient, source, seq, t, var, canonical, kind)
 
 
 def _adt(d: dict[str, Any]) -> AdtEvent:
     patient, source, seq, t = _str(d, "patient"), _str(d, "source"), _seq(d), _time(d, "time")
     kind = d.get("kind")
-    if kind not in ADT_KINDS:
+    if type(kind) is not str or kind not in ADT_KINDS:
         if kind is None:
             raise _missing("kind")
         msg = f"ADT kind {_short(kind)} is not one of {', '.join(ADT_KINDS)}"
         raise InvalidEvent("unknown_adt_kind", msg, "kind")
-    sex = _str(d, "sex", False)
+    sex = _opt_str(d, "sex")
     if sex is not None and sex not in SEXES:
         raise InvalidEvent("bad_type", f"field 'sex' must be one of {', '.join(SEXES)}, got {sex!r}", "sex")
-    age = _num(d, "age", False)
+    age = _opt_num(d, "age")
     if age is not None and not _AGE_RANGE[0] <= age <= _AGE_RANGE[1]:
         msg = f"age {age:g} outside the plausible range [{_AGE_RANGE[0]:g}, {_AGE_RANGE[1]:g}] years"
         raise InvalidEvent("implausible_value", msg, "age")
-    admit_time = _time(d, "admit_time", False)
+    admit_time = _opt_time(d, "admit_time")
     if admit_time is None and kind == "admit":
         admit_time = t
-    return AdtEvent(
-        patient, source, seq, t, kind, _str(d, "ward", False), _str(d, "bed", False),  # type: ignore[arg-type]
-        _str(d, "unit", False), admit_time, age, sex, _num(d, "hosp_adm_time_h", False),
-    )  # fmt: skip
+    ward, bed, unit = _opt_str(d, "ward"), _opt_str(d, "bed"), _opt_str(d, "unit")
+    hosp_adm_time_h = _opt_num(d, "hosp_adm_time_h")
+    return AdtEvent(patient, source, seq, t, kind, ward, bed, unit, admit_time, age, sex, hosp_adm_time_h)
 
 
 def _loads(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # orjson rejects the NaN / Infinity literals outright; parse those (only those) leniently so that
-        # the record is reported as what it is — a non-finite number (bad_type) — rather than as garbage.
-        if b"NaN" not in raw and b"Infinity" not in raw:
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects NaN / Infinity literals and overflowing numbers (1e400) outright; parse those records
+        # (only those) with the standard library so that they are reported as what they are — a non-finite
+        # number, bad_type — rather than as garbage. Strict UTF-8, as orjson.
+        if b"NaN" not in raw and b"Infinity" not in raw and "infinity" not in str(exc):
             raise
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))
 
 
 def decode(raw: bytes | None, stream: str, key: bytes | None = None) -> Observation | AdtEvent | Invalid:
@@ -236,7 +246,9 @@ def decode(raw: bytes | None, stream: str, key: bytes | None = None) -> Observat
             return Invalid("not_an_object", "InvalidEvent", f"expected a JSON object, got {type(d).__name__}")
         v = d.get("v", 1)
         if type(v) is not int or v != 1:
-            return Invalid("unsupported_version", "InvalidEvent", f"unsupported event version {_short(v)}", "v")
+            return Invalid(
+                "unsupported_version", "InvalidEvent", f"unsupported event version {_short(v)}", "v"
+            )
         ev: Observation | AdtEvent = _adt(d) if stream == "adt" else _observation(d)
         if key is not None and key != ev.patient.encode():
             msg = f"the Kafka key {_short(key)} differs from the event's patient {ev.patient!r}"
@@ -273,7 +285,14 @@ def encode_adt(
     age: float | None = None, sex: str | None = None, hosp_adm_time_h: float | None = None,
 ) -> bytes:  # fmt: skip
     """One ADT event in the wire format; ``None`` fields are left out."""
-    d: dict[str, Any] = {"v": 1, "source": source, "seq": seq, "patient": patient, "time": _iso(time), "kind": kind}
+    d: dict[str, Any] = {
+        "v": 1,
+        "source": source,
+        "seq": seq,
+        "patient": patient,
+        "time": _iso(time),
+        "kind": kind,
+    }
     if ward is not None:
         d["ward"] = ward
     if bed is not None:

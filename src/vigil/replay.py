@@ -319,8 +319,9 @@ async def replay(
     """Publish the stays under ``path`` (any :func:`vigil.physionet.iter_stays` layout) to Kafka.
 
     ``speed=None`` publishes as fast as possible; ``speed=3600`` plays one hour of event time per wall
-    second. Topics are ``settings.topic("adt" | "vitals" | "labs")``, the key is the patient pseudonym and
-    the message timestamp the event time. ``progress`` is called with the running stats every 20,000
+    second. Topics are ``settings.topic("adt" | "vitals" | "labs")``, the key is the patient pseudonym; the
+    message timestamp is the send time (when the event entered Kafka: what end-to-end latency is measured
+    from), the event time is in the payload. ``progress`` is called with the running stats every 20,000
     events and at the end. ``stays`` replaces reading ``path`` (stays already loaded; ``limit`` applies).
     ``base``/``stagger``: stay ``i`` is admitted to the ICU (ICULOS 0) at ``base + i * stagger``.
 
@@ -364,7 +365,7 @@ async def replay(
         t0 = 0.0
         n = 0
         for stream, t, key, value in events:
-            ts_ms = round(t * 1000)
+            ts_ms = None  # the broker timestamp is the send (ingest) time; event time is in the payload
             if batcher is not None:
                 await batcher.add(topics[stream], key, value, ts_ms)
             else:
@@ -424,7 +425,7 @@ class _Batcher:
             partitions[topic] = sorted(parts)
         return cls(producer, partitions)
 
-    async def add(self, topic: str, key: bytes, value: bytes, ts_ms: int) -> None:
+    async def add(self, topic: str, key: bytes, value: bytes, ts_ms: int | None) -> None:
         parts = self._partitions[topic]
         tp = (topic, self._partitioner(key, parts, parts))
         batch = self._open.get(tp)

@@ -74,7 +74,8 @@ class Processor:
 
     # -- state ownership -----------------------------------------------------------------------
     def patients(self) -> int:
-        return sum(len(s) for s in self.states.values())
+        """Patients in care (closed records of discharged patients are not counted)."""
+        return sum(1 for part in self.states.values() for s in part.values() if not s.discharged)
 
     def drop_partitions(self, parts: Iterable[int]) -> None:
         for p in parts:
@@ -109,7 +110,7 @@ class Processor:
             st = part.get(patient)
             if st is None:
                 st = part[patient] = PatientState(patient)
-            self._apply(st, lst, snaps, counts)
+            st = self._apply(st, lst, snaps, counts)
             wm = self.watermark.get(p, -math.inf)
             if st.last_event_time > wm:
                 self.watermark[p] = st.last_event_time
@@ -128,8 +129,8 @@ class Processor:
 
     def _finalize_discharges(self, now: float, out: Outputs, touched: list[tuple[int, PatientState]]) -> None:
         """Patients past a grace period: anchor those whose admit never came (and score their rows);
-        close the last rows of the discharged and evict them. Then write the changelog of every
-        touched state (a tombstone for the discharged)."""
+        close the last rows of the discharged (their record stays, closed, for ``closed_keep_s``). Then
+        write the changelog of every touched state."""
         st_cfg = self.settings.state
         max_gap = self.settings.scoring.max_gap_rows
         row_mode = self.settings.scoring.mode == "row"
@@ -168,27 +169,33 @@ class Processor:
             if id(st) in written:
                 continue
             written.add(id(st))
-            if st.discharged:
-                self.states[p].pop(st.patient, None)
-                out.changelog.append((p, st.patient, None))
-                out.counts["evicted"]["discharge"] = out.counts["evicted"].get("discharge", 0) + 1
-            else:
-                out.changelog.append((p, st.patient, st.to_bytes()))
+            if st.discharged:  # keep a closed record: stragglers and duplicates are dropped, not revived
+                st.pending = []
+            out.changelog.append((p, st.patient, st.to_bytes()))
 
-    def evict_idle(self) -> list[tuple[int, str, bytes | None]]:
-        """Tombstones for patients silent for longer than the TTL (event time, per partition)."""
-        ttl, ttl_wall = self.settings.state.ttl_s, self.settings.state.ttl_wall_s
-        now = time.time()
+    def evict_idle(self, now: float | None = None) -> tuple[list[tuple[int, str, bytes | None]], dict[str, int]]:
+        """Tombstones for closed (discharged) records past ``closed_keep_s`` and for patients silent for
+        longer than the TTL (event time against the partition's newest event, and wall time)."""
+        cfg = self.settings.state
+        now = time.time() if now is None else now
         tombstones: list[tuple[int, str, bytes | None]] = []
+        reasons = {"discharge": 0, "ttl": 0}
         for p, part in self.states.items():
             wm = self.watermark.get(p, -math.inf)
-            stale = [k for k, s in part.items() if wm - s.last_event_time > ttl and now - s.last_wall > ttl_wall]
+            stale = [
+                k for k, s in part.items()
+                if (s.discharged and now - (s.discharge_seen or 0.0) > cfg.closed_keep_s)
+                or (wm - s.last_event_time > cfg.ttl_s and now - s.last_wall > cfg.ttl_wall_s)
+            ]  # fmt: skip
             for k in stale:
+                reasons["discharge" if part[k].discharged else "ttl"] += 1
                 del part[k]
                 tombstones.append((p, k, None))
-        return tombstones
+        return tombstones, reasons
 
-    def _apply(self, st: PatientState, lst: list[InEvent], snaps: list[Snapshot], counts: dict[str, Any]) -> None:
+    def _apply(
+        self, st: PatientState, lst: list[InEvent], snaps: list[Snapshot], counts: dict[str, Any]
+    ) -> PatientState:
         cfg = self.settings
         window = cfg.state.dedupe_window
         max_gap = cfg.scoring.max_gap_rows
@@ -197,6 +204,11 @@ class Processor:
         now = time.time()
         for ie in lst:
             ev = ie.event
+            if st.discharged:
+                if ev.time <= (st.discharge_time or -math.inf):  # a straggler or duplicate of a closed stay
+                    late[ie.topic] = late.get(ie.topic, 0) + 1
+                    continue
+                st = self._reopen(st, ie.partition)  # a new stay after the discharge
             if st.is_duplicate(event_uid(ev.source, ev.seq), window):
                 dups[ie.topic] = dups.get(ie.topic, 0) + 1
                 continue
@@ -236,6 +248,13 @@ class Processor:
             if st.last_event_time - st.last_score_time >= cfg.scoring.min_interval_s:
                 snaps.append(st.snapshot(lst[-1].broker_ts, partial=True))
                 st.last_score_time = st.last_event_time
+        return st
+
+    def _reopen(self, closed: PatientState, partition: int) -> PatientState:
+        st = PatientState(closed.patient)
+        st.seen = closed.seen
+        self.states[partition][closed.patient] = st
+        return st
 
     @staticmethod
     def _anchor_inferred(st: PatientState) -> None:

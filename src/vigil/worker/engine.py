@@ -83,7 +83,8 @@ class Engine:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._owned: set[int] = set()
-        self.reorder = ReorderBuffer(settings.state.reorder_hold_s)
+        self.reorder = ReorderBuffer(settings.state.reorder_min_hold_s, settings.state.reorder_max_hold_s)
+        self._tp_time: dict[TopicPartition, float] = {}  # newest event time fetched per input partition
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
         self._next_offsets: dict[TopicPartition, int] = {}  # next offset to read, per fetched partition
@@ -111,6 +112,7 @@ class Engine:
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=1 << 20,
             session_timeout_ms=10_000,
+            fetch_max_wait_ms=100,  # fresher high watermarks for the reorder buffer's "caught up"
             heartbeat_interval_ms=1_000,
             **kw,
         )
@@ -190,6 +192,7 @@ class Engine:
             name = self._topic_names[tp.topic]
             self._next_offsets[tp] = records[-1].offset + 1
             n += len(records)
+            newest = self._tp_time.get(tp, -math.inf)
             for r in records:
                 ev = decode(r.value, name, r.key)
                 if type(ev) is Invalid:
@@ -199,11 +202,14 @@ class Engine:
                     invalid[(name, ev.reason)] = invalid.get((name, ev.reason), 0) + 1
                     continue
                 events.append(InEvent(ev, name, tp.partition, r.timestamp / 1000.0, r.offset))  # type: ignore[arg-type]
+                if ev.time > newest:  # type: ignore[union-attr]
+                    newest = ev.time  # type: ignore[union-attr]
                 k = (name, ev.kind)  # type: ignore[union-attr]
                 kinds[k] = kinds.get(k, 0) + 1
+            self._tp_time[tp] = newest
         self.reorder.add(events, now)
         self.events_seen += n
-        due = self.reorder.release(math.inf if flush else now)
+        due = self.reorder.release(math.inf if flush else now, await self._watermarks())
         if not due and not dead and not self._commit_pending():
             if n:
                 self.batches += 1
@@ -225,6 +231,32 @@ class Engine:
             m.dead_letters.labels(reason).inc(c)
         self._count(out)
         m.batch_seconds.observe(time.perf_counter() - t0)
+
+    async def _watermarks(self) -> dict[int, tuple[float, float]]:
+        """Per input partition: (event-time watermark, fresh_since). The watermark is the min over
+        vitals/labs/adt of the newest event time fetched, a caught-up topic-partition (position at its
+        high watermark) counting as +infinity; fresh_since is the oldest last-poll time among the
+        caught-up ones (their "caught up" is only known as of that poll)."""
+        assert self._consumer is not None
+        marks: dict[int, tuple[float, float]] = {}
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            pos = self._next_offsets.get(tp)
+            if pos is None and hw is not None:
+                try:
+                    pos = await self._consumer.position(tp)
+                except IllegalStateError:
+                    pos = None
+                if pos is not None:
+                    self._next_offsets[tp] = pos
+            mark, fresh = marks.get(tp.partition, (math.inf, math.inf))
+            if hw is not None and pos is not None and pos >= hw:
+                polled = self._consumer.last_poll_timestamp(tp)
+                fresh = min(fresh, polled / 1000.0 if polled is not None else -math.inf)
+            else:
+                mark = min(mark, self._tp_time.get(tp, -math.inf))
+            marks[tp.partition] = (mark, fresh)
+        return marks
 
     def _commit_offsets(self) -> dict[TopicPartition, int]:
         """Per partition: the next offset, or the lowest offset still held in the reorder buffer."""
@@ -248,7 +280,8 @@ class Engine:
         for topic, c in out.counts.get("late", {}).items():
             m.late.labels(topic).inc(c)
         for reason, c in out.counts.get("evicted", {}).items():
-            m.evictions.labels(reason).inc(c)
+            if c:
+                m.evictions.labels(reason).inc(c)
         if out.scores:
             m.featurize_seconds.observe(out.featurize_s)
             for name, secs in out.inference_s.items():
@@ -289,13 +322,12 @@ class Engine:
     async def _housekeeping(self) -> None:
         assert self._producer is not None and self._consumer is not None
         out = self.processor.finalize_due()
-        tombstones = self.processor.evict_idle()
+        tombstones, reasons = self.processor.evict_idle()
         out.changelog += tombstones
+        out.counts["evicted"] = reasons
         if out.changelog:
             await self._emit(out, [])
             self._count(out)
-            if tombstones:
-                self.metrics.evictions.labels("ttl").inc(len(tombstones))
         for tp in self._consumer.assignment():
             hw = self._consumer.highwater(tp)
             if hw is None:
@@ -339,6 +371,7 @@ class Engine:
             for tp in [tp for tp in self._next_offsets if tp.partition in gone]:
                 del self._next_offsets[tp]
                 self._committed.pop(tp, None)
+                self._tp_time.pop(tp, None)
             if new:
                 restored = await self._restore(sorted(new))
                 for p in new:
