@@ -27,7 +27,8 @@ install-train: $(STAMP) ## Add the trainer extra (TensorFlow, tf2onnx) to .venv
 demo: install ## Run the whole system end to end on the embedded broker (ends by itself)
 	$(BIN)/vigil demo
 
-test: install ## Run the test suite (unit + integration on the embedded broker)
+test: install ## Lint, then the test suite (unit + integration on the embedded broker)
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest src tests -q -p no:cacheprovider
 
 lint: install ## ruff

@@ -4,8 +4,8 @@ state intact across a restart and across a rebalance to a second worker."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -212,3 +212,38 @@ def _missing(expected: dict, got: dict) -> str:  # type: ignore[type-arg]
     miss = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
     return f"{len(miss)} rows never scored, e.g. {miss[:6]}; {len(extra)} unexpected, e.g. {extra[:6]}"
+
+
+def test_model_update_event_swaps_the_model_without_restart(settings_factory, topics_factory, tmp_path):
+    """The Faust control agent: an event on model-updates makes the running worker load, check and
+    serve the new version (here a copy of v1 registered as v2)."""
+    import shutil
+    import time
+
+    from vigil.config import REPO_ROOT
+
+    models = tmp_path / "models"
+    shutil.copytree(REPO_ROOT / "models", models)
+    shutil.copytree(models / "sepsis-mlp" / "1", models / "sepsis-mlp" / "2")
+    card = orjson.loads((models / "sepsis-mlp" / "2" / "card.json").read_bytes())
+    card["version"] = "2"
+    (models / "sepsis-mlp" / "2" / "card.json").write_bytes(orjson.dumps(card))
+    s = settings_factory(models_dir=models)
+    topics_factory(s, PARTITIONS)
+    with WorkerProcess(s, log_path=tmp_path / "worker.log") as w:
+        w.wait_ready()
+        update = orjson.dumps({"name": "sepsis-mlp", "version": "2", "action": "promote"})
+        bogus = orjson.dumps({"name": "sepsis-mlp", "version": "404", "action": "promote"})
+        deadline = time.monotonic() + 60
+        serving = ""
+        while time.monotonic() < deadline:  # the control agent joins its group a few seconds after start
+            asyncio.run(produce_many(s, s.topic("model-updates"), [(b"sepsis-mlp", bogus), (b"sepsis-mlp", update)]))
+            serving = w.metrics_text()
+            if 'vigil_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="2"} 1.0' in serving:
+                break
+            time.sleep(1.0)
+        assert 'version="2"} 1.0' in serving, (tmp_path / "worker.log").read_text()[-2000:]
+        assert 'vigil_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="1"} 0.0' in serving
+        assert w.proc is not None and w.proc.poll() is None  # no restart; the bogus update was rejected
+        assert w.stop() == 0
+    assert "model update rejected" in (tmp_path / "worker.log").read_text()

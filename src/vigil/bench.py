@@ -91,7 +91,7 @@ def _naive_faust(settings: Settings, total: int, logdir: Path) -> float:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
            "VIGIL_TOPIC_PREFIX": settings.topic_prefix, "BENCH_TOTAL": str(total), "BENCH_OUT": str(out)}  # fmt: skip
     with open(logdir / "naive.log", "wb") as log:
-        subprocess.run([sys.executable, "-m", "vigil.bench_naive", "worker", "-l", "warn"], env=env, stdout=log,
+        subprocess.run([sys.executable, "-m", "vigil.bench_naive"], env=env, stdout=log,
                        stderr=subprocess.STDOUT, timeout=900, check=False)  # fmt: skip
     return float(orjson.loads(out.read_bytes())["events_per_s"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -31,6 +32,16 @@ def tansu_binary() -> Path:
     if not os.access(path, os.X_OK):
         path.chmod(0o755)
     return path
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM the broker when its parent dies (no orphaned brokers)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the context manager still stops it
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,7 +91,9 @@ class EmbeddedBroker:
         ]  # fmt: skip
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self._proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent  # noqa: PLW1509
+        )
         wait_for_port(self.host, self.port)
         log.info("embedded broker listening on %s (pid %d)", self.bootstrap, self._proc.pid)
         return self

@@ -111,7 +111,8 @@ def worker(ctx: click.Context, group: str | None, web_port: int | None) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--speed", type=float, default=None, help="Event-time seconds per wall second (default: as fast as possible).")
+@click.option("--speed", type=float, default=None,
+              help="Event-time seconds per wall second (default: as fast as possible).")
 @click.option("--limit", type=int, default=None, help="Replay at most this many stays.")
 @click.pass_context
 def replay(ctx: click.Context, path: Path, speed: float | None, limit: int | None) -> None:
@@ -123,7 +124,8 @@ def replay(ctx: click.Context, path: Path, speed: float | None, limit: int | Non
 
 
 @cli.command()
-@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None, help="Data to replay (default: the bundled sample).")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Data to replay (default: the bundled sample).")
 @click.option("--limit", type=int, default=None)
 @click.option("--workers", type=int, default=1, help="Worker processes in the consumer group.")
 @click.pass_context

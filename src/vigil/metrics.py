@@ -20,14 +20,22 @@ class WorkerMetrics:
         self.registry = registry or CollectorRegistry()
         r, p = self.registry, prefix
         self.events = Counter(f"{p}_events", "Valid events consumed", ["topic", "kind"], registry=r)
-        self.invalid = Counter(f"{p}_invalid_events", "Events rejected at the edge", ["topic", "reason"], registry=r)
+        self.invalid = Counter(
+            f"{p}_invalid_events", "Events rejected at the edge", ["topic", "reason"], registry=r
+        )
         self.duplicates = Counter(f"{p}_duplicate_events", "Duplicate events dropped", ["topic"], registry=r)
         self.late = Counter(f"{p}_late_events", "Events for an already closed hourly row", ["topic"], registry=r)
-        self.dead_letters = Counter(f"{p}_dead_letters", "Records sent to the dead-letter topic", ["reason"], registry=r)
+        self.dead_letters = Counter(
+            f"{p}_dead_letters", "Records sent to the dead-letter topic", ["reason"], registry=r
+        )
         self.scores = Counter(f"{p}_scores", "Risk scores emitted", ["model", "version"], registry=r)
         self.alerts = Counter(f"{p}_alerts", "Alerts emitted", ["type", "severity", "ward"], registry=r)
-        self.batch_size = Histogram(f"{p}_batch_size_events", "Events per consumed batch", buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram(f"{p}_batch_seconds", "Wall time to process one batch", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            f"{p}_batch_size_events", "Events per consumed batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            f"{p}_batch_seconds", "Wall time to process one batch", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.featurize_seconds = Histogram(
             f"{p}_featurize_seconds", "Featurization time per batch", buckets=LATENCY_BUCKETS, registry=r
         )
@@ -46,10 +54,14 @@ class WorkerMetrics:
         self.model_info = Gauge(
             f"{p}_model_info", "Models serving (1 = active)", ["name", "version", "provider"], registry=r
         )
-        self.consumer_lag = Gauge(f"{p}_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r)
+        self.consumer_lag = Gauge(
+            f"{p}_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r
+        )
         self.patients = Gauge(f"{p}_patients_in_state", "Patients held in state by this worker", registry=r)
         self.partitions = Gauge(f"{p}_assigned_partitions", "Input partitions owned by this worker", registry=r)
         self.evictions = Counter(f"{p}_state_evictions", "Patient states evicted", ["reason"], registry=r)
         self.restored = Counter(f"{p}_state_restored", "Patient states restored from the changelog", registry=r)
-        self.commit_failures = Counter(f"{p}_commit_failures", "Batches whose offset commit failed (re-delivered)", registry=r)
+        self.commit_failures = Counter(
+            f"{p}_commit_failures", "Batches whose offset commit failed (re-delivered)", registry=r
+        )
         self.up = Gauge(f"{p}_worker_up", "1 while the worker's consume loop runs", registry=r)

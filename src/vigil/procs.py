@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from vigil.broker import free_port
+from vigil.broker import _die_with_parent, free_port
 from vigil.config import Settings
 
 __all__ = ["WorkerProcess"]
@@ -48,7 +48,8 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vigil", "worker"], env=self.env(), stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "vigil", "worker"], env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - never leave an orphaned worker behind
         )
         return self
 

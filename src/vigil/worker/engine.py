@@ -261,7 +261,8 @@ class Engine:
     def _commit_offsets(self) -> dict[TopicPartition, int]:
         """Per partition: the next offset, or the lowest offset still held in the reorder buffer."""
         held = self.reorder.min_offsets()
-        return {tp: held.get((self._topic_names[tp.topic], tp.partition), nxt) for tp, nxt in self._next_offsets.items()}
+        names = self._topic_names
+        return {tp: held.get((names[tp.topic], tp.partition), nxt) for tp, nxt in self._next_offsets.items()}
 
     def _commit_pending(self) -> bool:
         return any(self._committed.get(tp) != off for tp, off in self._commit_offsets().items())

@@ -10,7 +10,8 @@ is the minimum over the three topic-partitions of *p* of the newest event time f
 +infinity for a topic-partition that is caught up (nothing more on the broker), so a sparse or idle
 topic never stalls the others. "Caught up" is only as fresh as the last fetch response, so a chunk
 is released only once every caught-up topic-partition of its partition has been polled after the
-chunk arrived (``fresh_since``): data produced before the chunk was fetched is then visible. Every event is also held at least ``min_hold_s`` (for events still in
+chunk arrived (``fresh_since``): data produced before the chunk was fetched is then visible.
+Every event is also held at least ``min_hold_s`` (for events still in
 flight from independent feeds) and at most ``max_hold_s`` (a bound on added latency when a lagging
 topic stalls). Beyond that, an event for a closed row counts as late.
 
