@@ -17,7 +17,7 @@ from vigil.kafka_io import TopicTail, produce_many, produce_records, read_topic
 from vigil.physionet import iter_stays
 from vigil.privacy import pseudonymise
 from vigil.procs import WorkerProcess
-from vigil.records import decode
+from vigil.records import Invalid, decode
 from vigil.replay import stay_events
 from vigil.worker.batch import InEvent, Processor
 from vigil.worker.engine import load_scorers
@@ -247,3 +247,26 @@ def test_model_update_event_swaps_the_model_without_restart(settings_factory, to
         assert w.proc is not None and w.proc.poll() is None  # no restart; the bogus update was rejected
         assert w.stop() == 0
     assert "model update rejected" in (tmp_path / "worker.log").read_text()
+
+
+def test_fast_replay_through_the_worker_equals_one_offline_pass(settings_factory, topics_factory, sample_path,
+                                                                 tmp_path):
+    """`vigil replay` as fast as possible (stays interleaved in event time over three topics) into a
+    worker gives exactly the scores of one in-process pass over the same events: nothing late."""
+    from vigil.physionet import iter_stays
+    from vigil.replay import merged_events, replay
+
+    s = settings_factory()
+    topics_factory(s, PARTITIONS)
+    n = 60
+    events = [(stream, key, value) for stream, _t, key, value in
+              merged_events(iter_stays(sample_path, limit=n), s.pseudonym_key.get_secret_value())]
+    expected = reference_scores([e for e in events if not isinstance(decode(e[2], e[0], e[1]), Invalid)], s)
+    with WorkerProcess(s, log_path=tmp_path / "worker.log") as w:
+        w.wait_ready()
+        asyncio.run(replay(s, sample_path, speed=None, limit=n))
+        got = scores_by_row(s, len(expected))
+        late = [ln for ln in w.metrics_text().splitlines() if ln.startswith("vigil_late_events_total{")]
+        assert w.stop() == 0
+    assert_same_scores(expected, got)
+    assert late == [], late

@@ -50,6 +50,11 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(values[i], 4)
 
 
+def _metric_sum(text: str, name: str) -> int:
+    """Sum of a counter's samples in a Prometheus exposition text (worker 0 only)."""
+    return int(sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name + "{")))
+
+
 def _ts(s: str) -> float:
     return datetime.fromisoformat(s).timestamp()
 
@@ -130,6 +135,8 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
         "workers": workers,
         "provider": next((s["model"]["provider"] for s in scores), None),
         "model": next((f"{s['model']['name']}:{s['model']['version']}" for s in scores), None),
+        "late_events": _metric_sum(metrics_text, "vigil_late_events_total"),
+        "duplicates": _metric_sum(metrics_text, "vigil_duplicate_events_total"),
         "metrics_endpoint_ok": "vigil_events_total" in metrics_text,
         "wall_s": round(time.time() - t0, 2),
     }

@@ -32,7 +32,6 @@ consumed again, so holding never loses an event.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,16 +42,30 @@ __all__ = ["ReorderBuffer"]
 @dataclass(slots=True)
 class _Chunk:
     arrived: float
+    min_time: float
     max_time: float
     events: list[Any]
     low: dict[tuple[str, int], int]  # (topic, partition) -> lowest offset in the chunk
+
+
+def _chunk(arrived: float, events: list[Any]) -> _Chunk:
+    low: dict[tuple[str, int], int] = {}
+    lo_t, hi_t = math.inf, -math.inf
+    for ie in events:
+        key = (ie.topic, ie.partition)
+        if key not in low or ie.offset < low[key]:
+            low[key] = ie.offset
+        t = ie.event.time
+        lo_t = t if t < lo_t else lo_t
+        hi_t = t if t > hi_t else hi_t
+    return _Chunk(arrived, lo_t, hi_t, events, low)
 
 
 class ReorderBuffer:
     def __init__(self, min_hold_s: float, max_hold_s: float) -> None:
         self.min_hold_s = min_hold_s
         self.max_hold_s = max_hold_s
-        self._q: dict[int, deque[_Chunk]] = {}
+        self._q: dict[int, list[_Chunk]] = {}
         self.held = 0
 
     def add(self, events: list[Any], now: float) -> None:
@@ -61,29 +74,44 @@ class ReorderBuffer:
         for ie in events:
             by_part.setdefault(ie.partition, []).append(ie)
         for p, evs in by_part.items():
-            low: dict[tuple[str, int], int] = {}
-            for ie in evs:
-                key = (ie.topic, p)
-                if key not in low or ie.offset < low[key]:
-                    low[key] = ie.offset
-            self._q.setdefault(p, deque()).append(_Chunk(now, max(ie.event.time for ie in evs), evs, low))
+            self._q.setdefault(p, []).append(_chunk(now, evs))
         self.held += len(events)
 
     def release(self, now: float, watermarks: dict[int, tuple[float, float]]) -> list[Any]:
-        """Chunks whose events are all at or below their partition's watermark, fetched before the
-        caught-up topics were last polled, and held at least ``min_hold_s`` — or held ``max_hold_s``
-        already. ``watermarks``: partition -> (event-time watermark, fresh_since wall time);
-        ``now=inf`` releases everything."""
+        """Events that can no longer be overtaken by an earlier event of their partition.
+
+        A chunk is *eligible* once held ``min_hold_s`` and fetched before the caught-up topics were
+        last polled. The partition's bound is the lowest of its watermark and the earliest event time
+        in a chunk that is not eligible yet; eligible events at or below the bound are released.
+        Chunks held ``max_hold_s`` are released whole (bounded latency). ``watermarks``: partition ->
+        (event-time watermark, fresh_since wall time); ``now=inf`` releases everything.
+        """
         out: list[Any] = []
-        for p, q in self._q.items():
+        for p, chunks in self._q.items():
+            if not chunks:
+                continue
             wm, fresh = watermarks.get(p, (-math.inf, -math.inf))
-            while q:
-                c = q[0]
+            eligible, young = [], []
+            for c in chunks:
                 age = now - c.arrived
-                if age >= self.max_hold_s or (c.max_time <= wm and c.arrived <= fresh and age >= self.min_hold_s):
-                    out += q.popleft().events
+                if age >= self.max_hold_s:
+                    out += c.events
+                elif age >= self.min_hold_s and c.arrived <= fresh:
+                    eligible.append(c)
                 else:
-                    break
+                    young.append(c)
+            bound = min([wm, *(c.min_time for c in young)])
+            kept: list[_Chunk] = []
+            for c in eligible:
+                if c.max_time <= bound:
+                    out += c.events
+                elif c.min_time > bound:
+                    kept.append(c)
+                else:  # split: release what is safe, keep the rest (its offsets stay uncommitted)
+                    go = [ie for ie in c.events if ie.event.time <= bound]
+                    out += go
+                    kept.append(_chunk(c.arrived, [ie for ie in c.events if ie.event.time > bound]))
+            self._q[p] = sorted(kept + young, key=lambda c: c.arrived)
         self.held -= len(out)
         return out
 
