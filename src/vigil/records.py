@@ -293,20 +293,10 @@ def encode_adt(
         "time": _iso(time),
         "kind": kind,
     }
-    if ward is not None:
-        d["ward"] = ward
-    if bed is not None:
-        d["bed"] = bed
-    if unit is not None:
-        d["unit"] = unit
+    optional = {"ward": ward, "bed": bed, "unit": unit, "age": age, "sex": sex, "hosp_adm_time_h": hosp_adm_time_h}
+    d.update({k: v for k, v in optional.items() if v is not None})
     if admit_time is not None:
         d["admit_time"] = _iso(admit_time, "admit_time")
-    if age is not None:
-        d["age"] = age
-    if sex is not None:
-        d["sex"] = sex
-    if hosp_adm_time_h is not None:
-        d["hosp_adm_time_h"] = hosp_adm_time_h
     return orjson.dumps(d)
 
 
