@@ -126,6 +126,9 @@ def test_worker_end_to_end_scores_alerts_and_dead_letters(settings_factory, topi
         assert d["source_topic"] == s.topic(stream)
         assert d["partition"] >= 0 and d["offset"] >= 0 and d["error_type"]
     assert 'vigil_invalid_events_total{reason="malformed_json",topic="vitals"} 1.0' in metrics
+    counted = sum(float(ln.rsplit(" ", 1)[1]) for ln in metrics.splitlines()
+                  if ln.startswith(("vigil_events_total{", "vigil_invalid_events_total{")))  # fmt: skip
+    assert counted == len(events) + len(BAD)  # every record consumed is counted once, valid or not
     assert "vigil_model_info{" in metrics and 'provider="CPUExecutionProvider"' in metrics
     assert "pt-" not in "".join(line for line in metrics.splitlines() if not line.startswith("#"))
 

@@ -6,14 +6,12 @@ Memory-only: everything is gone when it stops. Production runs against a real Ka
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["EmbeddedBroker", "tansu_binary", "free_port", "wait_for_port"]
@@ -113,13 +111,3 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def broker_or_external(bootstrap: str | None) -> Iterator[str]:
-    """Yield ``bootstrap`` if set (a real cluster), else start an embedded broker for the block."""
-    if bootstrap:
-        yield bootstrap
-        return
-    with EmbeddedBroker() as b:
-        yield b.bootstrap

@@ -95,7 +95,6 @@ class Engine:
         self.batches = 0
         self.events_seen = 0  # records fetched
         self.events_done = 0  # records applied to state or dead-lettered, outputs acknowledged
-        self.last_activity = time.monotonic()
         for sc in self.scorers:
             self.metrics.model_info.labels(sc.name, sc.version, sc.provider).set(1)
 
@@ -209,23 +208,19 @@ class Engine:
             self._tp_time[tp] = newest
         self.reorder.add(events, now)
         self.events_seen += n
+        if n:  # consumed (held or applied): counted once, at fetch
+            self.batches += 1
+            m.batch_size.observe(n)
+            for (topic, kind), c in kinds.items():
+                m.events.labels(topic, kind).inc(c)
         due = self.reorder.release(math.inf if flush else now, await self._watermarks())
         if not due and not dead and not self._commit_pending():
-            if n:
-                self.batches += 1
-                m.batch_size.observe(n)
             return
         out = self.processor.process(due)
         await self._emit(out, dead)
         await self._commit()
-        # metrics after the commit: they count what is durable
+        # after the commit: what is durable
         self.events_done += len(due) + len(dead)
-        if n:
-            self.batches += 1
-            self.last_activity = time.monotonic()
-            m.batch_size.observe(n)
-        for (topic, kind), c in kinds.items():
-            m.events.labels(topic, kind).inc(c)
         for (topic, reason), c in invalid.items():
             m.invalid.labels(topic, reason).inc(c)
             m.dead_letters.labels(reason).inc(c)
@@ -341,21 +336,6 @@ class Engine:
                 max(0, hw - pos)
             )
         self.metrics.patients.set(self.processor.patients())
-
-    async def total_lag(self) -> int | None:
-        """Records behind the high watermarks of the owned partitions (None until fetched once)."""
-        if self._consumer is None:
-            return None
-        total = 0
-        for tp in self._consumer.assignment():
-            hw = self._consumer.highwater(tp)
-            if hw is None:
-                return None
-            try:
-                total += max(0, hw - await self._consumer.position(tp))
-            except IllegalStateError:
-                return None
-        return total
 
     # -- rebalance: state moves with partitions ---------------------------------------------------
     async def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
