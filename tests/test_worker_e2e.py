@@ -187,7 +187,14 @@ def test_two_workers_split_partitions_and_state_moves(settings_factory, topics_f
         scores_by_row(s, len(reference_scores(first, s)))
         b = WorkerProcess(s, log_path=tmp_path / "b.log").start()  # joins the group: partitions move
         b.wait_ready()
-        owned = [_gauge(w.metrics_text(), "vigil_assigned_partitions") for w in (a, b)]
+        import time
+
+        deadline = time.monotonic() + 30  # both members finish the rebalance (bounded wait)
+        while True:
+            owned = [_gauge(w.metrics_text(), "vigil_assigned_partitions") for w in (a, b)]
+            if sorted(owned) == [PARTITIONS // 2, PARTITIONS // 2] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert sorted(owned) == [PARTITIONS // 2, PARTITIONS // 2], owned
         publish(s, second)
         got = scores_by_row(s, len(expected))
@@ -273,3 +280,12 @@ def test_fast_replay_through_the_worker_equals_one_offline_pass(settings_factory
         assert w.stop() == 0
     assert_same_scores(expected, got)
     assert late == [], late
+    # and `vigil predict` (one stay at a time, offline) gives the worker's scores: stream/offline parity
+    from vigil.predict import _offline, predict_stay
+
+    proc = _offline(s, None)
+    for stay in iter_stays(sample_path, limit=n):
+        risks, _ = predict_stay(proc, stay, s.pseudonym_key.get_secret_value())
+        patient = pseudonymise(stay.stay_id, s.pseudonym_key.get_secret_value())
+        for row, risk in zip(stay.static[:, -1].astype(int), risks, strict=True):
+            assert abs(got[(patient, int(row))] - risk) <= 1e-5, (stay.stay_id, row)
