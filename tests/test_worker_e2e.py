@@ -151,12 +151,16 @@ def _split_by_time(events, frac: float):  # type: ignore[no-untyped-def]
     return first, second
 
 
-def test_state_survives_worker_restart(settings_factory, topics_factory, sample_path, tmp_path):
+def _two_phase(settings_factory, topics_factory, sample_path, n: int):  # type: ignore[no-untyped-def]
+    """Settings with fresh topics, the events of ``n`` stays, their reference scores, and two halves."""
     s = settings_factory()
     topics_factory(s, PARTITIONS)
-    events = build_events(sample_path, 5, s)
-    expected = reference_scores(events, s)
-    first, second = _split_by_time(events, 0.5)
+    events = build_events(sample_path, n, s)
+    return s, reference_scores(events, s), *_split_by_time(events, 0.5)
+
+
+def test_state_survives_worker_restart(settings_factory, topics_factory, sample_path, tmp_path):
+    s, expected, first, second = _two_phase(settings_factory, topics_factory, sample_path, 5)
     with WorkerProcess(s, log_path=tmp_path / "w1.log") as w:
         w.wait_ready()
         publish(s, first)
@@ -174,11 +178,7 @@ def test_state_survives_worker_restart(settings_factory, topics_factory, sample_
 
 
 def test_two_workers_split_partitions_and_state_moves(settings_factory, topics_factory, sample_path, tmp_path):
-    s = settings_factory()
-    topics_factory(s, PARTITIONS)
-    events = build_events(sample_path, 8, s)
-    expected = reference_scores(events, s)
-    first, second = _split_by_time(events, 0.5)
+    s, expected, first, second = _two_phase(settings_factory, topics_factory, sample_path, 8)
     a = WorkerProcess(s, log_path=tmp_path / "a.log").start()
     b = None
     try:
