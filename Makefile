@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-train demo test lint bench ci clean topics-doc
+.PHONY: help install install-train train demo test lint bench ci clean topics-doc
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -21,13 +21,20 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install vigil with the test tools
 	@echo "installed: $$($(BIN)/vigil --help | head -1)"
 
-install-train: $(STAMP) ## Add the trainer extra (TensorFlow, tf2onnx) to .venv
+TRAIN_STAMP := $(VENV)/.installed-train
+$(TRAIN_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,train]'
+	@touch $(TRAIN_STAMP)
+
+install-train: $(TRAIN_STAMP) ## Add the trainer extra (TensorFlow, tf2onnx) to .venv
+
+train: install-train ## Train every model family on full set A into models/ (see README: Training)
+	$(BIN)/vigil train --family all
 
 demo: install ## Run the whole system end to end on the embedded broker (ends by itself)
 	$(BIN)/vigil demo
 
-test: install ## Lint, then the test suite (unit + integration on the embedded broker)
+test: install-train ## Lint, then the test suite (unit + integration on the embedded broker, real TensorFlow)
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest src tests -q -p no:cacheprovider
 

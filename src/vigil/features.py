@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,11 @@ __all__ = [
     "featurize",
     "inputs_for_rows",
     "featurize_frame",
+    "frame_chunks",
     "schema_hash",
+    "SEQUENCE_NAMES",
+    "SEQUENCE_SCHEMA_HASH",
+    "sequence",
 ]
 
 WINDOW: int = 8  # hours of history in the window (row t and the 7 before it)
@@ -120,6 +125,15 @@ def schema_hash(names: tuple[str, ...] | list[str], window: int, version: str) -
 
 
 FEATURE_SCHEMA_HASH: str = schema_hash(FEATURE_NAMES, WINDOW, FEATURIZER_VERSION)
+
+# The hourly sequence that temporal models read beside the feature vector: for each of the WINDOW hours
+# t-W+1..t, every variable's value carried forward (see :func:`sequence`) and whether it was measured in
+# that hour.
+SEQUENCE_NAMES: tuple[str, ...] = tuple(f"{v}_value" for v in VARIABLES) + tuple(
+    f"{v}_measured" for v in VARIABLES
+)
+SEQUENCE_VERSION: str = "vigil.features.sequence/1"
+SEQUENCE_SCHEMA_HASH: str = schema_hash(SEQUENCE_NAMES, WINDOW, SEQUENCE_VERSION)
 
 _NORMAL_ARR = np.array([NORMAL_VALUES[v] for v in VARIABLES], dtype=np.float64)
 _I = VAR_INDEX
@@ -265,6 +279,37 @@ def featurize(inp: FeatureInput) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def sequence(inp: FeatureInput) -> np.ndarray:
+    """Hourly sequence float32 [B, W, 2V] (:data:`SEQUENCE_NAMES` per hour) for temporal models.
+
+    Values are carried forward inside the window; hours before the window's first measurement of a
+    variable take that first measurement, and a variable not measured in the window takes its last
+    value (older than the window) or, never measured, the normal reference value. Causal: row t's
+    sequence uses rows <= t only, and each row depends on its own inputs only.
+
+    >>> from vigil.variables import VARIABLES
+    >>> w = np.full((1, WINDOW, len(VARIABLES)), np.nan, dtype=np.float32); w[0, 3, 0] = 90; w[0, 6, 0] = 100
+    >>> inp = FeatureInput(w, w[:, -2].copy() * 0 + w[0, 6], np.zeros((1, len(VARIABLES)), np.float32),
+    ...                    np.zeros((1, 6), np.float32))
+    >>> sequence(inp)[0, :, 0].tolist(), sequence(inp)[0, :, len(VARIABLES)].tolist()
+    ([90.0, 90.0, 90.0, 90.0, 90.0, 90.0, 100.0, 100.0], [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    """
+    _check(inp)
+    w = _f64(inp.window)  # [B, W, V]
+    measured = ~np.isnan(w)
+    last = _f64(inp.last_value)
+    base = np.where(np.isnan(last), _NORMAL_ARR, last)  # [B, V]
+    first = np.full_like(base, np.nan)
+    for i in range(WINDOW - 1, -1, -1):  # the first measurement inside the window
+        first = np.where(measured[:, i], w[:, i], first)
+    carry = np.where(np.isnan(first), base, first)
+    vals = np.empty_like(w)
+    for i in range(WINDOW):
+        carry = np.where(measured[:, i], w[:, i], carry)
+        vals[:, i] = carry
+    return np.concatenate([vals, measured.astype(np.float64)], axis=2).astype(np.float32)
+
+
 def inputs_for_rows(values: np.ndarray, static: np.ndarray, stay_start: np.ndarray) -> FeatureInput:
     """Causal :class:`FeatureInput` for every row of many stays concatenated in time order.
 
@@ -325,16 +370,17 @@ def _frame_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return values, static, stay_start
 
 
-def featurize_frame(df: pd.DataFrame, chunk_rows: int = 131_072) -> tuple[np.ndarray, np.ndarray]:
-    """(X float32 [N, F], stay_start bool [N]) of a PhysioNet-layout frame sorted by stay then hour.
+def frame_chunks(
+    df: pd.DataFrame, chunk_rows: int = 131_072
+) -> tuple[np.ndarray, Iterator[tuple[int, int, FeatureInput]]]:
+    """(stay_start bool [N], an iterator of ``(a, b, FeatureInput of rows a..b-1)``) over a
+    PhysioNet-layout frame sorted by stay then hour, in chunks cut at stay boundaries (bounded memory).
 
     A new stay starts wherever ``patient_id`` changes (no ``patient_id`` column: one stay). Missing
-    variable columns are treated as never measured. Work is done in chunks cut at stay boundaries to
-    bound memory; the result does not depend on ``chunk_rows``.
+    variable columns are treated as never measured.
     """
     values, static, stay_start = _frame_arrays(df)
     n = values.shape[0]
-    x = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
     starts = np.flatnonzero(stay_start)
     if n:
         at = np.searchsorted(starts, np.arange(0, n, max(int(chunk_rows), 1)))
@@ -342,6 +388,20 @@ def featurize_frame(df: pd.DataFrame, chunk_rows: int = 131_072) -> tuple[np.nda
     else:
         cuts = starts
     bounds = [*cuts.tolist(), n]
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        x[a:b] = featurize(inputs_for_rows(values[a:b], static[a:b], stay_start[a:b]))
+
+    def chunks() -> Iterator[tuple[int, int, FeatureInput]]:
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            yield a, b, inputs_for_rows(values[a:b], static[a:b], stay_start[a:b])
+
+    return stay_start, chunks()
+
+
+def featurize_frame(df: pd.DataFrame, chunk_rows: int = 131_072) -> tuple[np.ndarray, np.ndarray]:
+    """(X float32 [N, F], stay_start bool [N]) of a PhysioNet-layout frame sorted by stay then hour
+    (see :func:`frame_chunks`); the result does not depend on ``chunk_rows``.
+    """
+    stay_start, chunks = frame_chunks(df, chunk_rows)
+    x = np.empty((stay_start.shape[0], len(FEATURE_NAMES)), dtype=np.float32)
+    for a, b, inp in chunks:
+        x[a:b] = featurize(inp)
     return x, stay_start

@@ -1,5 +1,9 @@
 """ONNX Runtime scoring with a provider preference (TensorRT, CUDA, CPU by default).
 
+A model reads ``features`` [B, F] (the featurizer's vector of the scored row) and, for temporal models,
+``sequence`` [B, W, K] (the hourly sequence of :func:`vigil.features.sequence`). Each input's schema hash
+in the model card must match this featurizer's, or the model is refused.
+
 ONNX Runtime silently falls back to the CPU when a GPU provider cannot start, so the provider actually
 in use is read back from the session (``session.get_providers()``), logged and exported as a metric.
 """
@@ -12,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from vigil.errors import ModelError
-from vigil.features import FEATURE_SCHEMA_HASH
+from vigil.features import FEATURE_SCHEMA_HASH, SEQUENCE_NAMES, SEQUENCE_SCHEMA_HASH, WINDOW
 from vigil.registry import ModelRef
 
 __all__ = ["Scorer", "choose_providers"]
@@ -58,9 +62,23 @@ class Scorer:
             raise ModelError(msg) from exc
         self.ref = ref
         self.provider = self.session.get_providers()[0]
-        self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.n_features = int(ref.card["input"].get("n_features") or len(ref.card["feature_schema"]["names"]))
+        names = [i.name for i in self.session.get_inputs()]
+        unknown = sorted(set(names) - {"features", "sequence"})
+        if unknown or "features" not in names:
+            msg = f"model {ref.name}:{ref.version} has inputs {names}; vigil provides 'features' and 'sequence'"
+            raise ModelError(msg)
+        self.input_name = "features"
+        self.needs_sequence = "sequence" in names
+        if self.needs_sequence:
+            seq_hash = (ref.card.get("sequence_schema") or {}).get("hash")
+            if seq_hash != SEQUENCE_SCHEMA_HASH:
+                msg = (
+                    f"model {ref.name}:{ref.version} reads an hourly sequence with schema {seq_hash}, "
+                    f"but this featurizer produces {SEQUENCE_SCHEMA_HASH}"
+                )
+                raise ModelError(msg)
         if wanted[0] != self.provider:
             log.warning("model %s:%s wanted %s but runs on %s", ref.name, ref.version, wanted[0], self.provider)
         log.info("model %s:%s loaded on %s", ref.name, ref.version, self.provider)
@@ -77,11 +95,20 @@ class Scorer:
     def threshold(self) -> float:
         return self.ref.threshold
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, seq: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities [B] for features ``x`` [B, F] (and, for a temporal model, ``seq`` [B, W, K])."""
         if x.ndim != 2 or x.shape[1] != self.n_features:
             msg = f"expected features of shape [B, {self.n_features}], got {x.shape}"
             raise ModelError(msg)
         if x.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        feeds = {"features": np.ascontiguousarray(x, np.float32)}
+        if self.needs_sequence:
+            want = (x.shape[0], WINDOW, len(SEQUENCE_NAMES))
+            if seq is None or seq.shape != want:
+                got = None if seq is None else seq.shape
+                msg = f"model {self.name}:{self.version} needs a sequence of shape {want}, got {got}"
+                raise ModelError(msg)
+            feeds["sequence"] = np.ascontiguousarray(seq, np.float32)
+        out = self.session.run([self.output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32).reshape(-1)

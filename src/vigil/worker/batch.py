@@ -19,7 +19,7 @@ import orjson
 
 from vigil.alerts import AlertRules, alert_id, alert_message, score_id
 from vigil.config import Settings
-from vigil.features import featurize
+from vigil.features import featurize, sequence
 from vigil.news2 import news2_from_last, news2_parts_dict
 from vigil.records import AdtEvent, Observation
 from vigil.scoring import Scorer
@@ -278,13 +278,15 @@ class Processor:
         if not snaps:
             return
         t0 = time.perf_counter()
-        x = featurize(stack_snapshots(snaps))
+        inp = stack_snapshots(snaps)
+        x = featurize(inp)
+        seq = sequence(inp) if any(sc.needs_sequence for sc in self.scorers) else None
         out.featurize_s = time.perf_counter() - t0
         news = news2_from_last(np.stack([s.last_value for s in snaps]))
         risks: list[np.ndarray] = []
         for sc in self.scorers:
             t1 = time.perf_counter()
-            risks.append(sc.predict(x))
+            risks.append(sc.predict(x, seq))
             out.inference_s[sc.name] = time.perf_counter() - t1
         states = {st.patient: st for st in by_state.values()}
         now = time.time()
