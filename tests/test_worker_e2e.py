@@ -289,3 +289,102 @@ def test_fast_replay_through_the_worker_equals_one_offline_pass(settings_factory
         patient = pseudonymise(stay.stay_id, s.pseudonym_key.get_secret_value())
         for row, risk in zip(stay.static[:, -1].astype(int), risks, strict=True):
             assert abs(got[(patient, int(row))] - risk) <= 1e-5, (stay.stay_id, row)
+
+
+def _registry_with_candidates(tmp_path: Path) -> Path:
+    """A copy of models/ with sepsis-mlp:2 (a copy of v1: same risks, so every row can be checked against
+    one reference) and sepsis-mlp:3 (v1 with a card claiming another feature schema: must be refused)."""
+    import shutil
+
+    from vigil.config import REPO_ROOT
+
+    models = tmp_path / "models"
+    shutil.copytree(REPO_ROOT / "models", models)
+    for version, schema in (("2", None), ("3", "sha256:" + "0" * 64)):
+        shutil.copytree(models / "sepsis-mlp" / "1", models / "sepsis-mlp" / version)
+        card = orjson.loads((models / "sepsis-mlp" / version / "card.json").read_bytes())
+        card["version"] = version
+        if schema:
+            card["feature_schema"]["hash"] = schema
+        (models / "sepsis-mlp" / version / "card.json").write_bytes(orjson.dumps(card))
+    return models
+
+
+def test_shadow_then_hot_swap_under_load_drops_and_doubles_nothing(settings_factory, topics_factory, sample_path,
+                                                                     tmp_path):
+    """A candidate scores in shadow beside the live model (scores-shadow, live score attached), then is
+    promoted by a model-updates event while events stream in: every row is scored exactly once, by v1
+    before the switch and v2 after it, with the reference risk; a model with another feature schema is
+    refused and the live one keeps serving."""
+    import threading
+    import time
+
+    models = _registry_with_candidates(tmp_path)
+    s = settings_factory(models_dir=models)
+    topics_factory(s, PARTITIONS)
+    events = build_events(sample_path, 40, s)
+    expected = reference_scores([e for e in events if not isinstance(decode(e[2], e[0], e[1]), Invalid)], s)
+    half = len(events) // 2
+
+    def update(version: str, action: str) -> None:
+        value = orjson.dumps({"v": 1, "name": "sepsis-mlp", "version": version, "action": action})
+        asyncio.run(produce_many(s, s.topic("model-updates"), [(b"sepsis-mlp", value)]))
+
+    with WorkerProcess(s, log_path=tmp_path / "worker.log") as w:
+        w.wait_ready()
+        deadline = time.monotonic() + 60
+        while 'vigil_shadow_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="2"} 1.0' \
+                not in w.metrics_text():  # the control agent joins its group a few seconds after start
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-2000:]
+            update("2", "shadow")
+            time.sleep(1.0)
+        publish(s, events[:half])
+        scores_by_row(s, 1, timeout_s=30)  # scoring is under way
+        update("3", "promote")  # wrong feature schema: refused
+        def stream_rest() -> None:  # the second half keeps flowing, in small batches, across the switch
+            rest = events[half:]
+            step = max(1, len(rest) // 20)
+            for i in range(0, len(rest), step):
+                publish(s, rest[i : i + step])
+                time.sleep(0.25)
+
+        loader = threading.Thread(target=stream_rest)
+        loader.start()
+        time.sleep(0.5)
+        update("2", "promote")
+        loader.join()
+
+        async def collect() -> tuple[list[dict], list[dict]]:  # type: ignore[type-arg]
+            tail = await TopicTail(s, s.topic("scores")).start()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await tail.wait_for(lambda recs: len(recs) >= len(expected), 90)
+                await asyncio.sleep(2.0)  # anything extra (a double score) would arrive now
+                await tail.poll()
+                live = [orjson.loads(r.value) for r in tail.records]
+            finally:
+                await tail.stop()
+            return live, [orjson.loads(r.value) for r in await read_topic(s, s.topic("scores-shadow"))]
+
+        live, shadow = asyncio.run(collect())
+        metrics = w.metrics_text()
+        assert w.proc is not None and w.proc.poll() is None
+        assert w.stop() == 0
+    log = (tmp_path / "worker.log").read_text()
+    assert "model update rejected" in log and "feature schema" in log
+    rows = [(d["patient"], d["row"]) for d in live]
+    assert len(rows) == len(set(rows)), "a row was scored twice"
+    assert_same_scores(expected, {(d["patient"], d["row"]): d["risk"] for d in live})
+    versions = [d["model"]["version"] for d in sorted(live, key=lambda d: d["emitted_at"])]
+    assert set(versions) == {"1", "2"} and versions[0] == "1" and versions[-1] == "2", set(versions)
+    assert 'vigil_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="2"} 1.0' in metrics
+    assert 'vigil_shadow_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="2"} 0.0' in metrics
+    # shadow scores: same rows as live v1 scores, the live score attached, never after v2 went live
+    assert shadow and all(d["shadow"] is True and d["model"]["version"] == "2" for d in shadow)
+    by_row = {(d["patient"], d["row"]): d for d in live}
+    for d in shadow:
+        peer = by_row[(d["patient"], d["row"])]
+        assert peer["model"]["version"] == "1"
+        assert d["live"] == {"model": "sepsis-mlp", "version": "1", "risk": peer["risk"],
+                             "above_threshold": peer["above_threshold"]}  # fmt: skip
+        assert abs(d["risk"] - peer["risk"]) <= 1e-6

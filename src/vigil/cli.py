@@ -52,11 +52,11 @@ def broker(port: int) -> None:
     """Start the embedded Kafka-protocol broker (Tansu) and print its address; Ctrl-C stops it."""
     from vigil.broker import EmbeddedBroker
 
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))  # before the address is printed
     b = EmbeddedBroker(port=port or None).start()
     click.echo(b.bootstrap, nl=True)
     sys.stdout.flush()
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
         while not stop["now"]:
             time.sleep(0.2)
@@ -139,25 +139,44 @@ def demo(ctx: click.Context, data: Path | None, limit: int | None, workers: int)
 
 @cli.command()
 @click.option("--data", type=click.Path(exists=True, path_type=Path),
-              default=Path("../shared/data/physionet2019/setA.parquet"), show_default=True)
+              default=Path("../shared/data/physionet2019/setA.parquet"), show_default=True,
+              help="Parquet file, .psv directory or .tar.gz of PhysioNet stays.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("models"), show_default=True)
-@click.option("--name", default="sepsis-mlp", show_default=True)
+@click.option("--family", type=click.Choice(["logreg", "mlp", "tcn", "all"]), default="all", show_default=True,
+              help="Model family; all = logreg, mlp and tcn on the same featurized split.")
+@click.option("--name", default=None, help="Registry name (default sepsis-<family>; one family only).")
 @click.option("--version", "version", default=None, help="Version to write (default: next free).")
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--max-stays", type=int, default=None)
-def train(data: Path, out: Path, name: str, version: str | None, seed: int, max_stays: int | None) -> None:
-    """Train the baseline MLP on PhysioNet data and register it (needs the [train] extra)."""
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=2048, show_default=True)
+@click.option("--patience", type=int, default=4, show_default=True)
+@click.option("--filters", type=int, default=64, show_default=True, help="TCN width (128-256 on a GPU).")
+@click.option("--members", type=int, default=1, show_default=True,
+              help="Train N copies (seeds seed..seed+N-1) and export their mean as one model.")
+@click.option("--max-stays", type=int, default=None, help="Use only the first N stays (smoke runs).")
+def train(data: Path, out: Path, family: str, name: str | None, version: str | None, seed: int, epochs: int,
+          batch_size: int, patience: int, filters: int, members: int, max_stays: int | None) -> None:  # fmt: skip
+    """Train, export (ONNX, parity-checked) and register sepsis models (needs the [train] extra).
+
+    Registered versions do not serve until promoted: `vigil models promote NAME:VERSION`.
+    """
     try:
-        from vigil.training.baseline import train_baseline
+        from vigil.training.models import FAMILIES, Hyper
+        from vigil.training.trainer import prepare, train_family
     except ImportError as exc:  # pragma: no cover - depends on the extra
         raise click.ClickException(f"training needs the [train] extra: pip install -e '.[train]' ({exc})") from exc
-    from vigil.registry import Registry
-
-    if version is None:
-        have = Registry(out).versions(name)
-        version = str(max((int(v) for v in have if v.isdigit()), default=0) + 1)
-    path = train_baseline(data, out, name=name, version=version, seed=seed, max_stays=max_stays)
-    click.echo(str(path))
+    families = list(FAMILIES) if family == "all" else [family]
+    if name and len(families) > 1:
+        raise click.UsageError("--name needs a single --family")
+    ds = prepare(data, seed=seed, max_stays=max_stays, with_sequence="tcn" in families)
+    for fam in families:
+        path = train_family(ds, fam, out, name=name, version=version, epochs=epochs, batch_size=batch_size,
+                            patience=patience, hyper=Hyper(filters=filters), members=members)  # fmt: skip
+        card = json.loads((path / "card.json").read_text())
+        summary = {"model": f"{card['name']}:{card['version']}", "path": str(path), "threshold": card["threshold"],
+                   "validation": card["metrics"]["validation"], "test": card["metrics"]["test"],
+                   "duration_s": card["training"]["duration_s"]}  # fmt: skip
+        click.echo(json.dumps(summary))
 
 
 @cli.command()
@@ -173,6 +192,221 @@ def predict(ctx: click.Context, input_path: Path, output: Path, model: str | Non
 
     n = predict_dir(_settings(ctx), input_path, output, model=model, limit=limit)
     click.echo(f"wrote {n} prediction files to {output}")
+
+
+@cli.command()
+@click.option("--model", default=None, help="NAME[:VERSION] (default: the first serving model).")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Parquet, .psv directory or .tar.gz of PhysioNet stays (default: set A in ../shared/data).")
+@click.option("--split", type=click.Choice(["test", "validation", "train", "all"]), default=None,
+              help="Split of the model's training file (default test); other data is evaluated whole (all).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default reports/<name>-<version>-<split>/).")
+@click.option("--update-card", is_flag=True, help="Record the metrics in the model card under evaluation.<split>.")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N stays of the selection.")
+@click.pass_context
+def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: str | None, out: Path | None,
+             update_card: bool, limit: int | None) -> None:  # fmt: skip
+    """Clinical evaluation at the card's threshold: utility, AUROC/AUPRC, calibration, alert burden, lead time,
+    subgroups and NEWS2/qSOFA/SIRS comparators; writes report.md, metrics.json and PNGs."""
+    from vigil.errors import VigilError
+    from vigil.evaluation.report import DEFAULT_DATA, run_evaluation
+    from vigil.registry import Registry
+
+    s = _settings(ctx)
+    try:
+        reg = Registry(s.models_dir)
+        ref = reg.get(model or next(iter(reg.serving()), ""))
+        _, folder, summary = run_evaluation(ref, data or DEFAULT_DATA, policy=s.alerts, split=split, out=out,
+                                            limit=limit, card=update_card)  # fmt: skip
+    except VigilError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({**summary, "report": str(folder / "report.md")}))
+
+
+@cli.group()
+def models() -> None:
+    """The model registry (models/): list and show versions, promote through the gate, roll back."""
+
+
+class _VigilErrorsAsClick:
+    """Context manager: a vigil error (model, data, registry, publishing) becomes a click error, so the
+    command prints one clear message and exits 1 instead of a traceback."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        from vigil.errors import VigilError
+
+        if isinstance(exc, VigilError):
+            raise click.ClickException(str(exc)) from exc
+
+
+def _models_root(ctx: click.Context) -> Path:
+    root = Path(_settings(ctx).models_dir)
+    if not root.is_dir():
+        raise click.ClickException(f"model registry {root} not found (VIGIL_MODELS_DIR)")
+    return root
+
+
+def _models_notify(ctx: click.Context, notify: bool | None) -> bool:
+    """--notify/--no-notify, default on when a Kafka bootstrap is configured."""
+    configured = bool(_settings(ctx).kafka.bootstrap_servers)
+    if notify and not configured:
+        raise click.UsageError("--notify needs a Kafka bootstrap (--bootstrap or KAFKA_BOOTSTRAP_SERVERS)")
+    return configured if notify is None else notify
+
+
+def _models_announce(ctx: click.Context, event: dict[str, object]) -> None:
+    """Publish a model-updates event after the registry changed; a failure says what did and did not happen."""
+    from vigil.errors import VigilError
+    from vigil.registry import publish_update
+
+    s = _settings(ctx)
+    try:
+        topic = publish_update(s, event, timeout_s=s.registry.notify_timeout_s)
+    except VigilError as exc:
+        spec = f"{event['name']}:{event['version']}"
+        raise click.ClickException(
+            f"{spec} is now serving (serving.json and history updated), but running workers were not told: {exc}. "
+            f"Re-announce with `vigil models promote {spec} --notify` once the broker is reachable; workers that "
+            "start from now on load it from serving.json."
+        ) from exc
+    click.echo(f"published {event['action']} {event['name']}:{event['version']} to {topic}")
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@click.pass_context
+def models_list(ctx: click.Context, as_json: bool) -> None:
+    """One line per model version (* = serving): family, threshold, validation and test utility/AUROC."""
+    from vigil.errors import ModelError
+    from vigil.registry import Registry, summary_row
+
+    reg = Registry(_models_root(ctx))
+    serving = reg.serving()
+    rows = []
+    for name in reg.names():
+        for version in reg.versions(name):
+            try:
+                rows.append(summary_row(reg.get(f"{name}:{version}"), serving.get(name) == version))
+            except ModelError as exc:
+                click.echo(f"skipping {name}:{version}: {exc}", err=True)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+
+    def num(x: object) -> str:
+        return f"{x:.4f}" if isinstance(x, float) else "-"
+
+    click.echo(f"{'NAME':<20} {'VERSION':>7} S {'CREATED':<20} {'FAMILY':<24} {'THRESH':>6} {'VAL_UTIL':>8} "
+               f"{'VAL_AUROC':>9} {'TEST_UTIL':>9} {'TEST_AUROC':>10}")  # fmt: skip
+    for r in rows:
+        v, t = r["validation"], r["test"]
+        click.echo(f"{r['name']:<20} {r['version']:>7} {'*' if r['serving'] else ' '} {r['created_at'] or '-':<20} "
+                   f"{r['family']:<24} {r['threshold']:>6g} {num(v['utility']):>8} {num(v['auroc']):>9} "
+                   f"{num(t['utility']):>9} {num(t['auroc']):>10}")  # fmt: skip
+
+
+@models.command("show")
+@click.argument("spec", metavar="NAME[:VERSION]")
+@click.option("--json", "as_json", is_flag=True, help="Print the model card as JSON.")
+@click.pass_context
+def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
+    """A readable summary of a model card (NAME alone: the serving version, else the newest)."""
+    from vigil.registry import Registry, describe_card
+
+    reg = Registry(_models_root(ctx))
+    with _VigilErrorsAsClick():
+        ref = reg.get(spec)
+    if as_json:
+        click.echo(json.dumps(ref.card, indent=2))
+    else:
+        click.echo(describe_card(ref, serving=reg.serving().get(ref.name) == ref.version))
+
+
+@models.command("promote")
+@click.argument("spec", metavar="NAME:VERSION")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Gate data (default: settings registry.gate_data, set A): its validation split if it is the "
+                   "candidate's training file, else all of it.")
+@click.option("--margin-utility", type=click.FloatRange(min=0), default=None,
+              help="Allowed utility drop (default: settings).")
+@click.option("--margin-auroc", type=click.FloatRange(min=0), default=None,
+              help="Allowed AUROC drop (default: settings).")
+@click.option("--force", is_flag=True, help="Skip the metric comparison (the model must still load); needs --reason.")
+@click.option("--reason", default=None, help="Why (recorded in the history and the event).")
+@click.option("--notify/--no-notify", default=None,
+              help="Publish the model-updates event so workers hot-swap (default: when Kafka is configured).")
+@click.pass_context
+def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_utility: float | None,
+                   margin_auroc: float | None, force: bool, reason: str | None,
+                   notify: bool | None) -> None:  # fmt: skip
+    """Promote a version through the gate: it must not be worse than the serving version on the same data."""
+    from vigil.gate import run_gate
+    from vigil.registry import Registry, update_event
+
+    name, _, version = spec.partition(":")
+    if not name or not version:
+        raise click.UsageError(f"give NAME:VERSION, got {spec!r}")
+    if force and not (reason or "").strip():
+        raise click.UsageError("--force needs --reason (it is recorded in the serving history)")
+    s, reg, notify = _settings(ctx), Registry(_models_root(ctx)), _models_notify(ctx, notify)
+    current = reg.serving().get(name)
+    if current == version:
+        click.echo(f"{spec} is already serving; nothing to change")
+        if notify:
+            _models_announce(ctx, update_event(name, version, "promote", from_version=version, reason="re-announce"))
+        return
+    mu = s.registry.margin_utility if margin_utility is None else margin_utility
+    ma = s.registry.margin_auroc if margin_auroc is None else margin_auroc
+    with _VigilErrorsAsClick():
+        result = run_gate(reg, spec, data or s.registry.gate_data, margin_utility=mu, margin_auroc=ma, force=force)
+        if not result.passed:
+            raise click.ClickException(f"{spec} not promoted\n{result.report()}")
+        click.echo(result.report())
+        entry = reg.switch(name, version, "promote", expect_from=result.serving_version, forced=force,
+                           reason=reason, gate=result.as_dict())  # fmt: skip
+    click.echo(f"promoted {name}: {entry['from_version'] or '(none)'} -> {version} ({reg.root / 'serving.json'}; "
+               f"history {reg.history_path})")  # fmt: skip
+    if notify:
+        _models_announce(ctx, update_event(name, version, "promote", from_version=entry["from_version"],
+                                           reason=reason, forced=force))  # fmt: skip
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.option("--to", "to_version", default=None, help="Version to return to (default: the previous one served).")
+@click.option("--reason", default=None, help="Why (recorded in the history and the event).")
+@click.option("--notify/--no-notify", default=None,
+              help="Publish the model-updates event so workers hot-swap (default: when Kafka is configured).")
+@click.pass_context
+def models_rollback(ctx: click.Context, name: str, to_version: str | None, reason: str | None,
+                    notify: bool | None) -> None:  # fmt: skip
+    """Return NAME to the version served before (the emergency path: no metric gate, but it must load)."""
+    from vigil.errors import VigilError
+    from vigil.gate import load_checked
+    from vigil.registry import Registry, update_event
+
+    reg, notify = Registry(_models_root(ctx)), _models_notify(ctx, notify)
+    current = reg.serving().get(name)
+    if current is None:
+        raise click.ClickException(f"no version of {name} is serving: nothing to roll back")
+    target = to_version or reg.previous_version(name)
+    if target is None:
+        raise click.ClickException(f"no earlier serving version of {name} in {reg.history_path}; name one with --to")
+    if target == current:
+        raise click.ClickException(f"{name}:{target} is already serving")
+    try:
+        load_checked(reg.get(f"{name}:{target}"))
+    except VigilError as exc:
+        raise click.ClickException(f"cannot roll back to {name}:{target}: {exc}") from exc
+    with _VigilErrorsAsClick():
+        reg.switch(name, target, "rollback", expect_from=current, reason=reason)
+    click.echo(f"rolled back {name}: {current} -> {target} ({reg.root / 'serving.json'}; history {reg.history_path})")
+    if notify:
+        _models_announce(ctx, update_event(name, target, "rollback", from_version=current, reason=reason))
 
 
 def main() -> None:

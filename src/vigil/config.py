@@ -20,7 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["KafkaSettings", "ScoringSettings", "StateSettings", "AlertSettings", "Settings", "load_settings"]
+__all__ = [
+    "KafkaSettings", "ScoringSettings", "StateSettings", "AlertSettings", "RegistrySettings", "Settings",
+    "load_settings",
+]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,6 +78,9 @@ class ScoringSettings(BaseModel):
     )
     intra_op_threads: int = 1
     models: list[str] = Field(default_factory=list, description="NAME[:VERSION]; empty = serving models")
+    shadow: list[str] = Field(
+        default_factory=list, description="NAME:VERSION candidates scored beside the live models (scores-shadow)"
+    )
 
 
 class StateSettings(BaseModel):
@@ -106,6 +112,16 @@ class AlertSettings(BaseModel):
     rearm_below_fraction: float = 0.8  # a model alert re-arms once risk < fraction * threshold
 
 
+class RegistrySettings(BaseModel):
+    """The promotion gate of ``vigil models promote`` (see :mod:`vigil.gate`): a candidate may be worse than
+    the serving version by at most these margins, on the validation split of ``gate_data``."""
+
+    margin_utility: float = Field(default=0.01, ge=0.0, description="allowed drop in normalized utility")
+    margin_auroc: float = Field(default=0.01, ge=0.0, description="allowed drop in AUROC")
+    gate_data: Path = REPO_ROOT.parent / "shared" / "data" / "physionet2019" / "setA.parquet"
+    notify_timeout_s: float = Field(default=30.0, gt=0.0, description="bound on publishing a model-updates event")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIGIL_", env_nested_delimiter="__", extra="ignore", env_file=None
@@ -115,6 +131,7 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
     pseudonym_key: SecretStr = SecretStr("vigil-dev-key-change-me")  # HMAC key for patient pseudonyms
     topic_prefix: str = ""  # prepended to every catalogue topic (tests use a unique prefix each)
     group_id: str = "vigil-worker"

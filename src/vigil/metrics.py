@@ -54,6 +54,10 @@ class WorkerMetrics:
         self.model_info = Gauge(
             f"{p}_model_info", "Models serving (1 = active)", ["name", "version", "provider"], registry=r
         )
+        self.shadow_model_info = Gauge(
+            f"{p}_shadow_model_info", "Candidate models scoring in shadow mode (1 = active)",
+            ["name", "version", "provider"], registry=r,
+        )  # fmt: skip
         self.consumer_lag = Gauge(
             f"{p}_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r
         )

@@ -1,20 +1,35 @@
 """The model registry on disk: ``models/<name>/<version>/{model.onnx, card.json}`` + ``models/serving.json``.
 
 ``serving.json`` maps each model name to the version that workers serve. The model card carries the
-feature schema (names and hash), the operating threshold, metrics and provenance.
+feature schema (names and hash), the operating threshold, metrics and provenance. Every change of a
+serving version (``vigil models promote`` / ``rollback``) rewrites ``serving.json`` atomically and appends
+one line to ``serving-history.jsonl``; :meth:`Registry.previous_version` reads that history back.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from vigil.errors import ModelError
 
-__all__ = ["ModelRef", "Registry"]
+if TYPE_CHECKING:
+    from vigil.config import Settings
+
+__all__ = [
+    "ModelRef", "Registry", "HISTORY_FILE", "ACTIONS", "served_stack", "update_event", "publish_update",
+    "summary_row", "describe_card",
+]  # fmt: skip
+
+HISTORY_FILE = "serving-history.jsonl"
+ACTIONS = ("promote", "rollback", "shadow", "unshadow")  # the model-updates actions workers understand
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +53,7 @@ class ModelRef:
 
 
 class Registry:
-    """Read access to the on-disk registry.
+    """The on-disk registry: read access, plus :meth:`switch` (the one write: change a serving version).
 
     >>> from vigil.config import REPO_ROOT
     >>> reg = Registry(REPO_ROOT / "models")
@@ -88,3 +103,331 @@ class Registry:
             msg = f"no serving model in {self.root}/serving.json and none configured"
             raise ModelError(msg)
         return [self.get(s) for s in specs]
+
+    # ------------------------------------------------------------------ serving changes and their history
+    @property
+    def history_path(self) -> Path:
+        return self.root / HISTORY_FILE
+
+    def history(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Entries of ``serving-history.jsonl``, oldest first (only ``name``'s when given)."""
+        if not self.history_path.exists():
+            return []
+        entries: list[dict[str, Any]] = []
+        for i, line in enumerate(self.history_path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                msg = f"{self.history_path} line {i} is not JSON: {exc}"
+                raise ModelError(msg) from exc
+            if name is None or entry.get("name") == name:
+                entries.append(entry)
+        return entries
+
+    def previous_version(self, name: str) -> str | None:
+        """The version that served ``name`` before the current one, from the history (None if unknown)."""
+        current = self.serving().get(name)
+        stack = served_stack(self.history(name))
+        while stack and stack[-1] == current:
+            stack.pop()
+        return stack[-1] if stack else None
+
+    def switch(
+        self, name: str, version: str, action: str, *, expect_from: str | None, **details: Any
+    ) -> dict[str, Any]:
+        """Make ``version`` the serving version of ``name``; returns the history entry it appended.
+
+        ``serving.json`` is rewritten atomically (temporary file, fsync, ``os.replace``) and the entry is
+        appended to ``serving-history.jsonl``, both under an exclusive lock on the history file. If the
+        serving version is no longer ``expect_from`` (another promotion got there first, so a gate compared
+        against a stale version), nothing changes and :class:`ModelError` is raised.
+        """
+        if action not in ("promote", "rollback"):
+            msg = f"action must be promote or rollback, got {action!r}"
+            raise ValueError(msg)
+        self.get(f"{name}:{version}")  # exists and has a complete card
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.history_path.open("ab") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                serving = self.serving()
+                if serving.get(name) != expect_from:
+                    msg = (
+                        f"the serving version of {name} changed to {serving.get(name)!r} meanwhile "
+                        f"(expected {expect_from!r}); nothing was changed, run the command again"
+                    )
+                    raise ModelError(msg)
+                entry = {
+                    "at": _utc_now(), "name": name, "action": action, "from_version": expect_from,
+                    "to_version": version, **details,
+                }  # fmt: skip
+                self._write_serving({**serving, name: version})
+                fh.write(orjson.dumps(entry) + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return entry
+
+    def _write_serving(self, serving: dict[str, str]) -> None:
+        path = self.root / "serving.json"
+        tmp = path.with_name(f".serving.json.{os.getpid()}.tmp")
+        try:
+            with tmp.open("wb") as out:
+                out.write(json.dumps(serving, sort_keys=True).encode() + b"\n")  # as written by hand
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def served_stack(entries: list[dict[str, Any]]) -> list[str]:
+    """The versions that served one model, oldest first, replaying its history entries as a stack: a
+    promotion pushes its version; a rollback pops back to the last time its target served (or pushes
+    the target if it never had).
+
+    >>> promote = lambda a, b: {"action": "promote", "from_version": a, "to_version": b}
+    >>> h = [promote("1", "2"), promote("2", "3")]
+    >>> served_stack(h), served_stack(h + [{"action": "rollback", "from_version": "3", "to_version": "2"}])
+    (['1', '2', '3'], ['1', '2'])
+    """
+    stack: list[str] = []
+    for e in entries:
+        before, to = e.get("from_version"), str(e["to_version"])
+        if not stack and before is not None:
+            stack.append(str(before))
+        if e.get("action") == "rollback" and to in stack:
+            del stack[len(stack) - stack[::-1].index(to) :]
+        elif not stack or stack[-1] != to:
+            stack.append(to)
+    return stack
+
+
+# ------------------------------------------------------------------------------ model-updates events
+def update_event(
+    name: str,
+    version: str,
+    action: str,
+    *,
+    from_version: str | None = None,
+    reason: str | None = None,
+    forced: bool | None = None,
+    at: str | None = None,
+) -> dict[str, Any]:
+    """A ``model-updates`` value (``streams/schemas/model-updates.schema.json``); workers hot-swap on it.
+
+    >>> ev = update_event("sepsis-mlp", "2", "promote", from_version="1")
+    >>> ev["v"], ev["action"], ev["from_version"], ev["at"].endswith("Z")
+    (1, 'promote', '1', True)
+    """
+    if action not in ACTIONS:
+        msg = f"action must be one of {ACTIONS}, got {action!r}"
+        raise ValueError(msg)
+    event: dict[str, Any] = {"v": 1, "name": name, "version": version, "action": action}
+    event["from_version"] = from_version
+    event["at"] = at or _utc_now()
+    if reason:
+        event["reason"] = reason
+    if forced is not None:
+        event["forced"] = forced
+    return event
+
+
+def publish_update(settings: Settings, event: dict[str, Any], timeout_s: float = 30.0) -> str:
+    """Publish ``event`` to the ``model-updates`` topic with acks=all, keyed by the model name; returns
+    the broker-side topic. Raises :class:`ModelError` naming the topic when it cannot."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    topic = settings.topic("model-updates")
+    if not settings.kafka.bootstrap_servers:
+        msg = "no Kafka bootstrap servers configured (--bootstrap or KAFKA_BOOTSTRAP_SERVERS)"
+        raise ModelError(msg)
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(acks="all", **settings.kafka.client_kwargs())
+        try:
+            await producer.start()
+            await producer.send_and_wait(topic, orjson.dumps(event), key=str(event["name"]).encode())
+        finally:
+            await producer.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(send(), timeout_s))
+    except Exception as exc:  # any client or network failure: one clear message
+        msg = f"could not publish to {topic} at {settings.kafka.bootstrap_servers}: {type(exc).__name__}: {exc}"
+        raise ModelError(msg) from exc
+    return topic
+
+
+# -------------------------------------------------------------------------------------- presentation
+def summary_row(ref: ModelRef, serving: bool) -> dict[str, Any]:
+    """One line of ``vigil models list``: identity, family, threshold and the card's split metrics.
+
+    >>> from vigil.config import REPO_ROOT
+    >>> row = summary_row(Registry(REPO_ROOT / "models").get("sepsis-mlp:1"), serving=True)
+    >>> row["name"], row["version"], row["serving"], 0 < row["threshold"] < 1
+    ('sepsis-mlp', '1', True, True)
+    """
+    metrics = ref.card.get("metrics") or {}
+
+    def split(name: str) -> dict[str, float | None]:
+        m = metrics.get(name) or {}
+        return {"utility": m.get("utility"), "auroc": m.get("auroc")}
+
+    return {
+        "name": ref.name, "version": ref.version, "serving": serving, "created_at": ref.card.get("created_at"),
+        "family": _family(ref.card), "threshold": ref.threshold, "validation": split("validation"),
+        "test": split("test"),
+    }  # fmt: skip
+
+
+def _family(card: dict[str, Any]) -> str:
+    """``training.family``, else the architecture's layer chain in short (``Dense64-Dense32-Dense1``)."""
+    training = card.get("training") or {}
+    if training.get("family"):
+        return str(training["family"])
+    layers = [part.split()[0] for part in str(training.get("architecture") or "").split(";")[0].split("->")
+              if part.strip()]  # fmt: skip
+    short = "-".join(x for x in layers if x not in ("Normalization", "Dropout")) or "-"
+    return short if len(short) <= 24 else short[:23] + "~"
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return "-" if x is None else str(x)
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _wrap(label: str, text: Any) -> list[str]:
+    import textwrap
+
+    if not text:
+        return []
+    return textwrap.wrap(f"{label}: {text}", width=100, subsequent_indent="    ")
+
+
+def _tree(obj: Any, indent: str = "  ", depth: int = 0) -> list[str]:
+    """Nested card sections (e.g. ``evaluation``) as indented ``key: value`` lines."""
+    if depth > 4:
+        return [f"{indent}..."]
+    lines: list[str] = []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for key, val in items:
+        if isinstance(val, dict | list) and any(isinstance(v, dict | list) for v in _values(val)):
+            lines += [f"{indent}{key}:", *_tree(val, indent + "  ", depth + 1)]
+        elif isinstance(val, dict):
+            lines.append(f"{indent}{key}: " + ", ".join(f"{k} {_num(v)}" for k, v in val.items()))
+        elif isinstance(val, list):
+            lines.append(f"{indent}{key}: " + ", ".join(_num(v) for v in val))
+        else:
+            lines.append(f"{indent}{key}: {_num(val)}")
+    return lines
+
+
+def _values(obj: dict[str, Any] | list[Any]) -> list[Any]:
+    return list(obj.values()) if isinstance(obj, dict) else list(obj)
+
+
+def _evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
+    """Headline, alert burden, subgroups and comparators of each evaluated split (``card.evaluation``);
+    a block in another layout is printed as a tree."""
+    lines: list[str] = []
+    for split, ev in evaluation.items():
+        if not (isinstance(ev, dict) and isinstance(ev.get("model"), dict)):
+            lines += [f"  {split}:", *(_tree(ev, "    ") if isinstance(ev, dict | list) else [f"    {ev}"])]
+            continue
+        d, m = ev.get("data") or {}, ev["model"]
+        al = (ev.get("alerting") or {}).get("model_risk") or {}
+        lead = al.get("lead_time_h") or {}
+        lines += [
+            f"  {split}: {d.get('file', '-')}, split {d.get('split', '-')}: {d.get('stays', '-')} stays, "
+            f"{d.get('rows', '-')} rows, {d.get('septic_stays', '-')} septic (evaluated {ev.get('evaluated_at', '-')})",
+            f"    model: AUROC {_num(m.get('auroc'))}, AUPRC {_num(m.get('auprc'))}, utility {_num(m.get('utility'))}"
+            f", Brier {_num(m.get('brier'))}, ECE {_num((m.get('calibration') or {}).get('ece'))}",
+            f"    alerts: {_num(al.get('alerts_per_patient_day'), 2)} per patient-day, septic stays alerted early "
+            f"{_num(al.get('share_septic_alerted_early'), 2)}, median lead {_num(lead.get('median'), 1)} h, "
+            f"stay PPV {_num(al.get('ppv_stay'), 2)}",
+        ]
+        lines += _subgroup_lines(ev.get("subgroups") or {})
+        for name, comp in (ev.get("comparators") or {}).items():
+            if isinstance(comp, dict):
+                burden = (comp.get("alerting") or {}).get("alerts_per_patient_day")
+                lines.append(f"    comparator {name}: AUROC {_num(comp.get('auroc'))}, utility "
+                             f"{_num(comp.get('utility'))}, {_num(burden, 2)} alerts per patient-day")  # fmt: skip
+        lines += [f"    note: {n}" for n in ev.get("notes") or []]
+    return lines
+
+
+def _subgroup_lines(subgroups: dict[str, Any]) -> list[str]:
+    cols = ("stays", "septic_stays", "auroc", "utility", "alerts_per_patient_day", "share_septic_alerted_early")
+    heads = ("stays", "septic", "AUROC", "utility", "alerts/day", "early")
+    rows = [(f"{by} {group}", vals) for by, groups in subgroups.items() if isinstance(groups, dict)
+            for group, vals in groups.items() if isinstance(vals, dict)]  # fmt: skip
+    if not rows:
+        return []
+    out = ["    subgroups:      " + "".join(f"{h:>11}" for h in heads)]
+    out += [f"      {label:<14}" + "".join(f"{_num(v.get(c)):>11}" for c in cols) for label, v in rows]
+    return out
+
+
+def _metrics_table(metrics: dict[str, Any]) -> list[str]:
+    cols = ("utility", "auroc", "auprc", "alert_rate", "rows", "stays", "positive_rows")
+    lines = ["metrics:     " + "".join(f"{c:>14}" for c in cols)]
+    for split, m in metrics.items():
+        if isinstance(m, dict):
+            lines.append(f"  {split:<11}" + "".join(f"{_num(m.get(c)):>14}" for c in cols))
+    return lines
+
+
+def describe_card(ref: ModelRef, serving: bool = False) -> str:
+    """A readable summary of a model card (``vigil models show``).
+
+    >>> from vigil.config import REPO_ROOT
+    >>> text = describe_card(Registry(REPO_ROOT / "models").get("sepsis-mlp:1"))
+    >>> "threshold: 0.58" in text and "feature schema:" in text and "limitations:" in text
+    True
+    """
+    c = ref.card
+    tr, fs, split = c.get("training") or {}, c["feature_schema"], (c.get("training") or {}).get("split") or {}
+    size = ref.onnx_path.stat().st_size if ref.onnx_path.exists() else 0
+    lines = [
+        f"{ref.name}:{ref.version}" + ("  (serving)" if serving else ""),
+        f"files: {ref.onnx_path} ({size / 1024:.0f} KiB), {ref.path / 'card.json'}",
+        f"created: {c.get('created_at', '-')}",
+        *_wrap("task", c.get("task")),
+        *_wrap("data", f"{tr.get('data', '-')} (file {tr.get('source_file', '-')})"),
+        f"split: by {split.get('by', '-')}, seed {split.get('seed', '-')}: train {split.get('train', '-')} / "
+        f"validation {split.get('validation', '-')} / test {split.get('test', '-')} stays",
+        f"family: {_family(c)}",
+        *_wrap("architecture", tr.get("architecture")),
+        f"feature schema: {len(fs.get('names', []))} features ({fs.get('featurizer', '-')}, window "
+        f"{fs.get('window_h', '-')} h), {fs['hash']}",
+    ]
+    if c.get("sequence_schema"):
+        sq = c["sequence_schema"]
+        lines.append(f"sequence schema: {len(sq.get('names', []))} x {sq.get('window_h', '-')} h, {sq.get('hash')}")
+    lines.append(f"threshold: {ref.threshold:g} ({c.get('threshold_rule', 'rule not recorded')})")
+    lines += _metrics_table(c.get("metrics") or {})
+    if isinstance(c.get("evaluation"), dict) and c["evaluation"]:
+        lines += ["evaluation (vigil evaluate):", *_evaluation_lines(c["evaluation"])]
+    lines += [*_wrap("intended use", c.get("intended_use")), *_wrap("limitations", c.get("limitations"))]
+    parity = c.get("parity") or {}
+    if parity:
+        lines.append(f"parity: Keras vs ONNX max |diff| {parity.get('keras_vs_onnx_max_abs_diff', '-'):.3g} "
+                     f"on {parity.get('rows', '-')} rows")  # fmt: skip
+    if c.get("canary"):
+        lines.append(f"canary: {len(c['canary'].get('probabilities', []))} probabilities recorded "
+                     f"(tolerance {c['canary'].get('tolerance', '-')})")  # fmt: skip
+    prov = c.get("provenance") or {}
+    if prov:
+        lines.append("provenance: " + ", ".join(f"{k} {v}" for k, v in prov.items()))
+    return "\n".join(lines)

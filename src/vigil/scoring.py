@@ -19,7 +19,9 @@ from vigil.errors import ModelError
 from vigil.features import FEATURE_SCHEMA_HASH, SEQUENCE_NAMES, SEQUENCE_SCHEMA_HASH, WINDOW
 from vigil.registry import ModelRef
 
-__all__ = ["Scorer", "choose_providers"]
+__all__ = ["Scorer", "choose_providers", "canary_inputs", "CANARY_TOL"]
+
+CANARY_TOL = 1e-4  # a loaded model must reproduce the card's canary probabilities this closely
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,39 @@ def choose_providers(preference: Sequence[str], available: Sequence[str]) -> lis
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
+
+
+def canary_inputs() -> tuple[np.ndarray, np.ndarray]:
+    """Fixed canary rows (features [4, F], sequence [4, W, K]): a well patient, a septic picture, a
+    hypothermic hypotensive one and a patient never measured. The trainer records each model's
+    probabilities on them in the card; a worker loading the model must reproduce them (:data:`CANARY_TOL`)
+    before it serves it.
+
+    >>> x, seq = canary_inputs()
+    >>> x.shape[0], seq.shape[:2] == (4, WINDOW), bool(np.isfinite(x).all() and np.isfinite(seq).all())
+    (4, True, True)
+    """
+    from vigil.features import FeatureInput, featurize, sequence
+    from vigil.variables import STATIC, VAR_INDEX, VARIABLES
+
+    rows = [
+        {"HR": 78, "O2Sat": 98, "Temp": 36.8, "SBP": 124, "MAP": 88, "DBP": 70, "Resp": 15, "WBC": 7.5},
+        {"HR": 124, "O2Sat": 91, "Temp": 39.2, "SBP": 86, "MAP": 58, "DBP": 45, "Resp": 29, "WBC": 18.0,
+         "Lactate": 4.1, "Creatinine": 2.4, "Platelets": 90, "FiO2": 0.5},
+        {"HR": 52, "O2Sat": 93, "Temp": 35.1, "SBP": 82, "MAP": 60, "DBP": 48, "Resp": 9, "Glucose": 60},
+        {},
+    ]  # fmt: skip
+    b, v = len(rows), len(VARIABLES)
+    window = np.full((b, WINDOW, v), np.nan, dtype=np.float32)
+    for i, r in enumerate(rows):
+        for name, val in r.items():
+            window[i, -3:, VAR_INDEX[name]] = [val * 0.98, val, val * 1.01]  # last three hours
+    last = window[:, -1].copy()
+    hours = np.where(np.isnan(last), np.nan, 0.0).astype(np.float32)
+    static = np.tile(np.array([67, 1, 1, 0, -12.5, 10], dtype=np.float32), (b, 1))
+    assert static.shape[1] == len(STATIC)
+    inp = FeatureInput(window, last, hours, static)
+    return featurize(inp), sequence(inp)
 
 
 class Scorer:
@@ -82,6 +117,25 @@ class Scorer:
         if wanted[0] != self.provider:
             log.warning("model %s:%s wanted %s but runs on %s", ref.name, ref.version, wanted[0], self.provider)
         log.info("model %s:%s loaded on %s", ref.name, ref.version, self.provider)
+
+    def check_canary(self) -> np.ndarray:
+        """Run the canary rows; raise :class:`ModelError` unless the probabilities are finite, in [0, 1]
+        and (when the card records them) equal to the card's within :data:`CANARY_TOL`."""
+        x, seq = canary_inputs()
+        got = self.predict(x, seq)
+        if not np.all(np.isfinite(got)) or got.min() < 0 or got.max() > 1:
+            msg = f"canary inference of {self.name}:{self.version} gave {got.tolist()}"
+            raise ModelError(msg)
+        want = (self.ref.card.get("canary") or {}).get("probabilities")
+        if want is not None:
+            diff = float(np.max(np.abs(np.asarray(want, dtype=np.float64) - got)))
+            if not diff <= CANARY_TOL:
+                msg = (
+                    f"model {self.name}:{self.version} does not reproduce its card's canary probabilities "
+                    f"(max difference {diff:.3g} > {CANARY_TOL}): the ONNX file and the card disagree"
+                )
+                raise ModelError(msg)
+        return got
 
     @property
     def name(self) -> str:

@@ -117,33 +117,51 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
 
 
 async def _hot_swap(engine: Engine, settings: Settings, value: bytes) -> None:
-    """Load, check (feature-schema hash, canary inference) and atomically switch to a new model version."""
+    """Apply a ``model-updates`` event: ``promote``/``rollback`` load, check (feature-schema hash, canary
+    rows against the card) and atomically switch the serving version of a model; ``shadow`` starts scoring
+    a candidate beside the live models (to ``scores-shadow``); ``unshadow`` stops it. A bad update is
+    refused and logged; the models in use keep serving."""
     try:
         msg = orjson.loads(value)
-        ref = Registry(settings.models_dir).get(f"{msg['name']}:{msg['version']}")
-        new = Scorer(ref, settings.scoring.providers, settings.scoring.intra_op_threads)
-        import numpy as np
-
-        from vigil.features import FEATURE_NAMES
-
-        canary = new.predict(np.zeros((4, len(FEATURE_NAMES)), dtype=np.float32))
-        if not np.all(np.isfinite(canary)) or canary.min() < 0 or canary.max() > 1:
-            err = f"canary inference of {ref.name}:{ref.version} gave {canary.tolist()}"
-            raise ValueError(err)
+        action = msg.get("action", "promote")
+        if action not in ("promote", "rollback", "shadow", "unshadow"):
+            raise ValueError(f"unknown action {action!r}")
+        spec = f"{msg['name']}:{msg['version']}"
+        if action == "unshadow":
+            new = None
+        else:
+            new = Scorer(Registry(settings.models_dir).get(spec), settings.scoring.providers,
+                         settings.scoring.intra_op_threads)  # fmt: skip
+            new.check_canary()
     except Exception as exc:  # a bad update must never stop the worker
         log.error("model update rejected: %s: %s", type(exc).__name__, exc)
         return
-    scorers = [new if s.name == new.name else s for s in engine.scorers]
-    if new.name not in {s.name for s in engine.scorers}:
-        scorers.append(new)
+    m = engine.metrics
     async with engine._lock:  # noqa: SLF001  between batches: the swap is atomic for the pipeline
+        if action in ("shadow", "unshadow"):
+            for old in [sh for sh in engine.shadows if sh.name == msg["name"]]:
+                m.shadow_model_info.labels(old.name, old.version, old.provider).set(0)
+                engine.shadows.remove(old)
+            if new is not None:
+                engine.shadows.append(new)
+                m.shadow_model_info.labels(new.name, new.version, new.provider).set(1)
+            engine.processor.shadows = engine.shadows
+            log.info("shadow models now: %s", [f"{sh.name}:{sh.version}" for sh in engine.shadows] or "none")
+            return
+        assert new is not None
         for old in engine.scorers:
             if old.name == new.name:
-                engine.metrics.model_info.labels(old.name, old.version, old.provider).set(0)
+                m.model_info.labels(old.name, old.version, old.provider).set(0)
+        scorers = [new if sc.name == new.name else sc for sc in engine.scorers]
+        if new.name not in {sc.name for sc in engine.scorers}:
+            scorers.append(new)
         engine.scorers[:] = scorers
         engine.processor.scorers = engine.scorers
-        engine.metrics.model_info.labels(new.name, new.version, new.provider).set(1)
-    log.info("now serving %s:%s on %s", new.name, new.version, new.provider)
+        m.model_info.labels(new.name, new.version, new.provider).set(1)
+        for sh in [sh for sh in engine.shadows if (sh.name, sh.version) == (new.name, new.version)]:
+            engine.shadows.remove(sh)  # a promoted candidate leaves the shadow set
+            m.shadow_model_info.labels(sh.name, sh.version, sh.provider).set(0)
+    log.info("now serving %s:%s on %s (%s)", new.name, new.version, new.provider, action)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -49,6 +49,7 @@ class InEvent:
 @dataclass(slots=True)
 class Outputs:
     scores: list[tuple[str, bytes]] = field(default_factory=list)  # (key, value)
+    shadow_scores: list[tuple[str, bytes]] = field(default_factory=list)  # candidates in shadow mode
     alerts: list[tuple[str, bytes]] = field(default_factory=list)
     changelog: list[tuple[int, str, bytes | None]] = field(default_factory=list)  # (partition, key, value)
     score_trigger_ts: list[float] = field(default_factory=list)
@@ -63,9 +64,12 @@ class Outputs:
 class Processor:
     """Applies batches of events to per-partition patient state and produces the output records."""
 
-    def __init__(self, settings: Settings, scorers: list[Scorer]) -> None:
+    def __init__(self, settings: Settings, scorers: list[Scorer], shadows: list[Scorer] | None = None) -> None:
         self.settings = settings
         self.scorers = scorers
+        # Candidates in shadow mode: scored on the same rows as the live models, written to scores-shadow,
+        # never alerted on.
+        self.shadows: list[Scorer] = shadows if shadows is not None else []
         self.rules = AlertRules(settings.alerts.news2_emergency, settings.alerts.rearm_below_fraction)
         self.states: dict[int, dict[str, PatientState]] = {}
         self.watermark: dict[int, float] = {}  # max event time seen per partition
@@ -280,7 +284,7 @@ class Processor:
         t0 = time.perf_counter()
         inp = stack_snapshots(snaps)
         x = featurize(inp)
-        seq = sequence(inp) if any(sc.needs_sequence for sc in self.scorers) else None
+        seq = sequence(inp) if any(sc.needs_sequence for sc in [*self.scorers, *self.shadows]) else None
         out.featurize_s = time.perf_counter() - t0
         news = news2_from_last(np.stack([s.last_value for s in snaps]))
         risks: list[np.ndarray] = []
@@ -288,6 +292,7 @@ class Processor:
             t1 = time.perf_counter()
             risks.append(sc.predict(x, seq))
             out.inference_s[sc.name] = time.perf_counter() - t1
+        shadow_risks = [sc.predict(x, seq) for sc in self.shadows]
         states = {st.patient: st for st in by_state.values()}
         now = time.time()
         now_iso = iso(now)
@@ -295,6 +300,7 @@ class Processor:
             st = states[snap.patient]
             n2 = news2_parts_dict(news, i)
             row_iso = iso(snap.row_time)
+            live: dict[str, Any] | None = None
             for sc, risk_arr in zip(self.scorers, risks, strict=True):
                 risk = float(risk_arr[i])
                 thr = sc.threshold
@@ -307,6 +313,7 @@ class Processor:
                     "emitted_at": now_iso, "trigger_time": iso(snap.trigger_ts),
                 }  # fmt: skip
                 out.scores.append((snap.patient, orjson.dumps(rec)))
+                live = live or rec
                 out.score_trigger_ts.append(snap.trigger_ts)
                 out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
                 for kind, severity in self.rules.evaluate(
@@ -325,10 +332,26 @@ class Processor:
                     out.alerts.append((snap.patient, orjson.dumps(alert)))
                     out.alert_trigger_ts.append(snap.trigger_ts)
                     out.alert_labels.append((kind, severity, snap.ward or "unknown"))
+            for sc, risk_arr in zip(self.shadows, shadow_risks, strict=True):
+                risk = float(risk_arr[i])
+                rec = {
+                    "v": 1, "score_id": score_id(snap.patient, sc.name, sc.version, snap.row, snap.partial),
+                    "patient": snap.patient, "ward": snap.ward, "bed": snap.bed, "unit": snap.unit,
+                    "time": row_iso, "row": snap.row, "partial": snap.partial,
+                    "model": {"name": sc.name, "version": sc.version, "provider": sc.provider},
+                    "risk": round(risk, 6), "threshold": sc.threshold, "above_threshold": risk >= sc.threshold,
+                    "news2": n2, "emitted_at": now_iso, "trigger_time": iso(snap.trigger_ts), "shadow": True,
+                    "live": None if live is None else {
+                        "model": live["model"]["name"], "version": live["model"]["version"], "risk": live["risk"],
+                        "above_threshold": live["above_threshold"],
+                    },
+                }  # fmt: skip
+                out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
 
 
 def _merge(out: Outputs, extra: Outputs) -> None:
     out.scores += extra.scores
+    out.shadow_scores += extra.shadow_scores
     out.alerts += extra.alerts
     out.score_trigger_ts += extra.score_trigger_ts
     out.alert_trigger_ts += extra.alert_trigger_ts

@@ -58,6 +58,17 @@ def load_scorers(settings: Settings) -> list[Scorer]:
     ]
 
 
+def load_shadows(settings: Settings) -> list[Scorer]:
+    """The candidates configured to score in shadow mode (``scoring.shadow``), each canary-checked."""
+    reg = Registry(settings.models_dir)
+    out = []
+    for spec in settings.scoring.shadow:
+        sc = Scorer(reg.get(spec), settings.scoring.providers, settings.scoring.intra_op_threads)
+        sc.check_canary()
+        out.append(sc)
+    return out
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -78,7 +89,8 @@ class Engine:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self.scorers = scorers if scorers is not None else load_scorers(settings)
-        self.processor = Processor(settings, self.scorers)
+        self.shadows: list[Scorer] = load_shadows(settings)
+        self.processor = Processor(settings, self.scorers, self.shadows)
         self._topic_names = {settings.topic(t): t for t in INPUT_TOPICS}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -97,6 +109,8 @@ class Engine:
         self.events_done = 0  # records applied to state or dead-lettered, outputs acknowledged
         for sc in self.scorers:
             self.metrics.model_info.labels(sc.name, sc.version, sc.provider).set(1)
+        for sc in self.shadows:
+            self.metrics.shadow_model_info.labels(sc.name, sc.version, sc.provider).set(1)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -298,6 +312,10 @@ class Engine:
         for key, value in out.scores:
             futs.append(await p.send(scores_t, value, key=key.encode()))
         n_scores = len(futs)
+        if out.shadow_scores:
+            shadow_t = s.topic("scores-shadow")
+            for key, value in out.shadow_scores:
+                futs.append(await p.send(shadow_t, value, key=key.encode()))
         for key, value in out.alerts:
             futs.append(await p.send(alerts_t, value, key=key.encode()))
         for raw_key, value in dead:

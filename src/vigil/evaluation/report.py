@@ -1,0 +1,373 @@
+"""``vigil evaluate``: an honest clinical evaluation of one registered model on PhysioNet-layout data.
+
+What is computed (rows = scored ICU hours, scored causally by the serving featurizer and ONNX model via
+:func:`vigil.offline.score_frame`):
+
+* at the model card's threshold (never re-tuned on the evaluated data): the PhysioNet 2019 normalized
+  utility, row-level AUROC and AUPRC, the Brier score and a reliability table/plot;
+* the alerts the worker would raise under the configured alert policy
+  (:func:`vigil.evaluation.alerting.simulate_policy`) and their patient-level outcomes: alerts per
+  patient-day, share of septic stays alerted before onset, lead time, stay-level PPV, share of
+  non-septic stays alerted (definitions in :mod:`vigil.evaluation.alerting`);
+* subgroups (age band, sex, ICU unit) and bedside comparators on the same rows: NEWS2 >= 5 and >= 7,
+  partial qSOFA >= 2 (no mental status in the data), SIRS >= 2, each computed causally from the last
+  observed values (the featurizer's ``news2_total``, ``qsofa_partial`` and ``sirs_count``), ranked as
+  integer scores and alerting on crossings (re-armed once the score is below the threshold again).
+
+Data selection: on the model's own training file (card ``training.source_file``) the split is rebuilt
+with :func:`vigil.training.data.split_by_patient` and the card's seed (default: test); any other
+PhysioNet-format data (another hospital) is evaluated whole (``all``). No patient identifier leaves
+this module: outputs carry counts only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from vigil.config import REPO_ROOT, AlertSettings
+from vigil.evaluation.alerting import (
+    StayAlerts,
+    StayTable,
+    alert_summary,
+    crossings,
+    lead_times,
+    simulate_policy,
+    stay_alerts,
+    stay_table,
+)
+from vigil.evaluation.curves import brier, expected_calibration_error, reliability_bins
+from vigil.evaluation.metrics import auprc, auroc
+from vigil.evaluation.selection import DEFAULT_DATA, SPLIT_CHOICES, Selection, card_training, select_rows
+from vigil.evaluation.utility import normalized_utility
+from vigil.registry import ModelRef
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from vigil.scoring import Scorer
+
+__all__ = [
+    "DEFAULT_DATA",
+    "SPLIT_CHOICES",
+    "COMPARATORS",
+    "Comparator",
+    "Selection",
+    "Scored",
+    "Evaluation",
+    "select_rows",
+    "score_rows",
+    "evaluate",
+    "run_evaluation",
+    "update_card",
+    "default_out",
+]
+
+SCREEN_COLUMNS = ("news2_total", "qsofa_partial", "sirs_count")
+AGE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<45", 0, 45),
+    ("45-64", 45, 65),
+    ("65-79", 65, 80),
+    (">=80", 80, math.inf),
+)
+
+
+class Comparator(NamedTuple):
+    """A bedside screen used as a binary rule: ``column >= threshold``."""
+
+    name: str
+    column: str
+    threshold: int
+
+
+COMPARATORS: tuple[Comparator, ...] = (
+    Comparator("NEWS2>=5", "news2_total", 5),
+    Comparator("NEWS2>=7", "news2_total", 7),
+    Comparator("qSOFA>=2", "qsofa_partial", 2),
+    Comparator("SIRS>=2", "sirs_count", 2),
+)
+
+
+# ------------------------------------------------------------------------------------------- scoring
+class Scored(NamedTuple):
+    """Per-row arrays of the evaluated rows: model probability, stay start, label, bedside screens; and
+    per-stay static context (``static``: Age, Gender, Unit1, Unit2 of each stay's first row)."""
+
+    probs: np.ndarray
+    stay_start: np.ndarray
+    labels: np.ndarray
+    screens: dict[str, np.ndarray]
+    static: dict[str, np.ndarray]
+
+
+def screen_scores(df: pd.DataFrame, chunk_rows: int = 131_072) -> dict[str, np.ndarray]:
+    """NEWS2 total, partial qSOFA and SIRS count of every row (int16), from the featurizer's columns
+    (causal: last observed values up to the row); chunked, so memory stays bounded."""
+    from vigil.features import FEATURE_NAMES, featurize, frame_chunks
+
+    cols = [FEATURE_NAMES.index(c) for c in SCREEN_COLUMNS]
+    stay_start, chunks = frame_chunks(df, chunk_rows)
+    out = np.empty((stay_start.shape[0], len(cols)), dtype=np.int16)
+    for a, b, inp in chunks:
+        out[a:b] = np.rint(featurize(inp)[:, cols])
+    return {c: out[:, j] for j, c in enumerate(SCREEN_COLUMNS)}
+
+
+def _static(df: pd.DataFrame, stay_start: np.ndarray) -> dict[str, np.ndarray]:
+    first = np.flatnonzero(stay_start)
+    out: dict[str, np.ndarray] = {}
+    for col in ("Age", "Gender", "Unit1", "Unit2"):
+        vals = df[col].to_numpy(dtype=np.float64, na_value=np.nan) if col in df.columns else np.full(len(df), np.nan)
+        out[col] = vals[first]
+    return out
+
+
+def score_rows(scorer: Scorer, df: pd.DataFrame) -> Scored:
+    """Score every row with :func:`vigil.offline.score_frame` and attach labels, screens and static context."""
+    from vigil.offline import score_frame
+
+    probs, stay_start = score_frame(scorer, df)
+    stay_start = stay_start.copy()
+    if stay_start.size:
+        stay_start[0] = True
+    labels = df["SepsisLabel"].to_numpy(dtype=np.float64, na_value=0.0).astype(np.int8)
+    return Scored(probs, stay_start, labels, screen_scores(df), _static(df, stay_start))
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def _ranking(labels: np.ndarray, scores: np.ndarray, binary: np.ndarray, stay_start: np.ndarray) -> dict[str, Any]:
+    return {
+        "auroc": auroc(labels, scores),
+        "auprc": auprc(labels, scores),
+        "utility": normalized_utility(labels, binary, stay_start),
+        "positive_rate_rows": float(np.mean(binary)) if binary.size else None,
+    }
+
+
+def subgroup_masks(static: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Stay masks per subgroup: age band (unknown age as its own band when present), sex (Gender 1 male,
+    0 female), ICU unit (Unit1 = MICU, else Unit2 = SICU, else unknown). Empty groups are dropped."""
+    age, sex = static["Age"], static["Gender"]
+    micu, sicu = static["Unit1"] == 1, static["Unit2"] == 1
+    groups: dict[str, dict[str, np.ndarray]] = {
+        "age": {name: (age >= lo) & (age < hi) for name, lo, hi in AGE_BANDS} | {"unknown": np.isnan(age)},
+        "sex": {"male": sex == 1, "female": sex == 0, "unknown": ~np.isin(sex, (0, 1))},
+        "unit": {"MICU": micu, "SICU": ~micu & sicu, "unknown": ~micu & ~sicu},
+    }
+    return {g: {k: m for k, m in d.items() if m.any()} for g, d in groups.items()}
+
+
+def _subgroup(sc: Scored, stays: StayTable, alerts: StayAlerts, pred: np.ndarray, m: np.ndarray) -> dict[str, Any]:
+    rows = np.repeat(m, stays.n_rows)
+    summary = alert_summary(stays, alerts, m)
+    return {
+        "stays": int(m.sum()),
+        "septic_stays": int((m & stays.septic).sum()),
+        "rows": int(rows.sum()),
+        "auroc": auroc(sc.labels[rows], sc.probs[rows]),
+        "utility": normalized_utility(sc.labels[rows], pred[rows], sc.stay_start[rows]),
+        "alerts_per_patient_day": summary["alerts_per_patient_day"],
+        "share_septic_alerted_early": summary["share_septic_alerted_early"],
+    }
+
+
+def _comparator(sc: Scored, stays: StayTable, comp: Comparator) -> tuple[dict[str, Any], np.ndarray]:
+    score = sc.screens[comp.column]
+    binary = score >= comp.threshold
+    fired = crossings(score, sc.stay_start, on=comp.threshold, rearm_below=comp.threshold)
+    sa = stay_alerts(fired, stays)
+    block = {**_ranking(sc.labels, score, binary, sc.stay_start), "alerting": alert_summary(stays, sa)}
+    return block, lead_times(stays, sa)
+
+
+def _calibration_note(ref: ModelRef) -> str | None:
+    training = card_training(ref)
+    limitations = str(ref.card.get("limitations", ""))
+    if training.get("class_weight") or "not calibrated" in limitations:
+        return (
+            "trained with class weights (card training.class_weight): probabilities are inflated and not "
+            "calibrated; read them as a ranking"
+        )
+    return None
+
+
+@dataclass
+class Evaluation:
+    """Everything computed: ``metrics`` (JSON-ready apart from NaN) plus the arrays the plots need."""
+
+    metrics: dict[str, Any]
+    scored: Scored
+    leads: dict[str, np.ndarray]
+
+
+def _data_block(sel: Selection, sc: Scored, stays: StayTable) -> dict[str, Any]:
+    return {
+        "file": sel.source,
+        "split": sel.split,
+        "training_data": sel.training_data,
+        "stays": int(stays.first.size),
+        "rows": int(sc.labels.size),
+        "patient_days": round(sc.labels.size / 24, 3),
+        "septic_stays": int(stays.septic.sum()),
+        "septic_on_arrival": int(stays.on_arrival.sum()),
+        "positive_rows": int(sc.labels.sum()),
+        "median_stay_h": float(np.median(stays.n_rows)) if stays.n_rows.size else None,
+    }
+
+
+def _model_block(ref: ModelRef, sc: Scored, pred: np.ndarray) -> dict[str, Any]:
+    bins = reliability_bins(sc.labels, sc.probs)
+    return {
+        "name": ref.name,
+        "version": ref.version,
+        "threshold": ref.threshold,
+        "threshold_rule": ref.card.get("threshold_rule", "not recorded in the model card"),
+        **_ranking(sc.labels, sc.probs, pred, sc.stay_start),
+        "brier": brier(sc.labels, sc.probs),
+        "calibration": {"bins": bins, "ece": expected_calibration_error(bins), "note": _calibration_note(ref)},
+    }
+
+
+def evaluate(ref: ModelRef, sel: Selection, sc: Scored, policy: AlertSettings) -> Evaluation:
+    """All metrics of one model on the selected, scored rows (see the module docstring)."""
+    stays = stay_table(sc.labels, sc.stay_start)
+    pred = sc.probs.astype(np.float64) >= ref.threshold
+    fired = simulate_policy(
+        policy, risk=sc.probs, threshold=ref.threshold, news2_total=sc.screens["news2_total"], stay_start=sc.stay_start
+    )
+    per_type = {k: stay_alerts(v, stays) for k, v in fired.items()}
+    streams = {**per_type, "policy_all": per_type["model_risk"] | per_type["news2_emergency"]}
+    leads = {"model": lead_times(stays, per_type["model_risk"])}
+    comparators: dict[str, Any] = {}
+    for comp in COMPARATORS:
+        comparators[comp.name], leads[comp.name] = _comparator(sc, stays, comp)
+    model_alerts = per_type["model_risk"]
+    subgroups = {
+        g: {k: _subgroup(sc, stays, model_alerts, pred, m) for k, m in groups.items()}
+        for g, groups in subgroup_masks(sc.static).items()
+    }
+    metrics = {
+        "model": _model_block(ref, sc, pred),
+        "data": _data_block(sel, sc, stays),
+        "alerting": {
+            "policy": policy.model_dump(),
+            **{k: alert_summary(stays, v) for k, v in streams.items()},
+        },
+        "subgroups": subgroups,
+        "comparators": comparators,
+        "notes": list(sel.notes),
+    }
+    return Evaluation(metrics=metrics, scored=sc, leads=leads)
+
+
+# ------------------------------------------------------------------------------------------- outputs
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy scalars/arrays as Python values and NaN/inf as ``None`` (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.bool_ | bool):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
+
+
+def default_out(ref: ModelRef, split: str) -> Path:
+    """``reports/<name>-<version>-<split>`` in the repository."""
+    return REPO_ROOT / "reports" / f"{ref.name}-{ref.version}-{split}"
+
+
+def update_card(ref: ModelRef, split: str, metrics: dict[str, Any]) -> Path:
+    """Write ``metrics`` into the model card under ``evaluation.<split>`` atomically (temporary file in the
+    same folder, then rename), keeping every other field as it is."""
+    path = ref.path / "card.json"
+    card = json.loads(path.read_text(encoding="utf-8"))
+    evaluation = card.get("evaluation") if isinstance(card.get("evaluation"), dict) else {}
+    evaluation[split] = jsonable(metrics)
+    card["evaluation"] = evaluation
+    tmp = path.with_name(f".card.json.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def summary_line(ev: Evaluation, elapsed_s: float) -> dict[str, Any]:
+    """The one-line stdout summary: headline model metrics and NEWS2 >= 5 on the same rows."""
+    m, a, n5 = ev.metrics["model"], ev.metrics["alerting"]["model_risk"], ev.metrics["comparators"]["NEWS2>=5"]
+
+    def short(block: dict[str, Any], al: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "auroc": block["auroc"],
+            "auprc": block["auprc"],
+            "utility": block["utility"],
+            "alerts_per_patient_day": al["alerts_per_patient_day"],
+            "share_septic_alerted_early": al["share_septic_alerted_early"],
+            "median_lead_h": al["lead_time_h"]["median"],
+            "ppv_stay": al["ppv_stay"],
+        }
+
+    d = ev.metrics["data"]
+    return jsonable(
+        {
+            "model": f"{m['name']}:{m['version']}",
+            "data": d["file"],
+            "split": d["split"],
+            "stays": d["stays"],
+            "rows": d["rows"],
+            "threshold": m["threshold"],
+            **short(m, a),
+            "brier": m["brier"],
+            "news2_ge5": short(n5, n5["alerting"]),
+            "elapsed_s": round(elapsed_s, 2),
+        }
+    )
+
+
+def run_evaluation(
+    ref: ModelRef,
+    data: Path,
+    *,
+    policy: AlertSettings,
+    split: str | None = None,
+    out: Path | None = None,
+    limit: int | None = None,
+    card: bool = False,
+) -> tuple[Evaluation, Path, dict[str, Any]]:
+    """Select, score, evaluate and write ``report.md``, ``metrics.json`` and the PNGs to ``out`` (default
+    :func:`default_out`); with ``card``, also record the metrics in the model card. Returns the evaluation,
+    the output folder and the summary line."""
+    from vigil.evaluation.markdown import write_outputs
+    from vigil.scoring import Scorer
+
+    t0 = time.perf_counter()
+    sel = select_rows(ref, data, split, limit)
+    t_load = time.perf_counter()
+    scored = score_rows(Scorer(ref, threads=max(1, min(4, os.cpu_count() or 1))), sel.df)
+    t_score = time.perf_counter()
+    ev = evaluate(ref, sel, scored, policy)
+    ev.metrics["evaluated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    folder = Path(out) if out is not None else default_out(ref, sel.split)
+    write_outputs(ev, folder)
+    t_done = time.perf_counter()
+    ev.metrics["timing_s"] = {"load": t_load - t0, "score": t_score - t_load, "evaluate_and_write": t_done - t_score}
+    (folder / "metrics.json").write_text(json.dumps(jsonable(ev.metrics), indent=2, allow_nan=False) + "\n")
+    if card:
+        update_card(ref, sel.split, {k: v for k, v in ev.metrics.items() if k != "timing_s"})
+    return ev, folder, summary_line(ev, time.perf_counter() - t0)
