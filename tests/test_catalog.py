@@ -92,11 +92,15 @@ def _score(**over: Any) -> dict[str, Any]:
 
 def _alert(**over: Any) -> dict[str, Any]:
     rec = {
-        "v": 1, "alert_id": alert_id("pt-1", "model_risk", "1", 12), "type": "model_risk", "severity": "high",
-        "patient": "pt-1", "ward": None, "bed": None, "time": ISO, "row": 12,
-        "model": {"name": "sepsis-mlp", "version": "1"}, "score": 0.4321, "threshold": 0.3,
-        "news2": _score()["news2"], "emitted_at": ISO,
-        "message": "Sepsis risk 0.43 at or above the operating threshold 0.30; NEWS2 9",
+        "v": 1, "alert_id": alert_id("pt-1", "model_risk:sepsis-mlp", "1", 12), "event": "raised",
+        "episode_id": alert_id("pt-1", "model_risk:sepsis-mlp", "1", 12), "type": "model_risk", "severity": "high",
+        "patient": "pt-1", "ward": None, "bed": None, "unit": "MICU", "time": ISO, "row": 12,
+        "model": {"name": "sepsis-mlp", "version": "1"}, "score": 0.4321, "threshold": 0.3, "value": 0.4321,
+        "raise_at": 0.3, "news2": _score()["news2"], "ack": None, "emitted_at": ISO,
+        "factors": [{"variable": "Temp", "label": "temperature", "value": 39.2, "unit": "Cel", "contribution": 0.08,
+                     "trend": "up", "previous": 37.1, "previous_hours_ago": 5,
+                     "text": "temperature 39.2 °C, up from 37.1 5 h ago"}],
+        "message": "Sepsis risk 0.432 (threshold 0.300); NEWS2 9. Top factors: temperature 39.2 °C, up from 37.1",
     }  # fmt: skip
     rec.update(over)
     return rec
@@ -121,7 +125,12 @@ def _samples() -> dict[str, list[Any]]:
             encode_adt(patient="pt-1", source="adt", seq=1, time=T0, kind="discharge"),
         ],
         "scores": [_score(), _score(ward=None, bed=None, unit=None, partial=True)],
-        "alerts": [_alert(), _alert(type="news2_emergency", severity="emergency", ward="ICU-MED", bed="4")],
+        "alerts": [
+            _alert(), _alert(type="news2_emergency", severity="emergency", ward="ICU-MED", bed="4", factors=[]),
+            _alert(event="resolved", severity="info", factors=[], alert_id="b" * 32),
+            _alert(event="acknowledged", severity="info", score=None, threshold=None, news2=None, raise_at=None,
+                   factors=[], ack={"by": "rn-7", "at": ISO, "action": "acknowledged"}, alert_id="c" * 32),
+        ],
         "alert-acks": [
             {"alert_id": "a" * 32, "patient": "pt-1", "by": "nurse", "at": ISO, "action": "acknowledged"},
         ],

@@ -14,7 +14,7 @@ from vigil.cli import cli
 
 def test_help_lists_every_job() -> None:
     out = CliRunner().invoke(cli, ["--help"]).output
-    for cmd in ("broker", "worker", "replay", "demo", "topics", "train", "predict", "evaluate", "models"):
+    for cmd in ("broker", "worker", "replay", "demo", "topics", "train", "predict", "evaluate", "models", "alerts"):
         assert cmd in out
 
 

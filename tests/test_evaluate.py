@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from vigil.alerts import AlertRules
 from vigil.cli import cli
 from vigil.config import REPO_ROOT, AlertSettings
 from vigil.errors import ConfigError
@@ -60,31 +59,28 @@ def test_crossing_state_restarts_armed_at_every_stay() -> None:
     assert np.flatnonzero(crossings(v, starts_of(2, 2), on=0.5, rearm_below=0.5)).tolist() == [0, 2]
 
 
-def test_policy_simulation_equals_the_worker_rules_row_by_row() -> None:
+def test_policy_simulation_with_plain_crossing_rules_equals_crossings() -> None:
+    """With persistence 1, no refractory window and no escalation, the policy engine is the crossing +
+    re-arm machine: the simulation equals :func:`crossings` on random stays (values on the edges)."""
+    from vigil.config import RuleSettings
+
     rng = np.random.default_rng(3)
     lengths = rng.integers(1, 60, size=40).tolist()
     n = sum(lengths)
     thr = 0.58
-    policy = AlertSettings(news2_emergency=7, rearm_below_fraction=0.8)
-    # values on and around the threshold and the re-arm level, float32 as the model emits them
+    plain = {"persistence": 1, "refractory_h": 0.0, "escalate_by": None}
+    policy = AlertSettings(model_risk=RuleSettings(**plain),
+                           news2_emergency=RuleSettings(raise_at=7, clear_below=5, **plain))  # fmt: skip
     risk = rng.choice(np.float32([0.1, 0.4, 0.464, 0.4641, 0.5, 0.58, 0.5799, 0.7, 0.95]), size=n)
     news2 = rng.integers(0, 12, size=n)
     stay_start = starts_of(*lengths)
     got = simulate_policy(policy, risk=risk, threshold=thr, news2_total=news2, stay_start=stay_start)
-
-    rules = AlertRules(policy.news2_emergency, policy.rearm_below_fraction)
-    want = {"model_risk": np.zeros(n, bool), "news2_emergency": np.zeros(n, bool)}
-    active: dict[str, bool] = {}
-    for i in range(n):
-        if stay_start[i]:
-            active = {}
-        raised = rules.evaluate(active, risk=float(risk[i]), threshold=thr, model_key="m", news2_total=int(news2[i]))
-        for kind, _ in raised:
-            want[kind][i] = True
-    assert got.keys() == want.keys()
-    for kind in want:
-        assert want[kind].sum() > 10
-        np.testing.assert_array_equal(got[kind], want[kind], err_msg=kind)
+    want_model = crossings(risk, stay_start, on=thr, rearm_below=0.8 * thr)
+    want_news2 = crossings(news2, stay_start, on=7, rearm_below=5)
+    assert want_model.sum() > 10 and want_news2.sum() > 10
+    np.testing.assert_array_equal(got["model_risk"], want_model)
+    np.testing.assert_array_equal(got["news2_emergency"], want_news2)
+    assert not got["news2_urgent"].any() and not got["news2_single"].any()  # disabled by default
 
 
 def test_alert_burden_is_alerts_per_24_scored_rows() -> None:

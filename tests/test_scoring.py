@@ -74,8 +74,10 @@ def test_schema_hash_mismatch_refuses_to_load(tmp_path: Path) -> None:
 
 def test_registry_resolution_and_errors(tmp_path: Path) -> None:
     reg = Registry(MODELS)
-    assert reg.get("sepsis-mlp").version == reg.serving()["sepsis-mlp"]
-    assert "sepsis-mlp" in reg.names()
+    serving = reg.serving()
+    assert serving and all(reg.get(name).version == version for name, version in serving.items())
+    assert reg.get("sepsis-mlp").version == reg.versions("sepsis-mlp")[-1]  # not serving: the newest
+    assert {"sepsis-mlp", "sepsis-tcn", "sepsis-logreg"} <= set(reg.names())
     with pytest.raises(ModelError, match="not found"):
         reg.get("no-such-model")
     with pytest.raises(ModelError, match="no serving model"):

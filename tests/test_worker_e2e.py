@@ -226,7 +226,7 @@ def _missing(expected: dict, got: dict) -> str:  # type: ignore[type-arg]
 
 def test_model_update_event_swaps_the_model_without_restart(settings_factory, topics_factory, tmp_path):
     """The Faust control agent: an event on model-updates makes the running worker load, check and
-    serve the new version (here a copy of v1 registered as v2)."""
+    serve the new version (here a copy of v1 registered as v90)."""
     import shutil
     import time
 
@@ -234,25 +234,26 @@ def test_model_update_event_swaps_the_model_without_restart(settings_factory, to
 
     models = tmp_path / "models"
     shutil.copytree(REPO_ROOT / "models", models)
-    shutil.copytree(models / "sepsis-mlp" / "1", models / "sepsis-mlp" / "2")
-    card = orjson.loads((models / "sepsis-mlp" / "2" / "card.json").read_bytes())
-    card["version"] = "2"
-    (models / "sepsis-mlp" / "2" / "card.json").write_bytes(orjson.dumps(card))
+    (models / "serving.json").write_text('{"sepsis-mlp": "1"}')  # the MLP line serves in this test
+    shutil.copytree(models / "sepsis-mlp" / "1", models / "sepsis-mlp" / "90")
+    card = orjson.loads((models / "sepsis-mlp" / "90" / "card.json").read_bytes())
+    card["version"] = "90"
+    (models / "sepsis-mlp" / "90" / "card.json").write_bytes(orjson.dumps(card))
     s = settings_factory(models_dir=models)
     topics_factory(s, PARTITIONS)
     with WorkerProcess(s, log_path=tmp_path / "worker.log") as w:
         w.wait_ready()
-        update = orjson.dumps({"name": "sepsis-mlp", "version": "2", "action": "promote"})
+        update = orjson.dumps({"name": "sepsis-mlp", "version": "90", "action": "promote"})
         bogus = orjson.dumps({"name": "sepsis-mlp", "version": "404", "action": "promote"})
         deadline = time.monotonic() + 60
         serving = ""
         while time.monotonic() < deadline:  # the control agent joins its group a few seconds after start
             asyncio.run(produce_many(s, s.topic("model-updates"), [(b"sepsis-mlp", bogus), (b"sepsis-mlp", update)]))
             serving = w.metrics_text()
-            if 'vigil_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="2"} 1.0' in serving:
+            if 'vigil_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="90"} 1.0' in serving:
                 break
             time.sleep(1.0)
-        assert 'version="2"} 1.0' in serving, (tmp_path / "worker.log").read_text()[-2000:]
+        assert 'version="90"} 1.0' in serving, (tmp_path / "worker.log").read_text()[-2000:]
         assert 'vigil_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="1"} 0.0' in serving
         assert w.proc is not None and w.proc.poll() is None  # no restart; the bogus update was rejected
         assert w.stop() == 0
@@ -292,15 +293,16 @@ def test_fast_replay_through_the_worker_equals_one_offline_pass(settings_factory
 
 
 def _registry_with_candidates(tmp_path: Path) -> Path:
-    """A copy of models/ with sepsis-mlp:2 (a copy of v1: same risks, so every row can be checked against
-    one reference) and sepsis-mlp:3 (v1 with a card claiming another feature schema: must be refused)."""
+    """A copy of models/ with sepsis-mlp:90 (a copy of v1: same risks, so every row can be checked against
+    one reference) and sepsis-mlp:91 (v1 with a card claiming another feature schema: must be refused)."""
     import shutil
 
     from vigil.config import REPO_ROOT
 
     models = tmp_path / "models"
     shutil.copytree(REPO_ROOT / "models", models)
-    for version, schema in (("2", None), ("3", "sha256:" + "0" * 64)):
+    (models / "serving.json").write_text('{"sepsis-mlp": "1"}')  # the MLP line serves in this test
+    for version, schema in (("90", None), ("91", "sha256:" + "0" * 64)):
         shutil.copytree(models / "sepsis-mlp" / "1", models / "sepsis-mlp" / version)
         card = orjson.loads((models / "sepsis-mlp" / version / "card.json").read_bytes())
         card["version"] = version
@@ -333,14 +335,14 @@ def test_shadow_then_hot_swap_under_load_drops_and_doubles_nothing(settings_fact
     with WorkerProcess(s, log_path=tmp_path / "worker.log") as w:
         w.wait_ready()
         deadline = time.monotonic() + 60
-        while 'vigil_shadow_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="2"} 1.0' \
+        while 'vigil_shadow_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="90"} 1.0' \
                 not in w.metrics_text():  # the control agent joins its group a few seconds after start
             assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-2000:]
-            update("2", "shadow")
+            update("90", "shadow")
             time.sleep(1.0)
         publish(s, events[:half])
         scores_by_row(s, 1, timeout_s=30)  # scoring is under way
-        update("3", "promote")  # wrong feature schema: refused
+        update("91", "promote")  # wrong feature schema: refused
         def stream_rest() -> None:  # the second half keeps flowing, in small batches, across the switch
             rest = events[half:]
             step = max(1, len(rest) // 20)
@@ -351,7 +353,7 @@ def test_shadow_then_hot_swap_under_load_drops_and_doubles_nothing(settings_fact
         loader = threading.Thread(target=stream_rest)
         loader.start()
         time.sleep(0.5)
-        update("2", "promote")
+        update("90", "promote")
         loader.join()
 
         async def collect() -> tuple[list[dict], list[dict]]:  # type: ignore[type-arg]
@@ -376,11 +378,11 @@ def test_shadow_then_hot_swap_under_load_drops_and_doubles_nothing(settings_fact
     assert len(rows) == len(set(rows)), "a row was scored twice"
     assert_same_scores(expected, {(d["patient"], d["row"]): d["risk"] for d in live})
     versions = [d["model"]["version"] for d in sorted(live, key=lambda d: d["emitted_at"])]
-    assert set(versions) == {"1", "2"} and versions[0] == "1" and versions[-1] == "2", set(versions)
-    assert 'vigil_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="2"} 1.0' in metrics
-    assert 'vigil_shadow_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="2"} 0.0' in metrics
+    assert set(versions) == {"1", "90"} and versions[0] == "1" and versions[-1] == "90", set(versions)
+    assert 'vigil_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="90"} 1.0' in metrics
+    assert 'vigil_shadow_model_info{name="sepsis-mlp",provider="CPUExecutionProvider",version="90"} 0.0' in metrics
     # shadow scores: same rows as live v1 scores, the live score attached, never after v2 went live
-    assert shadow and all(d["shadow"] is True and d["model"]["version"] == "2" for d in shadow)
+    assert shadow and all(d["shadow"] is True and d["model"]["version"] == "90" for d in shadow)
     by_row = {(d["patient"], d["row"]): d for d in live}
     for d in shadow:
         peer = by_row[(d["patient"], d["row"])]

@@ -1,74 +1,69 @@
-"""First alert rules: model risk over the model card's threshold, and NEWS2 at the emergency threshold.
+"""Alert identities and messages. The policy that decides when to alert is :mod:`vigil.policy`.
 
-An alert is raised when a condition starts (crossing), not on every row it persists; it re-arms once
-the condition has cleared (model risk below ``rearm_below_fraction`` x threshold; NEWS2 below the urgent
-band, 5). Alert ids are deterministic — the same patient, type, model version and row always give the
-same id — so a replay or a crash-and-recover never produces a different alert id for the same event.
-(The alert-policy issue adds persistence, refractory windows, escalation and acknowledgements.)
+Alert ids are deterministic — the same patient, alert type, model version, row and event always give
+the same id — so a replay or a crash-and-recover never produces a different or an extra alert id for
+the same decision; subscribers de-duplicate on it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["AlertRules", "alert_id", "score_id"]
+if TYPE_CHECKING:
+    from vigil.policy import Decision
+
+__all__ = ["alert_id", "score_id", "alert_message", "NEWS2_URGENT"]
 
 NEWS2_URGENT = 5
+
+_LABELS = {
+    "model_risk": "Sepsis risk",
+    "news2_urgent": "NEWS2 urgent",
+    "news2_emergency": "NEWS2 emergency",
+    "news2_single": "NEWS2 single parameter scoring 3",
+}
 
 
 def _hid(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-def alert_id(patient: str, kind: str, model_version: str, row: int) -> str:
-    """Deterministic alert id.
+def alert_id(patient: str, kind: str, model_version: str, row: int, event: str = "raised") -> str:
+    """Deterministic alert id (``kind`` is the policy key: the type, plus the model name for model risk).
 
-    >>> alert_id("pt-1", "news2_emergency", "-", 12) == alert_id("pt-1", "news2_emergency", "-", 12)
+    >>> alert_id("pt-1", "news2_emergency", "-", 12) == alert_id("pt-1", "news2_emergency", "-", 12, "raised")
+    True
+    >>> alert_id("pt-1", "news2_emergency", "-", 12) != alert_id("pt-1", "news2_emergency", "-", 12, "resolved")
     True
     """
-    return _hid("alert", patient, kind, model_version, row)
+    if event == "raised":
+        return _hid("alert", patient, kind, model_version, row)
+    return _hid("alert", patient, kind, model_version, row, event)
 
 
 def score_id(patient: str, model: str, version: str, row: int, partial: bool) -> str:
     return _hid("score", patient, model, version, row, int(partial))
 
 
-@dataclass(frozen=True, slots=True)
-class AlertRules:
-    news2_emergency: int = 7
-    rearm_below_fraction: float = 0.8
+def alert_message(
+    d: Decision, *, risk: float, threshold: float, news2: dict[str, Any], factors: list[dict[str, Any]]
+) -> str:
+    """One line for the care team: what, how high, and why (the model's top factors, or the NEWS2 parts).
 
-    def evaluate(
-        self,
-        active: dict[str, bool],
-        *,
-        risk: float,
-        threshold: float,
-        model_key: str,
-        news2_total: int,
-    ) -> list[tuple[str, str]]:
-        """Update ``active`` (alert type -> raised) and return the (type, severity) pairs to raise now."""
-        raised: list[tuple[str, str]] = []
-        key = f"model_risk:{model_key}"
-        if risk >= threshold:
-            if not active.get(key):
-                active[key] = True
-                raised.append(("model_risk", "high"))
-        elif risk < self.rearm_below_fraction * threshold:
-            active[key] = False
-        if news2_total >= self.news2_emergency:
-            if not active.get("news2_emergency"):
-                active["news2_emergency"] = True
-                raised.append(("news2_emergency", "emergency"))
-        elif news2_total < NEWS2_URGENT:
-            active["news2_emergency"] = False
-        return raised
-
-
-def alert_message(kind: str, *, risk: float, threshold: float, news2: dict[str, Any]) -> str:
-    if kind == "model_risk":
-        return f"Sepsis risk {risk:.3f} at or above the operating threshold {threshold:.3f}; NEWS2 {news2['total']}"
+    >>> from vigil.policy import Decision
+    >>> d = Decision("raised", "model_risk", "model_risk:m", "high", 0.71, 0.58, 12, 0.0, "12")
+    >>> alert_message(d, risk=0.71, threshold=0.58, news2={"total": 6, "parts": {}},
+    ...               factors=[{"text": "temperature 39.2 °C, up from 37.1 5 h ago"}])
+    'Sepsis risk 0.710 (threshold 0.580); NEWS2 6. Top factors: temperature 39.2 °C, up from 37.1 5 h ago'
+    """
+    label = _LABELS.get(d.kind, d.kind)
+    if d.event == "resolved":
+        return f"{label} resolved: {d.value:g} below the clear level"
+    prefix = "Escalation: " if d.event == "escalated" else ""
+    if d.kind == "model_risk":
+        why = "; ".join(f["text"] for f in factors)
+        tail = f". Top factors: {why}" if why else ""
+        return f"{prefix}{label} {risk:.3f} (threshold {threshold:.3f}); NEWS2 {news2['total']}{tail}"
     parts = ", ".join(f"{k} {v}" for k, v in news2["parts"].items() if v)
-    return f"NEWS2 {news2['total']} (emergency threshold): {parts}"
+    return f"{prefix}{label}: NEWS2 {news2['total']} ({parts})"

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED = ("vitals", "labs", "adt", "scores", "alerts", "alert-acks", "resource-demand", "model-updates",
             "dead-letter", "worker-state-changelog")  # fmt: skip
-CO_PARTITIONED = ("vitals", "labs", "adt", "worker-state-changelog")
+CO_PARTITIONED = ("vitals", "labs", "adt", "alert-acks", "worker-state-changelog")
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
 
 # Kafka protocol error codes create_topics handles.

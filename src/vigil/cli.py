@@ -225,6 +225,82 @@ def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: st
 
 
 @cli.group()
+def alerts() -> None:
+    """Alert subscribers: a live terminal view (tail) and a signed, at-least-once webhook forwarder."""
+
+
+@alerts.command("tail")
+@click.option("--ward", "wards", multiple=True, help="Only this ward (repeatable; case-insensitive).")
+@click.option("--severity", "severities", multiple=True, help="Only this severity: low, medium, high, emergency.")
+@click.option("--type", "types", multiple=True, help="Only this alert type, e.g. model_risk, news2_emergency.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest retained alert (default: new alerts).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many alerts.")
+@click.option("--json", "as_json", is_flag=True, help="Print each alert's raw JSON (one per line).")
+@click.pass_context
+def alerts_tail(ctx: click.Context, wards: tuple[str, ...], severities: tuple[str, ...], types: tuple[str, ...],
+                from_beginning: bool, limit: int | None, as_json: bool) -> None:  # fmt: skip
+    """Follow the alerts topic: one line per alert (time, severity, type, ward/bed, patient pseudonym prefix,
+    score vs threshold, NEWS2, message). Ctrl-C or SIGTERM stops it."""
+    from vigil.subscribers.runner import run_until_signalled
+    from vigil.subscribers.tail import AlertFilter, tail_alerts
+
+    s, flt = _settings(ctx), AlertFilter.of(wards, severities, types)
+
+    def echo(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    async def follow(stop: asyncio.Event) -> int:
+        return await tail_alerts(s, flt=flt, from_beginning=from_beginning, limit=limit, as_json=as_json, out=echo,
+                                 stop=stop)  # fmt: skip
+
+    with _VigilErrorsAsClick():
+        asyncio.run(run_until_signalled(follow))
+
+
+@alerts.command("webhook")
+@click.argument("url")
+@click.option("--group", default=None,
+              help="Consumer group (default: webhook.group_prefix + destination name). A restart with the same "
+                   "group resumes at the first alert not yet delivered or dead-lettered.")
+@click.option("--name", default=None, help="Destination name for metric labels and the default group "
+                                           "(default: the URL's host and a hash of the URL).")
+@click.option("--secret-env", default=None, metavar="VAR",
+              help="Environment variable holding the HMAC secret (default: VIGIL_WEBHOOK__SECRET).")
+@click.option("--from-beginning", is_flag=True,
+              help="A group with no committed offsets starts at the oldest retained alert (default: new alerts).")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Serve Prometheus /metrics on 127.0.0.1:PORT.")
+@click.pass_context
+def alerts_webhook(ctx: click.Context, url: str, group: str | None, name: str | None, secret_env: str | None,
+                   from_beginning: bool, metrics_port: int | None) -> None:  # fmt: skip
+    """POST every alert to URL: exact JSON bytes, Idempotency-Key, HMAC-SHA256 X-Vigil-Signature; retries with
+    backoff (VIGIL_WEBHOOK__MAX_ATTEMPTS, __BACKOFF_BASE_S, __BACKOFF_MAX_S, __TIMEOUT_S), then the
+    alerts-webhook-dead-letter topic. Ctrl-C or SIGTERM stops it; the alert in progress is retried on restart."""
+    import os
+
+    from vigil.subscribers.runner import run_until_signalled
+    from vigil.subscribers.webhook import WebhookForwarder
+
+    s = _settings(ctx)
+    if secret_env:
+        secret = os.environ.get(secret_env, "")
+    else:
+        secret = s.webhook.secret.get_secret_value() if s.webhook.secret else ""
+    if not secret:
+        raise click.ClickException(f"no webhook secret: set {secret_env or 'VIGIL_WEBHOOK__SECRET'} (the HMAC key "
+                                   "receivers verify X-Vigil-Signature with)")  # fmt: skip
+    with _VigilErrorsAsClick():
+        fwd = WebhookForwarder(s, url, secret=secret, name=name, group_id=group, from_beginning=from_beginning)
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=fwd.metrics.registry)
+            click.echo(f"metrics on http://127.0.0.1:{server.server_port}/metrics", err=True)
+        asyncio.run(run_until_signalled(fwd.run))
+
+
+@cli.group()
 def models() -> None:
     """The model registry (models/): list and show versions, promote through the gate, roll back."""
 
@@ -337,11 +413,14 @@ def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
               help="Allowed AUROC drop (default: settings).")
 @click.option("--force", is_flag=True, help="Skip the metric comparison (the model must still load); needs --reason.")
 @click.option("--reason", default=None, help="Why (recorded in the history and the event).")
+@click.option("--replaces", default=None, metavar="NAME",
+              help="Another model line this one takes over from: gated against NAME's serving version, which "
+                   "stops serving in the same switch (e.g. a new model family).")
 @click.option("--notify/--no-notify", default=None,
               help="Publish the model-updates event so workers hot-swap (default: when Kafka is configured).")
 @click.pass_context
 def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_utility: float | None,
-                   margin_auroc: float | None, force: bool, reason: str | None,
+                   margin_auroc: float | None, force: bool, reason: str | None, replaces: str | None,
                    notify: bool | None) -> None:  # fmt: skip
     """Promote a version through the gate: it must not be worse than the serving version on the same data."""
     from vigil.gate import run_gate
@@ -362,17 +441,18 @@ def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_util
     mu = s.registry.margin_utility if margin_utility is None else margin_utility
     ma = s.registry.margin_auroc if margin_auroc is None else margin_auroc
     with _VigilErrorsAsClick():
-        result = run_gate(reg, spec, data or s.registry.gate_data, margin_utility=mu, margin_auroc=ma, force=force)
+        result = run_gate(reg, spec, data or s.registry.gate_data, margin_utility=mu, margin_auroc=ma, force=force,
+                          against=replaces)  # fmt: skip
         if not result.passed:
             raise click.ClickException(f"{spec} not promoted\n{result.report()}")
         click.echo(result.report())
         entry = reg.switch(name, version, "promote", expect_from=result.serving_version, forced=force,
-                           reason=reason, gate=result.as_dict())  # fmt: skip
-    click.echo(f"promoted {name}: {entry['from_version'] or '(none)'} -> {version} ({reg.root / 'serving.json'}; "
-               f"history {reg.history_path})")  # fmt: skip
+                           reason=reason, gate=result.as_dict(), replaces=replaces)  # fmt: skip
+    was = f"{replaces}:{entry['from_version']}" if replaces else (entry["from_version"] or "(none)")
+    click.echo(f"promoted {name}: {was} -> {version} ({reg.root / 'serving.json'}; history {reg.history_path})")
     if notify:
         _models_announce(ctx, update_event(name, version, "promote", from_version=entry["from_version"],
-                                           reason=reason, forced=force))  # fmt: skip
+                                           reason=reason, forced=force, replaces=replaces))  # fmt: skip
 
 
 @models.command("rollback")

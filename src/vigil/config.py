@@ -21,8 +21,9 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
-    "KafkaSettings", "ScoringSettings", "StateSettings", "AlertSettings", "RegistrySettings", "Settings",
-    "load_settings",
+    "KafkaSettings", "ScoringSettings", "StateSettings", "AlertSettings",
+    "RuleSettings", "RegistrySettings", "WebhookSettings",
+    "Settings", "load_settings",
 ]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -107,9 +108,39 @@ class StateSettings(BaseModel):
     reorder_max_hold_s: float = 10.0
 
 
+class RuleSettings(BaseModel):
+    """One alert type's rule (see :mod:`vigil.policy`)."""
+
+    enabled: bool = True
+    raise_at: float | None = None  # model_risk: None = the model card's threshold
+    clear_below: float | None = None  # hysteresis; None = 0.8 x raise_at
+    persistence: int = Field(1, ge=1)  # consecutive scored rows at/above raise_at before raising
+    refractory_h: float = Field(0.0, ge=0)  # no new alert of the type within this many hours of the last
+    escalate_by: float | None = None  # while raised: this much above the raising level -> one escalation
+    severity: str = "high"
+    escalated_severity: str = "emergency"
+    resolve: bool = True  # publish a resolution when the condition clears
+
+
+def _rule(**kw: Any) -> Any:
+    return Field(default_factory=lambda: RuleSettings(**kw))
+
+
 class AlertSettings(BaseModel):
-    news2_emergency: int = 7
-    rearm_below_fraction: float = 0.8  # a model alert re-arms once risk < fraction * threshold
+    """The alert policy. Defaults chosen on set A validation data (docs/alert-policy.md): model alerts
+    after 2 consecutive rows over the card's threshold with a 24-h refractory window; the NEWS2 rules
+    exist but are off by default on ICU data, where NEWS2 >= 5 is common (enable them per ward)."""
+
+    model_risk: RuleSettings = _rule(persistence=2, refractory_h=24.0, escalate_by=0.15, severity="high")
+    news2_urgent: RuleSettings = _rule(enabled=False, raise_at=5, clear_below=5, persistence=1, refractory_h=12.0,
+                                       severity="urgent")  # fmt: skip
+    news2_emergency: RuleSettings = _rule(enabled=False, raise_at=7, clear_below=5, persistence=1,
+                                          refractory_h=6.0, severity="emergency")  # fmt: skip
+    news2_single: RuleSettings = _rule(enabled=False, raise_at=3, clear_below=3, persistence=1, refractory_h=12.0,
+                                       severity="low-medium")  # fmt: skip
+    ack_suppress_h: float = Field(4.0, ge=0)  # an acknowledgement silences new alerts of its type this long
+    # ward or ICU unit -> alert type -> rule fields to override, e.g. {"W3": {"news2_emergency": {"enabled": true}}}
+    overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
 
 class RegistrySettings(BaseModel):
@@ -122,6 +153,24 @@ class RegistrySettings(BaseModel):
     notify_timeout_s: float = Field(default=30.0, gt=0.0, description="bound on publishing a model-updates event")
 
 
+class WebhookSettings(BaseModel):
+    """``vigil alerts webhook``: retries with exponential backoff and jitter, the HMAC secret, consumer groups.
+
+    Attempt ``n`` (1-based) waits a random delay in ``[d/2, d]`` with ``d = min(backoff_max_s,
+    backoff_base_s * 2**(n-1))`` before the next one; a ``Retry-After`` is honoured up to ``backoff_max_s``.
+    After ``max_attempts`` failed attempts the alert goes to ``alerts-webhook-dead-letter``.
+    """
+
+    max_attempts: int = Field(default=5, ge=1, description="attempts per alert before it is dead-lettered")
+    backoff_base_s: float = Field(default=0.5, gt=0.0, description="first retry delay (before jitter)")
+    backoff_max_s: float = Field(default=30.0, gt=0.0, description="cap of one retry delay and of Retry-After")
+    timeout_s: float = Field(default=10.0, gt=0.0, description="per-request timeout (connect + response)")
+    secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key of X-Vigil-Signature")
+    group_prefix: str = Field(default="vigil-webhook-", description="consumer group = prefix + destination name")
+    dedupe_window: int = Field(default=10_000, ge=0, description="recently delivered alert ids remembered")
+    session_timeout_ms: int = Field(default=10_000, ge=1000, description="consumer group session timeout")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIGIL_", env_nested_delimiter="__", extra="ignore", env_file=None
@@ -132,6 +181,7 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     pseudonym_key: SecretStr = SecretStr("vigil-dev-key-change-me")  # HMAC key for patient pseudonyms
     topic_prefix: str = ""  # prepended to every catalogue topic (tests use a unique prefix each)
     group_id: str = "vigil-worker"

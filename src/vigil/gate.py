@@ -228,18 +228,21 @@ def run_gate(
     margin_utility: float,
     margin_auroc: float,
     force: bool = False,
+    against: str | None = None,
 ) -> GateResult:
-    """Judge ``candidate`` (``NAME:VERSION``) against the serving version of its name on ``data``.
+    """Judge ``candidate`` (``NAME:VERSION``) against the serving version of its name on ``data`` — or,
+    with ``against``, against the serving version of that other model line (a new family replacing it).
 
     Raises :class:`ModelError` if the candidate is not in the registry and :class:`ConfigError` if the data
     is missing or empty; every other failure is a refusal in the returned :class:`GateResult`.
     """
     cand_ref = registry.get(candidate)
     spec = f"{cand_ref.name}:{cand_ref.version}"
-    serving_version = registry.serving().get(cand_ref.name)
-    serving_ref = registry.get(f"{cand_ref.name}:{serving_version}") if serving_version else None
+    line = against or cand_ref.name
+    serving_version = registry.serving().get(line)
+    serving_ref = registry.get(f"{line}:{serving_version}") if serving_version else None
     base: dict[str, Any] = {
-        "candidate": spec, "serving": f"{cand_ref.name}:{serving_version}" if serving_version else None,
+        "candidate": spec, "serving": f"{line}:{serving_version}" if serving_version else None,
         "margin_utility": margin_utility, "margin_auroc": margin_auroc, "forced": force,
     }  # fmt: skip
     try:

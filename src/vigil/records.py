@@ -48,7 +48,8 @@ from vigil.codes import normaliser
 from vigil.errors import InvalidEvent
 
 __all__ = [
-    "Observation", "AdtEvent", "Invalid", "decode", "encode_observation", "encode_adt", "dead_letter_record",
+    "Observation", "AdtEvent", "AckEvent", "ACK_ACTIONS", "Invalid", "decode", "encode_observation", "encode_adt",
+    "dead_letter_record",
     "ADT_KINDS", "SEXES", "MAX_STR", "STREAMS",
 ]  # fmt: skip
 
@@ -89,6 +90,24 @@ class AdtEvent:
     age: float | None  # years
     sex: str | None  # "M" | "F" | "U"
     hosp_adm_time_h: float | None  # hours from hospital admission to ICU admission (<= 0 typically)
+
+
+@dataclass(frozen=True, slots=True)
+class AckEvent:
+    """A clinician's response to an alert (``alert-acks``): recorded with the alert, and it silences new
+    alerts of the same type for a while (:mod:`vigil.policy`)."""
+
+    patient: str
+    time: float  # when it was acknowledged
+    alert_id: str
+    by: str  # a role or pseudonymised staff id, never a name
+    action: str  # acknowledged | escalated | dismissed | treated
+    source: str = "alert-acks"
+    seq: int = 0
+    kind: str = "ack"
+
+
+ACK_ACTIONS = ("acknowledged", "escalated", "dismissed", "treated")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +236,16 @@ def _adt(d: dict[str, Any]) -> AdtEvent:
     return AdtEvent(patient, source, seq, t, kind, ward, bed, unit, admit_time, age, sex, hosp_adm_time_h)
 
 
+def _ack(d: dict[str, Any]) -> AckEvent:
+    patient, alert_id, by, t = _str(d, "patient"), _str(d, "alert_id"), _str(d, "by"), _time(d, "at")
+    action = d.get("action")
+    if type(action) is not str or action not in ACK_ACTIONS:
+        if action is None:
+            raise _missing("action")
+        raise InvalidEvent("bad_type", f"ack action {_short(action)} is not one of {', '.join(ACK_ACTIONS)}", "action")
+    return AckEvent(patient, t, alert_id, by, action)
+
+
 def _loads(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
@@ -229,9 +258,11 @@ def _loads(raw: bytes) -> Any:
         return json.loads(raw.decode("utf-8"))
 
 
-def decode(raw: bytes | None, stream: str, key: bytes | None = None) -> Observation | AdtEvent | Invalid:
-    """Validate one raw event from ``stream`` (``"adt"``; anything else is decoded as an observation —
-    the ``kind`` comes from the code table, not from the topic). Never raises.
+def decode(
+    raw: bytes | None, stream: str, key: bytes | None = None
+) -> Observation | AdtEvent | AckEvent | Invalid:
+    """Validate one raw event from ``stream`` (``"adt"``, ``"alert-acks"``; anything else is decoded as an
+    observation — the ``kind`` comes from the code table, not from the topic). Never raises.
 
     When ``key`` (the Kafka key) is given it must equal the event's patient (UTF-8), else ``key_mismatch``.
     """
@@ -249,7 +280,9 @@ def decode(raw: bytes | None, stream: str, key: bytes | None = None) -> Observat
             return Invalid(
                 "unsupported_version", "InvalidEvent", f"unsupported event version {_short(v)}", "v"
             )
-        ev: Observation | AdtEvent = _adt(d) if stream == "adt" else _observation(d)
+        ev: Observation | AdtEvent | AckEvent = (
+            _adt(d) if stream == "adt" else _ack(d) if stream == "alert-acks" else _observation(d)
+        )
         if key is not None and key != ev.patient.encode():
             msg = f"the Kafka key {_short(key)} differs from the event's patient {ev.patient!r}"
             return Invalid("key_mismatch", "InvalidEvent", msg, "patient")

@@ -57,7 +57,7 @@ class Registry:
 
     >>> from vigil.config import REPO_ROOT
     >>> reg = Registry(REPO_ROOT / "models")
-    >>> "sepsis-mlp" in reg.serving()
+    >>> "sepsis-tcn" in reg.serving()
     True
     """
 
@@ -135,9 +135,12 @@ class Registry:
         return stack[-1] if stack else None
 
     def switch(
-        self, name: str, version: str, action: str, *, expect_from: str | None, **details: Any
+        self, name: str, version: str, action: str, *, expect_from: str | None, replaces: str | None = None,
+        **details: Any,
     ) -> dict[str, Any]:
         """Make ``version`` the serving version of ``name``; returns the history entry it appended.
+        ``replaces``: another model line that stops serving in the same write (a new family taking over;
+        ``expect_from`` is then that line's serving version).
 
         ``serving.json`` is rewritten atomically (temporary file, fsync, ``os.replace``) and the entry is
         appended to ``serving-history.jsonl``, both under an exclusive lock on the history file. If the
@@ -153,17 +156,18 @@ class Registry:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 serving = self.serving()
-                if serving.get(name) != expect_from:
+                line = replaces or name
+                if serving.get(line) != expect_from:
                     msg = (
-                        f"the serving version of {name} changed to {serving.get(name)!r} meanwhile "
+                        f"the serving version of {line} changed to {serving.get(line)!r} meanwhile "
                         f"(expected {expect_from!r}); nothing was changed, run the command again"
                     )
                     raise ModelError(msg)
                 entry = {
                     "at": _utc_now(), "name": name, "action": action, "from_version": expect_from,
-                    "to_version": version, **details,
+                    "to_version": version, **({"replaces": replaces} if replaces else {}), **details,
                 }  # fmt: skip
-                self._write_serving({**serving, name: version})
+                self._write_serving({**{k: v for k, v in serving.items() if k != replaces}, name: version})
                 fh.write(orjson.dumps(entry) + b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -220,6 +224,7 @@ def update_event(
     reason: str | None = None,
     forced: bool | None = None,
     at: str | None = None,
+    replaces: str | None = None,
 ) -> dict[str, Any]:
     """A ``model-updates`` value (``streams/schemas/model-updates.schema.json``); workers hot-swap on it.
 
@@ -237,6 +242,8 @@ def update_event(
         event["reason"] = reason
     if forced is not None:
         event["forced"] = forced
+    if replaces:
+        event["replaces"] = replaces
     return event
 
 

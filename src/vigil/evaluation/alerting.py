@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vigil.alerts import NEWS2_URGENT
 from vigil.config import AlertSettings
 
 __all__ = [
@@ -94,21 +93,52 @@ def simulate_policy(
     threshold: float,
     news2_total: np.ndarray,
     stay_start: np.ndarray,
+    news2_max_part: np.ndarray | None = None,
+    model: str = "model",
 ) -> dict[str, np.ndarray]:
-    """Alert rows (bool [N]) per alert type under the configured alert policy, as the worker raises them
-    for one model: ``model_risk`` (risk >= threshold; re-arms below ``rearm_below_fraction x threshold``)
-    and ``news2_emergency`` (NEWS2 >= ``news2_emergency``; re-arms below the urgent band, 5).
+    """Alert rows (bool [N]) per alert type under the configured alert policy, exactly as the worker
+    raises them: the worker's own :class:`vigil.policy.AlertPolicy` stepped row by row through each stay
+    (row t at event time t hours; no acknowledgements offline). A row counts when a ``raised`` or
+    ``escalated`` alert goes out. Types that are disabled give all-False rows.
 
-    The one place evaluation simulates alerting: a richer policy engine replaces this function.
+    The one place evaluation simulates alerting.
     """
-    return {
-        "model_risk": crossings(
-            risk, stay_start, on=float(threshold), rearm_below=policy.rearm_below_fraction * float(threshold)
-        ),
-        "news2_emergency": crossings(
-            news2_total, stay_start, on=float(policy.news2_emergency), rearm_below=float(NEWS2_URGENT)
-        ),
-    }
+    from vigil.policy import AlertPolicy
+
+    pol = AlertPolicy(policy)
+    n = int(np.asarray(risk).shape[0])
+    starts = _starts(stay_start, n)
+    r = np.asarray(risk, dtype=np.float64)
+    total = np.asarray(news2_total, dtype=np.float64)
+    single = np.asarray(news2_max_part, dtype=np.float64) if news2_max_part is not None else None
+    out = {k: np.zeros(n, dtype=bool) for k in ("model_risk", "news2_urgent", "news2_emergency", "news2_single")}
+    enabled = {k: pol.rule(k).enabled for k in out}
+    if single is None:
+        enabled["news2_single"] = False
+    emergency_at = float(pol.rule("news2_emergency").raise_at or 7)
+    state: dict[str, Any] = {}
+    row = 0
+    for i in range(n):
+        if starts[i]:
+            state, row = {}, 0
+        t = row * 3600.0
+        if enabled["model_risk"]:
+            out["model_risk"][i] = _fires(pol.step(state, "model_risk", model, r[i], t, row, threshold=threshold))
+        if enabled["news2_emergency"]:
+            out["news2_emergency"][i] = _fires(pol.step(state, "news2_emergency", None, total[i], t, row))
+        if enabled["news2_urgent"]:
+            covered = enabled["news2_emergency"] and total[i] >= emergency_at
+            urgent = pol.step(state, "news2_urgent", None, total[i], t, row, can_raise=not covered)
+            out["news2_urgent"][i] = _fires(urgent)
+        if enabled["news2_single"] and single is not None:
+            out["news2_single"][i] = _fires(pol.step(state, "news2_single", None, single[i], t, row))
+        row += 1
+    return out
+
+
+def _fires(decisions: list[Any]) -> bool:
+    """A raised or escalated alert goes out (resolutions are messages, not alerts)."""
+    return any(d.event in ("raised", "escalated") for d in decisions)
 
 
 class StayTable(NamedTuple):

@@ -9,6 +9,7 @@ import numpy as np
 
 from vigil.evaluation.curves import pr_curve, roc_curve, thin
 from vigil.evaluation.plots import Curve, lead_time_plot, reliability_plot, roc_pr_plot
+from vigil.policy import ALERT_TYPES
 
 if TYPE_CHECKING:
     from vigil.evaluation.report import Evaluation
@@ -233,13 +234,18 @@ _ALERT_HEAD = [
 ]
 
 
+def _rule_text(r: dict[str, Any]) -> str:
+    at = "card threshold" if r["raise_at"] is None else f"{r['raise_at']:g}"
+    clear = "0.8 x raise" if r["clear_below"] is None else f"{r['clear_below']:g}"
+    return f">= {at} for {r['persistence']} row(s), clear < {clear}, refractory {r['refractory_h']:g} h"
+
+
 def _alerting(m: dict[str, Any]) -> str:
     a = m["alerting"]
     p = a["policy"]
-    rows = [
-        _alert_row(f"model risk (>= threshold, re-arm < {p['rearm_below_fraction']:g} x threshold)", a["model_risk"]),
-        _alert_row(f"NEWS2 emergency (>= {p['news2_emergency']}, re-arm < 5)", a["news2_emergency"]),
-        _alert_row("whole policy (either alert)", a["policy_all"]),
+    rows = [_alert_row(f"{kind} ({_rule_text(p[kind])})", a[kind]) for kind in ALERT_TYPES if p[kind]["enabled"]]
+    rows += [
+        _alert_row("whole policy (every enabled type)", a["policy_all"]),
     ] + [_alert_row(f"{name} (crossing, re-arm below it)", c["alerting"]) for name, c in m["comparators"].items()]
     n_eval = a["model_risk"]["septic_stays_evaluable"]
     return (

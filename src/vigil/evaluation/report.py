@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 SCREEN_COLUMNS = ("news2_total", "qsofa_partial", "sirs_count")
+NEWS2_PART_COLUMNS = ("news2_resp_rate", "news2_spo2", "news2_air_or_oxygen", "news2_systolic_bp", "news2_pulse",
+                      "news2_temperature")  # fmt: skip
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<45", 0, 45),
     ("45-64", 45, 65),
@@ -114,11 +116,14 @@ def screen_scores(df: pd.DataFrame, chunk_rows: int = 131_072) -> dict[str, np.n
     from vigil.features import FEATURE_NAMES, featurize, frame_chunks
 
     cols = [FEATURE_NAMES.index(c) for c in SCREEN_COLUMNS]
+    parts = [FEATURE_NAMES.index(c) for c in NEWS2_PART_COLUMNS]
     stay_start, chunks = frame_chunks(df, chunk_rows)
-    out = np.empty((stay_start.shape[0], len(cols)), dtype=np.int16)
+    out = np.empty((stay_start.shape[0], len(cols) + 1), dtype=np.int16)
     for a, b, inp in chunks:
-        out[a:b] = np.rint(featurize(inp)[:, cols])
-    return {c: out[:, j] for j, c in enumerate(SCREEN_COLUMNS)}
+        x = featurize(inp)
+        out[a:b, :-1] = np.rint(x[:, cols])
+        out[a:b, -1] = np.rint(x[:, parts].max(axis=1))
+    return {c: out[:, j] for j, c in enumerate((*SCREEN_COLUMNS, "news2_max_part"))}
 
 
 def _static(df: pd.DataFrame, stay_start: np.ndarray) -> dict[str, np.ndarray]:
@@ -241,10 +246,14 @@ def evaluate(ref: ModelRef, sel: Selection, sc: Scored, policy: AlertSettings) -
     stays = stay_table(sc.labels, sc.stay_start)
     pred = sc.probs.astype(np.float64) >= ref.threshold
     fired = simulate_policy(
-        policy, risk=sc.probs, threshold=ref.threshold, news2_total=sc.screens["news2_total"], stay_start=sc.stay_start
-    )
+        policy, risk=sc.probs, threshold=ref.threshold, news2_total=sc.screens["news2_total"],
+        stay_start=sc.stay_start, news2_max_part=sc.screens["news2_max_part"], model=ref.name,
+    )  # fmt: skip
     per_type = {k: stay_alerts(v, stays) for k, v in fired.items()}
-    streams = {**per_type, "policy_all": per_type["model_risk"] | per_type["news2_emergency"]}
+    everything = per_type["model_risk"]
+    for k in ("news2_urgent", "news2_emergency", "news2_single"):
+        everything = everything | per_type[k]
+    streams = {**per_type, "policy_all": everything}
     leads = {"model": lead_times(stays, per_type["model_risk"])}
     comparators: dict[str, Any] = {}
     for comp in COMPARATORS:

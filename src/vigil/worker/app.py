@@ -149,11 +149,16 @@ async def _hot_swap(engine: Engine, settings: Settings, value: bytes) -> None:
             log.info("shadow models now: %s", [f"{sh.name}:{sh.version}" for sh in engine.shadows] or "none")
             return
         assert new is not None
+        retired = {new.name, msg.get("replaces") or new.name}  # "replaces": a new model line takes over
+        scorers: list[Scorer] = []
         for old in engine.scorers:
-            if old.name == new.name:
+            if old.name in retired:
                 m.model_info.labels(old.name, old.version, old.provider).set(0)
-        scorers = [new if sc.name == new.name else sc for sc in engine.scorers]
-        if new.name not in {sc.name for sc in engine.scorers}:
+                if new not in scorers:
+                    scorers.append(new)  # in the place of the model it replaces
+            else:
+                scorers.append(old)
+        if new not in scorers:
             scorers.append(new)
         engine.scorers[:] = scorers
         engine.processor.scorers = engine.scorers

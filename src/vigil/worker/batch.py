@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from vigil.alerts import AlertRules, alert_id, alert_message, score_id
+from vigil.alerts import alert_id, alert_message, score_id
 from vigil.config import Settings
+from vigil.explain import explain
 from vigil.features import featurize, sequence
 from vigil.news2 import news2_from_last, news2_parts_dict
-from vigil.records import AdtEvent, Observation
+from vigil.policy import AlertPolicy, Decision
+from vigil.records import AckEvent, AdtEvent, Observation
 from vigil.scoring import Scorer
 from vigil.state import HOUR, PatientState, Snapshot, event_uid, stack_snapshots
 
@@ -39,8 +41,8 @@ def iso(t: float) -> str:
 class InEvent:
     """A decoded event with its Kafka coordinates."""
 
-    event: Observation | AdtEvent
-    topic: str  # catalogue name: vitals | labs | adt
+    event: Observation | AdtEvent | AckEvent
+    topic: str  # catalogue name: vitals | labs | adt | alert-acks
     partition: int
     broker_ts: float  # Kafka record timestamp, seconds
     offset: int = -1  # Kafka offset in (topic, partition)
@@ -70,7 +72,8 @@ class Processor:
         # Candidates in shadow mode: scored on the same rows as the live models, written to scores-shadow,
         # never alerted on.
         self.shadows: list[Scorer] = shadows if shadows is not None else []
-        self.rules = AlertRules(settings.alerts.news2_emergency, settings.alerts.rearm_below_fraction)
+        self.policy = AlertPolicy(settings.alerts)
+        self._acks: list[tuple[PatientState, Decision]] = []  # acknowledgements applied in this batch
         self.states: dict[int, dict[str, PatientState]] = {}
         self.watermark: dict[int, float] = {}  # max event time seen per partition
         # partition -> patients waiting for a grace period: observations without an admit yet, or a discharge
@@ -121,6 +124,10 @@ class Processor:
             touched.append((p, st))
 
         self._score(snaps, by_state={id(st): st for _, st in touched}, out=out)
+        for st, d in self._acks:
+            out.alerts.append((st.patient, orjson.dumps(self._ack_record(st, d))))
+            out.alert_labels.append((d.kind, "info", st.ward or "unknown"))
+        self._acks = []
 
         self._finalize_discharges(time.time(), out, touched)
         return out
@@ -208,6 +215,14 @@ class Processor:
         now = time.time()
         for ie in lst:
             ev = ie.event
+            if type(ev) is AckEvent:  # idempotent (re-applying an ack changes nothing): no de-duplication
+                d = self.policy.ack(st.alerts, ev.alert_id, by=ev.by, at=ev.time, action=ev.action)
+                if d is None:
+                    counts.setdefault("acks_unmatched", 0)
+                    counts["acks_unmatched"] += 1
+                else:
+                    self._acks.append((st, d))
+                continue
             if st.discharged:
                 if ev.time <= (st.discharge_time or -math.inf):  # a straggler or duplicate of a closed stay
                     late[ie.topic] = late.get(ie.topic, 0) + 1
@@ -296,9 +311,12 @@ class Processor:
         states = {st.patient: st for st in by_state.values()}
         now = time.time()
         now_iso = iso(now)
+        fired: list[tuple[int, Scorer | None, Decision, float, float]] = []
+        n2s: list[dict[str, Any]] = []
         for i, snap in enumerate(snaps):
             st = states[snap.patient]
             n2 = news2_parts_dict(news, i)
+            n2s.append(n2)
             row_iso = iso(snap.row_time)
             live: dict[str, Any] | None = None
             for sc, risk_arr in zip(self.scorers, risks, strict=True):
@@ -316,22 +334,14 @@ class Processor:
                 live = live or rec
                 out.score_trigger_ts.append(snap.trigger_ts)
                 out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
-                for kind, severity in self.rules.evaluate(
-                    st.alerts, risk=risk, threshold=thr, model_key=sc.name, news2_total=int(n2["total"])
-                ):
-                    if kind == "news2_emergency" and sc is not self.scorers[0]:
-                        continue  # NEWS2 alerts once per row, not once per model
-                    version = sc.version if kind == "model_risk" else "-"
-                    alert = {
-                        "v": 1, "alert_id": alert_id(snap.patient, kind, version, snap.row), "type": kind,
-                        "severity": severity, "patient": snap.patient, "ward": snap.ward, "bed": snap.bed,
-                        "time": row_iso, "row": snap.row, "model": {"name": sc.name, "version": sc.version},
-                        "score": round(risk, 6), "threshold": thr, "news2": n2,
-                        "message": alert_message(kind, risk=risk, threshold=thr, news2=n2), "emitted_at": now_iso,
-                    }  # fmt: skip
-                    out.alerts.append((snap.patient, orjson.dumps(alert)))
-                    out.alert_trigger_ts.append(snap.trigger_ts)
-                    out.alert_labels.append((kind, severity, snap.ward or "unknown"))
+                thr_used = thr
+                for d in self.policy.step(st.alerts, "model_risk", sc.name, risk, snap.row_time, snap.row,
+                                          threshold=thr, ward=snap.ward, unit=snap.unit):  # fmt: skip
+                    fired.append((i, sc, d, risk, thr_used))
+            primary = self.scorers[0] if self.scorers else None
+            for d in self._news2_decisions(st, snap, n2):
+                risk0 = float(risks[0][i]) if primary is not None else float("nan")
+                fired.append((i, primary, d, risk0, primary.threshold if primary is not None else float("nan")))
             for sc, risk_arr in zip(self.shadows, shadow_risks, strict=True):
                 risk = float(risk_arr[i])
                 rec = {
@@ -347,6 +357,79 @@ class Processor:
                     },
                 }  # fmt: skip
                 out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
+        if fired:
+            self._alerts(fired, snaps, inp, risks, n2s, states, now_iso, out)
+
+    def _news2_decisions(self, st: PatientState, snap: Snapshot, n2: dict[str, Any]) -> list[Decision]:
+        """The NEWS2 rules, once per row (not once per model)."""
+        pol, total = self.policy, float(n2["total"])
+        emergency = pol.rule("news2_emergency", snap.ward, snap.unit)
+        covered = emergency.enabled and total >= float(emergency.raise_at or 7)
+        t, row, w, u = snap.row_time, snap.row, snap.ward, snap.unit
+        single = float(max(n2["parts"].values(), default=0))
+        return [
+            *pol.step(st.alerts, "news2_emergency", None, total, t, row, ward=w, unit=u),
+            *pol.step(st.alerts, "news2_urgent", None, total, t, row, ward=w, unit=u, can_raise=not covered),
+            *pol.step(st.alerts, "news2_single", None, single, t, row, ward=w, unit=u),
+        ]
+
+    def _alerts(
+        self,
+        fired: list[tuple[int, Scorer | None, Decision, float, float]],
+        snaps: list[Snapshot],
+        inp: Any,
+        risks: list[np.ndarray],
+        n2s: list[dict[str, Any]],
+        states: dict[str, PatientState],
+        now_iso: str,
+        out: Outputs,
+    ) -> None:
+        """Alert records for the policy's decisions; model alerts carry the model's own top factors."""
+        factors: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for j, sc in enumerate(self.scorers):
+            rows = sorted({i for i, s2, d, _, _ in fired if s2 is sc and d.kind == "model_risk"
+                           and d.event in ("raised", "escalated")})  # fmt: skip
+            if rows:
+                for i, fs in zip(rows, explain(sc, inp, rows, risk=risks[j]), strict=True):
+                    factors[(i, sc.name)] = [f.to_dict() for f in fs]
+        for i, sc, d, risk, thr in fired:
+            snap = snaps[i]
+            st = states[snap.patient]
+            model_name = sc.name if sc is not None else "-"
+            version = sc.version if (sc is not None and d.kind == "model_risk") else "-"
+            aid = alert_id(snap.patient, d.key, version, d.row, d.event)
+            episode = alert_id(snap.patient, d.key, version, int(d.episode), "raised") if d.episode else aid
+            if d.event == "raised":
+                st.alerts[d.key]["alert_id"] = aid
+                st.alerts[d.key]["version"] = version
+            fs = factors.get((i, model_name), []) if d.kind == "model_risk" else []
+            alert = {
+                "v": 1, "alert_id": aid, "event": d.event, "episode_id": episode, "type": d.kind,
+                "severity": d.severity, "patient": snap.patient, "ward": snap.ward, "bed": snap.bed,
+                "unit": snap.unit, "time": iso(snap.row_time), "row": snap.row,
+                "model": {"name": model_name, "version": sc.version if sc is not None else "-"},
+                "score": round(risk, 6), "threshold": thr, "value": d.value, "raise_at": d.raise_at,
+                "news2": n2s[i], "factors": fs, "ack": d.ack,
+                "message": alert_message(d, risk=risk, threshold=thr, news2=n2s[i], factors=fs),
+                "emitted_at": now_iso,
+            }  # fmt: skip
+            out.alerts.append((snap.patient, orjson.dumps(alert)))
+            out.alert_trigger_ts.append(snap.trigger_ts)
+            out.alert_labels.append((d.kind, d.severity, snap.ward or "unknown"))
+
+    def _ack_record(self, st: PatientState, d: Decision) -> dict[str, Any]:
+        s = st.alerts[d.key]
+        ack = d.ack or {}
+        return {
+            "v": 1, "alert_id": alert_id(s["alert_id"], "ack", ack.get("by"), ack.get("at"), ack.get("action")),
+            "event": "acknowledged", "episode_id": s["alert_id"], "type": d.kind, "severity": "info",
+            "patient": st.patient, "ward": st.ward, "bed": st.bed, "unit": st.unit, "time": iso(d.time),
+            "row": d.row, "model": {"name": d.key.partition(":")[2] or "-", "version": s.get("version", "-")},
+            "score": None, "threshold": None, "value": d.value, "raise_at": None, "news2": None, "factors": [],
+            "ack": {**ack, "at": iso(float(ack["at"]))} if ack else None,
+            "message": f"{d.kind} alert {ack.get('action', 'acknowledged')} by {ack.get('by')}",
+            "emitted_at": iso(time.time()),
+        }  # fmt: skip
 
 
 def _merge(out: Outputs, extra: Outputs) -> None:

@@ -46,7 +46,7 @@ __all__ = ["Engine", "INPUT_TOPICS", "load_scorers"]
 
 log = logging.getLogger(__name__)
 
-INPUT_TOPICS = ("vitals", "labs", "adt")
+INPUT_TOPICS = ("vitals", "labs", "adt", "alert-acks")
 CHANGELOG = "worker-state-changelog"
 
 

@@ -1,0 +1,157 @@
+"""Choosing the default alert policy on validation data: the burden vs early-detection trade-off.
+
+``vigil evaluate --policy-sweep`` replays a grid of model-risk rules (raise level, persistence, refractory
+window; hysteresis at 0.8 x the raise level) through the worker's own policy engine on the evaluated rows,
+and reports for each: alerts per patient-day, the share of septic stays (not septic on arrival) alerted
+before onset, the median lead time, and the stay-level PPV. The recommended rule is the one with the
+highest early share among those within the burden budget (default 0.2 alerts per patient-day) and a
+median lead time of at least 6 h; ties go to the lower burden. Run it on the **validation** split; read
+the chosen rule's numbers on the test split (``vigil evaluate --split test``) — never tune on test.
+
+The plot (``tradeoff.png``) shows every rule, the Pareto frontier, the budget, the chosen rule and the
+NEWS2 >= 5 rule (crossing, re-arm below it) on the same rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vigil.config import AlertSettings, RuleSettings
+from vigil.evaluation.alerting import alert_summary, crossings, simulate_policy, stay_alerts, stay_table
+
+__all__ = ["SweepPoint", "sweep_policies", "choose", "plot_tradeoff", "GRID"]
+
+GRID: dict[str, tuple[Any, ...]] = {
+    "raise_at": (None, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85),  # None = the card threshold
+    "persistence": (1, 2, 3, 4),
+    "refractory_h": (0.0, 12.0, 24.0, 48.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    raise_at: float | None
+    persistence: int
+    refractory_h: float
+    burden: float  # alerts per patient-day
+    early: float  # share of evaluable septic stays alerted before onset
+    lead_median_h: float | None
+    ppv: float | None
+    in_12h: float | None  # share with an alert in the 12 h before onset
+
+    def rule(self) -> dict[str, Any]:
+        return {"raise_at": self.raise_at, "persistence": self.persistence, "refractory_h": self.refractory_h}
+
+
+def _policy(raise_at: float | None, persistence: int, refractory_h: float) -> AlertSettings:
+    off = RuleSettings(enabled=False)
+    return AlertSettings(
+        model_risk=RuleSettings(raise_at=raise_at, persistence=persistence, refractory_h=refractory_h,
+                                escalate_by=None, severity="high"),  # fmt: skip
+        news2_urgent=off, news2_emergency=off, news2_single=off,
+    )
+
+
+def sweep_policies(
+    probs: np.ndarray, labels: np.ndarray, stay_start: np.ndarray, threshold: float,
+    grid: dict[str, tuple[Any, ...]] | None = None,
+) -> list[SweepPoint]:  # fmt: skip
+    """Every model-risk rule of ``grid`` replayed through :func:`simulate_policy` on the same rows."""
+    g = grid or GRID
+    stays = stay_table(labels, stay_start)
+    zeros = np.zeros(probs.shape[0])
+    points = []
+    for raise_at, persistence, refractory in itertools.product(g["raise_at"], g["persistence"], g["refractory_h"]):
+        if raise_at is not None and raise_at < threshold:
+            continue
+        fired = simulate_policy(_policy(raise_at, persistence, refractory), risk=probs, threshold=threshold,
+                                news2_total=zeros, stay_start=stay_start)["model_risk"]  # fmt: skip
+        s = alert_summary(stays, stay_alerts(fired, stays))
+        points.append(SweepPoint(raise_at, persistence, refractory, float(s["alerts_per_patient_day"] or 0.0),
+                                 float(s["share_septic_alerted_early"] or 0.0), s["lead_time_h"]["median"],
+                                 s["ppv_stay"], s["share_septic_alerted_12h_before_onset"]))  # fmt: skip
+    return points
+
+
+def news2_point(news2_total: np.ndarray, labels: np.ndarray, stay_start: np.ndarray, level: int = 5) -> dict[str, Any]:
+    """The NEWS2 >= ``level`` rule (crossing, re-arm below it) on the same rows, as a comparison point."""
+    stays = stay_table(labels, stay_start)
+    fired = crossings(news2_total, stay_start, on=level, rearm_below=level)
+    s = alert_summary(stays, stay_alerts(fired, stays))
+    return {"rule": f"NEWS2>={level}", "burden": s["alerts_per_patient_day"], "early": s["share_septic_alerted_early"],
+            "lead_median_h": s["lead_time_h"]["median"], "ppv": s["ppv_stay"]}  # fmt: skip
+
+
+def choose(points: list[SweepPoint], budget: float = 0.2, min_lead_h: float = 6.0) -> SweepPoint | None:
+    """The highest early share within the burden budget with a median lead >= ``min_lead_h`` (ties: lower
+    burden, then fewer rows of persistence). None when no rule fits the budget."""
+    ok = [p for p in points if p.burden <= budget and (p.lead_median_h or 0.0) >= min_lead_h]
+    if not ok:
+        return None
+    return max(ok, key=lambda p: (round(p.early, 4), -p.burden, -p.persistence))
+
+
+def pareto(points: list[SweepPoint]) -> list[SweepPoint]:
+    """Rules no other rule beats on both burden (lower) and early share (higher), by burden."""
+    front, best = [], -1.0
+    for p in sorted(points, key=lambda p: (p.burden, -p.early)):
+        if p.early > best:
+            front.append(p)
+            best = p.early
+    return front
+
+
+def plot_tradeoff(points: list[SweepPoint], chosen: SweepPoint | None, news2: dict[str, Any], budget: float,
+                  path: Path, title: str) -> None:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.scatter([p.burden for p in points], [p.early for p in points], s=12, alpha=0.5, label="model-risk rules")
+    front = pareto(points)
+    ax.plot([p.burden for p in front], [p.early for p in front], "-", lw=1.5, label="Pareto frontier")
+    if news2.get("burden") is not None:
+        ax.scatter([news2["burden"]], [news2["early"]], marker="s", s=50, color="tab:red", label=news2["rule"])
+    if chosen is not None:
+        ax.scatter([chosen.burden], [chosen.early], marker="*", s=180, color="tab:green", label="chosen default")
+    ax.axvline(budget, ls="--", color="grey", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("alerts per patient-day (log scale)")
+    ax.set_ylabel("septic stays alerted before onset")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown(points: list[SweepPoint], chosen: SweepPoint | None, news2: dict[str, Any], budget: float) -> str:
+    def fmt(x: float | None, pct: bool = False) -> str:
+        if x is None:
+            return "-"
+        return f"{100 * x:.1f} %" if pct else f"{x:.3g}"
+
+    rows = ["| raise at | persistence | refractory h | alerts/patient-day | septic alerted early | median lead h |"
+            " PPV (stays) | alerted in 12 h before onset |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in pareto(points):
+        mark = " **(chosen)**" if p == chosen else ""
+        rows.append(f"| {'card' if p.raise_at is None else p.raise_at}{mark} | {p.persistence} | {p.refractory_h:g} | "
+                    f"{p.burden:.3f} | {fmt(p.early, True)} | {fmt(p.lead_median_h)} | {fmt(p.ppv, True)} | "
+                    f"{fmt(p.in_12h, True)} |")  # fmt: skip
+    head = (f"## Alert policy sweep\n\n{len(points)} model-risk rules replayed through the policy engine; the "
+            f"Pareto frontier below (no rule beats these on both burden and early share). Budget {budget:g} "
+            f"alerts per patient-day, median lead >= 6 h.\n\n")  # fmt: skip
+    pick = (f"Chosen: raise at {'the card threshold' if chosen.raise_at is None else chosen.raise_at}, persistence "
+            f"{chosen.persistence}, refractory {chosen.refractory_h:g} h.\n\n" if chosen else
+            "No rule fits the budget.\n\n")  # fmt: skip
+    comp = (f"{news2['rule']} on the same rows: {fmt(news2['burden'])} alerts per patient-day, "
+            f"{fmt(news2['early'], True)} alerted early, median lead {fmt(news2['lead_median_h'])} h.\n\n")
+    return head + pick + comp + "\n".join(rows) + "\n\n![Trade-off](tradeoff.png)\n"
