@@ -390,3 +390,81 @@ def test_shadow_then_hot_swap_under_load_drops_and_doubles_nothing(settings_fact
         assert d["live"] == {"model": "sepsis-mlp", "version": "1", "risk": peer["risk"],
                              "above_threshold": peer["above_threshold"]}  # fmt: skip
         assert abs(d["risk"] - peer["risk"]) <= 1e-6
+
+
+def test_worker_crash_and_restart_gives_the_same_alert_ids_and_no_duplicate_webhook_delivery(
+    settings_factory, topics_factory, sample_path, tmp_path
+):
+    """A worker killed with SIGKILL mid-stream and restarted re-derives exactly the alerts of one
+    uninterrupted pass (same ids: state and policy state come back from the changelog), and a webhook
+    forwarder running throughout delivers every alert id exactly once to a real local HTTP receiver."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    alert_env = {"VIGIL_ALERTS__MODEL_RISK__RAISE_AT": "0.45", "VIGIL_ALERTS__MODEL_RISK__REFRACTORY_H": "0",
+                 "VIGIL_ALERTS__NEWS2_EMERGENCY__ENABLED": "true"}  # plenty of alerts from 8 stays  # fmt: skip
+    s, _, first, second = _two_phase(settings_factory, topics_factory, sample_path, 8)
+    s.alerts.model_risk.raise_at, s.alerts.model_risk.refractory_h = 0.45, 0.0
+    s.alerts.news2_emergency.enabled = True
+    ref = Processor(s.model_copy(update={"state": s.state.model_copy(update={"discharge_grace_s": 0.0,
+                                                                               "admit_grace_s": 60.0})}),
+                    load_scorers(s))  # fmt: skip
+    ref_alerts: dict[str, tuple] = {}  # type: ignore[type-arg]
+    for stream, key, value in first + second:
+        ev = decode(value, stream, key)
+        if not isinstance(ev, Invalid):
+            for _, v in ref.process([InEvent(ev, stream, 0, 0.0)]).alerts:
+                d = orjson.loads(v)
+                ref_alerts[d["alert_id"]] = (d["patient"][:8], d["type"], d["event"], d["row"])
+    want = set(ref_alerts)
+    assert len(want) >= 5
+
+    received: list[str] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(self.headers["Idempotency-Key"])
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers or "",
+           "VIGIL_TOPIC_PREFIX": s.topic_prefix, "VIGIL_WEBHOOK__SECRET": "test-secret",
+           "VIGIL_WEBHOOK__SESSION_TIMEOUT_MS": "2000"}  # fmt: skip
+    hook_log = (tmp_path / "hook.log").open("wb")
+    hook = subprocess.Popen([sys.executable, "-m", "vigil", "alerts", "webhook",
+                             f"http://127.0.0.1:{server.server_port}/alerts", "--from-beginning"], env=env,
+                            stdout=hook_log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        w = WorkerProcess(s, log_path=tmp_path / "w1.log", extra_env=alert_env).start()
+        w.wait_ready()
+        publish(s, first)
+        scores_by_row(s, len(reference_scores(first, s)))
+        w.kill()  # SIGKILL: no clean shutdown, no final commit
+        with WorkerProcess(s, log_path=tmp_path / "w2.log", extra_env=alert_env) as w2:
+            w2.wait_ready()
+            publish(s, second)
+            deadline = time.monotonic() + 90
+            while set(received) < want and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(3.0)  # anything delivered twice would arrive now
+            assert w2.stop() == 0
+        on_topic = {orjson.loads(r.value)["alert_id"] for r in asyncio.run(read_topic(s, s.topic("alerts")))}
+    finally:
+        hook.terminate()
+        hook.wait(timeout=15)
+        hook_log.close()
+        server.shutdown()
+    missing = sorted(ref_alerts[a] for a in want - on_topic)
+    assert on_topic == want, f"{len(missing)} missing, e.g. {missing[:8]}; {len(on_topic - want)} unexpected"
+    assert sorted(received) == sorted(set(received)), "an alert reached the webhook twice"
+    assert set(received) == want

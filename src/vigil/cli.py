@@ -204,9 +204,14 @@ def predict(ctx: click.Context, input_path: Path, output: Path, model: str | Non
               help="Output folder (default reports/<name>-<version>-<split>/).")
 @click.option("--update-card", is_flag=True, help="Record the metrics in the model card under evaluation.<split>.")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N stays of the selection.")
+@click.option("--policy-sweep", is_flag=True,
+              help="Also replay a grid of model-risk alert rules: trade-off PNG and the rule to choose "
+                   "(run on --split validation).")
+@click.option("--budget", type=float, default=0.2, show_default=True,
+              help="Alerts per patient-day allowed when choosing a rule in --policy-sweep.")
 @click.pass_context
 def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: str | None, out: Path | None,
-             update_card: bool, limit: int | None) -> None:  # fmt: skip
+             update_card: bool, limit: int | None, policy_sweep: bool, budget: float) -> None:  # fmt: skip
     """Clinical evaluation at the card's threshold: utility, AUROC/AUPRC, calibration, alert burden, lead time,
     subgroups and NEWS2/qSOFA/SIRS comparators; writes report.md, metrics.json and PNGs."""
     from vigil.errors import VigilError
@@ -218,7 +223,8 @@ def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: st
         reg = Registry(s.models_dir)
         ref = reg.get(model or next(iter(reg.serving()), ""))
         _, folder, summary = run_evaluation(ref, data or DEFAULT_DATA, policy=s.alerts, split=split, out=out,
-                                            limit=limit, card=update_card)  # fmt: skip
+                                            limit=limit, card=update_card, policy_sweep=policy_sweep,
+                                            budget=budget)  # fmt: skip
     except VigilError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({**summary, "report": str(folder / "report.md")}))

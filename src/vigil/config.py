@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
@@ -112,7 +112,7 @@ class RuleSettings(BaseModel):
     """One alert type's rule (see :mod:`vigil.policy`)."""
 
     enabled: bool = True
-    raise_at: float | None = None  # model_risk: None = the model card's threshold
+    raise_at: float | None = None  # model_risk: None = the card's alert level (alert_policy.raise_at, else threshold)
     clear_below: float | None = None  # hysteresis; None = 0.8 x raise_at
     persistence: int = Field(1, ge=1)  # consecutive scored rows at/above raise_at before raising
     refractory_h: float = Field(0.0, ge=0)  # no new alert of the type within this many hours of the last
@@ -122,25 +122,46 @@ class RuleSettings(BaseModel):
     resolve: bool = True  # publish a resolution when the condition clears
 
 
-def _rule(**kw: Any) -> Any:
-    return Field(default_factory=lambda: RuleSettings(**kw))
+# Per-type rule defaults. A partial override (a file, VIGIL_ALERTS__NEWS2_EMERGENCY__ENABLED=true, ...) is
+# merged over these, so setting one field never resets the type's other defaults.
+RULE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model_risk": {"persistence": 1, "refractory_h": 72.0, "escalate_by": 0.25, "severity": "high"},
+    "news2_urgent": {"enabled": False, "raise_at": 5, "clear_below": 5, "refractory_h": 12.0, "severity": "urgent"},
+    "news2_emergency": {"enabled": False, "raise_at": 7, "clear_below": 5, "refractory_h": 6.0,
+                        "severity": "emergency"},
+    "news2_single": {"enabled": False, "raise_at": 3, "clear_below": 3, "refractory_h": 12.0,
+                     "severity": "low-medium"},
+}  # fmt: skip
+
+
+def _rule(kind: str) -> Any:
+    return Field(default_factory=lambda: RuleSettings(**RULE_DEFAULTS[kind]))
 
 
 class AlertSettings(BaseModel):
-    """The alert policy. Defaults chosen on set A validation data (docs/alert-policy.md): model alerts
-    after 2 consecutive rows over the card's threshold with a 24-h refractory window; the NEWS2 rules
-    exist but are off by default on ICU data, where NEWS2 >= 5 is common (enable them per ward)."""
+    """The alert policy. Defaults chosen on set A validation data (docs/alert-policy.md): a model alert when
+    the risk reaches the model card's alert level (chosen per model for a budget of 0.2 alerts per
+    patient-day), then nothing new for that patient for 72 h unless it escalates (+0.25); the NEWS2 rules
+    exist but are off by default on ICU data, where NEWS2 >= 5 holds most of the time (enable them per
+    ward)."""
 
-    model_risk: RuleSettings = _rule(persistence=2, refractory_h=24.0, escalate_by=0.15, severity="high")
-    news2_urgent: RuleSettings = _rule(enabled=False, raise_at=5, clear_below=5, persistence=1, refractory_h=12.0,
-                                       severity="urgent")  # fmt: skip
-    news2_emergency: RuleSettings = _rule(enabled=False, raise_at=7, clear_below=5, persistence=1,
-                                          refractory_h=6.0, severity="emergency")  # fmt: skip
-    news2_single: RuleSettings = _rule(enabled=False, raise_at=3, clear_below=3, persistence=1, refractory_h=12.0,
-                                       severity="low-medium")  # fmt: skip
+    model_risk: RuleSettings = _rule("model_risk")
+    news2_urgent: RuleSettings = _rule("news2_urgent")
+    news2_emergency: RuleSettings = _rule("news2_emergency")
+    news2_single: RuleSettings = _rule("news2_single")
     ack_suppress_h: float = Field(4.0, ge=0)  # an acknowledgement silences new alerts of its type this long
     # ward or ICU unit -> alert type -> rule fields to override, e.g. {"W3": {"news2_emergency": {"enabled": true}}}
     overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_rule_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for kind, defaults in RULE_DEFAULTS.items():
+                if isinstance(data.get(kind), dict):
+                    data[kind] = {**defaults, **data[kind]}
+        return data
 
 
 class RegistrySettings(BaseModel):

@@ -137,16 +137,17 @@ class AlertPolicy:
         s.update(active=True, level=value, escalated=False, last=t, episode=str(row), ack=None)
         return [Decision("raised", kind, key, r.severity, value, raise_at, row, t, str(row))]
 
-    def ack(
-        self, state: dict[str, Any], key: str, episode: str, *, by: str, at: float, action: str
-    ) -> Decision | None:
-        """Record an acknowledgement of the alert raised in ``episode`` of ``key``; it suppresses new
-        alerts of that type for ``ack_suppress_h`` hours. None when no such alert is known (too old)."""
-        s = state.get(key)
-        if s is None or s.get("episode") != episode:
+    def ack(self, state: dict[str, Any], alert_id: str, *, by: str, at: float, action: str) -> Decision | None:
+        """Record an acknowledgement of the alert ``alert_id`` (the id the worker stored in the state when it
+        raised it, ``state[key]["alert_id"]``): it is kept with the alert and silences new alerts of that type
+        for ``ack_suppress_h`` hours (escalations still go out). None when no such alert is known (too old,
+        another patient's, or never raised)."""
+        key = next((k for k, s in state.items() if isinstance(s, dict) and s.get("alert_id") == alert_id), None)
+        if key is None:
             return None
+        s = state[key]
         s["ack"] = {"by": by, "at": at, "action": action}
         s["ack_until"] = max(s["ack_until"] or -math.inf, at + self.settings.ack_suppress_h * HOUR)
         kind = key.split(":", 1)[0]
         return Decision("acknowledged", kind, key, "info", float(s["level"] or 0.0), math.nan,
-                        int(episode), at, episode, s["ack"])  # fmt: skip
+                        int(s["episode"]), at, s["episode"], s["ack"])  # fmt: skip

@@ -48,6 +48,14 @@ class ModelRef:
         return float(self.card["threshold"])
 
     @property
+    def alert_level(self) -> float:
+        """The risk at which model-risk alerts are raised by default: the card's ``alert_policy.raise_at``
+        (chosen on validation data for an alert budget, ``vigil evaluate --policy-sweep``), else the
+        operating threshold."""
+        level = (self.card.get("alert_policy") or {}).get("raise_at")
+        return float(level) if level is not None else self.threshold
+
+    @property
     def feature_hash(self) -> str:
         return str(self.card["feature_schema"]["hash"])
 

@@ -149,6 +149,10 @@ class Scorer:
     def threshold(self) -> float:
         return self.ref.threshold
 
+    @property
+    def alert_level(self) -> float:
+        return self.ref.alert_level
+
     def predict(self, x: np.ndarray, seq: np.ndarray | None = None) -> np.ndarray:
         """Probabilities [B] for features ``x`` [B, F] (and, for a temporal model, ``seq`` [B, W, K])."""
         if x.ndim != 2 or x.shape[1] != self.n_features:

@@ -235,7 +235,7 @@ _ALERT_HEAD = [
 
 
 def _rule_text(r: dict[str, Any]) -> str:
-    at = "card threshold" if r["raise_at"] is None else f"{r['raise_at']:g}"
+    at = "the card alert level" if r["raise_at"] is None else f"{r['raise_at']:g}"
     clear = "0.8 x raise" if r["clear_below"] is None else f"{r['clear_below']:g}"
     return f">= {at} for {r['persistence']} row(s), clear < {clear}, refractory {r['refractory_h']:g} h"
 

@@ -246,7 +246,7 @@ def evaluate(ref: ModelRef, sel: Selection, sc: Scored, policy: AlertSettings) -
     stays = stay_table(sc.labels, sc.stay_start)
     pred = sc.probs.astype(np.float64) >= ref.threshold
     fired = simulate_policy(
-        policy, risk=sc.probs, threshold=ref.threshold, news2_total=sc.screens["news2_total"],
+        policy, risk=sc.probs, threshold=ref.alert_level, news2_total=sc.screens["news2_total"],
         stay_start=sc.stay_start, news2_max_part=sc.screens["news2_max_part"], model=ref.name,
     )  # fmt: skip
     per_type = {k: stay_alerts(v, stays) for k, v in fired.items()}
@@ -358,6 +358,8 @@ def run_evaluation(
     out: Path | None = None,
     limit: int | None = None,
     card: bool = False,
+    policy_sweep: bool = False,
+    budget: float = 0.2,
 ) -> tuple[Evaluation, Path, dict[str, Any]]:
     """Select, score, evaluate and write ``report.md``, ``metrics.json`` and the PNGs to ``out`` (default
     :func:`default_out`); with ``card``, also record the metrics in the model card. Returns the evaluation,
@@ -379,4 +381,30 @@ def run_evaluation(
     (folder / "metrics.json").write_text(json.dumps(jsonable(ev.metrics), indent=2, allow_nan=False) + "\n")
     if card:
         update_card(ref, sel.split, {k: v for k, v in ev.metrics.items() if k != "timing_s"})
-    return ev, folder, summary_line(ev, time.perf_counter() - t0)
+    summary = summary_line(ev, time.perf_counter() - t0)
+    if policy_sweep:
+        summary["policy_sweep"] = _policy_sweep(ref, scored, folder, sel.split, budget, policy)
+    return ev, folder, summary
+
+
+def _policy_sweep(
+    ref: ModelRef, scored: Scored, folder: Path, split: str, budget: float, policy: AlertSettings
+) -> dict[str, Any]:
+    """The model-risk rule grid on the evaluated rows (see :mod:`vigil.evaluation.sweep`): policy_sweep.md,
+    policy_sweep.json and tradeoff.png in ``folder``; returns the chosen rule and its numbers."""
+    from vigil.evaluation import sweep
+
+    pts = sweep.sweep_policies(scored.probs, scored.labels, scored.stay_start, ref.threshold,
+                               escalate_by=policy.model_risk.escalate_by)  # fmt: skip
+    chosen = sweep.choose(pts, budget)
+    news2 = sweep.news2_point(scored.screens["news2_total"], scored.labels, scored.stay_start)
+    title = f"{ref.name}:{ref.version}, set A {split} split: burden vs septic stays alerted before onset"
+    sweep.plot_tradeoff(pts, chosen, news2, budget, folder / "tradeoff.png", title)
+    (folder / "policy_sweep.md").write_text(sweep.markdown(pts, chosen, news2, budget))
+    result = {"split": split, "budget": budget, "chosen": None if chosen is None else {**chosen.rule(),
+              "burden": chosen.burden, "early": chosen.early, "lead_median_h": chosen.lead_median_h,
+              "ppv": chosen.ppv}, "news2_ge5": news2,
+              "points": [{**p.rule(), "burden": p.burden, "early": p.early, "lead_median_h": p.lead_median_h,
+                          "ppv": p.ppv, "in_12h": p.in_12h} for p in pts]}  # fmt: skip
+    (folder / "policy_sweep.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+    return {k: v for k, v in result.items() if k != "points"}

@@ -29,7 +29,7 @@ __all__ = ["SweepPoint", "sweep_policies", "choose", "plot_tradeoff", "GRID"]
 GRID: dict[str, tuple[Any, ...]] = {
     "raise_at": (None, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85),  # None = the card threshold
     "persistence": (1, 2, 3, 4),
-    "refractory_h": (0.0, 12.0, 24.0, 48.0),
+    "refractory_h": (0.0, 12.0, 24.0, 48.0, 72.0),
 }
 
 
@@ -48,20 +48,21 @@ class SweepPoint:
         return {"raise_at": self.raise_at, "persistence": self.persistence, "refractory_h": self.refractory_h}
 
 
-def _policy(raise_at: float | None, persistence: int, refractory_h: float) -> AlertSettings:
+def _policy(raise_at: float | None, persistence: int, refractory_h: float, escalate_by: float | None) -> AlertSettings:
     off = RuleSettings(enabled=False)
     return AlertSettings(
         model_risk=RuleSettings(raise_at=raise_at, persistence=persistence, refractory_h=refractory_h,
-                                escalate_by=None, severity="high"),  # fmt: skip
+                                escalate_by=escalate_by, severity="high"),  # fmt: skip
         news2_urgent=off, news2_emergency=off, news2_single=off,
     )
 
 
 def sweep_policies(
     probs: np.ndarray, labels: np.ndarray, stay_start: np.ndarray, threshold: float,
-    grid: dict[str, tuple[Any, ...]] | None = None,
+    grid: dict[str, tuple[Any, ...]] | None = None, escalate_by: float | None = None,
 ) -> list[SweepPoint]:  # fmt: skip
-    """Every model-risk rule of ``grid`` replayed through :func:`simulate_policy` on the same rows."""
+    """Every model-risk rule of ``grid`` replayed through :func:`simulate_policy` on the same rows
+    (escalations, with ``escalate_by``, count as alerts)."""
     g = grid or GRID
     stays = stay_table(labels, stay_start)
     zeros = np.zeros(probs.shape[0])
@@ -69,8 +70,9 @@ def sweep_policies(
     for raise_at, persistence, refractory in itertools.product(g["raise_at"], g["persistence"], g["refractory_h"]):
         if raise_at is not None and raise_at < threshold:
             continue
-        fired = simulate_policy(_policy(raise_at, persistence, refractory), risk=probs, threshold=threshold,
-                                news2_total=zeros, stay_start=stay_start)["model_risk"]  # fmt: skip
+        pol = _policy(raise_at, persistence, refractory, escalate_by)
+        fired = simulate_policy(pol, risk=probs, threshold=threshold, news2_total=zeros,
+                                stay_start=stay_start)["model_risk"]  # fmt: skip
         s = alert_summary(stays, stay_alerts(fired, stays))
         points.append(SweepPoint(raise_at, persistence, refractory, float(s["alerts_per_patient_day"] or 0.0),
                                  float(s["share_septic_alerted_early"] or 0.0), s["lead_time_h"]["median"],

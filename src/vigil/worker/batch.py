@@ -30,7 +30,7 @@ from vigil.state import HOUR, PatientState, Snapshot, event_uid, stack_snapshots
 __all__ = ["Processor", "Outputs", "InEvent", "iso"]
 
 # Order of kinds at the same event time: admit first, discharge last.
-_ORDER = {"admit": 0, "transfer": 2, "discharge": 3}
+_ORDER = {"admit": 0, "transfer": 2, "ack": 2, "discharge": 3}
 
 
 def iso(t: float) -> str:
@@ -336,7 +336,7 @@ class Processor:
                 out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
                 thr_used = thr
                 for d in self.policy.step(st.alerts, "model_risk", sc.name, risk, snap.row_time, snap.row,
-                                          threshold=thr, ward=snap.ward, unit=snap.unit):  # fmt: skip
+                                          threshold=sc.alert_level, ward=snap.ward, unit=snap.unit):  # fmt: skip
                     fired.append((i, sc, d, risk, thr_used))
             primary = self.scorers[0] if self.scorers else None
             for d in self._news2_decisions(st, snap, n2):
