@@ -59,11 +59,12 @@ def alert_message(
     """
     label = _LABELS.get(d.kind, d.kind)
     if d.event == "resolved":
-        return f"{label} resolved: {d.value:g} below the clear level"
+        return f"{label} resolved: {d.value:.3g} below the clear level"
     prefix = "Escalation: " if d.event == "escalated" else ""
     if d.kind == "model_risk":
         why = "; ".join(f["text"] for f in factors)
         tail = f". Top factors: {why}" if why else ""
-        return f"{prefix}{label} {risk:.3f} (threshold {threshold:.3f}); NEWS2 {news2['total']}{tail}"
+        level = f"alert level {d.raise_at:.3f}" if d.raise_at != threshold else f"threshold {threshold:.3f}"
+        return f"{prefix}{label} {risk:.3f} ({level}); NEWS2 {news2['total']}{tail}"
     parts = ", ".join(f"{k} {v}" for k, v in news2["parts"].items() if v)
     return f"{prefix}{label}: NEWS2 {news2['total']} ({parts})"

@@ -60,9 +60,11 @@ def _ts(s: str) -> float:
 
 
 def _print_alert(a: dict[str, Any]) -> None:
+    risk = "-" if a.get("score") is None else f"{a['score']:.2f}"
+    news2 = "-" if not a.get("news2") else f"{a['news2']['total']:>2}"
     print(
-        f"ALERT {a['severity']:<9} {a['type']:<16} ward={a.get('ward') or '-':<9} bed={a.get('bed') or '-':<4} "
-        f"row={a['row']:>3}h risk={a['score']:.2f} NEWS2={a['news2']['total']:>2}  {a['message']}",
+        f"ALERT {a.get('event', 'raised'):<9} {a['severity']:<9} {a['type']:<16} ward={a.get('ward') or '-':<9} "
+        f"bed={a.get('bed') or '-':<4} row={a['row']:>3}h risk={risk} NEWS2={news2}  {a['message']}",
         flush=True,
     )
 
@@ -125,6 +127,8 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
         "rows_expected": expected_rows,
         "alerts": len(alerts),
         "alerts_by_type": {k: sum(1 for a in alerts if a["type"] == k) for k in sorted({a["type"] for a in alerts})},
+        "alerts_by_event": {k: sum(1 for a in alerts if a.get("event") == k)
+                            for k in sorted({str(a.get("event")) for a in alerts})},  # fmt: skip
         "dead_letters": len(tails["dead-letter"].records),
         "dead_letter_reasons": sorted({orjson.loads(r.value)["reason"] for r in tails["dead-letter"].records}),
         "events_per_s": round(events / max(1e-9, t_done - t0), 1),
