@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         print("latency:", results["latency"], flush=True)
     results["ratio_pipeline_vs_naive_faust"] = round(results["pipeline_events_per_s"] / results["naive_faust_events_per_s"], 2)
     results["ratio_pipeline_vs_raw_ceiling"] = round(results["pipeline_events_per_s"] / results["raw_aiokafka_events_per_s"], 3)
+    from vigil.registry import Registry
+
+    results["models"] = [f"{k}:{v}" for k, v in Registry(load_settings(None).models_dir).serving().items()]
     results["machine"] = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "processor": _cpu_model(), "date": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
     print("BENCH " + orjson.dumps(results).decode(), flush=True)
@@ -200,6 +203,7 @@ machine described at the end. Ratios compare measurements of the same run; absol
 Input: {r['preload']['stays']} PhysioNet stays from `{data.name}` replayed into the embedded broker
 (Tansu, memory storage) as {r['preload']['events']:,} individual vital-sign / lab / ADT events
 (preload took {r['preload']['seconds']} s), then consumed by each contender from the start.
+Models served: {', '.join(r.get('models', [])) or 'the registry serving set'} (CPU).
 
 | contender | events/s | vs naive Faust |
 |---|---:|---:|
