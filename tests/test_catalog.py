@@ -139,6 +139,8 @@ def _samples() -> dict[str, list[Any]]:
              "p_exceed_capacity": 0.07, "intervals": {"0.9": [1, 5]}, "time": ISO},
         ],
         "model-updates": [{"name": "sepsis-mlp", "version": "2", "action": "promote"}],
+        "model-drift": [{"v": 1, "model": "sepsis-tcn", "version": "1", "quantity": "Lactate_locf", "psi": 0.31,
+                         "level": 0.25, "rows": 20000, "time": ISO}],
         "dead-letter": [
             dead_letter_record(inv, topic="t-vitals", partition=1, offset=5, raw=b"{oops", key=b"pt-1",
                                received_at=0),

@@ -130,6 +130,7 @@ def test_worker_end_to_end_scores_alerts_and_dead_letters(settings_factory, topi
                   if ln.startswith(("vigil_events_total{", "vigil_invalid_events_total{")))  # fmt: skip
     assert counted == len(events) + len(BAD)  # every record consumed is counted once, valid or not
     assert "vigil_model_info{" in metrics and 'provider="CPUExecutionProvider"' in metrics
+    assert 'vigil_drift_psi{model="sepsis-tcn",quantity="score"}' in metrics  # PSI against the card reference
     assert "pt-" not in "".join(line for line in metrics.splitlines() if not line.startswith("#"))
 
 

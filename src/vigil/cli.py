@@ -154,12 +154,25 @@ def demo(ctx: click.Context, data: Path | None, limit: int | None, workers: int)
 @click.option("--members", type=int, default=1, show_default=True,
               help="Train N copies (seeds seed..seed+N-1) and export their mean as one model.")
 @click.option("--max-stays", type=int, default=None, help="Use only the first N stays (smoke runs).")
-def train(data: Path, out: Path, family: str, name: str | None, version: str | None, seed: int, epochs: int,
-          batch_size: int, patience: int, filters: int, members: int, max_stays: int | None) -> None:  # fmt: skip
+@click.option("--on-drift", is_flag=True,
+              help="First wait for a drift event on model-drift (published by the workers), then train.")
+@click.option("--drift-model", default=None, help="With --on-drift: only events of this model name.")
+@click.option("--drift-timeout", type=float, default=None, help="With --on-drift: give up after S seconds.")
+@click.pass_context
+def train(ctx: click.Context, data: Path, out: Path, family: str, name: str | None, version: str | None, seed: int,
+          epochs: int, batch_size: int, patience: int, filters: int, members: int, max_stays: int | None,
+          on_drift: bool, drift_model: str | None, drift_timeout: float | None) -> None:  # fmt: skip
     """Train, export (ONNX, parity-checked) and register sepsis models (needs the [train] extra).
 
     Registered versions do not serve until promoted: `vigil models promote NAME:VERSION`.
     """
+    if on_drift:
+        from vigil.training.trigger import wait_for_drift_sync
+
+        event = wait_for_drift_sync(_settings(ctx), model=drift_model, timeout_s=drift_timeout)
+        if event is None:
+            raise click.ClickException(f"no drift event within {drift_timeout} s; nothing trained")
+        click.echo(json.dumps({"drift": event}))
     try:
         from vigil.training.models import FAMILIES, Hyper
         from vigil.training.trainer import prepare, train_family

@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 __all__ = [
     "KafkaSettings", "ScoringSettings", "StateSettings", "AlertSettings",
-    "RuleSettings", "RegistrySettings", "WebhookSettings",
+    "RuleSettings", "DriftSettings", "RegistrySettings", "WebhookSettings",
     "Settings", "load_settings",
 ]  # fmt: skip
 
@@ -164,6 +164,17 @@ class AlertSettings(BaseModel):
         return data
 
 
+class DriftSettings(BaseModel):
+    """Population stability of key features and the score against the model card's training reference
+    (:mod:`vigil.drift`)."""
+
+    enabled: bool = True
+    window_rows: int = Field(20_000, ge=100)  # scored rows in the sliding window
+    level: float = Field(0.25, gt=0)  # PSI at which a drift event is published (> 0.25: a real shift)
+    min_rows: int = Field(2_000, ge=1)  # no verdict on fewer rows
+    cooldown_rows: int = Field(20_000, ge=1)  # at most one event per quantity per this many scored rows
+
+
 class RegistrySettings(BaseModel):
     """The promotion gate of ``vigil models promote`` (see :mod:`vigil.gate`): a candidate may be worse than
     the serving version by at most these margins, on the validation split of ``gate_data``."""
@@ -201,6 +212,7 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     pseudonym_key: SecretStr = SecretStr("vigil-dev-key-change-me")  # HMAC key for patient pseudonyms

@@ -58,6 +58,11 @@ class WorkerMetrics:
             f"{p}_shadow_model_info", "Candidate models scoring in shadow mode (1 = active)",
             ["name", "version", "provider"], registry=r,
         )  # fmt: skip
+        self.psi = Gauge(
+            f"{p}_drift_psi", "Population stability index against the model card's training reference "
+            "(sliding window of scored rows; quantity = a feature or 'score')", ["model", "quantity"], registry=r,
+        )  # fmt: skip
+        self.drift_events = Counter(f"{p}_drift_events_total", "Drift events published to model-drift", registry=r)
         self.consumer_lag = Gauge(
             f"{p}_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r
         )

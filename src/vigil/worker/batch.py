@@ -19,8 +19,9 @@ import orjson
 
 from vigil.alerts import alert_id, alert_message, score_id
 from vigil.config import Settings
+from vigil.drift import DriftMonitor
 from vigil.explain import explain
-from vigil.features import featurize, sequence
+from vigil.features import FEATURE_NAMES, featurize, sequence
 from vigil.news2 import news2_from_last, news2_parts_dict
 from vigil.policy import AlertPolicy, Decision
 from vigil.records import AckEvent, AdtEvent, Observation
@@ -52,6 +53,7 @@ class InEvent:
 class Outputs:
     scores: list[tuple[str, bytes]] = field(default_factory=list)  # (key, value)
     shadow_scores: list[tuple[str, bytes]] = field(default_factory=list)  # candidates in shadow mode
+    drift: list[tuple[str, bytes]] = field(default_factory=list)  # drift events (key: model name)
     alerts: list[tuple[str, bytes]] = field(default_factory=list)
     changelog: list[tuple[int, str, bytes | None]] = field(default_factory=list)  # (partition, key, value)
     score_trigger_ts: list[float] = field(default_factory=list)
@@ -73,6 +75,7 @@ class Processor:
         # never alerted on.
         self.shadows: list[Scorer] = shadows if shadows is not None else []
         self.policy = AlertPolicy(settings.alerts)
+        self.drift: dict[tuple[str, str], DriftMonitor | None] = {}  # (model, version) -> monitor
         self._acks: list[tuple[PatientState, Decision]] = []  # acknowledgements applied in this batch
         self.states: dict[int, dict[str, PatientState]] = {}
         self.watermark: dict[int, float] = {}  # max event time seen per partition
@@ -308,6 +311,12 @@ class Processor:
             risks.append(sc.predict(x, seq))
             out.inference_s[sc.name] = time.perf_counter() - t1
         shadow_risks = [sc.predict(x, seq) for sc in self.shadows]
+        if self.settings.drift.enabled:
+            for sc, risk_arr in zip(self.scorers, risks, strict=True):
+                mon = self.monitor(sc)
+                if mon is not None:
+                    out.drift += [(sc.name, orjson.dumps({**e, "time": iso(snaps[-1].row_time)}))
+                                  for e in mon.update(x, risk_arr)]  # fmt: skip
         states = {st.patient: st for st in by_state.values()}
         now = time.time()
         now_iso = iso(now)
@@ -359,6 +368,18 @@ class Processor:
                 out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
         if fired:
             self._alerts(fired, snaps, inp, risks, n2s, states, now_iso, out)
+
+    def monitor(self, sc: Scorer) -> DriftMonitor | None:
+        """The drift monitor of a serving model (None when its card has no training reference)."""
+        key = (sc.name, sc.version)
+        if key not in self.drift:
+            ref = sc.ref.card.get("reference")
+            d = self.settings.drift
+            self.drift[key] = DriftMonitor(
+                sc.name, sc.version, ref, list(FEATURE_NAMES), window_rows=d.window_rows, level=d.level,
+                min_rows=d.min_rows, cooldown_rows=d.cooldown_rows,
+            ) if ref else None  # fmt: skip
+        return self.drift[key]
 
     def _news2_decisions(self, st: PatientState, snap: Snapshot, n2: dict[str, Any]) -> list[Decision]:
         """The NEWS2 rules, once per row (not once per model)."""
@@ -435,6 +456,7 @@ class Processor:
 def _merge(out: Outputs, extra: Outputs) -> None:
     out.scores += extra.scores
     out.shadow_scores += extra.shadow_scores
+    out.drift += extra.drift
     out.alerts += extra.alerts
     out.score_trigger_ts += extra.score_trigger_ts
     out.alert_trigger_ts += extra.alert_trigger_ts

@@ -300,6 +300,14 @@ class Engine:
                 m.scores.labels(sc.name, sc.version).inc(len(out.scores) // max(1, len(self.scorers)))
         for labels in out.alert_labels:
             m.alerts.labels(*labels).inc()
+        if out.scores:
+            for sc in self.scorers:
+                mon = self.processor.drift.get((sc.name, sc.version))
+                if mon is not None and mon.rows:
+                    for quantity, value in mon.psi().items():
+                        m.psi.labels(sc.name, quantity).set(value)
+        for _ in out.drift:
+            m.drift_events.inc()
         m.patients.set(self.processor.patients())
 
     async def _emit(self, out: Outputs, dead: list[tuple[bytes | None, bytes]]) -> None:
@@ -312,6 +320,8 @@ class Engine:
         for key, value in out.scores:
             futs.append(await p.send(scores_t, value, key=key.encode()))
         n_scores = len(futs)
+        for key, value in out.drift:
+            futs.append(await p.send(s.topic("model-drift"), value, key=key.encode()))
         if out.shadow_scores:
             shadow_t = s.topic("scores-shadow")
             for key, value in out.shadow_scores:
