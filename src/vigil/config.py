@@ -203,6 +203,23 @@ class WebhookSettings(BaseModel):
     session_timeout_ms: int = Field(default=10_000, ge=1000, description="consumer group session timeout")
 
 
+class IngestSettings(BaseModel):
+    """``vigil ingest hl7`` (MLLP) and ``vigil ingest fhir`` (HTTP): listeners at the edge (docs/ingest.md)."""
+
+    host: str = Field(default="127.0.0.1", description="address the listeners bind to")
+    hl7_port: int = Field(default=2575, ge=0, le=65535, description="MLLP port (0 = a free one)")
+    fhir_port: int = Field(default=8080, ge=0, le=65535, description="FHIR HTTP port (0 = a free one)")
+    max_message_bytes: int = Field(default=1_048_576, ge=1024, description="largest HL7 message / FHIR body")
+    read_timeout_s: float = Field(default=300.0, gt=0.0, description="idle connection closed after this long")
+    publish_timeout_s: float = Field(default=30.0, gt=0.0, description="bound on the broker's acks for a message")
+    max_obx: int = Field(default=1000, ge=1, le=1023, description="OBX segments accepted per message")
+    sending_application: str = Field(default="VIGIL", description="MSH-3 of our ACKs")
+    sending_facility: str = Field(default="VIGIL", description="MSH-4 of our ACKs")
+    site_timezone: str | None = Field(
+        default=None, description="IANA zone for timestamps without a UTC offset; None = reject them"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIGIL_", env_nested_delimiter="__", extra="ignore", env_file=None
@@ -215,6 +232,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = Field(default_factory=DriftSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     pseudonym_key: SecretStr = SecretStr("vigil-dev-key-change-me")  # HMAC key for patient pseudonyms
     topic_prefix: str = ""  # prepended to every catalogue topic (tests use a unique prefix each)
     group_id: str = "vigil-worker"
@@ -222,6 +240,9 @@ class Settings(BaseSettings):
     streams_dir: Path = REPO_ROOT / "streams"
     metrics_port: int = 0  # 0 = no metrics HTTP endpoint; the worker's Faust web server serves /metrics
     web_port: int = 6066
+    # The worker's web server (/metrics, /healthz, /readyz) binds here: loopback by default; containers set
+    # VIGIL_WEB_HOST=0.0.0.0 so Prometheus and the health check can reach it.
+    web_host: str = "127.0.0.1"
     max_batch: int = 5000
     fetch_timeout_ms: int = 100
     log_level: str = "INFO"

@@ -78,7 +78,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
         broker_credentials=_faust_credentials(settings),
         store="memory://",
         datadir=tempfile.mkdtemp(prefix="vigil-faust-"),
-        web_host="127.0.0.1",
+        web_host=settings.web_host,
         web_port=web_port,
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
@@ -112,7 +112,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
         ok = engine._consumer is not None and bool(engine._consumer.assignment())  # noqa: SLF001
         return web.json({"ready": ok}, status=200 if ok else 503)
 
-    log.info("worker web server on http://127.0.0.1:%d (/metrics, /healthz, /readyz)", web_port)
+    log.info("worker web server on http://%s:%d (/metrics, /healthz, /readyz)", settings.web_host, web_port)
     return app, engine
 
 
