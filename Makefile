@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-train train demo test lint bench ci clean topics-doc
+.PHONY: help install install-train install-prometheus train demo test lint bench ci clean topics-doc
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -28,13 +28,23 @@ $(TRAIN_STAMP): $(STAMP)
 
 install-train: $(TRAIN_STAMP) ## Add the trainer extra (TensorFlow, tf2onnx) to .venv
 
+# Debian's prometheus package ships /usr/bin/prometheus and /usr/bin/promtool (tests/test_prometheus.py).
+# Skipped when promtool is on PATH. Without systemd (containers) nothing is started; where systemd runs, the
+# packaged service listens on :9090 — the tests use their own Prometheus on a free port either way.
+install-prometheus: ## Install Debian's prometheus package (prometheus, promtool) unless promtool is on PATH
+	@command -v promtool >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
+	@promtool --version 2>&1 | head -1
+
 train: install-train ## Train every model family on full set A into models/ (see README: Training)
 	$(BIN)/vigil train --family all
 
 demo: install ## Run the whole system end to end on the embedded broker (ends by itself)
 	$(BIN)/vigil demo
 
-test: install-train ## Lint, then the test suite (unit + integration on the embedded broker, real TensorFlow)
+test: install-train install-prometheus ## Lint, then the test suite (unit + integration on the embedded broker, real TensorFlow, real Prometheus)
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest src tests -q -p no:cacheprovider
 

@@ -22,8 +22,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 __all__ = [
     "KafkaSettings", "ScoringSettings", "StateSettings", "AlertSettings",
-    "RuleSettings", "DriftSettings", "RegistrySettings", "WebhookSettings",
-    "Settings", "load_settings",
+    "RuleSettings", "DriftSettings", "RegistrySettings", "WebhookSettings", "DemandSettings", "DemandResource",
+    "IngestSettings", "Settings", "load_settings",
 ]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -175,6 +175,75 @@ class DriftSettings(BaseModel):
     cooldown_rows: int = Field(20_000, ge=1)  # at most one event per quantity per this many scored rows
 
 
+class DemandResource(BaseModel):
+    """One scarce resource whose demand ``vigil demand`` forecasts (see :mod:`vigil.demand`).
+
+    ``need`` is what needing it within h hours means (a label the calibration was fitted on):
+    ``sepsis_onset`` (from the model score) or ``news2_emergency`` (NEWS2 >= 7 ahead, from the current NEWS2).
+    ``rule_news2_at``: a current NEWS2 total at or above this gives probability ``rule_p`` (for
+    ``news2_emergency``, ``rule_p`` None = the rule group's frequency on validation data). ``capacity``:
+    ``free_beds`` (the ward's free beds, from ``demand.beds`` and the census), a fixed number per ward, or
+    None (unknown: no P(exceed), no capacity alert).
+    """
+
+    name: str = Field(min_length=1, max_length=128)
+    need: Literal["sepsis_onset", "news2_emergency"]
+    rule_news2_at: int | None = Field(default=None, ge=0, le=20)
+    rule_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    capacity: Literal["free_beds"] | dict[str, int] | None = "free_beds"
+
+    @model_validator(mode="after")
+    def _rule_needs_p(self) -> DemandResource:
+        if self.need == "sepsis_onset" and self.rule_news2_at is not None and self.rule_p is None:
+            msg = f"demand resource {self.name!r}: a NEWS2 rule on a sepsis_onset need needs rule_p"
+            raise ValueError(msg)
+        return self
+
+
+def _default_resources() -> list[DemandResource]:
+    return [
+        DemandResource(name="sepsis_bundle", need="sepsis_onset", capacity="free_beds"),
+        DemandResource(name="critical_care_review", need="news2_emergency", rule_news2_at=7, capacity=None),
+    ]
+
+
+class DemandSettings(BaseModel):
+    """``vigil demand run``: ward census from ``adt``, latest scores from ``scores``, and every ``interval_min``
+    minutes of event time one forecast per ward x resource x horizon on ``resource-demand`` (see
+    :mod:`vigil.demand`). A capacity alert is raised when P(demand > capacity) >= ``capacity_alert_level`` and
+    resolved when it falls below ``capacity_alert_level x capacity_clear_ratio``."""
+
+    interval_min: float = Field(default=15.0, gt=0.0, description="forecast cadence, minutes of event time")
+    horizons_h: list[int] = Field(default_factory=lambda: [6, 12, 24], min_length=1)
+    levels: list[float] = Field(default_factory=lambda: [0.5, 0.9, 0.95], min_length=1)
+    exact_max: int = Field(default=200, ge=0, description="exact Poisson-binomial up to this many patients")
+    beds: dict[str, int] = Field(default_factory=dict, description="beds per ward; other wards: capacity unknown")
+    capacity_alert_level: float = Field(default=0.25, gt=0.0, le=1.0)
+    capacity_clear_ratio: float = Field(default=0.8, gt=0.0, le=1.0)
+    resources: list[DemandResource] = Field(default_factory=_default_resources, min_length=1)
+    model: str | None = Field(default=None, description="NAME[:VERSION] whose scores are used; None = first serving")
+    calibration_file: Path | None = Field(default=None, description="None = <model folder>/demand_calibration.json")
+    ttl_h: float = Field(default=48.0, gt=0.0, description="a present patient silent this long is dropped")
+    closed_keep_h: float = Field(default=24.0, ge=0.0, description="discharged patients remembered this long")
+
+    @model_validator(mode="after")
+    def _check(self) -> DemandSettings:
+        if any(h <= 0 for h in self.horizons_h):
+            msg = f"demand.horizons_h must be positive hours, got {self.horizons_h}"
+            raise ValueError(msg)
+        if any(not 0.0 < x < 1.0 for x in self.levels):
+            msg = f"demand.levels must be in (0, 1), got {self.levels}"
+            raise ValueError(msg)
+        names = [r.name for r in self.resources]
+        if len(set(names)) != len(names):
+            msg = f"demand.resources names must be unique, got {names}"
+            raise ValueError(msg)
+        if any(n < 0 for n in self.beds.values()):
+            msg = "demand.beds must be >= 0 per ward"
+            raise ValueError(msg)
+        return self
+
+
 class RegistrySettings(BaseModel):
     """The promotion gate of ``vigil models promote`` (see :mod:`vigil.gate`): a candidate may be worse than
     the serving version by at most these margins, on the validation split of ``gate_data``."""
@@ -232,6 +301,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = Field(default_factory=DriftSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    demand: DemandSettings = Field(default_factory=DemandSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     pseudonym_key: SecretStr = SecretStr("vigil-dev-key-change-me")  # HMAC key for patient pseudonyms
     topic_prefix: str = ""  # prepended to every catalogue topic (tests use a unique prefix each)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["WorkerMetrics", "LATENCY_BUCKETS"]
+__all__ = ["WorkerMetrics", "DemandMetrics", "LATENCY_BUCKETS"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
@@ -74,3 +74,48 @@ class WorkerMetrics:
             f"{p}_commit_failures", "Batches whose offset commit failed (re-delivered)", registry=r
         )
         self.up = Gauge(f"{p}_worker_up", "1 while the worker's consume loop runs", registry=r)
+        self.high_risk = Gauge(
+            f"{p}_high_risk_patients", "Patients in care with a model-risk alert raised and not cleared, by ward",
+            ["ward"], registry=r,
+        )  # fmt: skip
+        self.risk = Histogram(
+            f"{p}_risk_ratio", "Risk scores (0-1) of scored rows, by model", ["model"], registry=r,
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+        )  # fmt: skip
+        self.ward_events = Counter(
+            f"{p}_ward_events", "Valid events applied, by the patient's ward ('unknown' before an admit): "
+            "a ward whose feed goes silent is a clinical risk", ["ward"], registry=r,
+        )  # fmt: skip
+
+
+class DemandMetrics:
+    """Metrics of ``vigil demand run`` (own registry): the latest forecast per ward, resource and horizon as
+    gauges, the census per ward, and the job's input counters. Labels: ward, resource, horizon_h, level,
+    topic, outcome — never patients."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "vigil") -> None:
+        self.registry = registry or CollectorRegistry()
+        r, p = self.registry, f"{prefix}_demand"
+        fc = ["ward", "resource", "horizon_h"]
+        self.expected = Gauge(f"{p}_expected", "Expected count needing the resource within the horizon", fc,
+                              registry=r)  # fmt: skip
+        self.interval_lower = Gauge(f"{p}_interval_lower", "Lower end of the central prediction interval",
+                                    [*fc, "level"], registry=r)  # fmt: skip
+        self.interval_upper = Gauge(f"{p}_interval_upper", "Upper end of the central prediction interval",
+                                    [*fc, "level"], registry=r)  # fmt: skip
+        self.p_exceed = Gauge(f"{p}_p_exceed_capacity", "P(demand > capacity); absent when the capacity is unknown",
+                              fc, registry=r)  # fmt: skip
+        self.alert_active = Gauge(f"{p}_capacity_alert_active", "1 while a capacity alert is raised", fc, registry=r)
+        self.alerts = Counter(f"{p}_capacity_alerts", "Capacity alerts raised", fc, registry=r)
+        self.patients = Gauge(f"{p}_ward_patients", "Patients present per ward (ADT census)", ["ward"], registry=r)
+        self.free_beds = Gauge(f"{p}_ward_free_beds", "Free beds per ward (configured beds minus census)", ["ward"],
+                               registry=r)  # fmt: skip
+        self.events = Counter(f"{p}_input_events", "Input records by topic and outcome", ["topic", "outcome"],
+                              registry=r)  # fmt: skip
+        self.forecasts = Counter(f"{p}_forecasts", "Forecast records emitted", registry=r)
+        self.forecast_time = Gauge(f"{p}_forecast_event_time_seconds", "Event time of the latest forecast round",
+                                   registry=r)  # fmt: skip
+        self.compute_seconds = Histogram(f"{p}_compute_seconds", "Wall time of one forecast round",
+                                         buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.evictions = Counter(f"{p}_evictions", "Census and score entries evicted", ["reason"], registry=r)
+        self.up = Gauge(f"{p}_up", "1 while the demand job's consume loop runs", registry=r)

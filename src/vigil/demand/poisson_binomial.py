@@ -19,7 +19,7 @@ Intervals are central quantile intervals of the discrete distribution: ``[q((1-L
 
 >>> d = distribution([0.5, 0.5])
 >>> d.pmf().tolist(), d.mean, d.interval(0.5), d.p_exceed(1)
-([0.25, 0.5, 0.25], 1.0, (1, 1), 0.25)
+([0.25, 0.5, 0.25], 1.0, (0, 1), 0.25)
 >>> distribution([0.1] * 500, exact_max=200).method
 'normal'
 """
@@ -88,7 +88,7 @@ def berry_esseen_bound(p: Sequence[float] | np.ndarray) -> float:
     if var <= 0.0:
         return math.inf
     third = float(np.sum(probs * q * (probs**2 + q**2)))  # E|X_i - p_i|^3
-    return BERRY_ESSEEN_C * third / var**1.5
+    return float(BERRY_ESSEEN_C * third / var**1.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,7 @@ class CountDistribution:
         if not 0.0 <= a <= 1.0:
             msg = f"quantile level must be in [0, 1], got {a}"
             raise ValueError(msg)
-        return int(min(np.searchsorted(self.cdf, a - _TOL, side="left"), self.n))
+        return min(int(np.searchsorted(self.cdf, a - _TOL, side="left")), self.n)
 
     def interval(self, level: float) -> tuple[int, int]:
         """Central interval ``[q((1-L)/2), q((1+L)/2)]``; it holds at least probability ``level``."""

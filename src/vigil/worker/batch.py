@@ -54,6 +54,7 @@ class Outputs:
     scores: list[tuple[str, bytes]] = field(default_factory=list)  # (key, value)
     shadow_scores: list[tuple[str, bytes]] = field(default_factory=list)  # candidates in shadow mode
     drift: list[tuple[str, bytes]] = field(default_factory=list)  # drift events (key: model name)
+    risks: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> risks scored in the batch
     alerts: list[tuple[str, bytes]] = field(default_factory=list)
     changelog: list[tuple[int, str, bytes | None]] = field(default_factory=list)  # (partition, key, value)
     score_trigger_ts: list[float] = field(default_factory=list)
@@ -121,6 +122,8 @@ class Processor:
             if st is None:
                 st = part[patient] = PatientState(patient)
             st = self._apply(st, lst, snaps, counts)
+            wards = counts.setdefault("ward_events", {})
+            wards[st.ward or "unknown"] = wards.get(st.ward or "unknown", 0) + len(lst)
             wm = self.watermark.get(p, -math.inf)
             if st.last_event_time > wm:
                 self.watermark[p] = st.last_event_time
@@ -311,6 +314,8 @@ class Processor:
             risks.append(sc.predict(x, seq))
             out.inference_s[sc.name] = time.perf_counter() - t1
         shadow_risks = [sc.predict(x, seq) for sc in self.shadows]
+        for sc, risk_arr in zip(self.scorers, risks, strict=True):
+            out.risks[sc.name] = risk_arr
         if self.settings.drift.enabled:
             for sc, risk_arr in zip(self.scorers, risks, strict=True):
                 mon = self.monitor(sc)
@@ -368,6 +373,20 @@ class Processor:
                 out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
         if fired:
             self._alerts(fired, snaps, inp, risks, n2s, states, now_iso, out)
+
+    def high_risk_by_ward(self) -> dict[str, int]:
+        """Patients in care with a model-risk alert raised and not yet cleared, per ward (counts only)."""
+        out: dict[str, int] = {}
+        for part in self.states.values():
+            for st in part.values():
+                ward = st.ward or "unknown"
+                if st.discharged:  # a closed record: its ward still gets a series (0 if nobody else)
+                    out.setdefault(ward, 0)
+                    continue
+                high = any(k.startswith("model_risk:") and isinstance(v, dict) and v.get("active")
+                           for k, v in st.alerts.items())  # fmt: skip
+                out[ward] = out.get(ward, 0) + int(high)  # every ward in care appears, 0 included
+        return out
 
     def monitor(self, sc: Scorer) -> DriftMonitor | None:
         """The drift monitor of a serving model (None when its card has no training reference)."""

@@ -91,6 +91,7 @@ class Engine:
         self.scorers = scorers if scorers is not None else load_scorers(settings)
         self.shadows: list[Scorer] = load_shadows(settings)
         self.processor = Processor(settings, self.scorers, self.shadows)
+        self._high_risk_wards: set[str] = set()
         self._topic_names = {settings.topic(t): t for t in INPUT_TOPICS}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -289,6 +290,12 @@ class Engine:
             m.duplicates.labels(topic).inc(c)
         for topic, c in out.counts.get("late", {}).items():
             m.late.labels(topic).inc(c)
+        for ward, c in out.counts.get("ward_events", {}).items():
+            m.ward_events.labels(ward).inc(c)
+        for model, risks in out.risks.items():
+            hist = m.risk.labels(model)
+            for r in risks.tolist():
+                hist.observe(r)
         for reason, c in out.counts.get("evicted", {}).items():
             if c:
                 m.evictions.labels(reason).inc(c)
@@ -364,6 +371,12 @@ class Engine:
                 max(0, hw - pos)
             )
         self.metrics.patients.set(self.processor.patients())
+        high = self.processor.high_risk_by_ward()
+        for ward in self._high_risk_wards - set(high):
+            self.metrics.high_risk.labels(ward).set(0)
+        for ward, n in high.items():
+            self.metrics.high_risk.labels(ward).set(n)
+        self._high_risk_wards = set(high) | self._high_risk_wards
 
     # -- rebalance: state moves with partitions ---------------------------------------------------
     async def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:

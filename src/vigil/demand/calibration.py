@@ -1,0 +1,296 @@
+"""Per-patient probabilities of needing a resource within h hours, fitted on validation data.
+
+Two maps per horizon, stored together as one JSON file (``demand_calibration.json``, written by
+``vigil demand calibrate`` and read by the job and the backtest):
+
+* ``sepsis_onset``: the serving model's risk score -> P(onset in (t, t+h] | not septic at t). Isotonic
+  regression (pool-adjacent-violators, numpy): the rows, sorted by score, are grouped into bins of at least
+  ``min_bin_rows`` rows (equal scores never split), PAV pools adjacent bins until the bin frequencies are
+  non-decreasing; the map is the block's frequency over each block's score range (so it reproduces the
+  fitted frequencies exactly), linear in the gaps between blocks, flat beyond the end points.
+* ``news2_emergency``: the current NEWS2 total -> P(NEWS2 >= 7 at some row in (t, t+h]), the frequency per
+  total (rows and positives are stored, so a rule group ``total >= k`` can be pooled for any ``k``). Not
+  forced monotone: on PhysioNet a total of 0 often means unmeasured, and it is riskier than a total of 1.
+
+A patient present but not yet scored gets the horizon's base rate (the frequency over all risk-set rows).
+
+>>> cal = Calibration.synthetic()
+>>> cal.probabilities("sepsis_onset", 12, risk=np.array([0.0, 0.5, 1.0]), news2=np.array([0, 3, 9])).tolist()
+[0.0, 0.25, 0.5]
+>>> cal.probabilities("news2_emergency", 12, risk=np.array([0.1, np.nan]), news2=np.array([9, -1]),
+...                   rule_at=7, rule_p=0.9).tolist()
+[0.9, 0.1]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vigil.demand.labels import NEEDS
+from vigil.errors import ConfigError
+
+__all__ = [
+    "CALIBRATION_FILE", "Calibration", "IsotonicMap", "News2Table", "isotonic_fit", "pav", "reliability",
+    "NEWS2_MAX",
+]  # fmt: skip
+
+CALIBRATION_FILE = "demand_calibration.json"  # in the model version's folder
+FORMAT = "vigil-demand-calibration"
+NEWS2_MAX = 20
+
+
+def pav(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pool adjacent violators: the non-decreasing sequence closest to ``values`` in weighted least squares.
+
+    >>> pav(np.array([0.1, 0.3, 0.2, 0.4]), np.array([1.0, 1.0, 1.0, 2.0])).tolist()
+    [0.1, 0.25, 0.25, 0.4]
+    """
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    means: list[float] = []
+    wsum: list[float] = []
+    size: list[int] = []
+    for vi, wi in zip(v.tolist(), w.tolist(), strict=True):
+        means.append(vi)
+        wsum.append(wi)
+        size.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            m2, w2, s2 = means.pop(), wsum.pop(), size.pop()
+            total = wsum[-1] + w2
+            means[-1] = (means[-1] * wsum[-1] + m2 * w2) / total if total > 0 else means[-1]
+            wsum[-1] = total
+            size[-1] += s2
+    return np.repeat(np.asarray(means), np.asarray(size, dtype=np.int64))
+
+
+def isotonic_fit(x: np.ndarray, y: np.ndarray, min_bin_rows: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Knots ``(xs, ys)`` of the monotone map (see the module docstring); ``ys`` is non-decreasing.
+
+    >>> xs, ys = isotonic_fit(np.repeat([0.1, 0.2, 0.3], 4), np.array([0, 1, 0, 1, 0, 1, 0, 0, 1, 1, 0, 1]), 4)
+    >>> xs.tolist(), ys.tolist()  # frequencies 0.5, 0.25, 0.75: the first two are pooled
+    ([0.1, 0.2, 0.3], [0.375, 0.375, 0.75])
+    """
+    xv = np.asarray(x, dtype=np.float64)
+    yv = np.asarray(y, dtype=np.float64)
+    if xv.shape != yv.shape or xv.ndim != 1 or not xv.size:
+        msg = "isotonic_fit needs two non-empty 1-d arrays of the same length"
+        raise ValueError(msg)
+    order = np.argsort(xv, kind="stable")
+    xs, ys = xv[order], yv[order]
+    uniq, start, counts = np.unique(xs, return_index=True, return_counts=True)
+    group_y = np.add.reduceat(ys, start)
+    bin_of_group = start // max(int(min_bin_rows), 1)  # equal scores stay in one bin
+    _, bstart = np.unique(bin_of_group, return_index=True)
+    w = np.add.reduceat(counts.astype(np.float64), bstart)
+    sy = np.add.reduceat(group_y, bstart)
+    lo, hi = np.minimum.reduceat(uniq, bstart), np.maximum.reduceat(uniq, bstart)
+    fitted = pav(sy / w, w)
+    # each pooled block contributes its lowest and highest score at the block's frequency
+    block = np.concatenate([[0], np.cumsum(np.diff(fitted) != 0)])
+    _, first = np.unique(block, return_index=True)
+    last = np.append(first[1:], block.size) - 1
+    ky = np.bincount(block, weights=sy) / np.bincount(block, weights=w)
+    kx = np.column_stack([lo[first], hi[last]]).reshape(-1)
+    ky = np.repeat(ky, 2)
+    keep = np.append(True, np.diff(kx) > 0)  # a block of one score value gives one knot
+    return kx[keep], np.maximum.accumulate(ky[keep])
+
+
+@dataclass(frozen=True)
+class IsotonicMap:
+    """Score -> probability for one horizon (knots of :func:`isotonic_fit`), and the base rate."""
+
+    x: np.ndarray
+    y: np.ndarray
+    base_rate: float
+
+    def __call__(self, risk: np.ndarray) -> np.ndarray:
+        return np.asarray(np.interp(np.asarray(risk, dtype=np.float64), self.x, self.y), dtype=np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"x": [float(v) for v in self.x], "y": [float(v) for v in self.y], "base_rate": self.base_rate}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> IsotonicMap:
+        x, y = np.asarray(d["x"], dtype=np.float64), np.asarray(d["y"], dtype=np.float64)
+        if x.ndim != 1 or x.shape != y.shape or not x.size or np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
+            msg = "sepsis_onset knots must be two non-empty, equally long, non-decreasing lists"
+            raise ValueError(msg)
+        return cls(x, y, float(d["base_rate"]))
+
+
+@dataclass(frozen=True)
+class News2Table:
+    """Rows and positives per NEWS2 total 0..20 for one horizon."""
+
+    rows: np.ndarray
+    positives: np.ndarray
+    base_rate: float
+
+    def rates(self, rule_at: int | None = None, rule_p: float | None = None) -> np.ndarray:
+        """The probability per total 0..20: the frequency (the base rate where a total was never seen);
+        totals >= ``rule_at`` get ``rule_p``, or the pooled frequency of that group when ``rule_p`` is None."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(self.rows > 0, self.positives / np.maximum(self.rows, 1), self.base_rate)
+        if rule_at is not None:
+            k = min(max(int(rule_at), 0), NEWS2_MAX)
+            rows, pos = self.rows[k:].sum(), self.positives[k:].sum()
+            out[k:] = rule_p if rule_p is not None else (pos / rows if rows > 0 else self.base_rate)
+        return np.asarray(out, dtype=np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows_by_total": [int(v) for v in self.rows], "positives_by_total": [int(v) for v in self.positives],
+                "base_rate": self.base_rate}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> News2Table:
+        rows = np.asarray(d["rows_by_total"], dtype=np.float64)
+        pos = np.asarray(d["positives_by_total"], dtype=np.float64)
+        if rows.shape != (NEWS2_MAX + 1,) or pos.shape != rows.shape or np.any(pos > rows) or np.any(pos < 0):
+            msg = f"news2_emergency tables need {NEWS2_MAX + 1} row and positive counts (positives <= rows)"
+            raise ValueError(msg)
+        return cls(rows, pos, float(d["base_rate"]))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The fitted maps of one model version, by horizon (hours)."""
+
+    model: str
+    version: str
+    sepsis: dict[int, IsotonicMap]
+    news2: dict[int, News2Table]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.sepsis) & set(self.news2)))
+
+    def check(self, horizons: Sequence[float]) -> None:
+        """Raise :class:`ConfigError` unless every configured horizon was fitted."""
+        missing = [h for h in horizons if float(h) not in {float(x) for x in self.horizons}]
+        if missing:
+            msg = (f"demand horizons {missing} h are not in the calibration of {self.model}:{self.version} "
+                   f"(fitted: {list(self.horizons)} h); refit with `vigil demand calibrate --horizon ...`")  # fmt: skip
+            raise ConfigError(msg)
+
+    def base_rate(self, need: str, horizon_h: float) -> float:
+        h = int(horizon_h)
+        return self.sepsis[h].base_rate if need == "sepsis_onset" else self.news2[h].base_rate
+
+    def probabilities(
+        self, need: str, horizon_h: float, *, risk: np.ndarray, news2: np.ndarray,
+        rule_at: int | None = None, rule_p: float | None = None,
+    ) -> np.ndarray:  # fmt: skip
+        """Per patient: P(needs it within ``horizon_h``). ``risk`` NaN = not scored yet (the base rate);
+        ``news2`` < 0 = unknown. With ``rule_at``, a NEWS2 total >= ``rule_at`` gives ``rule_p`` (for
+        ``news2_emergency`` a missing ``rule_p`` is the rule group's fitted frequency)."""
+        if need not in NEEDS:
+            msg = f"unknown need {need!r}; one of {', '.join(NEEDS)}"
+            raise ConfigError(msg)
+        h = int(horizon_h)
+        r = np.asarray(risk, dtype=np.float64)
+        n2 = np.asarray(news2, dtype=np.int64)
+        scored = np.isfinite(r)
+        if need == "sepsis_onset":
+            m = self.sepsis[h]
+            out = np.where(scored, m(np.where(scored, r, 0.0)), m.base_rate)
+            if rule_at is not None and rule_p is not None:
+                out = np.where(scored & (n2 >= rule_at), rule_p, out)
+            return np.asarray(out, dtype=np.float64)
+        t = self.news2[h]
+        rates = t.rates(rule_at, rule_p)
+        known = scored & (n2 >= 0)
+        return np.where(known, rates[np.clip(n2, 0, NEWS2_MAX)], t.base_rate).astype(np.float64)
+
+    # ------------------------------------------------------------------------------------------ files
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": 1, "format": FORMAT, "model": {"name": self.model, "version": self.version}, **self.meta,
+            "horizons_h": list(self.horizons),
+            "sepsis_onset": {str(h): m.to_json() for h, m in sorted(self.sepsis.items())},
+            "news2_emergency": {str(h): t.to_json() for h, t in sorted(self.news2.items())},
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], source: str = "calibration") -> Calibration:
+        try:
+            if d.get("format") != FORMAT or d.get("v") != 1:
+                msg = f"not a {FORMAT} v1 document"
+                raise ValueError(msg)
+            sepsis = {int(h): IsotonicMap.from_json(m) for h, m in d["sepsis_onset"].items()}
+            news2 = {int(h): News2Table.from_json(t) for h, t in d["news2_emergency"].items()}
+            meta = {k: v for k, v in d.items() if k not in ("v", "format", "model", "horizons_h", "sepsis_onset",
+                                                            "news2_emergency")}  # fmt: skip
+            return cls(str(d["model"]["name"]), str(d["model"]["version"]), sepsis, news2, meta)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            msg = f"{source}: bad demand calibration: {type(exc).__name__}: {exc}"
+            raise ConfigError(msg) from exc
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Calibration:
+        path = Path(path)
+        if not path.is_file():
+            msg = (f"no demand calibration at {path}: fit one with `vigil demand calibrate --out {path}` "
+                   "(or point demand.calibration_file / --calibration at one)")  # fmt: skip
+            raise ConfigError(msg)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            msg = f"cannot read the demand calibration {path}: {exc}"
+            raise ConfigError(msg) from exc
+        return cls.from_json(doc, str(path))
+
+    @classmethod
+    def synthetic(cls, horizons: Sequence[int] = (6, 12, 24), model: str = "m", version: str = "1") -> Calibration:
+        """A hand-made calibration for tests and examples: risk r -> r/2 for every horizon; NEWS2 tables with
+        frequency total/10 (capped at 1) and base rate 0.1."""
+        rows = np.full(NEWS2_MAX + 1, 100.0)
+        pos = np.minimum(np.arange(NEWS2_MAX + 1) * 10.0, 100.0)
+        return cls(model, version, {h: IsotonicMap(np.array([0.0, 1.0]), np.array([0.0, 0.5]), 0.05) for h in horizons},
+                   {h: News2Table(rows, pos, 0.1) for h in horizons}, {"fitted_on": {"data": "synthetic"}})  # fmt: skip
+
+
+def reliability(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+    """Equal-count bins of the predicted probability: mean predicted vs observed frequency per bin, and the
+    expected calibration error (row-weighted mean |predicted - observed|).
+
+    >>> r = reliability(np.array([0.1, 0.1, 0.9, 0.9]), np.array([0, 0, 1, 1]), n_bins=2)
+    >>> [(b["mean_predicted"], b["observed"]) for b in r["bins"]], round(r["ece"], 3)
+    ([(0.1, 0.0), (0.9, 1.0)], 0.1)
+    """
+    pv = np.asarray(p, dtype=np.float64)
+    yv = np.asarray(y, dtype=np.float64)
+    if not pv.size:
+        return {"bins": [], "ece": None, "rows": 0, "mean_predicted": None, "observed": None}
+    order = np.argsort(pv, kind="stable")
+    bins = []
+    ece = 0.0
+    for chunk in np.array_split(order, min(n_bins, pv.size)):
+        mp, ob = float(pv[chunk].mean()), float(yv[chunk].mean())
+        bins.append({"n": int(chunk.size), "mean_predicted": mp, "observed": ob})
+        ece += chunk.size * abs(mp - ob)
+    return {"bins": bins, "ece": ece / pv.size, "rows": int(pv.size), "mean_predicted": float(pv.mean()),
+            "observed": float(yv.mean())}  # fmt: skip
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None

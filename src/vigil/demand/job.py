@@ -1,0 +1,307 @@
+"""``vigil demand run``: the streaming demand job (a separate consumer, not part of the worker).
+
+It reads ``adt`` (the census) and ``scores`` (each patient's latest risk and NEWS2) and, every
+``demand.interval_min`` minutes of *event time*, writes one forecast per ward x resource x horizon to
+``resource-demand`` (key: the ward), sets the Prometheus gauges of :class:`vigil.metrics.DemandMetrics`, and
+writes a capacity alert (``kind: capacity_alert`` on ``resource-demand``) when P(demand > capacity) reaches
+``demand.capacity_alert_level``.
+
+Event time: a score counts at the end of its hourly row. Events wait in a small buffer until the watermark
+passes them: the newest event time seen, or, while some input partitions still have unread records, the
+lowest of those partitions' newest event times (so a partition read ahead of the others cannot close a
+boundary early). Events are applied in event-time order; when one passes the next boundary ``B`` (a multiple of
+the interval) the forecast for ``B`` is computed first, so it reflects every event at or before ``B``. A quiet
+period emits nothing; the next event emits the latest boundary it passed.
+
+State is in memory and rebuilt on start: the job reads ``adt`` and ``scores`` from the beginning of their
+retention without a consumer group. During that catch-up (up to the end offsets found at start) it computes
+the rounds but emits only the latest one, at the end, then live ones (``--emit-history``: emit
+every boundary of the history too; records carry a deterministic ``forecast_id``, so consumers can
+de-duplicate a re-emission). Malformed inputs are counted and skipped; the worker dead-letters bad ADT
+events already, so the job does not dead-letter them a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections.abc import Collection, Hashable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from vigil.config import Settings
+from vigil.demand.aggregate import CapacityAlerts, forecast, forecast_record, level_key
+from vigil.demand.calibration import CALIBRATION_FILE, Calibration
+from vigil.demand.state import DemandState, ScoreEvent, decode_score
+from vigil.errors import ConfigError
+from vigil.metrics import DemandMetrics
+from vigil.records import AdtEvent, Invalid, decode
+
+__all__ = ["DemandJob", "load_job_calibration", "iso"]
+
+log = logging.getLogger(__name__)
+
+Output = tuple[bytes, dict[str, Any]]
+Record = tuple[str, bytes | None, bytes | None] | tuple[str, bytes | None, bytes | None, Hashable]
+
+
+def iso(t: float) -> str:
+    """POSIX seconds as ISO 8601 UTC with ``Z``.
+
+    >>> iso(0.0)
+    '1970-01-01T00:00:00Z'
+    """
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def load_job_calibration(settings: Settings, model: str | None = None, path: Path | None = None) -> Calibration:
+    """The calibration of the model whose scores the job uses (``model``, else ``demand.model``, else the first
+    serving model): ``path``, else ``demand.calibration_file``, else the model folder's
+    ``demand_calibration.json``. :class:`ConfigError` when it is missing or for another model version."""
+    from vigil.registry import Registry
+
+    reg = Registry(settings.models_dir)
+    spec = model or settings.demand.model or next(iter(reg.serving()), "")
+    ref = reg.get(spec)
+    file = path or settings.demand.calibration_file or ref.path / CALIBRATION_FILE
+    cal = Calibration.load(Path(file))
+    if (cal.model, cal.version) != (ref.name, ref.version):
+        msg = (f"{file} calibrates {cal.model}:{cal.version}, but the job scores with {ref.name}:{ref.version}: "
+               f"refit with `vigil demand calibrate --model {ref.name}:{ref.version}`")  # fmt: skip
+        raise ConfigError(msg)
+    return cal
+
+
+class DemandJob:
+    """The job's logic (:meth:`process`, :meth:`forecasts_at`) and its Kafka loop (:meth:`run`)."""
+
+    def __init__(
+        self, settings: Settings, calibration: Calibration, *, metrics: DemandMetrics | None = None,
+        emit_history: bool = False,
+    ) -> None:  # fmt: skip
+        cfg = settings.demand
+        calibration.check(cfg.horizons_h)
+        self.settings, self.cfg, self.calibration = settings, cfg, calibration
+        self.model = (calibration.model, calibration.version)
+        self.state = DemandState(self.model, beds=cfg.beds, ttl_s=cfg.ttl_h * 3600.0,
+                                 closed_keep_s=cfg.closed_keep_h * 3600.0)  # fmt: skip
+        self.alerts = CapacityAlerts(cfg.capacity_alert_level, cfg.capacity_clear_ratio)
+        self.metrics = metrics or DemandMetrics()
+        self.interval_s = cfg.interval_min * 60.0
+        self.next_due: float | None = None
+        self.pending: list[Output] = []  # the latest round computed while catching up (not yet emitted)
+        self.silent = not emit_history
+        self.emitted = 0
+        self._gauges: set[tuple[str, str, str]] = set()
+        self._buffer: list[tuple[float, int, str, AdtEvent | ScoreEvent]] = []  # heap by event time
+        self._order = itertools.count()
+        self._latest: dict[Hashable, float] = {}  # newest event time per input partition
+        self._max_seen = -math.inf
+
+    # ------------------------------------------------------------------------------------------ logic
+    def process(self, records: Iterable[Record], behind: Collection[Hashable] = ()) -> list[Output]:
+        """Take ``(stream, key, value[, partition])`` records (stream ``adt`` or ``scores``), then apply the
+        buffered events the watermark has passed, in event-time order; returns the forecast and alert records of
+        the boundaries passed. ``behind``: partitions that still have unread records (they hold the watermark)."""
+        for rec in records:
+            stream, key, raw = rec[0], rec[1], rec[2]
+            part = rec[3] if len(rec) > 3 else None
+            ev = decode(raw, "adt", key) if stream == "adt" else decode_score(raw)
+            if isinstance(ev, AdtEvent | ScoreEvent):
+                t = ev.time if isinstance(ev, AdtEvent) else ev.event_time
+                heapq.heappush(self._buffer, (t, next(self._order), stream, ev))
+                self._latest[part] = max(self._latest.get(part, -math.inf), t)
+                self._max_seen = max(self._max_seen, t)
+            else:
+                reason = ev.reason if isinstance(ev, Invalid) else str(ev)
+                log.debug("skipped a %s record: %s", stream, reason)
+                self.metrics.events.labels(stream, "invalid").inc()
+        watermark = min((self._latest.get(p, -math.inf) for p in behind), default=self._max_seen)
+        out: list[Output] = []
+        while self._buffer and self._buffer[0][0] <= watermark:
+            t, _, stream, ev = heapq.heappop(self._buffer)
+            out += self._advance(t)
+            outcome = self.state.on_adt(ev) if isinstance(ev, AdtEvent) else self.state.on_score(ev)
+            self.metrics.events.labels(stream, outcome).inc()
+        if math.isfinite(watermark):
+            out += self._advance(watermark)
+        return out
+
+    def _advance(self, t: float) -> list[Output]:
+        step = self.interval_s
+        if self.next_due is None:
+            self.next_due = math.ceil(t / step) * step
+            return []
+        if t <= self.next_due:
+            return []
+        boundary = (math.ceil(t / step) - 1) * step  # the latest boundary before t
+        self.next_due = boundary + step
+        if self.silent:  # computed (state, gauges, alert states stay current) but held back
+            self.pending = self.forecasts_at(boundary)
+            return []
+        return self.forecasts_at(boundary)
+
+    def finish_catch_up(self) -> list[Output]:
+        """End the silent catch-up: the round of the latest boundary passed (if any). Capacity alerts raised in
+        earlier rounds of the history are not announced again (the gauge shows them)."""
+        self.silent = False
+        out, self.pending = self.pending, []
+        return out
+
+    def forecasts_at(self, t: float) -> list[Output]:
+        """One forecast round at event time ``t``: records for every ward x resource x horizon, gauges, alerts."""
+        started = time.perf_counter()
+        m = self.metrics
+        for reason, n in self.state.evict(t).items():
+            m.evictions.labels(reason).inc(n)
+        time_iso, emitted_at = iso(t), iso(time.time())
+        out: list[Output] = []
+        seen: set[tuple[str, str, str]] = set()
+        for snap in self.state.snapshots():
+            key = snap.ward.encode()
+            m.patients.labels(snap.ward).set(snap.occupied)
+            if snap.free_beds is not None:
+                m.free_beds.labels(snap.ward).set(snap.free_beds)
+            for res in self.cfg.resources:
+                for h in self.cfg.horizons_h:
+                    f = forecast(snap, res, h, self.calibration, levels=self.cfg.levels, exact_max=self.cfg.exact_max)
+                    rec = forecast_record(f, snap, time_iso=time_iso, model=self.model, emitted_at=emitted_at)
+                    out.append((key, rec))
+                    labels = (snap.ward, res.name, str(h))
+                    seen.add(labels)
+                    self._set_gauges(labels, rec)
+                    event = self.alerts.update((snap.ward, res.name, h), f.p_exceed)
+                    if event is not None:
+                        out.append((key, self.alerts.record(event, f, rec)))
+                        if event == "raised":
+                            m.alerts.labels(*labels).inc()
+                        log.info("capacity alert %s: %s %s %dh P(exceed)=%s", event, snap.ward, res.name, h,
+                                 rec["p_exceed_capacity"])  # fmt: skip
+                    m.alert_active.labels(*labels).set(1 if (snap.ward, res.name, h) in self.alerts.active else 0)
+        for labels in self._gauges - seen:  # a ward that emptied and has no beds configured
+            self._drop_gauges(labels)
+            self.alerts.active.discard((labels[0], labels[1], int(labels[2])))
+        for ward in {lb[0] for lb in self._gauges} - {lb[0] for lb in seen}:
+            _remove(m.patients, (ward,))
+            _remove(m.free_beds, (ward,))
+        self._gauges = seen
+        m.forecasts.inc(sum(1 for _, r in out if r["kind"] == "forecast"))
+        m.forecast_time.set(t)
+        m.compute_seconds.observe(time.perf_counter() - started)
+        return out
+
+    def _set_gauges(self, labels: tuple[str, str, str], rec: dict[str, Any]) -> None:
+        m = self.metrics
+        m.expected.labels(*labels).set(rec["expected"])
+        for lv in self.cfg.levels:
+            lo, hi = rec["intervals"][level_key(lv)]
+            m.interval_lower.labels(*labels, level_key(lv)).set(lo)
+            m.interval_upper.labels(*labels, level_key(lv)).set(hi)
+        if rec["p_exceed_capacity"] is None:
+            _remove(m.p_exceed, labels)
+        else:
+            m.p_exceed.labels(*labels).set(rec["p_exceed_capacity"])
+
+    def _drop_gauges(self, labels: tuple[str, str, str]) -> None:
+        m = self.metrics
+        for g in (m.expected, m.p_exceed, m.alert_active):
+            _remove(g, labels)
+        for lv in self.cfg.levels:
+            _remove(m.interval_lower, (*labels, level_key(lv)))
+            _remove(m.interval_upper, (*labels, level_key(lv)))
+
+    # ------------------------------------------------------------------------------------------ Kafka
+    async def run(self, stop: asyncio.Event | None = None) -> int:
+        """Consume until ``stop`` is set; returns the number of records written to ``resource-demand``."""
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        stop = stop or asyncio.Event()
+        if not self.settings.kafka.bootstrap_servers:
+            msg = "no Kafka bootstrap servers configured (--bootstrap or KAFKA_BOOTSTRAP_SERVERS)"
+            raise ConfigError(msg)
+        kw = self.settings.kafka.client_kwargs()
+        streams = {self.settings.topic("adt"): "adt", self.settings.topic("scores"): "scores"}
+        out_topic = self.settings.topic("resource-demand")
+        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kw)
+        producer = AIOKafkaProducer(acks="all", linger_ms=5, **kw)
+        await consumer.start()
+        try:
+            await producer.start()
+            tps = await _assign(consumer, list(streams))
+            end_at_start = await consumer.end_offsets(tps)
+            todo = {tp: off for tp, off in end_at_start.items() if off > 0}
+            if not todo:
+                self.silent = False
+            log.info("demand job: %s -> %s, catching up on %d records' partitions", ", ".join(streams), out_topic,
+                     len(todo))  # fmt: skip
+            self.metrics.up.set(1)
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=self.settings.fetch_timeout_ms,
+                                               max_records=self.settings.max_batch)  # fmt: skip
+                recs: list[Record] = []
+                for tp, rs in batch.items():
+                    recs += [(streams[tp.topic], r.key, r.value, tp) for r in rs]
+                    if rs and tp in todo and rs[-1].offset + 1 >= todo[tp]:
+                        del todo[tp]
+                out = self.process(recs, await _behind(consumer, tps, end_at_start))
+                if self.silent and not todo:
+                    out += self.finish_catch_up()
+                if out:
+                    await self._send(producer, out_topic, out)
+            return self.emitted
+        finally:
+            self.metrics.up.set(0)
+            await consumer.stop()
+            await producer.stop()
+
+    async def _send(self, producer: Any, topic: str, out: list[Output]) -> None:
+        futs = [await producer.send(topic, orjson.dumps(value), key=key) for key, value in out]
+        await asyncio.gather(*futs)
+        self.emitted += len(futs)
+
+
+async def _assign(consumer: Any, topics: list[str], timeout_s: float = 10.0) -> list[Any]:
+    """Assign every partition of ``topics`` from the beginning; :class:`ConfigError` for a missing topic."""
+    from aiokafka import TopicPartition
+
+    tps = []
+    for topic in topics:
+        deadline = time.monotonic() + timeout_s
+        parts = consumer.partitions_for_topic(topic)
+        while not parts:
+            if time.monotonic() > deadline:
+                msg = f"topic {topic} does not exist: create the topics first (`vigil topics create`)"
+                raise ConfigError(msg)
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await asyncio.sleep(0.1)
+            parts = consumer.partitions_for_topic(topic)
+        tps += [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return tps
+
+
+async def _behind(consumer: Any, tps: list[Any], end_at_start: dict[Any, int]) -> set[Any]:
+    """Partitions with records not read yet (their high watermark, else the end offset found at start)."""
+    out = set()
+    for tp in tps:
+        high = consumer.highwater(tp)
+        if high is None:
+            high = end_at_start.get(tp, 0)
+        if await consumer.position(tp) < high:
+            out.add(tp)
+    return out
+
+
+def _remove(gauge: Any, labels: tuple[str, ...]) -> None:
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass

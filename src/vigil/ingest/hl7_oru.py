@@ -1,0 +1,216 @@
+"""HL7 v2.x ORU^R01 (IHE PCD-01 monitors, LIS results) -> validated vitals/labs events, parsed with python-hl7.
+
+One OBX = one measurement. An OBX is
+
+* **published** when its code maps (``codes.csv``: OBX-3.1, or the MDC reference id in OBX-3.2, in the coding
+  system of OBX-3.3), its value (OBX-5, type NM or SN ``=``) is a number, its unit (OBX-6.1, else OBX-6.2) is
+  known for that variable, the value is plausible and its time has an offset (or a site zone is configured);
+* **ignored** (not an error, counted) when it is something vigil does not use: an unmapped code (perfusion
+  index, vendor-private ``99MNDRY`` codes, ...), a non-numeric type (CNE, ST, NA waveforms), OBX-8 ``DEMO``
+  (monitor demo mode: simulated values), or OBX-11 ``X``/``D``/``W`` (not obtained, deleted, wrong);
+* **invalid** (dead-lettered, the message gets ``AE`` with one ERR per OBX) otherwise.
+
+A message is **rejected** (``AR``, dead-lettered whole, nothing published) when it cannot be parsed, is not
+ORU^R01, has no MSH-10 control id, no PID-3 patient identifier, or more than ``max_obx`` OBX segments.
+
+Event time: OBX-14, else OBR-7, else MSH-7. Patient: PID-3.1 (+ PV1-19.1 visit) -> HMAC pseudonym. Event id:
+source ``hl7/<MSH-3.1>``, seq from (MSH-4, MSH-3, MSH-10) and the OBX position (:func:`stable_seq`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import tzinfo
+
+import hl7
+
+from vigil import records
+from vigil.codes import SYSTEM_ALIASES, normaliser
+from vigil.errors import InvalidEvent
+from vigil.ingest.events import Event, aware, observation, patient_key, stable_seq
+
+__all__ = ["ObxError", "ParsedOru", "parse_oru", "redact", "decode_text", "SUPPORTED"]
+
+SUPPORTED = ("ORU", "R01")
+_KEEP_SEGMENTS = ("MSH", "SFT", "OBR", "OBX")  # what a dead letter keeps: no PID/PV1/NK1/NTE (identifiers)
+_IGNORED_STATUS = frozenset("XDW")
+_NUMERIC = ("NM", "SN")
+_SOURCE_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+@dataclass(frozen=True, slots=True)
+class ObxError:
+    """One OBX that was dead-lettered: its position (1-based among OBX), the field at fault and why."""
+
+    position: int
+    field: str  # e.g. "OBX-5"
+    invalid: records.Invalid
+    segment: str  # the OBX segment text (no patient identifiers)
+
+
+@dataclass(slots=True)
+class ParsedOru:
+    """The outcome of one message: the ACK code, what to publish and what to dead-letter."""
+
+    control_id: str = ""
+    message: hl7.Message | None = None
+    patient: str | None = None  # pseudonym
+    events: list[Event] = field(default_factory=list)
+    errors: list[ObxError] = field(default_factory=list)
+    reject: records.Invalid | None = None  # the whole message (AR)
+    reject_code: str = "207"  # HL7 table 0357 error code of the rejection
+    ignored: dict[str, int] = field(default_factory=dict)  # reason -> OBX count
+
+    @property
+    def ack_code(self) -> str:
+        """``AR`` rejected, ``AE`` some OBX dead-lettered, ``AA`` all usable OBX published."""
+        return "AR" if self.reject is not None else "AE" if self.errors else "AA"
+
+
+def decode_text(raw: bytes) -> str:
+    """Message bytes as text (UTF-8, else Latin-1) with ``\\r`` segment separators (``\\n`` / ``\\r\\n``
+    accepted, as many gateways send them)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return text.replace("\r\n", "\r").replace("\n", "\r").strip("\r \t\x00")
+
+
+def redact(raw: bytes) -> bytes:
+    """The message with every segment but MSH/SFT/OBR/OBX removed (PID, PV1, NK1, NTE, ... can carry
+    identifiers): what a dead letter may keep. Works on unparseable input too.
+
+    >>> redact(b"MSH|^~\\\\&|A\\rPID|||MRN-1||DOE^JOHN\\rOBX|1|NM|x||1")
+    b'MSH|^~\\\\&|A\\rOBX|1|NM|x||1'
+    """
+    segments = decode_text(raw).split("\r")
+    return "\r".join(s for s in segments if s[:3] in _KEEP_SEGMENTS).encode("utf-8")
+
+
+def _f(msg: hl7.Message, seg: str, n: int, fld: int, comp: int = 1, rep: int = 1) -> str:
+    """One component as a string ('' when absent)."""
+    try:
+        return str(msg.extract_field(seg, n, fld, rep, comp)).strip()
+    except (KeyError, IndexError, ValueError, TypeError):
+        return ""
+
+
+def _sf(segment: hl7.Segment, fld: int, comp: int = 1) -> str:
+    """One component of one segment (first repetition) as a string ('' when absent)."""
+    try:
+        return str(segment.extract_field(1, fld, 1, comp)).strip()
+    except (KeyError, IndexError, ValueError, TypeError):
+        return ""
+
+
+def _count(msg: hl7.Message, seg: str) -> int:
+    try:
+        return len(msg.segments(seg))
+    except KeyError:
+        return 0
+
+
+def _reject(out: ParsedOru, reason: str, error_type: str, detail: str, fld: str | None, code: str) -> ParsedOru:
+    out.reject, out.reject_code = records.Invalid(reason, error_type, detail, fld), code
+    return out
+
+
+def parse_oru(raw: bytes, *, secret: str, zone: tzinfo | None = None, max_obx: int = 1000) -> ParsedOru:
+    """Parse and validate one ORU^R01 message (never raises); see the module docstring for the rules."""
+    out = ParsedOru()
+    text = decode_text(raw)
+    if not text.startswith("MSH") or len(text) < 8:
+        return _reject(out, "bad_type", "HL7ParseError", "not an HL7 v2 message: it does not start with MSH",
+                       None, "100")  # fmt: skip
+    try:
+        msg = hl7.parse(text)
+        msg.segment("MSH")
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a rejection, never a crash
+        return _reject(out, "bad_type", "HL7ParseError", f"HL7 parse error: {str(exc)[:120]}", None, "102")
+    out.message = msg
+    out.control_id = _f(msg, "MSH", 1, 10)[:199]
+    mtype, event = _f(msg, "MSH", 1, 9, 1), _f(msg, "MSH", 1, 9, 2)
+    if (mtype, event) != SUPPORTED:
+        return _reject(out, "bad_type", "UnsupportedMessage",
+                       f"unsupported message type {mtype}^{event} (MSH-9): only ORU^R01 is accepted", "MSH-9", "200")
+    if not out.control_id:
+        return _reject(out, "missing_field", "InvalidEvent", "MSH-10 (message control id) is empty", "MSH-10", "101")
+    n_pid, n_obx = _count(msg, "PID"), _count(msg, "OBX")
+    if n_pid == 0 or not _f(msg, "PID", 1, 3):
+        return _reject(out, "missing_field", "InvalidEvent",
+                       "no patient identifier: PID-3 is missing or empty (bed-based lookup is not supported)",
+                       "PID-3", "101")  # fmt: skip
+    if n_obx > max_obx:
+        return _reject(out, "bad_type", "InvalidEvent", f"{n_obx} OBX segments: at most {max_obx} per message",
+                       "OBX", "104")  # fmt: skip
+    visit = _f(msg, "PV1", 1, 19) or None
+    out.patient = patient_key(_f(msg, "PID", 1, 3), visit, secret)
+    app, facility = _f(msg, "MSH", 1, 3), _f(msg, "MSH", 1, 4)
+    source = "hl7/" + (_SOURCE_SAFE.sub("_", app)[:100] or "unknown")
+    fallback = _f(msg, "OBR", 1, 7) or _f(msg, "MSH", 1, 7)
+    obx_segments = msg.segments("OBX") if n_obx else []
+    for pos, segment in enumerate(obx_segments, start=1):
+        _obx(out, segment, pos, source=source, seq=stable_seq(facility, app, out.control_id, position=pos),
+             fallback=fallback, zone=zone)  # fmt: skip
+    return out
+
+
+def _ignore(out: ParsedOru, why: str) -> None:
+    out.ignored[why] = out.ignored.get(why, 0) + 1
+
+
+def _obx(out: ParsedOru, obx: hl7.Segment, pos: int, *, source: str, seq: int, fallback: str,
+         zone: tzinfo | None) -> None:  # fmt: skip
+    """Classify one OBX: publish, ignore or dead-letter."""
+    g = lambda fld, comp=1: _sf(obx, fld, comp)  # noqa: E731
+    vtype, code, name, system = g(2), g(3, 1), g(3, 2), g(3, 3)
+    if "DEMO" in g(8).upper():
+        return _ignore(out, "demo_mode")
+    if g(11).upper() in _IGNORED_STATUS:
+        return _ignore(out, "result_status")
+    canonical_system = SYSTEM_ALIASES.get(system)
+    codes = normaliser().codes
+    if canonical_system is None or not ((system, code) in codes or (system, name) in codes):
+        return _ignore(out, "unmapped_code")
+    if (system, code) not in codes:
+        code = name  # the MDC reference id (MDC_PULS_OXIM_SAT_O2)
+    if vtype not in _NUMERIC:
+        return _ignore(out, "non_numeric")
+    segment = str(obx)
+
+    def bad(fld: str, reason: str, detail: str) -> None:
+        inv = records.Invalid(reason, "InvalidEvent", f"OBX {pos} ({code}): {detail}", fld)
+        out.errors.append(ObxError(pos, fld, inv, segment))
+
+    if vtype == "SN":
+        comparator, number = g(5, 1), g(5, 2)
+        if comparator not in ("", "="):
+            return bad("OBX-5", "bad_type", f"censored value {comparator}{number} is not a measurement")
+    else:
+        number = g(5, 1)
+    try:
+        value = float(number)
+    except ValueError:
+        if not number:
+            return bad("OBX-5", "missing_field", "OBX-5 (value) is empty")
+        return bad("OBX-5", "bad_type", f"OBX-5 value {number[:40]!r} is not a number")
+    stamp = g(14) or fallback
+    if not stamp:
+        return bad("OBX-14", "missing_field", "no observation time (OBX-14, OBR-7 and MSH-7 are empty)")
+    try:
+        when = aware(hl7.parse_datetime(stamp), zone, "OBX-14")
+    except InvalidEvent as exc:
+        return bad("OBX-14", exc.reason, str(exc))
+    except (ValueError, TypeError, OverflowError):
+        return bad("OBX-14", "bad_timestamp", f"time {stamp[:40]!r} is not an HL7 DTM")
+    unit1, unit2 = g(6, 1), g(6, 2)
+    ev = observation(out.patient or "", source, seq, when, system, code, unit1 or unit2, value)
+    if isinstance(ev, records.Invalid) and ev.reason == "unknown_unit" and unit1 and unit2 and unit2 != unit1:
+        ev = observation(out.patient or "", source, seq, when, system, code, unit2, value)
+    if isinstance(ev, records.Invalid):
+        fld = {"unit": "OBX-6", "value": "OBX-5", "time": "OBX-14", "code": "OBX-3"}.get(ev.field or "", "OBX")
+        return bad(fld, ev.reason, ev.detail)
+    out.events.append(ev)
+    return None

@@ -1,0 +1,93 @@
+"""One shared producer for an ingest listener: a message's events are acknowledged (acks=all) together.
+
+:meth:`Publisher.send` returns only when the broker acknowledged every record it was given, or raises — the
+listeners answer ``AA`` / 201 only after it returned. Dead-letter records are produced in the same call, so a
+rejection is durable before the sender hears about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from vigil import records
+from vigil.config import Settings
+
+__all__ = ["Publisher", "dead_letter", "IngestStats", "stop_on_signals"]
+
+Record = tuple[str, bytes | None, bytes]  # (broker topic, key, value)
+
+
+class IngestStats:
+    """Counters of one listener (by ACK code / HTTP status, events, dead letters, ignored OBX by reason).
+    Never labelled by patient."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counts[name] += n
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+
+def dead_letter(settings: Settings, inv: records.Invalid, *, raw: bytes | None, key: bytes | None,
+                source: str) -> Record:  # fmt: skip
+    """A dead-letter record for an input rejected at the edge: ``source_topic`` names the ingest path
+    (``hl7-mllp`` | ``fhir-http``), partition and offset are 0 (it never was on a topic). ``raw`` must already
+    be free of patient identifiers (:func:`vigil.ingest.hl7_oru.redact`)."""
+    value = records.dead_letter_record(inv, topic=source, partition=0, offset=0, raw=raw, key=key,
+                                       received_at=time.time())  # fmt: skip
+    return settings.topic("dead-letter"), key, value
+
+
+class Publisher:
+    """A started ``AIOKafkaProducer(acks="all")`` shared by every connection of a listener."""
+
+    def __init__(self, settings: Settings, *, timeout_s: float | None = None) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s if timeout_s is not None else settings.ingest.publish_timeout_s
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> Publisher:
+        kw: dict[str, Any] = self.settings.kafka.client_kwargs()
+        self._producer = AIOKafkaProducer(acks="all", linger_ms=2, request_timeout_ms=int(self.timeout_s * 1000),
+                                          **kw)  # fmt: skip
+        await self._producer.start()
+        return self
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send(self, recs: Iterable[Record]) -> int:
+        """Produce ``recs`` and wait until the broker acknowledged all of them (bounded by ``timeout_s``)."""
+        if self._producer is None:
+            msg = "Publisher.send before start()"
+            raise RuntimeError(msg)
+        futs = [await self._producer.send(topic, value, key=key) for topic, key, value in recs]
+        if futs:
+            await asyncio.wait_for(asyncio.gather(*futs), self.timeout_s)
+        return len(futs)
+
+    def topic(self, stream: str) -> str:
+        return self.settings.topic(stream)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT / SIGTERM (so the listeners stop gracefully: in-flight messages finish)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / not the main thread
+            loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,203 @@
+"""``vigil ingest hl7``: an asyncio MLLP listener for ORU^R01, answering each message with an HL7 ACK.
+
+Per connection: reads are de-framed incrementally (:class:`vigil.ingest.mllp.Framer`: partial frames across
+reads, several frames per read, garbage between frames, a size limit); messages of one connection are handled
+in order, connections concurrently. For each message the events and dead letters are produced and the ACK is
+written only after the broker acknowledged all of them (acks=all):
+
+* ``AA`` — every usable OBX published (unused ones ignored, see :mod:`vigil.ingest.hl7_oru`);
+* ``AE`` — the valid OBX published, the invalid ones dead-lettered; one ERR per invalid OBX;
+* ``AR`` — nothing published, the (redacted) message dead-lettered: unparseable, not ORU^R01, no control id,
+  no PID-3, too many OBX, larger than ``ingest.max_message_bytes`` — or the broker did not acknowledge in
+  time (ERR 207: resend later; nothing was dead-lettered then).
+
+An idle connection is closed after ``ingest.read_timeout_s``; a sender that disconnects mid-message loses only
+that unacknowledged message (it was never ACKed, so it resends). Logs carry control ids and counts, never
+patient identifiers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+
+from vigil import records
+from vigil.config import Settings
+from vigil.ingest.ack import build_ack, reason_code
+from vigil.ingest.events import site_zone
+from vigil.ingest.hl7_oru import ParsedOru, decode_text, parse_oru, redact
+from vigil.ingest.mllp import Frame, Framer, Garbage, Oversize, frame
+from vigil.ingest.publish import IngestStats, Publisher, dead_letter, stop_on_signals
+
+__all__ = ["Hl7Listener", "serve_hl7", "SOURCE"]
+
+log = logging.getLogger(__name__)
+SOURCE = "hl7-mllp"  # source_topic of this path's dead letters
+_READ = 65536
+_CONTROL_ID = re.compile(r"^MSH(.)(?:[^\r]*?\1){8}([^\r]*?)(?:\1|\r|$)")
+
+
+class Hl7Listener:
+    """The MLLP server. ``await Hl7Listener(settings).start()``, then ``.port``; ``await .stop()``."""
+
+    def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.ingest
+        self.zone = site_zone(self.cfg.site_timezone)
+        self.publisher = publisher or Publisher(settings)
+        self._own_publisher = publisher is None
+        self.stats = IngestStats()
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, port: int | None = None) -> Hl7Listener:
+        if self._own_publisher:
+            await self.publisher.start()
+        self._server = await asyncio.start_server(
+            self._handle, self.cfg.host, self.cfg.hl7_port if port is None else port, limit=_READ
+        )
+        log.info("MLLP listener on %s:%d", self.cfg.host, self.port)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._conns):
+                task.cancel()
+            await asyncio.gather(*self._conns, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+        if self._own_publisher:
+            await self.publisher.stop()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+        self.stats.add("connections")
+        framer = Framer(self.cfg.max_message_bytes)
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(_READ), self.cfg.read_timeout_s)
+                except TimeoutError:
+                    self.stats.add("idle_timeouts")
+                    break
+                if not data:
+                    if framer.in_frame:
+                        self.stats.add("disconnects_mid_message")
+                        log.info("sender disconnected mid-message (%d bytes discarded)", framer.pending)
+                    break
+                for item in framer.feed(data):
+                    reply = await self.process(item)
+                    if reply is not None:
+                        writer.write(frame(reply))
+                        await writer.drain()
+        except (ConnectionError, OSError):
+            self.stats.add("connection_errors")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                self._conns.discard(task)
+
+    async def process(self, item: Frame | Garbage | Oversize) -> bytes | None:
+        """The ACK for one de-framed item (``None`` for garbage: there is no message to answer)."""
+        if isinstance(item, Frame):
+            return await self.handle_message(item.data)
+        if isinstance(item, Garbage):
+            self.stats.add("garbage_chunks")
+            inv = records.Invalid("bad_type", "MLLPFramingError", f"{len(item.data)} bytes outside an MLLP frame")
+            await self._dead_letter_only(inv, redact(item.data) or None)
+            return None
+        control_id = _control_id(item.head)
+        detail = f"message of at least {item.size} bytes exceeds ingest.max_message_bytes={self.cfg.max_message_bytes}"
+        inv = records.Invalid("bad_type", "MessageTooLarge", detail, None)
+        self.stats.add("oversize")
+        await self._dead_letter_only(inv, redact(item.head))
+        return self._ack(None, "AR", control_id, [("", "104", detail)])
+
+    async def _dead_letter_only(self, inv: records.Invalid, raw: bytes | None) -> None:
+        try:
+            await self.publisher.send([dead_letter(self.settings, inv, raw=raw, key=None, source=SOURCE)])
+            self.stats.add("dead_letters")
+        except Exception as exc:  # noqa: BLE001 - never let the broker take the listener down
+            log.warning("dead letter not acknowledged by the broker: %s", type(exc).__name__)
+
+    async def handle_message(self, data: bytes) -> bytes:
+        """Parse, publish (events + dead letters, acks=all), then build the ACK."""
+        secret = self.settings.pseudonym_key.get_secret_value()
+        parsed = parse_oru(data, secret=secret, zone=self.zone, max_obx=self.cfg.max_obx)
+        key = parsed.patient.encode() if parsed.patient else None
+        recs = []
+        if parsed.reject is not None:
+            recs.append(dead_letter(self.settings, parsed.reject, raw=redact(data), key=key, source=SOURCE))
+        else:
+            recs += [(self.publisher.topic(ev.stream), ev.key, ev.value) for ev in parsed.events]
+            recs += [dead_letter(self.settings, e.invalid, raw=e.segment.encode(), key=key, source=SOURCE)
+                     for e in parsed.errors]  # fmt: skip
+        try:
+            await self.publisher.send(recs)
+        except Exception as exc:  # noqa: BLE001 - the sender must hear AR and resend; never AA
+            self.stats.add("broker_failures")
+            log.warning("message %s not acknowledged by the broker (%s): answered AR", parsed.control_id[:40],
+                        type(exc).__name__)  # fmt: skip
+            detail = "the broker did not acknowledge the events in time; nothing was accepted, resend later"
+            return self._ack(parsed, "AR", parsed.control_id or _control_id(data), [("", "207", detail)])
+        self.stats.add(f"ack_{parsed.ack_code}")
+        self.stats.add("events", len(parsed.events))
+        self.stats.add("dead_letters", len(recs) - len(parsed.events))
+        for why, n in parsed.ignored.items():
+            self.stats.add(f"ignored_{why}", n)
+        return self._ack(parsed, parsed.ack_code, parsed.control_id or _control_id(data), _errors(parsed),
+                         summary=_summary(parsed))  # fmt: skip
+
+    def _ack(self, parsed: ParsedOru | None, code: str, control_id: str, errors: list[tuple[str, str, str]],
+             summary: str | None = None) -> bytes:  # fmt: skip
+        message = parsed.message if parsed is not None else None
+        return build_ack(message, code, control_id, errors, app=self.cfg.sending_application,
+                         facility=self.cfg.sending_facility, summary=summary)  # fmt: skip
+
+
+def _errors(parsed: ParsedOru) -> list[tuple[str, str, str]]:
+    if parsed.reject is not None:
+        fld = parsed.reject.field or ""
+        location = fld.replace("-", "^1^") if fld and "-" in fld else fld
+        return [(location, parsed.reject_code, parsed.reject.detail)]
+    return [(f"OBX^{e.position}^{e.field.split('-')[-1]}", reason_code(e.invalid.reason), e.invalid.detail)
+            for e in parsed.errors]  # fmt: skip
+
+
+def _summary(parsed: ParsedOru) -> str | None:
+    if parsed.reject is not None:
+        return None
+    ignored = sum(parsed.ignored.values())
+    text = f"{len(parsed.events)} observations accepted, {ignored} ignored"
+    if parsed.errors:
+        text += f", {len(parsed.errors)} rejected (dead-lettered; resending is safe)"
+    return text
+
+
+def _control_id(raw: bytes) -> str:
+    """MSH-10 read from the start of a message that could not be parsed whole ('' if not found)."""
+    m = _CONTROL_ID.match(decode_text(raw[:4096]))
+    return m.group(2)[:199] if m else ""
+
+
+async def serve_hl7(settings: Settings, port: int | None = None) -> None:
+    """Run the listener until cancelled (Ctrl-C / SIGTERM in the CLI)."""
+    listener = await Hl7Listener(settings).start(port)
+    print(f"{settings.ingest.host}:{listener.port}", flush=True)  # noqa: T201 - the address, for scripts
+    try:
+        await stop_on_signals().wait()
+    finally:
+        await listener.stop()
+        log.info("MLLP listener stopped: %s", listener.stats.as_dict())

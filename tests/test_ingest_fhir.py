@@ -1,0 +1,140 @@
+"""FHIR R4 Observations, end to end: HTTP -> server -> embedded broker -> topics (tests/data/fhir/README.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+from pathlib import Path
+
+import aiohttp
+import jsonschema
+import orjson
+import pytest
+
+from vigil.catalog import schema_for
+from vigil.ingest.events import patient_key
+from vigil.ingest.server_fhir import FhirServer
+from vigil.kafka_io import TopicTail
+
+pytestmark = pytest.mark.broker
+DATA = Path(__file__).parent / "data" / "fhir"
+KEY = "test-pseudonym-key"
+SPEC = ["heart-rate", "respiratory-rate", "body-temperature", "satO2", "bloodpressure", "f001-glucose"]
+
+
+def example(name: str) -> dict:  # type: ignore[type-arg]
+    return json.loads((DATA / f"observation-example-{name}.json").read_text())
+
+
+def conforms(settings, by_topic: dict) -> None:  # type: ignore[no-untyped-def, type-arg]
+    """Every record matches its topic's JSON Schema (streams/schemas)."""
+    for topic, recs in by_topic.items():
+        validator = jsonschema.Draft202012Validator(schema_for(topic, settings.streams_dir))
+        for r in recs:
+            validator.validate(orjson.loads(r.value))
+
+
+@pytest.fixture
+def env(settings_factory, topics_factory):  # type: ignore[no-untyped-def]
+    def make(**ingest: object):  # type: ignore[no-untyped-def]
+        s = settings_factory(pseudonym_key=KEY, ingest={"fhir_port": 0, **ingest})
+        topics_factory(s, partitions=1)
+        return s
+
+    return make
+
+
+async def tail(settings, stream: str, n: int, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+    t = await TopicTail(settings, settings.topic(stream)).start()
+    try:
+        return await t.wait_for(lambda r: len(r) >= n, timeout)
+    finally:
+        await t.stop()
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: object) -> tuple[int, dict, dict]:  # type: ignore[type-arg]
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with http.post(url, data=data, headers={"Content-Type": "application/fhir+json"}) as r:
+        return r.status, await r.json(content_type=None), dict(r.headers)
+
+
+def test_spec_examples_through_http(env) -> None:  # type: ignore[no-untyped-def]
+    s = env(site_timezone="UTC")  # the spec examples carry dates without a time zone
+
+    async def main() -> None:
+        server = await FhirServer(s).start()
+        url = f"http://127.0.0.1:{server.port}/fhir/Observation"
+        try:
+            async with aiohttp.ClientSession() as http:
+                answers = [await post(http, url, example(n)) for n in SPEC]
+                apgar = json.loads((DATA / "fhir-resources-R4B-Observation-apgar.json").read_text())
+                status, outcome, _ = await post(http, url, apgar)
+            vitals = await tail(s, "vitals", 6)
+            labs = await tail(s, "labs", 1)
+            dead = await tail(s, "dead-letter", 1)
+        finally:
+            await server.stop()
+        assert [a[0] for a in answers] == [201] * 6
+        assert all(a[2]["Location"].startswith("Observation/obs-") for a in answers)
+        assert status == 422 and outcome["resourceType"] == "OperationOutcome"
+        assert "9273-4" in outcome["issue"][0]["diagnostics"]
+        example_pt = patient_key("Patient/example", None, KEY).encode()
+        assert {r.key for r in vitals} == {example_pt}
+        got = sorted((orjson.loads(r.value)["code"], orjson.loads(r.value)["value"]) for r in vitals)
+        assert got == [("2708-6", 95.0), ("8310-5", 36.5), ("8462-4", 60.0), ("8480-6", 107.0), ("8867-4", 44.0),
+                       ("9279-1", 26.0)]  # fmt: skip
+        assert labs[0].key == patient_key("Patient/f001", None, KEY).encode()
+        assert orjson.loads(labs[0].value)["time"] == "2013-04-02T08:30:10+00:00"  # normalised to UTC
+        d = orjson.loads(dead[0].value)
+        raw = base64.b64decode(d["raw_b64"]).decode()
+        assert d["reason"] == "unknown_code" and d["source_topic"] == "fhir-http"
+        assert "Chalmers" not in raw and "12345" not in raw and dead[0].key == patient_key("12345", None, KEY).encode()
+        conforms(s, {"vitals": vitals, "labs": labs, "dead-letter": dead})
+
+    asyncio.run(main())
+
+
+def test_bundles_naive_times_and_errors(env) -> None:  # type: ignore[no-untyped-def]
+    s = env(max_message_bytes=4096)  # no site zone: date-only examples are rejected
+    sat, hr = example("satO2"), example("heart-rate")
+    bad = copy.deepcopy(sat)
+    bad["valueQuantity"]["value"] = 140
+    bad["identifier"][0]["value"] = "other"
+
+    def bundle(kind: str, *resources: dict) -> dict:  # type: ignore[type-arg]
+        return {"resourceType": "Bundle", "type": kind, "entry": [{"resource": r} for r in resources]}
+
+    async def main() -> None:
+        server = await FhirServer(s).start()
+        base = f"http://127.0.0.1:{server.port}/fhir"
+        try:
+            async with aiohttp.ClientSession() as http:
+                naive = await post(http, f"{base}/Observation", hr)
+                tx = await post(http, base, bundle("transaction", sat, bad))
+                batch = await post(http, base, bundle("batch", sat, bad))
+                again = await post(http, base, bundle("collection", sat))
+                junk = await post(http, f"{base}/Observation", b"{not json")
+                wrong = await post(http, f"{base}/Observation", {"resourceType": "Patient"})
+                big = await post(http, f"{base}/Observation", b" " * 10_000)
+            vitals = await tail(s, "vitals", 2)
+            dead = await tail(s, "dead-letter", 6)
+        finally:
+            await server.stop()
+        assert naive[0] == 422 and "UTC offset" in naive[1]["issue"][0]["diagnostics"]
+        assert tx[0] == 422 and "entry[1]" in tx[1]["issue"][0]["diagnostics"]
+        assert batch[0] == 200
+        statuses = [e["response"]["status"] for e in batch[1]["entry"]]
+        assert statuses == ["201 Created", "422 Unprocessable Entity"]
+        assert again[0] == 201 and again[1]["entry"][0]["response"]["location"] == \
+            batch[1]["entry"][0]["response"]["location"]  # fmt: skip
+        assert (junk[0], wrong[0], big[0]) == (400, 400, 413)
+        assert all(x[1]["resourceType"] == "OperationOutcome" for x in (junk, wrong, big))
+        v = [orjson.loads(r.value) for r in vitals]
+        assert len(v) == 2 and v[0]["seq"] == v[1]["seq"]  # the resend carries the same event id
+        reasons = sorted(orjson.loads(r.value)["reason"] for r in dead)
+        assert reasons == ["bad_type", "bad_type", "implausible_value", "implausible_value", "malformed_json",
+                           "naive_timestamp"]  # fmt: skip
+
+    asyncio.run(main())

@@ -1,0 +1,218 @@
+"""HL7 v2 over MLLP, end to end: real socket -> listener -> embedded broker -> topics (tests/data/hl7/README.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+import hl7
+import jsonschema
+import orjson
+import pytest
+
+from vigil.catalog import schema_for
+from vigil.ingest.events import patient_key
+from vigil.ingest.mllp import Framer, frame
+from vigil.ingest.publish import Publisher
+from vigil.ingest.server_hl7 import Hl7Listener
+from vigil.kafka_io import TopicTail
+
+pytestmark = pytest.mark.broker
+DATA = Path(__file__).parent / "data" / "hl7"
+KEY = "test-pseudonym-key"
+
+
+async def exchange(port: int, chunks: list[bytes], n_acks: int = 1, timeout: float = 15.0) -> list[hl7.Message]:
+    """Send ``chunks`` (with a pause between them, so they arrive as separate reads) and read ``n_acks`` ACKs."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for c in chunks:
+            writer.write(c)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        framer, acks = Framer(), []
+        while len(acks) < n_acks:
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+            assert data, "listener closed the connection before answering"
+            acks += [hl7.parse(f.data.decode()) for f in framer.feed(data)]
+        return acks
+    finally:
+        writer.close()
+
+
+def msa(ack: hl7.Message) -> str:
+    return str(ack.extract_field("MSA", 1, 1, 1, 1))
+
+
+def errs(ack: hl7.Message) -> list[str]:
+    try:
+        return [str(s) for s in ack.segments("ERR")]
+    except KeyError:
+        return []
+
+
+def oru(control: str, obx: list[str], pid: str = "MRN-77", visit: str = "V-1") -> bytes:
+    segs = [f"MSH|^~\\&|MON|ICU|VIGIL|H|20260101120000+0000||ORU^R01^ORU_R01|{control}|P|2.6",
+            f"PID|||{pid}^^^H^MR||DOE^JANE", "PV1||I|ICU^1^4" + "|" * 16 + visit,
+            "OBR|1|||182777000^monitoring of patient^SCT|||20260101120000+0000", *obx]  # fmt: skip
+    return "\r".join(segs).encode() + b"\r"
+
+
+def conforms(settings, by_topic: dict) -> None:  # type: ignore[no-untyped-def, type-arg]
+    """Every record matches its topic's JSON Schema (streams/schemas)."""
+    for topic, recs in by_topic.items():
+        validator = jsonschema.Draft202012Validator(schema_for(topic, settings.streams_dir))
+        for r in recs:
+            validator.validate(orjson.loads(r.value))
+
+
+@pytest.fixture
+def env(settings_factory, topics_factory):  # type: ignore[no-untyped-def]
+    def make(**ingest: object):  # type: ignore[no-untyped-def]
+        s = settings_factory(pseudonym_key=KEY, ingest={"hl7_port": 0, **ingest})
+        topics_factory(s, partitions=1)
+        return s
+
+    return make
+
+
+async def tail(settings, stream: str, n: int, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+    t = await TopicTail(settings, settings.topic(stream)).start()
+    try:
+        return await t.wait_for(lambda r: len(r) >= n, timeout)
+    finally:
+        await t.stop()
+
+
+def test_public_samples_through_the_socket(env) -> None:  # type: ignore[no-untyped-def]
+    s = env(site_timezone="UTC")
+    names = ["comen_pcd01.hl7", "mindray_egateway_pcd01.hl7", "openmrs_lis_glucose.hl7",
+             "python_hl7_sample_oru.hl7", "python_hl7_sample_adt_a04.hl7"]  # fmt: skip
+
+    async def main() -> None:
+        listener = await Hl7Listener(s).start()
+        try:
+            payload = b"".join(frame((DATA / n).read_bytes()) for n in names)
+            acks = await exchange(listener.port, [payload], n_acks=len(names))
+            assert [msa(a) for a in acks] == ["AA", "AR", "AA", "AA", "AR"]
+            assert [str(a.extract_field("MSA", 1, 2, 1, 1)) for a in acks] == [
+                "202506100151270003", "23545", "MSG00005", "CNTRL-3456", "12334456778890"]
+            assert "PID-3" in errs(acks[1])[0] and "200^" in errs(acks[4])[0]
+            vitals = await tail(s, "vitals", 8)
+            labs = await tail(s, "labs", 1)
+            dead = await tail(s, "dead-letter", 2)
+        finally:
+            await listener.stop()
+        comen = patient_key("10006", None, KEY).encode()
+        assert len(vitals) == 8 and {r.key for r in vitals} == {comen}
+        codes = sorted(orjson.loads(r.value)["code"] for r in vitals)
+        assert codes == ["149522", "150021", "150022", "150023", "150344", "150456", "150456", "151562"]
+        assert len({orjson.loads(r.value)["seq"] for r in vitals}) == 8
+        lab = orjson.loads(labs[0].value)
+        assert (lab["code"], lab["value"], lab["time"]) == ("2345-7", 95.0, "2026-07-01T12:00:00+00:00")
+        assert labs[0].key == patient_key("100GEJ", None, KEY).encode()
+        for rec in dead:
+            d = orjson.loads(rec.value)
+            raw = base64.b64decode(d["raw_b64"]).decode()
+            assert d["source_topic"] == "hl7-mllp" and "JOHN SMITH" not in raw and "PID" not in raw
+        assert listener.stats.counts["ignored_unmapped_code"] == 7
+        conforms(s, {"vitals": vitals, "labs": labs, "dead-letter": dead})
+
+    asyncio.run(main())
+
+
+def test_partly_invalid_message_gets_AE_and_resend_is_idempotent(env) -> None:  # type: ignore[no-untyped-def]
+    s = env()
+    obx = ["OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.7.4.147842|88|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F",
+           "OBX|2|NM|150344^MDC_TEMP^MDC|1.2.1.150344|370|268192^MDC_DIM_DEGC^MDC|||||F",
+           "OBX|3|NM|151562^MDC_RESP_RATE^MDC||18|264928|||||F|||20260101120500",
+           "OBX|4|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC||abc|262688|||||F"]  # fmt: skip
+    msg = oru("C-1", obx)
+
+    async def main() -> None:
+        listener = await Hl7Listener(s).start()
+        try:
+            (ack,) = await exchange(listener.port, [frame(msg)])
+            (again,) = await exchange(listener.port, [frame(msg)])
+            vitals = await tail(s, "vitals", 2)
+            dead = await tail(s, "dead-letter", 6)
+        finally:
+            await listener.stop()
+        assert msa(ack) == msa(again) == "AE"
+        e = errs(ack)
+        assert len(e) == 3 and "OBX^2^5" in e[0] and "OBX^3^14" in e[1] and "OBX^4^5" in e[2]
+        assert "plausible range" in e[0] and "UTC offset" in e[1] and "not a number" in e[2]
+        v = [orjson.loads(r.value) for r in vitals]
+        assert [x["code"] for x in v] == ["147842", "147842"] and v[0]["seq"] == v[1]["seq"]  # same event id
+        assert {orjson.loads(r.value)["reason"] for r in dead} == {"implausible_value", "naive_timestamp", "bad_type"}
+        assert all(r.key == patient_key("MRN-77", "V-1", KEY).encode() for r in dead + vitals)
+
+    asyncio.run(main())
+
+
+def test_partial_frames_garbage_and_concurrent_senders(env) -> None:  # type: ignore[no-untyped-def]
+    s = env()
+    hr = "OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||{v}|264864|||||F"
+
+    async def sender(i: int, port: int) -> str:
+        raw = b"garbage\r\n" + frame(oru(f"K-{i}", [hr.format(v=60 + i)], pid=f"P{i}")) + b"\r\n"
+        step = 1 + i % 7
+        chunks = [raw[k : k + step] for k in range(0, len(raw), step)] if i % 3 == 0 else [raw]
+        (ack,) = await exchange(port, chunks)
+        return msa(ack)
+
+    async def main() -> None:
+        listener = await Hl7Listener(s).start()
+        try:
+            codes = await asyncio.gather(*(sender(i, listener.port) for i in range(30)))
+            vitals = await tail(s, "vitals", 30)
+        finally:
+            await listener.stop()
+        assert codes == ["AA"] * 30
+        assert sorted(orjson.loads(r.value)["value"] for r in vitals) == [60.0 + i for i in range(30)]
+        assert listener.stats.counts["garbage_chunks"] == 30  # one per run of garbage
+
+    asyncio.run(main())
+
+
+def test_oversize_disconnect_and_broker_failure(env) -> None:  # type: ignore[no-untyped-def]
+    s = env(max_message_bytes=2048, read_timeout_s=5)
+    ok = oru("OK-1", ["OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||70|264864|||||F"])
+    big = oru("BIG-1", ["OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||70|264864|||||F"] * 60)
+
+    async def main() -> None:
+        listener = await Hl7Listener(s).start()
+        try:
+            acks = await exchange(listener.port, [frame(big), frame(ok)], n_acks=2)
+            assert [msa(a) for a in acks] == ["AR", "AA"]
+            assert str(acks[0].extract_field("MSA", 1, 2, 1, 1)) == "BIG-1" and "104^" in errs(acks[0])[0]
+            # a sender that disconnects mid-message: nothing published, the listener keeps serving
+            _, w = await asyncio.open_connection("127.0.0.1", listener.port)
+            w.write(frame(oru("HALF-1", ["OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||99|264864|||||F"]))[:150])
+            await w.drain()
+            w.close()
+            (ack,) = await exchange(listener.port, [frame(ok)])
+            assert msa(ack) == "AA"
+            vitals = await tail(s, "vitals", 2)
+            assert [orjson.loads(r.value)["value"] for r in vitals] == [70.0, 70.0]
+            for _ in range(50):
+                if listener.stats.counts["disconnects_mid_message"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert listener.stats.counts["disconnects_mid_message"] == 1
+        finally:
+            await listener.stop()
+
+        class DownPublisher(Publisher):
+            async def send(self, recs):  # type: ignore[no-untyped-def]
+                raise TimeoutError("broker down")
+
+        down = await Hl7Listener(s, publisher=DownPublisher(s)).start()
+        try:
+            (ack,) = await exchange(down.port, [frame(ok)])
+        finally:
+            await down.stop()
+        assert msa(ack) == "AR" and "207^" in errs(ack)[0] and "resend" in errs(ack)[0]
+
+    asyncio.run(main())
