@@ -216,3 +216,41 @@ def test_oversize_disconnect_and_broker_failure(env) -> None:  # type: ignore[no
         assert msa(ack) == "AR" and "207^" in errs(ack)[0] and "resend" in errs(ack)[0]
 
     asyncio.run(main())
+
+
+def test_monitor_vitals_reach_the_patients_scores_through_the_worker(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A gateway's ORU^R01 messages, hour after hour, over MLLP: AA each time, and a running worker scores the
+    (pseudonymised) patient's hourly rows from them."""
+    from vigil.procs import WorkerProcess
+
+    s = env()
+    patient = patient_key("MRN-E2E", "V-9", KEY)
+    hours = [(88, 371, 16), (104, 384, 22), (118, 391, 27), (126, 393, 30), (92, 372, 17)]
+
+    def message(h: int, hr: int, temp: int, rr: int) -> bytes:
+        t = f"20260101{12 + h:02d}0000+0000"  # one message per hour from 12:00 UTC
+        obx = [f"OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||{hr}|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F|||{t}",
+               f"OBX|2|NM|150344^MDC_TEMP^MDC||{temp / 10:.1f}|268192^MDC_DIM_DEGC^MDC|||||F|||{t}",
+               f"OBX|3|NM|151562^MDC_RESP_RATE^MDC||{rr}|264928^MDC_DIM_RESP_PER_MIN^MDC|||||F|||{t}"]  # fmt: skip
+        return oru(f"E2E-{h}", obx, pid="MRN-E2E", visit="V-9")
+
+    with WorkerProcess(s, log_path=tmp_path / "worker.log") as w:
+        w.wait_ready()
+
+        async def main() -> list:  # type: ignore[type-arg]
+            listener = await Hl7Listener(s).start()
+            try:
+                acks = await exchange(listener.port, [frame(message(h, *v)) for h, v in enumerate(hours)],
+                                      n_acks=len(hours))  # fmt: skip
+                assert [msa(a) for a in acks] == ["AA"] * len(hours)
+                return await tail(s, "scores", len(hours) - 1, timeout=60)
+            finally:
+                await listener.stop()
+
+        scores = [orjson.loads(r.value) for r in asyncio.run(main())]
+        assert w.stop() == 0
+    assert {d["patient"] for d in scores} == {patient} and "MRN-E2E" not in str(scores)
+    rows = sorted(d["row"] for d in scores)
+    assert rows[: len(hours) - 1] == list(range(len(hours) - 1))  # rows 0..3 closed and scored (row 4 still open)
+    news2 = {d["row"]: d["news2"]["total"] for d in scores}
+    assert news2[3] > news2[0]  # the deterioration written in the messages is in the scores

@@ -149,6 +149,7 @@ def test_processor_alerts_are_explained_deterministic_schema_valid_and_acknowled
     out = p.process([ack])
     recs = [json.loads(v) for _, v in out.alerts]
     assert [r["event"] for r in recs] == ["acknowledged"]
+    assert [k for k, _ in out.ack_latency] == ["model_risk"] and out.ack_latency[0][1] > 0  # raise -> ack time
     assert recs[0]["episode_id"] == raised["alert_id"] and recs[0]["ack"]["by"] == "rn-7"
     validator.validate(recs[0])
     again = [json.loads(v) for _, v in p.process([ack]).alerts]

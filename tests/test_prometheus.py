@@ -83,6 +83,25 @@ def _has(url: str, promql: str) -> bool:
     return res.get("status") == "success" and bool(res["data"]["result"])
 
 
+async def _acknowledge_first_alert(s: Settings) -> None:
+    """A nurse acknowledges the first raised alert 20 min (event time) after it: acknowledgement times exist."""
+    from datetime import datetime
+
+    import orjson
+
+    from vigil.kafka_io import TopicTail, produce_many
+
+    tail = await TopicTail(s, s.topic("alerts")).start()
+    try:
+        recs = await tail.wait_for(lambda r: any(orjson.loads(x.value)["event"] == "raised" for x in r), 60)
+    finally:
+        await tail.stop()
+    a = next(orjson.loads(x.value) for x in recs if orjson.loads(x.value)["event"] == "raised")
+    at = (datetime.fromisoformat(a["time"]) + timedelta(hours=1, minutes=20)).isoformat()
+    ack = {"v": 1, "alert_id": a["alert_id"], "patient": a["patient"], "by": "rn-1", "at": at, "action": "acknowledged"}
+    await produce_many(s, s.topic("alert-acks"), [(a["patient"].encode(), orjson.dumps(ack))])
+
+
 @pytest.fixture(scope="module")
 def live(broker: str, sample_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     from vigil.catalog import create_topics, load_catalog
@@ -125,8 +144,10 @@ def live(broker: str, sample_path: Path, tmp_path_factory: pytest.TempPathFactor
                 await produce_many(s, s.topic(stream), [(b"pt-x", raw)])
 
         asyncio.run(bad())
+        asyncio.run(_acknowledge_first_alert(s))
         _wait(lambda: _has(url, "sum(vigil_scores_total) > 500") and _has(url, "vigil_drift_psi")
-              and _has(url, "vigil_dead_letters_total"), 60, "scores, drift PSI and dead letters", wlog)  # fmt: skip
+              and _has(url, "vigil_dead_letters_total") and _has(url, "vigil_alert_ack_seconds_count > 0"), 60,
+              "scores, drift PSI, dead letters and an acknowledgement", wlog)  # fmt: skip
         _wait(lambda: _has(url, "vigil:e2e_latency_seconds:p99") and _has(url, "vigil:dead_letter_ratio:rate5m"),
               20, "the recording rules", plog)  # fmt: skip
         time.sleep(3)  # a few more scrapes after the last output

@@ -222,15 +222,22 @@ def predict(ctx: click.Context, input_path: Path, output: Path, model: str | Non
                    "(run on --split validation).")
 @click.option("--budget", type=float, default=0.2, show_default=True,
               help="Alerts per patient-day allowed when choosing a rule in --policy-sweep.")
+@click.option("--demand", is_flag=True,
+              help="Instead: the resource-demand backtest (the same as `vigil demand backtest` with its defaults).")
 @click.pass_context
 def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: str | None, out: Path | None,
-             update_card: bool, limit: int | None, policy_sweep: bool, budget: float) -> None:  # fmt: skip
+             update_card: bool, limit: int | None, policy_sweep: bool, budget: float,
+             demand: bool) -> None:  # fmt: skip
     """Clinical evaluation at the card's threshold: utility, AUROC/AUPRC, calibration, alert burden, lead time,
     subgroups and NEWS2/qSOFA/SIRS comparators; writes report.md, metrics.json and PNGs."""
     from vigil.errors import VigilError
     from vigil.evaluation.report import DEFAULT_DATA, run_evaluation
     from vigil.registry import Registry
 
+    if demand:
+        ctx.invoke(demand_backtest, model=model, data=data, split=split or "test", calibration_path=None,
+                   out=out or Path("docs/demand"), concurrency=20, every_h=6, warmup_h=96, baseline_windows=4)
+        return
     s = _settings(ctx)
     try:
         reg = Registry(s.models_dir)

@@ -74,6 +74,10 @@ class WorkerMetrics:
             f"{p}_commit_failures", "Batches whose offset commit failed (re-delivered)", registry=r
         )
         self.up = Gauge(f"{p}_worker_up", "1 while the worker's consume loop runs", registry=r)
+        self.ack_seconds = Histogram(
+            f"{p}_alert_ack_seconds", "Time from an alert being raised to its first acknowledgement (event time)",
+            ["type"], registry=r, buckets=(60, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400),
+        )  # fmt: skip
         self.high_risk = Gauge(
             f"{p}_high_risk_patients", "Patients in care with a model-risk alert raised and not cleared, by ward",
             ["ward"], registry=r,

@@ -138,11 +138,13 @@ class AlertPolicy:
         return [Decision("raised", kind, key, r.severity, value, raise_at, row, t, str(row))]
 
     def ack(self, state: dict[str, Any], alert_id: str, *, by: str, at: float, action: str) -> Decision | None:
-        """Record an acknowledgement of the alert ``alert_id`` (the id the worker stored in the state when it
-        raised it, ``state[key]["alert_id"]``): it is kept with the alert and silences new alerts of that type
-        for ``ack_suppress_h`` hours (escalations still go out). None when no such alert is known (too old,
-        another patient's, or never raised)."""
-        key = next((k for k, s in state.items() if isinstance(s, dict) and s.get("alert_id") == alert_id), None)
+        """Record an acknowledgement of the alert ``alert_id`` — one of the recent alerts the worker raised for
+        the patient (``state[key]["ids"]``: alert id -> raise time, and ``state[key]["alert_id"]``, the latest):
+        it is kept with the alert and silences new alerts of that type for ``ack_suppress_h`` hours
+        (escalations still go out). The decision's ``episode`` is the acknowledged alert's id. None when no
+        such alert is known (too old, another patient's, or never raised)."""
+        key = next((k for k, s in state.items() if isinstance(s, dict)
+                    and (s.get("alert_id") == alert_id or alert_id in (s.get("ids") or {}))), None)  # fmt: skip
         if key is None:
             return None
         s = state[key]
@@ -150,4 +152,4 @@ class AlertPolicy:
         s["ack_until"] = max(s["ack_until"] or -math.inf, at + self.settings.ack_suppress_h * HOUR)
         kind = key.split(":", 1)[0]
         return Decision("acknowledged", kind, key, "info", float(s["level"] or 0.0), math.nan,
-                        int(s["episode"]), at, s["episode"], s["ack"])  # fmt: skip
+                        int(s["episode"]), at, alert_id, s["ack"])  # fmt: skip

@@ -32,6 +32,7 @@ __all__ = ["Processor", "Outputs", "InEvent", "iso"]
 
 # Order of kinds at the same event time: admit first, discharge last.
 _ORDER = {"admit": 0, "transfer": 2, "ack": 2, "discharge": 3}
+_ACKABLE = 8  # recent raised alerts per patient and type that an acknowledgement can refer to
 
 
 def iso(t: float) -> str:
@@ -55,6 +56,7 @@ class Outputs:
     shadow_scores: list[tuple[str, bytes]] = field(default_factory=list)  # candidates in shadow mode
     drift: list[tuple[str, bytes]] = field(default_factory=list)  # drift events (key: model name)
     risks: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> risks scored in the batch
+    ack_latency: list[tuple[str, float]] = field(default_factory=list)  # (alert type, seconds raise -> ack)
     alerts: list[tuple[str, bytes]] = field(default_factory=list)
     changelog: list[tuple[int, str, bytes | None]] = field(default_factory=list)  # (partition, key, value)
     score_trigger_ts: list[float] = field(default_factory=list)
@@ -131,6 +133,10 @@ class Processor:
 
         self._score(snaps, by_state={id(st): st for _, st in touched}, out=out)
         for st, d in self._acks:
+            entry = st.alerts[d.key]
+            raised_at = (entry.get("ids") or {}).get(d.episode, entry.get("last"))
+            if raised_at is not None and d.time >= raised_at:
+                out.ack_latency.append((d.kind, d.time - raised_at))
             out.alerts.append((st.patient, orjson.dumps(self._ack_record(st, d))))
             out.alert_labels.append((d.kind, "info", st.ward or "unknown"))
         self._acks = []
@@ -440,8 +446,12 @@ class Processor:
             aid = alert_id(snap.patient, d.key, version, d.row, d.event)
             episode = alert_id(snap.patient, d.key, version, int(d.episode), "raised") if d.episode else aid
             if d.event == "raised":
-                st.alerts[d.key]["alert_id"] = aid
-                st.alerts[d.key]["version"] = version
+                entry = st.alerts[d.key]
+                entry["alert_id"], entry["version"] = aid, version
+                ids = entry.setdefault("ids", {})  # recent alerts of this type: acknowledgeable
+                ids[aid] = d.time
+                for old_id in list(ids)[:-_ACKABLE]:
+                    del ids[old_id]
             fs = factors.get((i, model_name), []) if d.kind == "model_risk" else []
             alert = {
                 "v": 1, "alert_id": aid, "event": d.event, "episode_id": episode, "type": d.kind,
@@ -460,9 +470,10 @@ class Processor:
     def _ack_record(self, st: PatientState, d: Decision) -> dict[str, Any]:
         s = st.alerts[d.key]
         ack = d.ack or {}
+        acked = d.episode or s["alert_id"]
         return {
-            "v": 1, "alert_id": alert_id(s["alert_id"], "ack", ack.get("by"), ack.get("at"), ack.get("action")),
-            "event": "acknowledged", "episode_id": s["alert_id"], "type": d.kind, "severity": "info",
+            "v": 1, "alert_id": alert_id(acked, "ack", ack.get("by"), ack.get("at"), ack.get("action")),
+            "event": "acknowledged", "episode_id": acked, "type": d.kind, "severity": "info",
             "patient": st.patient, "ward": st.ward, "bed": st.bed, "unit": st.unit, "time": iso(d.time),
             "row": d.row, "model": {"name": d.key.partition(":")[2] or "-", "version": s.get("version", "-")},
             "score": None, "threshold": None, "value": d.value, "raise_at": None, "news2": None, "factors": [],

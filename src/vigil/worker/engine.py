@@ -292,6 +292,8 @@ class Engine:
             m.late.labels(topic).inc(c)
         for ward, c in out.counts.get("ward_events", {}).items():
             m.ward_events.labels(ward).inc(c)
+        for kind, secs in out.ack_latency:
+            m.ack_seconds.labels(kind).observe(secs)
         for model, risks in out.risks.items():
             hist = m.risk.labels(model)
             for r in risks.tolist():
