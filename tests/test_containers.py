@@ -86,6 +86,8 @@ def test_prometheus_and_grafana_are_provisioned_from_dashboards() -> None:
     prom = yaml.safe_load((DOCKER / "prometheus.compose.yml").read_text())
     targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
     assert set(targets) == {"worker-cpu:6066", "worker-gpu:6066"}
+    assert prom["scrape_configs"][1]["static_configs"][0]["targets"] == ["demand:9464"]
+    assert "demand" in COMPOSE["services"]
     for pattern in prom.get("rule_files", []):
         local = ROOT / "dashboards" / Path(pattern).relative_to("/etc/vigil-dashboards")
         assert list(local.parent.glob(local.name)), f"no rule file matches {pattern}"

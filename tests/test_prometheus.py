@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -115,12 +116,20 @@ def live(broker: str, sample_path: Path, tmp_path_factory: pytest.TempPathFactor
     asyncio.run(create_topics(s.kafka.client_kwargs(), load_catalog(s.streams_dir), s.topic_prefix, 2))
     wlog = tmp / "worker.log"
     worker = WorkerProcess(s, log_path=wlog, extra_env={"VIGIL_DRIFT__MIN_ROWS": "50"}).start()
+    demand_port = free_port()  # the resource-demand job, scraped as job vigil-demand
+    demand_env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker, "VIGIL_TOPIC_PREFIX": s.topic_prefix,
+                  "VIGIL_DEMAND__BEDS": json.dumps({"ICU-GEN": 14, "ICU-MED": 14, "ICU-SURG": 14})}  # fmt: skip
+    dlog = tmp / "demand.log"
+    demand = subprocess.Popen([sys.executable, "-m", "vigil", "demand", "run", "--metrics-port", str(demand_port)],
+                              env=demand_env, stdout=dlog.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
     port = free_port()
     cfg = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in sorted((PROM_DIR / "rules").glob("*.yml"))],
         "scrape_configs": [{"job_name": "vigil-worker", "metrics_path": "/metrics",
-                            "static_configs": [{"targets": [f"127.0.0.1:{worker.web_port}"]}]}],
+                            "static_configs": [{"targets": [f"127.0.0.1:{worker.web_port}"]}]},
+                           {"job_name": "vigil-demand", "metrics_path": "/metrics",
+                            "static_configs": [{"targets": [f"127.0.0.1:{demand_port}"]}]}],
     }  # fmt: skip
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     plog = tmp / "prometheus.log"
@@ -150,6 +159,8 @@ def live(broker: str, sample_path: Path, tmp_path_factory: pytest.TempPathFactor
               "scores, drift PSI, dead letters and an acknowledgement", wlog)  # fmt: skip
         _wait(lambda: _has(url, "vigil:e2e_latency_seconds:p99") and _has(url, "vigil:dead_letter_ratio:rate5m"),
               20, "the recording rules", plog)  # fmt: skip
+        _wait(lambda: _has(url, "vigil_demand_expected") and _has(url, "vigil_demand_ward_free_beds"), 60,
+              "resource-demand forecasts", dlog)  # fmt: skip
         time.sleep(3)  # a few more scrapes after the last output
         yield Live(url, worker, s, start, worker.metrics_text())
     finally:
@@ -160,6 +171,11 @@ def live(broker: str, sample_path: Path, tmp_path_factory: pytest.TempPathFactor
             proc.kill()
             proc.wait()
         worker.stop()
+        demand.terminate()
+        try:
+            demand.wait(10)
+        except subprocess.TimeoutExpired:
+            demand.kill()
 
 
 def _check_nonempty(live: Live, promql: str, what: str) -> None:

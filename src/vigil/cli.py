@@ -353,8 +353,8 @@ def alerts_webhook(ctx: click.Context, url: str, group: str | None, name: str | 
         if metrics_port is not None:
             from prometheus_client import start_http_server
 
-            server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=fwd.metrics.registry)
-            click.echo(f"metrics on http://127.0.0.1:{server.server_port}/metrics", err=True)
+            server, _ = start_http_server(metrics_port, addr=s.web_host, registry=fwd.metrics.registry)
+            click.echo(f"metrics on http://{s.web_host}:{server.server_port}/metrics", err=True)
         asyncio.run(run_until_signalled(fwd.run))
 
 
@@ -388,8 +388,8 @@ def demand_run(ctx: click.Context, model: str | None, calibration_path: Path | N
         if metrics_port is not None:
             from prometheus_client import start_http_server
 
-            server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=job.metrics.registry)
-            click.echo(f"metrics on http://127.0.0.1:{server.server_port}/metrics", err=True)
+            server, _ = start_http_server(metrics_port, addr=s.web_host, registry=job.metrics.registry)
+            click.echo(f"metrics on http://{s.web_host}:{server.server_port}/metrics", err=True)
         n = asyncio.run(run_until_signalled(job.run))
     click.echo(json.dumps({"records": n}), err=True)
 
