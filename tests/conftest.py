@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,36 @@ def topics_factory() -> Callable[..., list[str]]:
 def sample_path() -> Path:
     assert SAMPLE.exists(), f"bundled sample missing: {SAMPLE}"
     return SAMPLE
+
+
+INGEST_KEY = "test-pseudonym-key"  # the pseudonym key of the ingest tests (they recompute pseudonyms with it)
+
+
+@pytest.fixture
+def ingest_env(settings_factory: Callable[..., Settings], topics_factory: Callable[..., list[str]]
+               ) -> Callable[..., Settings]:  # fmt: skip
+    """Settings for an edge listener (free ports, the test pseudonym key) with fresh one-partition topics."""
+
+    def make(**ingest: object) -> Settings:
+        s = settings_factory(pseudonym_key=INGEST_KEY, ingest={"hl7_port": 0, "fhir_port": 0, **ingest})
+        topics_factory(s, partitions=1)
+        return s
+
+    return make
+
+
+@pytest.fixture
+def conforms() -> Callable[[Settings, dict[str, list[Any]]], None]:
+    """A check that every record matches its topic's JSON Schema (streams/schemas)."""
+    import jsonschema
+    import orjson
+
+    from vigil.catalog import schema_for
+
+    def check(settings: Settings, by_topic: dict[str, list[Any]]) -> None:
+        for topic, recs in by_topic.items():
+            validator = jsonschema.Draft202012Validator(schema_for(topic, settings.streams_dir))
+            for r in recs:
+                validator.validate(orjson.loads(r.value))
+
+    return check

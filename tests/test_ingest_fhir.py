@@ -9,49 +9,21 @@ import json
 from pathlib import Path
 
 import aiohttp
-import jsonschema
 import orjson
 import pytest
 
-from vigil.catalog import schema_for
 from vigil.ingest.events import patient_key
 from vigil.ingest.server_fhir import FhirServer
-from vigil.kafka_io import TopicTail
+from vigil.kafka_io import read_at_least
 
 pytestmark = pytest.mark.broker
 DATA = Path(__file__).parent / "data" / "fhir"
-KEY = "test-pseudonym-key"
+KEY = "test-pseudonym-key"  # conftest.INGEST_KEY: the key the ingest_env settings use
 SPEC = ["heart-rate", "respiratory-rate", "body-temperature", "satO2", "bloodpressure", "f001-glucose"]
 
 
 def example(name: str) -> dict:  # type: ignore[type-arg]
     return json.loads((DATA / f"observation-example-{name}.json").read_text())
-
-
-def conforms(settings, by_topic: dict) -> None:  # type: ignore[no-untyped-def, type-arg]
-    """Every record matches its topic's JSON Schema (streams/schemas)."""
-    for topic, recs in by_topic.items():
-        validator = jsonschema.Draft202012Validator(schema_for(topic, settings.streams_dir))
-        for r in recs:
-            validator.validate(orjson.loads(r.value))
-
-
-@pytest.fixture
-def env(settings_factory, topics_factory):  # type: ignore[no-untyped-def]
-    def make(**ingest: object):  # type: ignore[no-untyped-def]
-        s = settings_factory(pseudonym_key=KEY, ingest={"fhir_port": 0, **ingest})
-        topics_factory(s, partitions=1)
-        return s
-
-    return make
-
-
-async def tail(settings, stream: str, n: int, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
-    t = await TopicTail(settings, settings.topic(stream)).start()
-    try:
-        return await t.wait_for(lambda r: len(r) >= n, timeout)
-    finally:
-        await t.stop()
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: object) -> tuple[int, dict, dict]:  # type: ignore[type-arg]
@@ -60,8 +32,8 @@ async def post(http: aiohttp.ClientSession, url: str, body: object) -> tuple[int
         return r.status, await r.json(content_type=None), dict(r.headers)
 
 
-def test_spec_examples_through_http(env) -> None:  # type: ignore[no-untyped-def]
-    s = env(site_timezone="UTC")  # the spec examples carry dates without a time zone
+def test_spec_examples_through_http(ingest_env, conforms) -> None:  # type: ignore[no-untyped-def]
+    s = ingest_env(site_timezone="UTC")  # the spec examples carry dates without a time zone
 
     async def main() -> None:
         server = await FhirServer(s).start()
@@ -71,9 +43,9 @@ def test_spec_examples_through_http(env) -> None:  # type: ignore[no-untyped-def
                 answers = [await post(http, url, example(n)) for n in SPEC]
                 apgar = json.loads((DATA / "fhir-resources-R4B-Observation-apgar.json").read_text())
                 status, outcome, _ = await post(http, url, apgar)
-            vitals = await tail(s, "vitals", 6)
-            labs = await tail(s, "labs", 1)
-            dead = await tail(s, "dead-letter", 1)
+            vitals = await read_at_least(s, s.topic("vitals"), 6)
+            labs = await read_at_least(s, s.topic("labs"), 1)
+            dead = await read_at_least(s, s.topic("dead-letter"), 1)
         finally:
             await server.stop()
         assert [a[0] for a in answers] == [201] * 6
@@ -96,8 +68,8 @@ def test_spec_examples_through_http(env) -> None:  # type: ignore[no-untyped-def
     asyncio.run(main())
 
 
-def test_bundles_naive_times_and_errors(env) -> None:  # type: ignore[no-untyped-def]
-    s = env(max_message_bytes=4096)  # no site zone: date-only examples are rejected
+def test_bundles_naive_times_and_errors(ingest_env) -> None:  # type: ignore[no-untyped-def]
+    s = ingest_env(max_message_bytes=4096)  # no site zone: date-only examples are rejected
     sat, hr = example("satO2"), example("heart-rate")
     bad = copy.deepcopy(sat)
     bad["valueQuantity"]["value"] = 140
@@ -118,8 +90,8 @@ def test_bundles_naive_times_and_errors(env) -> None:  # type: ignore[no-untyped
                 junk = await post(http, f"{base}/Observation", b"{not json")
                 wrong = await post(http, f"{base}/Observation", {"resourceType": "Patient"})
                 big = await post(http, f"{base}/Observation", b" " * 10_000)
-            vitals = await tail(s, "vitals", 2)
-            dead = await tail(s, "dead-letter", 6)
+            vitals = await read_at_least(s, s.topic("vitals"), 2)
+            dead = await read_at_least(s, s.topic("dead-letter"), 6)
         finally:
             await server.stop()
         assert naive[0] == 422 and "UTC offset" in naive[1]["issue"][0]["diagnostics"]

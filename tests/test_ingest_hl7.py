@@ -7,20 +7,18 @@ import base64
 from pathlib import Path
 
 import hl7
-import jsonschema
 import orjson
 import pytest
 
-from vigil.catalog import schema_for
 from vigil.ingest.events import patient_key
 from vigil.ingest.mllp import Framer, frame
 from vigil.ingest.publish import Publisher
 from vigil.ingest.server_hl7 import Hl7Listener
-from vigil.kafka_io import TopicTail
+from vigil.kafka_io import read_at_least
 
 pytestmark = pytest.mark.broker
 DATA = Path(__file__).parent / "data" / "hl7"
-KEY = "test-pseudonym-key"
+KEY = "test-pseudonym-key"  # conftest.INGEST_KEY: the key the ingest_env settings use
 
 
 async def exchange(port: int, chunks: list[bytes], n_acks: int = 1, timeout: float = 15.0) -> list[hl7.Message]:
@@ -59,34 +57,8 @@ def oru(control: str, obx: list[str], pid: str = "MRN-77", visit: str = "V-1") -
     return "\r".join(segs).encode() + b"\r"
 
 
-def conforms(settings, by_topic: dict) -> None:  # type: ignore[no-untyped-def, type-arg]
-    """Every record matches its topic's JSON Schema (streams/schemas)."""
-    for topic, recs in by_topic.items():
-        validator = jsonschema.Draft202012Validator(schema_for(topic, settings.streams_dir))
-        for r in recs:
-            validator.validate(orjson.loads(r.value))
-
-
-@pytest.fixture
-def env(settings_factory, topics_factory):  # type: ignore[no-untyped-def]
-    def make(**ingest: object):  # type: ignore[no-untyped-def]
-        s = settings_factory(pseudonym_key=KEY, ingest={"hl7_port": 0, **ingest})
-        topics_factory(s, partitions=1)
-        return s
-
-    return make
-
-
-async def tail(settings, stream: str, n: int, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
-    t = await TopicTail(settings, settings.topic(stream)).start()
-    try:
-        return await t.wait_for(lambda r: len(r) >= n, timeout)
-    finally:
-        await t.stop()
-
-
-def test_public_samples_through_the_socket(env) -> None:  # type: ignore[no-untyped-def]
-    s = env(site_timezone="UTC")
+def test_public_samples_through_the_socket(ingest_env, conforms) -> None:  # type: ignore[no-untyped-def]
+    s = ingest_env(site_timezone="UTC")
     names = ["comen_pcd01.hl7", "mindray_egateway_pcd01.hl7", "openmrs_lis_glucose.hl7",
              "python_hl7_sample_oru.hl7", "python_hl7_sample_adt_a04.hl7"]  # fmt: skip
 
@@ -99,9 +71,9 @@ def test_public_samples_through_the_socket(env) -> None:  # type: ignore[no-unty
             assert [str(a.extract_field("MSA", 1, 2, 1, 1)) for a in acks] == [
                 "202506100151270003", "23545", "MSG00005", "CNTRL-3456", "12334456778890"]
             assert "PID-3" in errs(acks[1])[0] and "200^" in errs(acks[4])[0]
-            vitals = await tail(s, "vitals", 8)
-            labs = await tail(s, "labs", 1)
-            dead = await tail(s, "dead-letter", 2)
+            vitals = await read_at_least(s, s.topic("vitals"), 8)
+            labs = await read_at_least(s, s.topic("labs"), 1)
+            dead = await read_at_least(s, s.topic("dead-letter"), 2)
         finally:
             await listener.stop()
         comen = patient_key("10006", None, KEY).encode()
@@ -122,8 +94,8 @@ def test_public_samples_through_the_socket(env) -> None:  # type: ignore[no-unty
     asyncio.run(main())
 
 
-def test_partly_invalid_message_gets_AE_and_resend_is_idempotent(env) -> None:  # type: ignore[no-untyped-def]
-    s = env()
+def test_partly_invalid_message_gets_AE_and_resend_is_idempotent(ingest_env) -> None:  # type: ignore[no-untyped-def]
+    s = ingest_env()
     obx = ["OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.7.4.147842|88|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F",
            "OBX|2|NM|150344^MDC_TEMP^MDC|1.2.1.150344|370|268192^MDC_DIM_DEGC^MDC|||||F",
            "OBX|3|NM|151562^MDC_RESP_RATE^MDC||18|264928|||||F|||20260101120500",
@@ -135,8 +107,8 @@ def test_partly_invalid_message_gets_AE_and_resend_is_idempotent(env) -> None:  
         try:
             (ack,) = await exchange(listener.port, [frame(msg)])
             (again,) = await exchange(listener.port, [frame(msg)])
-            vitals = await tail(s, "vitals", 2)
-            dead = await tail(s, "dead-letter", 6)
+            vitals = await read_at_least(s, s.topic("vitals"), 2)
+            dead = await read_at_least(s, s.topic("dead-letter"), 6)
         finally:
             await listener.stop()
         assert msa(ack) == msa(again) == "AE"
@@ -151,8 +123,8 @@ def test_partly_invalid_message_gets_AE_and_resend_is_idempotent(env) -> None:  
     asyncio.run(main())
 
 
-def test_partial_frames_garbage_and_concurrent_senders(env) -> None:  # type: ignore[no-untyped-def]
-    s = env()
+def test_partial_frames_garbage_and_concurrent_senders(ingest_env) -> None:  # type: ignore[no-untyped-def]
+    s = ingest_env()
     hr = "OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||{v}|264864|||||F"
 
     async def sender(i: int, port: int) -> str:
@@ -166,7 +138,7 @@ def test_partial_frames_garbage_and_concurrent_senders(env) -> None:  # type: ig
         listener = await Hl7Listener(s).start()
         try:
             codes = await asyncio.gather(*(sender(i, listener.port) for i in range(30)))
-            vitals = await tail(s, "vitals", 30)
+            vitals = await read_at_least(s, s.topic("vitals"), 30)
         finally:
             await listener.stop()
         assert codes == ["AA"] * 30
@@ -176,8 +148,8 @@ def test_partial_frames_garbage_and_concurrent_senders(env) -> None:  # type: ig
     asyncio.run(main())
 
 
-def test_oversize_disconnect_and_broker_failure(env) -> None:  # type: ignore[no-untyped-def]
-    s = env(max_message_bytes=2048, read_timeout_s=5)
+def test_oversize_disconnect_and_broker_failure(ingest_env) -> None:  # type: ignore[no-untyped-def]
+    s = ingest_env(max_message_bytes=2048, read_timeout_s=5)
     ok = oru("OK-1", ["OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||70|264864|||||F"])
     big = oru("BIG-1", ["OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||70|264864|||||F"] * 60)
 
@@ -194,7 +166,7 @@ def test_oversize_disconnect_and_broker_failure(env) -> None:  # type: ignore[no
             w.close()
             (ack,) = await exchange(listener.port, [frame(ok)])
             assert msa(ack) == "AA"
-            vitals = await tail(s, "vitals", 2)
+            vitals = await read_at_least(s, s.topic("vitals"), 2)
             assert [orjson.loads(r.value)["value"] for r in vitals] == [70.0, 70.0]
             for _ in range(50):
                 if listener.stats.counts["disconnects_mid_message"]:
@@ -218,12 +190,12 @@ def test_oversize_disconnect_and_broker_failure(env) -> None:  # type: ignore[no
     asyncio.run(main())
 
 
-def test_monitor_vitals_reach_the_patients_scores_through_the_worker(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_monitor_vitals_reach_the_patients_scores_through_the_worker(ingest_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A gateway's ORU^R01 messages, hour after hour, over MLLP: AA each time, and a running worker scores the
     (pseudonymised) patient's hourly rows from them."""
     from vigil.procs import WorkerProcess
 
-    s = env()
+    s = ingest_env()
     patient = patient_key("MRN-E2E", "V-9", KEY)
     hours = [(88, 371, 16), (104, 384, 22), (118, 391, 27), (126, 393, 30), (92, 372, 17)]
 
@@ -243,7 +215,7 @@ def test_monitor_vitals_reach_the_patients_scores_through_the_worker(env, tmp_pa
                 acks = await exchange(listener.port, [frame(message(h, *v)) for h, v in enumerate(hours)],
                                       n_acks=len(hours))  # fmt: skip
                 assert [msa(a) for a in acks] == ["AA"] * len(hours)
-                return await tail(s, "scores", len(hours) - 1, timeout=60)
+                return await read_at_least(s, s.topic("scores"), len(hours) - 1, timeout_s=60)
             finally:
                 await listener.stop()
 

@@ -103,3 +103,12 @@ async def read_topic(settings: Settings, topic: str, *, quiet_s: float = 1.0, ti
         return tail.records
     finally:
         await tail.stop()
+
+
+async def read_at_least(settings: Settings, topic: str, n: int, timeout_s: float = 20.0) -> list[Any]:
+    """The first records of ``topic`` (from the beginning) once there are at least ``n``; TimeoutError otherwise."""
+    tail = await TopicTail(settings, topic).start()
+    try:
+        return await tail.wait_for(lambda recs: len(recs) >= n, timeout_s)
+    finally:
+        await tail.stop()

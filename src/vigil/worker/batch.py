@@ -11,32 +11,25 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import orjson
 
-from vigil.alerts import alert_id, alert_message, score_id
 from vigil.config import Settings
 from vigil.drift import DriftMonitor
-from vigil.explain import explain
 from vigil.features import FEATURE_NAMES, featurize, sequence
 from vigil.news2 import news2_from_last, news2_parts_dict
 from vigil.policy import AlertPolicy, Decision
 from vigil.records import AckEvent, AdtEvent, Observation
 from vigil.scoring import Scorer
 from vigil.state import HOUR, PatientState, Snapshot, event_uid, stack_snapshots
+from vigil.worker.outputs import ack_record, alert_records, iso, news2_decisions, score_record
 
 __all__ = ["Processor", "Outputs", "InEvent", "iso"]
 
 # Order of kinds at the same event time: admit first, discharge last.
 _ORDER = {"admit": 0, "transfer": 2, "ack": 2, "discharge": 3}
-_ACKABLE = 8  # recent raised alerts per patient and type that an acknowledgement can refer to
-
-
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat()
 
 
 @dataclass(slots=True)
@@ -137,7 +130,7 @@ class Processor:
             raised_at = (entry.get("ids") or {}).get(d.episode, entry.get("last"))
             if raised_at is not None and d.time >= raised_at:
                 out.ack_latency.append((d.kind, d.time - raised_at))
-            out.alerts.append((st.patient, orjson.dumps(self._ack_record(st, d))))
+            out.alerts.append((st.patient, orjson.dumps(ack_record(st, d))))
             out.alert_labels.append((d.kind, "info", st.ward or "unknown"))
         self._acks = []
 
@@ -337,48 +330,30 @@ class Processor:
             st = states[snap.patient]
             n2 = news2_parts_dict(news, i)
             n2s.append(n2)
-            row_iso = iso(snap.row_time)
             live: dict[str, Any] | None = None
             for sc, risk_arr in zip(self.scorers, risks, strict=True):
                 risk = float(risk_arr[i])
-                thr = sc.threshold
-                rec = {
-                    "v": 1, "score_id": score_id(snap.patient, sc.name, sc.version, snap.row, snap.partial),
-                    "patient": snap.patient, "ward": snap.ward, "bed": snap.bed, "unit": snap.unit,
-                    "time": row_iso, "row": snap.row, "partial": snap.partial,
-                    "model": {"name": sc.name, "version": sc.version, "provider": sc.provider},
-                    "risk": round(risk, 6), "threshold": thr, "above_threshold": risk >= thr, "news2": n2,
-                    "emitted_at": now_iso, "trigger_time": iso(snap.trigger_ts),
-                }  # fmt: skip
+                rec = score_record(snap, sc, risk, n2, now_iso)
                 out.scores.append((snap.patient, orjson.dumps(rec)))
                 live = live or rec
                 out.score_trigger_ts.append(snap.trigger_ts)
                 out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
-                thr_used = thr
                 for d in self.policy.step(st.alerts, "model_risk", sc.name, risk, snap.row_time, snap.row,
                                           threshold=sc.alert_level, ward=snap.ward, unit=snap.unit):  # fmt: skip
-                    fired.append((i, sc, d, risk, thr_used))
+                    fired.append((i, sc, d, risk, sc.threshold))
             primary = self.scorers[0] if self.scorers else None
-            for d in self._news2_decisions(st, snap, n2):
+            for d in news2_decisions(self.policy, st, snap, n2):
                 risk0 = float(risks[0][i]) if primary is not None else float("nan")
                 fired.append((i, primary, d, risk0, primary.threshold if primary is not None else float("nan")))
             for sc, risk_arr in zip(self.shadows, shadow_risks, strict=True):
-                risk = float(risk_arr[i])
-                rec = {
-                    "v": 1, "score_id": score_id(snap.patient, sc.name, sc.version, snap.row, snap.partial),
-                    "patient": snap.patient, "ward": snap.ward, "bed": snap.bed, "unit": snap.unit,
-                    "time": row_iso, "row": snap.row, "partial": snap.partial,
-                    "model": {"name": sc.name, "version": sc.version, "provider": sc.provider},
-                    "risk": round(risk, 6), "threshold": sc.threshold, "above_threshold": risk >= sc.threshold,
-                    "news2": n2, "emitted_at": now_iso, "trigger_time": iso(snap.trigger_ts), "shadow": True,
-                    "live": None if live is None else {
-                        "model": live["model"]["name"], "version": live["model"]["version"], "risk": live["risk"],
-                        "above_threshold": live["above_threshold"],
-                    },
-                }  # fmt: skip
+                rec = score_record(snap, sc, float(risk_arr[i]), n2, now_iso, live=live)
                 out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
         if fired:
-            self._alerts(fired, snaps, inp, risks, n2s, states, now_iso, out)
+            alerts = alert_records(fired, self.scorers, snaps, inp, risks, n2s, states, now_iso)
+            for patient, rec, trigger_ts, labels in alerts:
+                out.alerts.append((patient, orjson.dumps(rec)))
+                out.alert_trigger_ts.append(trigger_ts)
+                out.alert_labels.append(labels)
 
     def high_risk_by_ward(self) -> dict[str, int]:
         """Patients in care with a model-risk alert raised and not yet cleared, per ward (counts only)."""
@@ -405,83 +380,6 @@ class Processor:
                 min_rows=d.min_rows, cooldown_rows=d.cooldown_rows,
             ) if ref else None  # fmt: skip
         return self.drift[key]
-
-    def _news2_decisions(self, st: PatientState, snap: Snapshot, n2: dict[str, Any]) -> list[Decision]:
-        """The NEWS2 rules, once per row (not once per model)."""
-        pol, total = self.policy, float(n2["total"])
-        emergency = pol.rule("news2_emergency", snap.ward, snap.unit)
-        covered = emergency.enabled and total >= float(emergency.raise_at or 7)
-        t, row, w, u = snap.row_time, snap.row, snap.ward, snap.unit
-        single = float(max(n2["parts"].values(), default=0))
-        return [
-            *pol.step(st.alerts, "news2_emergency", None, total, t, row, ward=w, unit=u),
-            *pol.step(st.alerts, "news2_urgent", None, total, t, row, ward=w, unit=u, can_raise=not covered),
-            *pol.step(st.alerts, "news2_single", None, single, t, row, ward=w, unit=u),
-        ]
-
-    def _alerts(
-        self,
-        fired: list[tuple[int, Scorer | None, Decision, float, float]],
-        snaps: list[Snapshot],
-        inp: Any,
-        risks: list[np.ndarray],
-        n2s: list[dict[str, Any]],
-        states: dict[str, PatientState],
-        now_iso: str,
-        out: Outputs,
-    ) -> None:
-        """Alert records for the policy's decisions; model alerts carry the model's own top factors."""
-        factors: dict[tuple[int, str], list[dict[str, Any]]] = {}
-        for j, sc in enumerate(self.scorers):
-            rows = sorted({i for i, s2, d, _, _ in fired if s2 is sc and d.kind == "model_risk"
-                           and d.event in ("raised", "escalated")})  # fmt: skip
-            if rows:
-                for i, fs in zip(rows, explain(sc, inp, rows, risk=risks[j]), strict=True):
-                    factors[(i, sc.name)] = [f.to_dict() for f in fs]
-        for i, sc, d, risk, thr in fired:
-            snap = snaps[i]
-            st = states[snap.patient]
-            model_name = sc.name if sc is not None else "-"
-            version = sc.version if (sc is not None and d.kind == "model_risk") else "-"
-            aid = alert_id(snap.patient, d.key, version, d.row, d.event)
-            episode = alert_id(snap.patient, d.key, version, int(d.episode), "raised") if d.episode else aid
-            if d.event == "raised":
-                entry = st.alerts[d.key]
-                entry["alert_id"], entry["version"] = aid, version
-                ids = entry.setdefault("ids", {})  # recent alerts of this type: acknowledgeable
-                ids[aid] = d.time
-                for old_id in list(ids)[:-_ACKABLE]:
-                    del ids[old_id]
-            fs = factors.get((i, model_name), []) if d.kind == "model_risk" else []
-            alert = {
-                "v": 1, "alert_id": aid, "event": d.event, "episode_id": episode, "type": d.kind,
-                "severity": d.severity, "patient": snap.patient, "ward": snap.ward, "bed": snap.bed,
-                "unit": snap.unit, "time": iso(snap.row_time), "row": snap.row,
-                "model": {"name": model_name, "version": sc.version if sc is not None else "-"},
-                "score": round(risk, 6), "threshold": thr, "value": d.value, "raise_at": d.raise_at,
-                "news2": n2s[i], "factors": fs, "ack": d.ack,
-                "message": alert_message(d, risk=risk, threshold=thr, news2=n2s[i], factors=fs),
-                "emitted_at": now_iso,
-            }  # fmt: skip
-            out.alerts.append((snap.patient, orjson.dumps(alert)))
-            out.alert_trigger_ts.append(snap.trigger_ts)
-            out.alert_labels.append((d.kind, d.severity, snap.ward or "unknown"))
-
-    def _ack_record(self, st: PatientState, d: Decision) -> dict[str, Any]:
-        s = st.alerts[d.key]
-        ack = d.ack or {}
-        acked = d.episode or s["alert_id"]
-        return {
-            "v": 1, "alert_id": alert_id(acked, "ack", ack.get("by"), ack.get("at"), ack.get("action")),
-            "event": "acknowledged", "episode_id": acked, "type": d.kind, "severity": "info",
-            "patient": st.patient, "ward": st.ward, "bed": st.bed, "unit": st.unit, "time": iso(d.time),
-            "row": d.row, "model": {"name": d.key.partition(":")[2] or "-", "version": s.get("version", "-")},
-            "score": None, "threshold": None, "value": d.value, "raise_at": None, "news2": None, "factors": [],
-            "ack": {**ack, "at": iso(float(ack["at"]))} if ack else None,
-            "message": f"{d.kind} alert {ack.get('action', 'acknowledged')} by {ack.get('by')}",
-            "emitted_at": iso(time.time()),
-        }  # fmt: skip
-
 
 def _merge(out: Outputs, extra: Outputs) -> None:
     out.scores += extra.scores

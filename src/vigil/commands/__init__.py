@@ -1,0 +1,1 @@
+"""The ``vigil`` subcommand groups, one module each (registered in :mod:`vigil.cli`)."""

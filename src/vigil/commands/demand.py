@@ -1,0 +1,122 @@
+"""``vigil demand run|calibrate|backtest``: resource demand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+
+from vigil.commands.common import VigilErrorsAsClick, settings_of
+
+
+@click.group()
+def demand() -> None:
+    """Resource demand per ward (sepsis bundles, critical-care reviews): the streaming job, its calibration and
+    its backtest (vigil.demand)."""
+
+
+@demand.command("run")
+@click.option("--model", default=None, help="NAME[:VERSION] whose scores count (default: demand.model, else the "
+                                            "first serving model).")
+@click.option("--calibration", "calibration_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Calibration file (default: demand.calibration_file, else the model folder's "
+                                 "demand_calibration.json).")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Serve Prometheus /metrics on 127.0.0.1:PORT.")
+@click.option("--emit-history", is_flag=True, help="Also emit the forecasts of the retained history (a backfill).")
+@click.pass_context
+def demand_run(ctx: click.Context, model: str | None, calibration_path: Path | None, metrics_port: int | None,
+               emit_history: bool) -> None:  # fmt: skip
+    """Read adt and scores; every demand.interval_min minutes of event time write one forecast per ward x resource
+    x horizon (expected count, 50/90/95% intervals, P(demand > capacity)) and capacity alerts to resource-demand.
+    Ctrl-C or SIGTERM stops it."""
+    from vigil.demand.job import DemandJob, load_job_calibration
+    from vigil.subscribers.runner import run_until_signalled
+
+    s = settings_of(ctx)
+    with VigilErrorsAsClick():
+        job = DemandJob(s, load_job_calibration(s, model, calibration_path), emit_history=emit_history)
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            server, _ = start_http_server(metrics_port, addr=s.web_host, registry=job.metrics.registry)
+            click.echo(f"metrics on http://{s.web_host}:{server.server_port}/metrics", err=True)
+        n = asyncio.run(run_until_signalled(job.run))
+    click.echo(json.dumps({"records": n}), err=True)
+
+
+@demand.command("calibrate")
+@click.option("--model", default=None, help="NAME[:VERSION] (default: the first serving model).")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="The model's training file (default: set A in ../shared/data); its validation split is used.")
+@click.option("--horizon", "horizons", type=click.IntRange(min=1), multiple=True,
+              help="Horizon in hours (repeatable; default 6, 12, 24).")
+@click.option("--min-bin-rows", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write it (default: the model folder's demand_calibration.json).")
+@click.pass_context
+def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, horizons: tuple[int, ...],
+                     min_bin_rows: int, out: Path | None) -> None:  # fmt: skip
+    """Fit the score -> P(sepsis onset within h) and NEWS2 -> P(NEWS2 >= 7 within h) maps on the validation split."""
+    from vigil.demand.calibration import CALIBRATION_FILE
+    from vigil.demand.fitting import DEFAULT_HORIZONS, fit_calibration, score_split
+    from vigil.evaluation.selection import DEFAULT_DATA
+    from vigil.registry import Registry
+
+    s = settings_of(ctx)
+    with VigilErrorsAsClick():
+        reg = Registry(s.models_dir)
+        ref = reg.get(model or next(iter(reg.serving()), ""))
+        rows = score_split(ref, data or DEFAULT_DATA, "validation")
+        seed = ((ref.card.get("training") or {}).get("split") or {}).get("seed")
+        cal = fit_calibration(rows, ref, horizons or DEFAULT_HORIZONS, min_bin_rows, seed=seed)
+        path = cal.save(out or ref.path / CALIBRATION_FILE)
+    check = cal.meta["in_sample_reliability"]
+
+    def per(key: str) -> dict[str, dict[str, float]]:
+        return {n: {h: round(v[key], 4) for h, v in c.items()} for n, c in check.items()}
+
+    click.echo(json.dumps({"calibration": str(path), "model": f"{ref.name}:{ref.version}",
+                           "base_rates": per("observed"), "in_sample_ece": per("ece")}))
+
+
+@demand.command("backtest")
+@click.option("--model", default=None, help="NAME[:VERSION] (default: the first serving model).")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="The model's training file (default: set A in ../shared/data).")
+@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
+@click.option("--calibration", "calibration_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Calibration file (default: the model folder's demand_calibration.json).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/demand"),
+              show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Patients present per simulated ward.")
+@click.option("--every-h", type=click.IntRange(min=1), default=6, show_default=True, help="Hours between forecasts.")
+@click.option("--warmup-h", type=click.IntRange(min=0), default=96, show_default=True)
+@click.option("--baseline-windows", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Previous windows averaged by the rolling-average baseline.")
+@click.pass_context
+def demand_backtest(ctx: click.Context, model: str | None, data: Path | None, split: str,
+                    calibration_path: Path | None, out: Path, concurrency: int, every_h: int, warmup_h: int,
+                    baseline_windows: int) -> None:  # fmt: skip
+    """Replay held-out stays as concurrent wards and compare the forecasts with what happened: interval coverage,
+    MAE against a rolling average, calibration plots; writes report.md, metrics.json and PNGs to --out."""
+    from vigil.demand.backtest import BacktestConfig
+    from vigil.demand.job import load_job_calibration
+    from vigil.demand.report import run_backtest
+    from vigil.evaluation.selection import DEFAULT_DATA
+    from vigil.registry import Registry
+
+    s = settings_of(ctx)
+    d = s.demand
+    with VigilErrorsAsClick():
+        reg = Registry(s.models_dir)
+        ref = reg.get(model or d.model or next(iter(reg.serving()), ""))
+        cal = load_job_calibration(s, f"{ref.name}:{ref.version}", calibration_path)
+        cfg = BacktestConfig(concurrency=concurrency, every_h=every_h, warmup_h=warmup_h,
+                             baseline_windows=baseline_windows, horizons=tuple(d.horizons_h), levels=tuple(d.levels),
+                             exact_max=d.exact_max)  # fmt: skip
+        summary = run_backtest(ref, data or DEFAULT_DATA, cal, d.resources, split=split, out=out, cfg=cfg)
+    click.echo(json.dumps(summary))

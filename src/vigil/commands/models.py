@@ -1,0 +1,185 @@
+"""``vigil models list|show|promote|rollback``: the registry and its gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from vigil.commands.common import VigilErrorsAsClick, settings_of
+
+
+@click.group()
+def models() -> None:
+    """The model registry (models/): list and show versions, promote through the gate, roll back."""
+
+
+def _models_root(ctx: click.Context) -> Path:
+    root = Path(settings_of(ctx).models_dir)
+    if not root.is_dir():
+        raise click.ClickException(f"model registry {root} not found (VIGIL_MODELS_DIR)")
+    return root
+
+
+def _models_notify(ctx: click.Context, notify: bool | None) -> bool:
+    """--notify/--no-notify, default on when a Kafka bootstrap is configured."""
+    configured = bool(settings_of(ctx).kafka.bootstrap_servers)
+    if notify and not configured:
+        raise click.UsageError("--notify needs a Kafka bootstrap (--bootstrap or KAFKA_BOOTSTRAP_SERVERS)")
+    return configured if notify is None else notify
+
+
+def _models_announce(ctx: click.Context, event: dict[str, object]) -> None:
+    """Publish a model-updates event after the registry changed; a failure says what did and did not happen."""
+    from vigil.errors import VigilError
+    from vigil.registry import publish_update
+
+    s = settings_of(ctx)
+    try:
+        topic = publish_update(s, event, timeout_s=s.registry.notify_timeout_s)
+    except VigilError as exc:
+        spec = f"{event['name']}:{event['version']}"
+        raise click.ClickException(
+            f"{spec} is now serving (serving.json and history updated), but running workers were not told: {exc}. "
+            f"Re-announce with `vigil models promote {spec} --notify` once the broker is reachable; workers that "
+            "start from now on load it from serving.json."
+        ) from exc
+    click.echo(f"published {event['action']} {event['name']}:{event['version']} to {topic}")
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@click.pass_context
+def models_list(ctx: click.Context, as_json: bool) -> None:
+    """One line per model version (* = serving): family, threshold, validation and test utility/AUROC."""
+    from vigil.errors import ModelError
+    from vigil.registry import Registry, summary_row
+
+    reg = Registry(_models_root(ctx))
+    serving = reg.serving()
+    rows = []
+    for name in reg.names():
+        for version in reg.versions(name):
+            try:
+                rows.append(summary_row(reg.get(f"{name}:{version}"), serving.get(name) == version))
+            except ModelError as exc:
+                click.echo(f"skipping {name}:{version}: {exc}", err=True)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+
+    def num(x: object) -> str:
+        return f"{x:.4f}" if isinstance(x, float) else "-"
+
+    click.echo(f"{'NAME':<20} {'VERSION':>7} S {'CREATED':<20} {'FAMILY':<24} {'THRESH':>6} {'VAL_UTIL':>8} "
+               f"{'VAL_AUROC':>9} {'TEST_UTIL':>9} {'TEST_AUROC':>10}")  # fmt: skip
+    for r in rows:
+        v, t = r["validation"], r["test"]
+        click.echo(f"{r['name']:<20} {r['version']:>7} {'*' if r['serving'] else ' '} {r['created_at'] or '-':<20} "
+                   f"{r['family']:<24} {r['threshold']:>6g} {num(v['utility']):>8} {num(v['auroc']):>9} "
+                   f"{num(t['utility']):>9} {num(t['auroc']):>10}")  # fmt: skip
+
+
+@models.command("show")
+@click.argument("spec", metavar="NAME[:VERSION]")
+@click.option("--json", "as_json", is_flag=True, help="Print the model card as JSON.")
+@click.pass_context
+def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
+    """A readable summary of a model card (NAME alone: the serving version, else the newest)."""
+    from vigil.registry import Registry, describe_card
+
+    reg = Registry(_models_root(ctx))
+    with VigilErrorsAsClick():
+        ref = reg.get(spec)
+    if as_json:
+        click.echo(json.dumps(ref.card, indent=2))
+    else:
+        click.echo(describe_card(ref, serving=reg.serving().get(ref.name) == ref.version))
+
+
+@models.command("promote")
+@click.argument("spec", metavar="NAME:VERSION")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Gate data (default: settings registry.gate_data, set A): its validation split if it is the "
+                   "candidate's training file, else all of it.")
+@click.option("--margin-utility", type=click.FloatRange(min=0), default=None,
+              help="Allowed utility drop (default: settings).")
+@click.option("--margin-auroc", type=click.FloatRange(min=0), default=None,
+              help="Allowed AUROC drop (default: settings).")
+@click.option("--force", is_flag=True, help="Skip the metric comparison (the model must still load); needs --reason.")
+@click.option("--reason", default=None, help="Why (recorded in the history and the event).")
+@click.option("--replaces", default=None, metavar="NAME",
+              help="Another model line this one takes over from: gated against NAME's serving version, which "
+                   "stops serving in the same switch (e.g. a new model family).")
+@click.option("--notify/--no-notify", default=None,
+              help="Publish the model-updates event so workers hot-swap (default: when Kafka is configured).")
+@click.pass_context
+def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_utility: float | None,
+                   margin_auroc: float | None, force: bool, reason: str | None, replaces: str | None,
+                   notify: bool | None) -> None:  # fmt: skip
+    """Promote a version through the gate: it must not be worse than the serving version on the same data."""
+    from vigil.gate import run_gate
+    from vigil.registry import Registry, update_event
+
+    name, _, version = spec.partition(":")
+    if not name or not version:
+        raise click.UsageError(f"give NAME:VERSION, got {spec!r}")
+    if force and not (reason or "").strip():
+        raise click.UsageError("--force needs --reason (it is recorded in the serving history)")
+    s, reg, notify = settings_of(ctx), Registry(_models_root(ctx)), _models_notify(ctx, notify)
+    current = reg.serving().get(name)
+    if current == version:
+        click.echo(f"{spec} is already serving; nothing to change")
+        if notify:
+            _models_announce(ctx, update_event(name, version, "promote", from_version=version, reason="re-announce"))
+        return
+    mu = s.registry.margin_utility if margin_utility is None else margin_utility
+    ma = s.registry.margin_auroc if margin_auroc is None else margin_auroc
+    with VigilErrorsAsClick():
+        result = run_gate(reg, spec, data or s.registry.gate_data, margin_utility=mu, margin_auroc=ma, force=force,
+                          against=replaces)  # fmt: skip
+        if not result.passed:
+            raise click.ClickException(f"{spec} not promoted\n{result.report()}")
+        click.echo(result.report())
+        entry = reg.switch(name, version, "promote", expect_from=result.serving_version, forced=force,
+                           reason=reason, gate=result.as_dict(), replaces=replaces)  # fmt: skip
+    was = f"{replaces}:{entry['from_version']}" if replaces else (entry["from_version"] or "(none)")
+    click.echo(f"promoted {name}: {was} -> {version} ({reg.root / 'serving.json'}; history {reg.history_path})")
+    if notify:
+        _models_announce(ctx, update_event(name, version, "promote", from_version=entry["from_version"],
+                                           reason=reason, forced=force, replaces=replaces))  # fmt: skip
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.option("--to", "to_version", default=None, help="Version to return to (default: the previous one served).")
+@click.option("--reason", default=None, help="Why (recorded in the history and the event).")
+@click.option("--notify/--no-notify", default=None,
+              help="Publish the model-updates event so workers hot-swap (default: when Kafka is configured).")
+@click.pass_context
+def models_rollback(ctx: click.Context, name: str, to_version: str | None, reason: str | None,
+                    notify: bool | None) -> None:  # fmt: skip
+    """Return NAME to the version served before (the emergency path: no metric gate, but it must load)."""
+    from vigil.errors import VigilError
+    from vigil.gate import load_checked
+    from vigil.registry import Registry, update_event
+
+    reg, notify = Registry(_models_root(ctx)), _models_notify(ctx, notify)
+    current = reg.serving().get(name)
+    if current is None:
+        raise click.ClickException(f"no version of {name} is serving: nothing to roll back")
+    target = to_version or reg.previous_version(name)
+    if target is None:
+        raise click.ClickException(f"no earlier serving version of {name} in {reg.history_path}; name one with --to")
+    if target == current:
+        raise click.ClickException(f"{name}:{target} is already serving")
+    try:
+        load_checked(reg.get(f"{name}:{target}"))
+    except VigilError as exc:
+        raise click.ClickException(f"cannot roll back to {name}:{target}: {exc}") from exc
+    with VigilErrorsAsClick():
+        reg.switch(name, target, "rollback", expect_from=current, reason=reason)
+    click.echo(f"rolled back {name}: {current} -> {target} ({reg.root / 'serving.json'}; history {reg.history_path})")
+    if notify:
+        _models_announce(ctx, update_event(name, target, "rollback", from_version=current, reason=reason))
