@@ -317,7 +317,7 @@ def _inputs() -> list[tuple[str, bytes, bytes]]:
         _score(p2, 1, 0.2, 1),
         _score(p3, 1, 0.7, 6),
         _score(p4, 1, 0.5, 4),
-        _score(p1, 1, 0.99, 12, model=("m", "2")),  # another version: ignored
+        _score(p1, 1, 0.99, 12, model=("m", "2")),  # a version without a calibration: ignored
         _score(p3, 2, 0.1, 0, partial=True),
         _score(p1, 3, 0.5, 3),  # row end 04:00: passes the 03:00 boundary
     ]
@@ -335,9 +335,11 @@ def _settings(**over: Any) -> Settings:
 def _expected_at(cal: Calibration, s: Settings) -> dict[tuple[str, str, int], dict[str, Any]]:
     """The 03:00 forecasts computed directly from the pure functions (state by hand)."""
     snaps = {
-        "W1": WardSnapshot("W1", np.array([0.95, 0.5]), np.array([9, 4]), 2),  # pt-1 (latest m:1 row 1), pt-4
-        "W2": WardSnapshot("W2", np.array([0.1]), np.array([0]), 4),  # pt-3: partial row 2 replaces row 1
-        "W9": WardSnapshot("W9", np.array([]), np.array([], dtype=int), 3),  # configured, empty
+        # pt-1 (latest m:1 row 1; NEWS2 8 then 9), pt-4 (7 then 4: the recent maximum is 7)
+        "W1": WardSnapshot("W1", np.array([0.95, 0.5]), np.array([9, 4]), 2, news2_max=np.array([9, 7])),
+        # pt-3: partial row 2 (NEWS2 0) replaces row 1; completed rows 5 and 6
+        "W2": WardSnapshot("W2", np.array([0.1]), np.array([0]), 4, news2_max=np.array([6])),
+        "W9": WardSnapshot("W9", np.array([]), np.array([], dtype=int), 3, news2_max=np.array([], dtype=int)),
     }
     out = {}
     for w, snap in snaps.items():
@@ -391,7 +393,7 @@ def test_job_logic_event_time_rounds_alerts_and_metrics() -> None:
     _no_patients(text)
     assert 'vigil_demand_expected{horizon_h="12",resource="sepsis_bundle",ward="W1"}' in text
     assert 'vigil_demand_ward_free_beds{ward="W1"} 0.0' in text
-    assert 'vigil_demand_input_events_total{outcome="other_model",topic="scores"} 1.0' in text
+    assert 'vigil_demand_input_events_total{outcome="uncalibrated_version",topic="scores"} 1.0' in text
     assert 'vigil_demand_input_events_total{outcome="stale",topic="adt"} 2.0' in text
     for fam in job.metrics.registry.collect():
         for sample in fam.samples:

@@ -244,12 +244,14 @@ def test_update_card_is_atomic_and_keeps_every_other_field(tmp_path: Path) -> No
     shutil.copytree(MODELS, tmp_path / "models")
     ref = Registry(tmp_path / "models").get("sepsis-mlp:1")
     before = json.loads((ref.path / "card.json").read_text())
+    files = sorted(p.name for p in ref.path.iterdir())
     update_card(ref, "test", {"model": {"auroc": np.float32(0.75), "brier": float("nan")}, "n": np.int64(3)})
     update_card(ref, "all", {"x": 1})
     after = json.loads((ref.path / "card.json").read_text())
     assert after["evaluation"] == {"test": {"model": {"auroc": 0.75, "brier": None}, "n": 3}, "all": {"x": 1}}
     assert {k: v for k, v in after.items() if k != "evaluation"} == before
-    assert sorted(p.name for p in ref.path.iterdir()) == sorted(["card.json", "model.onnx"])
+    assert sorted(p.name for p in ref.path.iterdir()) == files  # no temporary file left behind
+    assert {"card.json", "model.onnx"} <= set(files)
 
 
 def _finite_in(x: Any, lo: float, hi: float) -> bool:

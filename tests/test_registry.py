@@ -2,7 +2,8 @@
 
 Candidates: a copy of the serving model (identical metrics: passes), a graph that negates its score and
 a constant-score graph built with onnx.helper (worse: refused with both models' numbers), a wrong
-feature-schema hash and an unreadable ONNX file (refused by the scorer). Gate data: the bundled sample.
+feature-schema hash and an unreadable ONNX file (refused by the scorer), a copy without its own demand
+calibration (refused unless --no-demand-check). Gate data: the bundled sample.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from vigil.catalog import schema_for
 from vigil.cli import cli
 from vigil.config import REPO_ROOT, Settings
+from vigil.demand.calibration import CALIBRATION_FILE, Calibration
 from vigil.errors import ModelError
 from vigil.gate import GateResult, run_gate
 from vigil.kafka_io import read_topic
@@ -73,8 +75,11 @@ def _constant(value: float, n_features: int) -> bytes:
     return model.SerializeToString()
 
 
-def _add_version(reg: Registry, version: str, onnx_bytes: bytes | None = None, **card_changes: Any) -> str:
-    """Register ``NAME:version`` as a copy of the serving model, with another ONNX file or card fields."""
+def _add_version(
+    reg: Registry, version: str, onnx_bytes: bytes | None = None, *, demand: bool = True, **card_changes: Any
+) -> str:
+    """Register ``NAME:version`` as a copy of the serving model, with another ONNX file or card fields; with
+    ``demand`` (default) it gets its own demand calibration (a synthetic one naming it), else none."""
     base = reg.get(NAME)
     target = reg.root / NAME / version
     shutil.copytree(base.path, target)
@@ -84,6 +89,9 @@ def _add_version(reg: Registry, version: str, onnx_bytes: bytes | None = None, *
     (target / "card.json").write_text(json.dumps(card))
     if onnx_bytes is not None:
         (target / "model.onnx").write_bytes(onnx_bytes)
+    (target / CALIBRATION_FILE).unlink(missing_ok=True)  # the base version's file names the base version
+    if demand:
+        Calibration.synthetic(model=NAME, version=version).save(target / CALIBRATION_FILE)
     return f"{NAME}:{version}"
 
 
@@ -245,6 +253,50 @@ def test_the_training_file_gives_its_validation_split_with_the_candidate_seed(
     assert result.data is not None and result.data.subset == "validation split (seed 8)"
     assert result.stays == 30 and result.rows < 7555
     assert any("split seeds differ" in n for n in result.notes)
+
+
+# ------------------------------------------------------------------------------------------ demand calibration
+def test_promote_refuses_a_candidate_without_its_demand_calibration(reg: Registry, sample_path: Path) -> None:
+    spec = _add_version(reg, "920", demand=False)
+    before = reg.serving()
+    args = ["models", "promote", spec, "--data", str(sample_path), "--no-notify"]
+    res = _vigil(reg, *args)
+    assert res.exit_code == 1 and f"{spec} not promoted" in res.stderr and "REFUSED" in res.stderr
+    assert "has no demand calibration" in res.stderr and f"vigil demand calibrate --model {spec}" in res.stderr
+    assert reg.serving() == before and reg.history() == []
+    forced = _vigil(reg, *args, "--force", "--reason", "metrics reviewed")  # --force skips only the metrics
+    assert forced.exit_code == 1 and f"vigil demand calibrate --model {spec}" in forced.stderr
+    assert reg.serving() == before
+    res = _vigil(reg, *args, "--no-demand-check")
+    assert res.exit_code == 0, res.output
+    assert "PASSED" in res.stdout and "--no-demand-check" in res.stdout and reg.serving()[NAME] == "920"
+    [entry] = reg.history(NAME)
+    assert entry["forced"] is False and any("demand calibration check skipped" in n for n in entry["gate"]["notes"])
+
+
+def test_promote_refuses_a_demand_calibration_of_another_version(reg: Registry, sample_path: Path) -> None:
+    spec = _add_version(reg, "921")
+    Calibration.synthetic(model=NAME, version="900").save(reg.root / NAME / "921" / CALIBRATION_FILE)  # copied
+    res = _vigil(reg, "models", "promote", spec, "--data", str(sample_path), "--no-notify")
+    assert res.exit_code == 1 and "REFUSED" in res.stderr
+    assert f"calibrates {NAME}:900, not {spec}" in res.stderr and f"vigil demand calibrate --model {spec}" in res.stderr
+    result = _gate(reg, spec, sample_path)  # the metrics pass: the calibration is the only reason
+    assert not result.passed and len(result.reasons) == 1 and "calibrates" in result.reasons[0]
+    assert result.candidate_metrics is not None and result.serving_metrics is not None
+    (reg.root / NAME / "921" / CALIBRATION_FILE).write_text("{}")  # unreadable: refused too
+    assert "cannot be read" in _gate(reg, spec, sample_path).reasons[0]
+    assert _gate(reg, spec, sample_path, demand_check=False).passed
+
+
+def test_rollback_to_a_version_without_demand_calibration_warns(reg: Registry, sample_path: Path) -> None:
+    base = reg.serving()[NAME]
+    (reg.root / NAME / base / CALIBRATION_FILE).unlink(missing_ok=True)
+    res = _vigil(reg, "models", "promote", f"{NAME}:900", "--data", str(sample_path), "--no-notify")
+    assert res.exit_code == 0, res.output
+    res = _vigil(reg, "models", "rollback", NAME, "--no-notify")
+    assert res.exit_code == 0, res.output
+    assert reg.serving()[NAME] == base and "warning" in res.stderr
+    assert f"vigil demand calibrate --model {NAME}:{base}" in res.stderr
 
 
 # ------------------------------------------------------------------------------------------ rollback

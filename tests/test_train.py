@@ -1,16 +1,19 @@
 """`vigil train` with real TensorFlow on a small sample: every family is exported, parity-checked,
-registered with a complete card, loads in the serving Scorer and predicts causally."""
+registered with a complete card and its demand calibration, loads in the serving Scorer and predicts causally."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from vigil.cli import cli
+from vigil.demand.calibration import CALIBRATION_FILE, Calibration
 from vigil.evaluation.utility import normalized_utility
 from vigil.features import FEATURE_SCHEMA_HASH, SEQUENCE_SCHEMA_HASH
 from vigil.offline import score_frame
@@ -21,6 +24,11 @@ from vigil.training.data import load_training_frame
 pytest.importorskip("tensorflow", reason="the [train] extra is part of `make test` (make install-train)")
 
 
+def _summaries(stdout: str) -> list[dict[str, Any]]:
+    """The JSON summary lines of `vigil train` (Keras prints its progress on stdout too)."""
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"model"')]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Path:
     out = tmp_path_factory.mktemp("registry")
@@ -29,8 +37,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Path
               "--max-stays", "120", "--batch-size", "512", "--members", "2"],  # fmt: skip
     )
     assert res.exit_code == 0, res.output
-    summaries = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    summaries = _summaries(res.stdout)
     assert [s["model"] for s in summaries] == ["sepsis-logreg:1", "sepsis-mlp:1", "sepsis-tcn:1"]
+    assert all(s["demand_calibration"] == str(out / s["model"].replace(":", "/") / CALIBRATION_FILE)
+               for s in summaries)  # fmt: skip
     return out
 
 
@@ -93,6 +103,68 @@ def test_predictions_are_causal_future_rows_cannot_change_the_past(trained: Path
         changed, _ = score_frame(sc, noisy)
         np.testing.assert_array_equal(base[:cut], changed[:cut])
         assert not np.allclose(base[cut:], changed[cut:])  # the perturbation is real
+
+
+@pytest.mark.parametrize("family", ["logreg", "mlp", "tcn"])
+def test_every_version_gets_its_demand_calibration_on_its_validation_split(
+    trained: Path, sample_path: Path, family: str
+) -> None:
+    ref = Registry(trained).get(f"sepsis-{family}:1")
+    cal = Calibration.load(ref.path / CALIBRATION_FILE)
+    assert (cal.model, cal.version) == (ref.name, ref.version) and cal.horizons == (6, 12, 24)
+    fitted = cal.meta["fitted_on"]
+    split = ref.card["training"]["split"]  # the --max-stays 120 selection, split with the card's seed
+    assert (fitted["data"], fitted["split"], fitted["seed"]) == (sample_path.name, "validation", split["seed"])
+    assert fitted["stays"] == split["validation"] and fitted["notes"] == []
+    assert cal.meta["feature_hash"] == ref.feature_hash
+
+
+def test_demand_calibrate_refits_the_same_file_and_promote_accepts_it(
+    trained: Path, sample_path: Path, tmp_path: Path
+) -> None:
+    """`vigil demand calibrate` runs the trainer's code: the same maps; the trained version passes promote."""
+    root = tmp_path / "models"
+    shutil.copytree(trained, root)
+    env = {"VIGIL_MODELS_DIR": str(root)}
+    spec = "sepsis-logreg:1"
+    res = CliRunner().invoke(cli, ["demand", "calibrate", "--model", spec, "--data", str(sample_path),
+                                   "--out", str(tmp_path / "refit.json")], env=env)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["model"] == spec
+
+    def maps(path: Path) -> dict[str, object]:
+        doc = json.loads(path.read_text())
+        doc.pop("created_at")
+        return doc
+
+    assert maps(tmp_path / "refit.json") == maps(root / "sepsis-logreg" / "1" / CALIBRATION_FILE)
+    res = CliRunner().invoke(cli, ["models", "promote", spec, "--data", str(sample_path), "--no-notify"], env=env)
+    assert res.exit_code == 0, res.output
+    assert Registry(root).serving() == {"sepsis-logreg": "1"}
+
+
+def test_a_failed_or_skipped_demand_calibration_keeps_the_version_and_names_the_fix(
+    tmp_path: Path, sample_path: Path
+) -> None:
+    out = tmp_path / "models"
+    (out / "sepsis-logreg" / "5" / CALIBRATION_FILE).mkdir(parents=True)  # a folder there: writing it fails
+    # 120 stays as in `trained`: with far fewer the card's test metrics are NaN, which the registry cannot read
+    args = ["train", "--data", str(sample_path), "--out", str(out), "--family", "logreg", "--epochs", "1",
+            "--max-stays", "120", "--batch-size", "512"]  # fmt: skip
+    res = CliRunner().invoke(cli, [*args, "--version", "5"])
+    assert res.exit_code == 0, res.output
+    assert _summaries(res.stdout)[-1]["demand_calibration"] is None
+    assert "WARNING: sepsis-logreg:5 is registered" in res.stderr and "IsADirectoryError" in res.stderr
+    assert "vigil demand calibrate --model sepsis-logreg:5" in res.stderr and f"--data {sample_path}" in res.stderr
+    assert Registry(out).get("sepsis-logreg:5").version == "5"
+    res = CliRunner().invoke(cli, [*args, "--version", "6", "--no-demand-calibration"])
+    assert res.exit_code == 0, res.output
+    assert _summaries(res.stdout)[-1]["demand_calibration"] is None
+    assert "vigil demand calibrate --model sepsis-logreg:6" in res.stderr
+    assert not (out / "sepsis-logreg" / "6" / CALIBRATION_FILE).exists()
+    res = CliRunner().invoke(cli, ["models", "promote", "sepsis-logreg:6", "--data", str(sample_path),
+                                   "--no-notify"], env={"VIGIL_MODELS_DIR": str(out)})  # fmt: skip
+    assert res.exit_code == 1 and "vigil demand calibrate --model sepsis-logreg:6" in res.stderr
 
 
 def test_parity_failure_registers_nothing(tmp_path: Path, sample_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -164,13 +164,19 @@ def demo(ctx: click.Context, data: Path | None, limit: int | None, workers: int)
               help="First wait for a drift event on model-drift (published by the workers), then train.")
 @click.option("--drift-model", default=None, help="With --on-drift: only events of this model name.")
 @click.option("--drift-timeout", type=float, default=None, help="With --on-drift: give up after S seconds.")
+@click.option("--no-demand-calibration", "skip_demand", is_flag=True,
+              help="Do not fit the version's demand_calibration.json (vigil demand calibrate does it later; "
+                   "`vigil models promote` refuses a version without one).")
 @click.pass_context
 def train(ctx: click.Context, data: Path, out: Path, family: str, name: str | None, version: str | None, seed: int,
           epochs: int, batch_size: int, patience: int, filters: int, members: int, max_stays: int | None,
-          on_drift: bool, drift_model: str | None, drift_timeout: float | None) -> None:  # fmt: skip
+          on_drift: bool, drift_model: str | None, drift_timeout: float | None,
+          skip_demand: bool) -> None:  # fmt: skip
     """Train, export (ONNX, parity-checked) and register sepsis models (needs the [train] extra).
 
-    Registered versions do not serve until promoted: `vigil models promote NAME:VERSION`.
+    Each registered version also gets its resource-demand calibration (demand_calibration.json, fitted on
+    the validation split as `vigil demand calibrate` does) unless --no-demand-calibration. Registered
+    versions do not serve until promoted: `vigil models promote NAME:VERSION`.
     """
     if on_drift:
         from vigil.training.trigger import wait_for_drift_sync
@@ -192,10 +198,37 @@ def train(ctx: click.Context, data: Path, out: Path, family: str, name: str | No
         path = train_family(ds, fam, out, name=name, version=version, epochs=epochs, batch_size=batch_size,
                             patience=patience, hyper=Hyper(filters=filters), members=members)  # fmt: skip
         card = json.loads((path / "card.json").read_text())
-        summary = {"model": f"{card['name']}:{card['version']}", "path": str(path), "threshold": card["threshold"],
+        spec = f"{card['name']}:{card['version']}"
+        calibration = None if skip_demand else _train_demand(ctx, path, spec, data, out)
+        summary = {"model": spec, "path": str(path), "threshold": card["threshold"],
                    "validation": card["metrics"]["validation"], "test": card["metrics"]["test"],
-                   "duration_s": card["training"]["duration_s"]}  # fmt: skip
+                   "duration_s": card["training"]["duration_s"], "demand_calibration": calibration}  # fmt: skip
+        if skip_demand:
+            click.echo(f"{spec}: no demand calibration fitted (--no-demand-calibration); `vigil models promote` "
+                       f"needs one: {_calibrate_hint(ctx, spec, data, out)}", err=True)  # fmt: skip
         click.echo(json.dumps(summary))
+
+
+def _calibrate_hint(ctx: click.Context, spec: str, data: Path, out: Path) -> str:
+    """The command that fits ``spec``'s demand calibration later (its training file; its registry if not the
+    configured one)."""
+    env = "" if Path(out).resolve() == Path(_settings(ctx).models_dir).resolve() else f"VIGIL_MODELS_DIR={out} "
+    return f"`{env}vigil demand calibrate --model {spec} --data {data}`"
+
+
+def _train_demand(ctx: click.Context, path: Path, spec: str, data: Path, out: Path) -> str | None:
+    """Fit the just-registered version's demand calibration; on failure warn (the version stays registered)
+    with the command that fits it, and return None."""
+    from vigil.training.trainer import calibrate_demand
+
+    try:
+        return str(calibrate_demand(path, data))
+    except Exception as exc:  # any failure leaves a registered version: say so, with the fix
+        hint = _calibrate_hint(ctx, spec, data, out)
+        click.echo(f"WARNING: {spec} is registered, but fitting its demand calibration failed "
+                   f"({type(exc).__name__}: {exc}). `vigil models promote` refuses it and `vigil demand run` "
+                   f"cannot use it until it has one: run {hint}", err=True)  # fmt: skip
+        return None
 
 
 @cli.command()
@@ -242,7 +275,8 @@ def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: st
 
     if demand:
         ctx.invoke(demand_backtest, model=model, data=data, split=split or "test", calibration_path=None,
-                   out=out or Path("docs/demand"), concurrency=20, every_h=6, warmup_h=96, baseline_windows=4)
+                   out=out or Path("docs/demand"), concurrency=20, every_h=6, warmup_h=96, baseline_windows=4,
+                   arrivals="poisson")
         return
     s = _settings(ctx)
     try:

@@ -14,6 +14,11 @@ candidate card's seed) when ``data`` is the file the candidate was trained on (s
 ``training.source_file``), else every row of ``data``. With no serving version the metric comparison is
 skipped; ``force`` skips it too (the candidate must still load and give finite probabilities).
 
+The candidate's folder must also hold its resource-demand calibration (``demand_calibration.json`` for this
+name and version, written by ``vigil train`` or ``vigil demand calibrate``): without it the demand job
+cannot use the new version's scores. ``demand_check=False`` (``--no-demand-check``) skips only that check;
+``force`` does not skip it.
+
 >>> verdict(ModelScore("m:2", 0.5, 0.40, 0.80, 0.1, 0.2), ModelScore("m:1", 0.5, 0.42, 0.80, 0.1, 0.2),
 ...         margin_utility=0.01, margin_auroc=0.01)
 ['utility 0.4000 < serving 0.4200 - margin 0.0100']
@@ -22,7 +27,7 @@ skipped; ``force`` skips it too (the candidate must still load and give finite p
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ModelScore", "GateData", "GateResult", "run_gate", "gate_rows", "score_model", "verdict", "load_checked",
+    "demand_calibration_problem",
 ]  # fmt: skip
 
 
@@ -220,6 +226,28 @@ def load_checked(ref: ModelRef) -> Scorer:
     return scorer
 
 
+def demand_calibration_problem(ref: ModelRef) -> str | None:
+    """Why ``ref``'s folder has no usable demand calibration (missing, unreadable, or fitted for another
+    name/version), with the command that fits it; ``None`` when it has one."""
+    from vigil.demand.calibration import CALIBRATION_FILE, Calibration
+
+    spec = f"{ref.name}:{ref.version}"
+    path = ref.path / CALIBRATION_FILE
+    source = (ref.card.get("training") or {}).get("source_file")
+    fix = f"fit it with `vigil demand calibrate --model {spec}`" + (
+        f" (--data: its training file, {source})" if source else "")  # fmt: skip
+    if not path.is_file():
+        return f"{spec} has no demand calibration ({path} missing): the demand job could not use its scores; {fix}"
+    try:
+        cal = Calibration.load(path)
+    except ConfigError as exc:
+        return f"{spec}'s demand calibration cannot be read ({exc}); {fix.replace('fit it', 'refit it')}"
+    if (cal.model, cal.version) != (ref.name, ref.version):
+        return (f"{path} calibrates {cal.model}:{cal.version}, not {spec} (copied from another version?); "
+                f"{fix.replace('fit it', 'refit it')}")  # fmt: skip
+    return None
+
+
 def run_gate(
     registry: Registry,
     candidate: str,
@@ -229,13 +257,37 @@ def run_gate(
     margin_auroc: float,
     force: bool = False,
     against: str | None = None,
+    demand_check: bool = True,
 ) -> GateResult:
     """Judge ``candidate`` (``NAME:VERSION``) against the serving version of its name on ``data`` — or,
-    with ``against``, against the serving version of that other model line (a new family replacing it).
+    with ``against``, against the serving version of that other model line (a new family replacing it) —
+    and, unless ``demand_check`` is false, require its demand calibration (``force`` does not skip that).
 
     Raises :class:`ModelError` if the candidate is not in the registry and :class:`ConfigError` if the data
     is missing or empty; every other failure is a refusal in the returned :class:`GateResult`.
     """
+    result = _metric_gate(registry, candidate, data, margin_utility=margin_utility, margin_auroc=margin_auroc,
+                          force=force, against=against)  # fmt: skip
+    problem = demand_calibration_problem(registry.get(candidate))
+    if problem is None:
+        return result
+    if not demand_check:
+        note = f"demand calibration check skipped (--no-demand-check): {problem}"
+        return replace(result, notes=(*result.notes, note))
+    return replace(result, passed=False, reasons=(*result.reasons, problem))
+
+
+def _metric_gate(
+    registry: Registry,
+    candidate: str,
+    data: Path,
+    *,
+    margin_utility: float,
+    margin_auroc: float,
+    force: bool,
+    against: str | None,
+) -> GateResult:
+    """:func:`run_gate` without the demand-calibration check: loads, scores and compares."""
     cand_ref = registry.get(candidate)
     spec = f"{cand_ref.name}:{cand_ref.version}"
     line = against or cand_ref.name

@@ -59,9 +59,11 @@ def demand_run(ctx: click.Context, model: str | None, calibration_path: Path | N
 @click.pass_context
 def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, horizons: tuple[int, ...],
                      min_bin_rows: int, out: Path | None) -> None:  # fmt: skip
-    """Fit the score -> P(sepsis onset within h) and NEWS2 -> P(NEWS2 >= 7 within h) maps on the validation split."""
-    from vigil.demand.calibration import CALIBRATION_FILE
-    from vigil.demand.fitting import DEFAULT_HORIZONS, fit_calibration, score_split
+    """Fit the score -> P(sepsis onset within h) and NEWS2 -> P(NEWS2 >= 7 within h) maps on the validation split.
+
+    `vigil train` already does this for every version it registers (the same code,
+    vigil.demand.fitting.calibrate_version); run it for older versions or to refit."""
+    from vigil.demand.fitting import DEFAULT_HORIZONS, calibrate_version
     from vigil.evaluation.selection import DEFAULT_DATA
     from vigil.registry import Registry
 
@@ -69,10 +71,7 @@ def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, h
     with VigilErrorsAsClick():
         reg = Registry(s.models_dir)
         ref = reg.get(model or next(iter(reg.serving()), ""))
-        rows = score_split(ref, data or DEFAULT_DATA, "validation")
-        seed = ((ref.card.get("training") or {}).get("split") or {}).get("seed")
-        cal = fit_calibration(rows, ref, horizons or DEFAULT_HORIZONS, min_bin_rows, seed=seed)
-        path = cal.save(out or ref.path / CALIBRATION_FILE)
+        cal, path = calibrate_version(ref, data or DEFAULT_DATA, horizons or DEFAULT_HORIZONS, min_bin_rows, out=out)
     check = cal.meta["in_sample_reliability"]
 
     def per(key: str) -> dict[str, dict[str, float]]:
@@ -97,10 +96,12 @@ def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, h
 @click.option("--warmup-h", type=click.IntRange(min=0), default=96, show_default=True)
 @click.option("--baseline-windows", type=click.IntRange(min=1), default=4, show_default=True,
               help="Previous windows averaged by the rolling-average baseline.")
+@click.option("--arrivals", type=click.Choice(["poisson", "steady"]), default="poisson", show_default=True,
+              help="Admission process of the simulated wards (the other one is reported as a sensitivity run).")
 @click.pass_context
 def demand_backtest(ctx: click.Context, model: str | None, data: Path | None, split: str,
                     calibration_path: Path | None, out: Path, concurrency: int, every_h: int, warmup_h: int,
-                    baseline_windows: int) -> None:  # fmt: skip
+                    baseline_windows: int, arrivals: str) -> None:  # fmt: skip
     """Replay held-out stays as concurrent wards and compare the forecasts with what happened: interval coverage,
     MAE against a rolling average, calibration plots; writes report.md, metrics.json and PNGs to --out."""
     from vigil.demand.backtest import BacktestConfig
@@ -117,6 +118,6 @@ def demand_backtest(ctx: click.Context, model: str | None, data: Path | None, sp
         cal = load_job_calibration(s, f"{ref.name}:{ref.version}", calibration_path)
         cfg = BacktestConfig(concurrency=concurrency, every_h=every_h, warmup_h=warmup_h,
                              baseline_windows=baseline_windows, horizons=tuple(d.horizons_h), levels=tuple(d.levels),
-                             exact_max=d.exact_max)  # fmt: skip
+                             exact_max=d.exact_max, arrivals=arrivals)  # fmt: skip
         summary = run_backtest(ref, data or DEFAULT_DATA, cal, d.resources, split=split, out=out, cfg=cfg)
     click.echo(json.dumps(summary))

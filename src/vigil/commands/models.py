@@ -107,7 +107,13 @@ def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
               help="Allowed utility drop (default: settings).")
 @click.option("--margin-auroc", type=click.FloatRange(min=0), default=None,
               help="Allowed AUROC drop (default: settings).")
-@click.option("--force", is_flag=True, help="Skip the metric comparison (the model must still load); needs --reason.")
+@click.option("--force", is_flag=True,
+              help="Skip the metric comparison (the model must still load; the demand-calibration check still "
+                   "applies, see --no-demand-check); needs --reason.")
+@click.option("--no-demand-check", "skip_demand", is_flag=True,
+              help="Skip only the check that the candidate's folder has its own demand_calibration.json: the "
+                   "demand job (vigil demand run) will then have no calibration for this version and refuses to "
+                   "start on it until `vigil demand calibrate --model NAME:VERSION` fits one.")
 @click.option("--reason", default=None, help="Why (recorded in the history and the event).")
 @click.option("--replaces", default=None, metavar="NAME",
               help="Another model line this one takes over from: gated against NAME's serving version, which "
@@ -116,9 +122,10 @@ def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
               help="Publish the model-updates event so workers hot-swap (default: when Kafka is configured).")
 @click.pass_context
 def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_utility: float | None,
-                   margin_auroc: float | None, force: bool, reason: str | None, replaces: str | None,
-                   notify: bool | None) -> None:  # fmt: skip
-    """Promote a version through the gate: it must not be worse than the serving version on the same data."""
+                   margin_auroc: float | None, force: bool, skip_demand: bool, reason: str | None,
+                   replaces: str | None, notify: bool | None) -> None:  # fmt: skip
+    """Promote a version through the gate: it must not be worse than the serving version on the same data,
+    and it must have its demand calibration (demand_calibration.json, written by `vigil train`)."""
     from vigil.gate import run_gate
     from vigil.registry import Registry, update_event
 
@@ -138,7 +145,7 @@ def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_util
     ma = s.registry.margin_auroc if margin_auroc is None else margin_auroc
     with VigilErrorsAsClick():
         result = run_gate(reg, spec, data or s.registry.gate_data, margin_utility=mu, margin_auroc=ma, force=force,
-                          against=replaces)  # fmt: skip
+                          against=replaces, demand_check=not skip_demand)  # fmt: skip
         if not result.passed:
             raise click.ClickException(f"{spec} not promoted\n{result.report()}")
         click.echo(result.report())
@@ -160,9 +167,10 @@ def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_util
 @click.pass_context
 def models_rollback(ctx: click.Context, name: str, to_version: str | None, reason: str | None,
                     notify: bool | None) -> None:  # fmt: skip
-    """Return NAME to the version served before (the emergency path: no metric gate, but it must load)."""
+    """Return NAME to the version served before (the emergency path: no metric gate, but it must load; a
+    missing demand calibration only warns)."""
     from vigil.errors import VigilError
-    from vigil.gate import load_checked
+    from vigil.gate import demand_calibration_problem, load_checked
     from vigil.registry import Registry, update_event
 
     reg, notify = Registry(_models_root(ctx)), _models_notify(ctx, notify)
@@ -175,9 +183,13 @@ def models_rollback(ctx: click.Context, name: str, to_version: str | None, reaso
     if target == current:
         raise click.ClickException(f"{name}:{target} is already serving")
     try:
-        load_checked(reg.get(f"{name}:{target}"))
+        target_ref = reg.get(f"{name}:{target}")
+        load_checked(target_ref)
     except VigilError as exc:
         raise click.ClickException(f"cannot roll back to {name}:{target}: {exc}") from exc
+    problem = demand_calibration_problem(target_ref)
+    if problem:
+        click.echo(f"warning: rolling back anyway, but {problem}", err=True)
     with VigilErrorsAsClick():
         reg.switch(name, target, "rollback", expect_from=current, reason=reason)
     click.echo(f"rolled back {name}: {current} -> {target} ({reg.root / 'serving.json'}; history {reg.history_path})")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,20 +28,27 @@ from vigil.demand.calibration import Calibration
 from vigil.demand.census import free_beds
 from vigil.demand.poisson_binomial import CountDistribution, distribution
 
-__all__ = ["WardSnapshot", "Forecast", "forecast", "forecast_record", "forecast_id", "CapacityAlerts", "level_key"]
+__all__ = ["WardSnapshot", "Forecast", "forecast", "patient_probabilities", "forecast_record", "forecast_id",
+           "CapacityAlerts", "level_key"]  # fmt: skip
 
 DEFAULT_LEVELS = (0.5, 0.9, 0.95)
 
 
 @dataclass(frozen=True)
 class WardSnapshot:
-    """The patients present in one ward at one time: model risk (NaN = not scored yet) and NEWS2 total
-    (-1 = unknown) of each, and the ward's configured beds (None = unknown)."""
+    """The patients present in one ward at one time: model risk (NaN = not scored yet), NEWS2 total
+    (-1 = unknown) and highest NEWS2 total of the calibration's history window (-1 = unknown; None: not
+    tracked) of each, the ward's configured beds (None = unknown), which patients are out of the
+    ``sepsis_onset`` risk set because their sepsis alert was acknowledged as treated (None: nobody), and the
+    model version that scored each (to pick its calibration)."""
 
     ward: str
     risk: np.ndarray
     news2: np.ndarray
     beds: int | None = None
+    news2_max: np.ndarray | None = None
+    treated: np.ndarray | None = None
+    versions: np.ndarray | None = None  # the model version of each patient's score (None: the calibration's)
 
     @property
     def occupied(self) -> int:
@@ -85,22 +92,50 @@ def capacity_of(resource: DemandResource, snap: WardSnapshot) -> int | None:
     return None if value is None else int(value)
 
 
+def patient_probabilities(
+    snap: WardSnapshot, resource: DemandResource, horizon_h: int, calibration: Calibration,
+    by_version: Mapping[str, Calibration] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Per patient of ``snap`` in the resource's risk set: P(needs it within ``horizon_h``). A patient scored by
+    another version in ``by_version`` goes through that version's calibration; the rest (and unscored patients)
+    through ``calibration``. For ``sepsis_onset`` the patients marked ``treated`` are left out."""
+
+    def probs(cal: Calibration, sel: np.ndarray | slice) -> np.ndarray:
+        return cal.probabilities(
+            resource.need, horizon_h, risk=snap.risk[sel], news2=snap.news2[sel],
+            news2_max=None if snap.news2_max is None else snap.news2_max[sel], rule_at=resource.rule_news2_at,
+            rule_p=resource.rule_p,
+        )  # fmt: skip
+
+    p = probs(calibration, slice(None))
+    if snap.versions is not None and by_version:
+        for version in set(snap.versions.tolist()) - {calibration.version}:
+            cal = by_version.get(version)
+            if cal is not None:
+                sel = (snap.versions == version) & np.isfinite(snap.risk)
+                p[sel] = probs(cal, sel)
+    if resource.need == "sepsis_onset" and snap.treated is not None:
+        p = p[~snap.treated]  # already being treated: not a future demand
+    return p
+
+
 def forecast(
     snap: WardSnapshot, resource: DemandResource, horizon_h: int, calibration: Calibration, *,
     levels: Sequence[float] = DEFAULT_LEVELS, exact_max: int = 200, probabilities: np.ndarray | None = None,
+    by_version: Mapping[str, Calibration] | None = None,
 ) -> Forecast:  # fmt: skip
     """Forecast ``resource`` in ``snap``'s ward over ``horizon_h`` hours (``probabilities`` given: use them
-    instead of the calibration, e.g. a backtest's risk set)."""
+    instead of the calibration, e.g. a backtest's risk set; see :func:`patient_probabilities`)."""
+    extra: dict[str, Any] = {}
     if probabilities is None:
-        probabilities = calibration.probabilities(
-            resource.need, horizon_h, risk=snap.risk, news2=snap.news2, rule_at=resource.rule_news2_at,
-            rule_p=resource.rule_p,
-        )  # fmt: skip
-    dist = distribution(probabilities, exact_max=exact_max)
+        probabilities = patient_probabilities(snap, resource, horizon_h, calibration, by_version)
+        extra["treated"] = snap.occupied - int(probabilities.shape[0])
+    dist = distribution(probabilities, exact_max=exact_max, ward_sd=calibration.ward_sd(resource.need, horizon_h))
     cap = capacity_of(resource, snap)
     return Forecast(
         ward=snap.ward, resource=resource.name, horizon_h=int(horizon_h), probabilities=probabilities, dist=dist,
         intervals={float(lv): dist.interval(lv) for lv in levels}, capacity=cap, p_exceed=dist.p_exceed(cap),
+        extra=extra,
     )  # fmt: skip
 
 
@@ -134,6 +169,7 @@ def forecast_record(f: Forecast, snap: WardSnapshot, *, time_iso: str, model: tu
         "intervals": {level_key(lv): [lo, hi] for lv, (lo, hi) in sorted(f.intervals.items())},
         "p_exceed_capacity": _round(f.p_exceed), "capacity": f.capacity, "beds": snap.beds,
         "occupied": snap.occupied, "patients": int(f.probabilities.shape[0]), "scored": snap.scored,
+        "treated": int(f.extra.get("treated", 0)),
         "method": f.dist.method, "model": {"name": model[0], "version": model[1]}, "emitted_at": emitted_at,
     }  # fmt: skip
 

@@ -2,9 +2,14 @@
 
 PhysioNet stays carry no absolute times, so wards are simulated. Each stay joins the ward of its ICU unit
 (MICU -> ICU-MED, SICU -> ICU-SURG, unknown -> ICU-GEN, as ``vigil replay`` does). Within a ward the stays are
-ordered by a hash of their patient id (deterministic, unrelated to the file order) and admitted at
-``floor(i x L / N)`` hours, where L is the ward's mean length of stay and N the target number of concurrent
-patients (``--concurrency``): a steady stream that keeps about N patients in the ward (Little's law).
+ordered by a hash of their patient id (deterministic, unrelated to the file order) and admitted in that order
+at mean rate N / L per hour, where L is the ward's mean length of stay and N the target number of concurrent
+patients (``--concurrency``), so about N patients are present (Little's law). ``--arrivals``:
+
+* ``poisson`` (default): a Poisson process (exponential gaps, seeded from the ward name): the standard model
+  of unscheduled ICU admissions; the census then varies (about N +- sqrt(N)), as a real ward's does.
+* ``steady``: one admission every L / N hours, ``floor(i x L / N)``: the census hardly moves. A stress test
+  for the forecast: the rolling average then only misses the patients' risk, not the census.
 
 At every ``--every-h`` hours T of this clock, a patient admitted at A is present when its row
 ``r = T - A - 1`` (the last completed hour) exists; the forecast uses the calibrated probabilities of that
@@ -19,7 +24,9 @@ Scored, after a warm-up (``--warmup-h``, the ward fills up) and once the baselin
   coverage of the randomised probability integral transform (PIT; Czado, Gneiting & Held 2009), which is
   exactly the level for a calibrated discrete forecast: the fair test of "within 5 points of nominal".
 * **MAE** of the expected count against a rolling-average baseline: the mean realised count of the previous
-  ``--baseline-windows`` non-overlapping h-hour windows of the same ward (known at T); and against the ward's
+  ``--baseline-windows`` non-overlapping h-hour windows of the same ward (known at T); against a
+  census-adjusted rolling rate (the same windows' realised count per patient at risk, times the patients at
+  risk now: a stronger baseline that knows the census but nothing about the patients); and against the ward's
   mean over the whole period (a hindsight constant, for reference). Beside them the *noise floor*: the MAE the
   expected count would have if the forecast distribution were exactly right (``E|X - E X|``): with these
   per-patient probabilities the expected count cannot do better on average.
@@ -40,11 +47,13 @@ from vigil.config import DemandResource
 from vigil.demand.aggregate import WardSnapshot, forecast
 from vigil.demand.calibration import Calibration, reliability
 from vigil.demand.fitting import ScoredRows
-from vigil.demand.labels import news2_within, onset_within
+from vigil.demand.labels import news2_within, onset_within, recent_max
 from vigil.errors import ConfigError
 
 __all__ = ["BacktestConfig", "Case", "ward_schedule", "simulate", "summarise", "rolling_baseline",
-           "pit_coverage", "patient_reliability"]  # fmt: skip
+           "pit_coverage", "patient_reliability", "census_baseline", "ARRIVALS"]  # fmt: skip
+
+ARRIVALS = ("poisson", "steady")
 
 
 @dataclass(frozen=True)
@@ -58,10 +67,15 @@ class BacktestConfig:
     horizons: tuple[int, ...] = (6, 12, 24)
     levels: tuple[float, ...] = (0.5, 0.9, 0.95)
     exact_max: int = 200
+    arrivals: str = "poisson"
+    seed: int = 0  # of the Poisson admission schedule (with the ward's name)
 
     def check(self) -> None:
         if self.concurrency < 1 or self.every_h < 1 or self.baseline_windows < 1 or self.warmup_h < 0:
             msg = "backtest: concurrency, every_h and baseline_windows must be >= 1, warmup_h >= 0"
+            raise ConfigError(msg)
+        if self.arrivals not in ARRIVALS:
+            msg = f"backtest: arrivals must be one of {', '.join(ARRIVALS)}, got {self.arrivals!r}"
             raise ConfigError(msg)
         bad = [h for h in self.horizons if h % self.every_h]
         if bad:
@@ -94,8 +108,10 @@ def _order_key(pid: str) -> str:
     return hashlib.sha256(pid.encode()).hexdigest()
 
 
-def ward_schedule(rows: ScoredRows, concurrency: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per ward: (stay indices in admission order, admission hour of each)."""
+def ward_schedule(
+    rows: ScoredRows, concurrency: int, arrivals: str = "poisson", seed: int = 0,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Per ward: (stay indices in admission order, admission hour of each); see the module docstring."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     from vigil.replay import ward_for
 
@@ -103,9 +119,13 @@ def ward_schedule(rows: ScoredRows, concurrency: int) -> dict[str, tuple[np.ndar
     for ward in sorted(set(wards.tolist())):
         stays = np.flatnonzero(wards == ward)
         stays = np.array(sorted(stays.tolist(), key=lambda i: _order_key(str(rows.patient_ids[i]))), dtype=np.int64)
-        los = float(rows.idx.n_rows[stays].mean())
-        admit = np.floor(np.arange(stays.size) * los / concurrency).astype(np.int64)
-        out[ward] = (stays, admit)
+        gap = float(rows.idx.n_rows[stays].mean()) / concurrency
+        if arrivals == "steady":
+            at = np.arange(stays.size) * gap
+        else:
+            rng = np.random.default_rng([int(seed), int(_order_key(ward)[:8], 16)])
+            at = np.concatenate([[0.0], np.cumsum(rng.exponential(gap, size=stays.size - 1))])
+        out[ward] = (stays, np.floor(at).astype(np.int64))
     return out
 
 
@@ -121,13 +141,17 @@ def _labels(rows: ScoredRows, horizons: Sequence[int]) -> dict[tuple[str, int], 
 
 def simulate(
     rows: ScoredRows, calibration: Calibration, resources: Sequence[DemandResource], cfg: BacktestConfig,
+    *, keep_probabilities: bool = False,
 ) -> list[Case]:  # fmt: skip
-    """Every forecast on the clock grid with its realised count (baselines and scoring: :func:`summarise`)."""
+    """Every forecast on the clock grid with its realised count (baselines and scoring: :func:`summarise`);
+    ``keep_probabilities``: each case keeps its patients' probabilities in ``extra["p"]`` (for fitting)."""
     cfg.check()
     calibration.check(cfg.horizons)
     labels = _labels(rows, cfg.horizons)
+    window = calibration.history_window_h
+    news2_max = None if window is None else recent_max(rows.idx, rows.news2, window)
     cases: list[Case] = []
-    for ward, (stays, admit) in ward_schedule(rows, cfg.concurrency).items():
+    for ward, (stays, admit) in ward_schedule(rows, cfg.concurrency, cfg.arrivals, cfg.seed).items():
         first, n_rows = rows.idx.first[stays], rows.idx.n_rows[stays]
         for t in range(cfg.every_h, int(admit[-1]) + 1, cfg.every_h):
             r = t - admit - 1
@@ -137,7 +161,8 @@ def simulate(
                 for h in cfg.horizons:
                     risk_set, need = labels[res.need, h]
                     sel = at[risk_set[at]]
-                    snap = WardSnapshot(ward, rows.risk[sel], rows.news2[sel])
+                    snap = WardSnapshot(ward, rows.risk[sel], rows.news2[sel],
+                                        news2_max=None if news2_max is None else news2_max[sel])
                     f = forecast(snap, res, h, calibration, levels=cfg.levels, exact_max=cfg.exact_max)
                     y = int(need[sel].sum())
                     cases.append(Case(
@@ -145,7 +170,8 @@ def simulate(
                         var=f.dist.var, intervals=f.intervals,
                         mass={lv: f.dist.mass(lo, hi) for lv, (lo, hi) in f.intervals.items()},
                         pit=f.dist.pit(y), observed=y, method=f.dist.method,
-                        extra={"mad": _mean_abs_dev(f.dist.pmf(), f.expected)},
+                        extra={"mad": _mean_abs_dev(f.dist.pmf(), f.expected),
+                               **({"p": f.probabilities, "need": res.need} if keep_probabilities else {})},
                     ))  # fmt: skip
     return cases
 
@@ -168,6 +194,22 @@ def rolling_baseline(observed: dict[int, int], t: int, horizon_h: int, windows: 
     return float(np.mean(np.asarray(prev, dtype=np.float64)))
 
 
+def census_baseline(
+    observed: dict[int, int], at_risk: dict[int, int], t: int, horizon_h: int, windows: int,
+) -> float | None:  # fmt: skip
+    """The same windows' realised count per patient at risk, times the patients at risk at ``t``.
+
+    >>> census_baseline({0: 1, 6: 3}, {0: 10, 6: 10, 12: 30}, 12, 6, 2)  # 4 in 20 patient-windows, 30 now
+    6.0
+    """
+    prev = [(observed.get(t - j * horizon_h), at_risk.get(t - j * horizon_h)) for j in range(1, windows + 1)]
+    if any(y is None or n is None for y, n in prev) or t not in at_risk:
+        return None
+    n_prev = sum(n for _, n in prev if n is not None)
+    rate = sum(y for y, _ in prev if y is not None) / n_prev if n_prev else 0.0
+    return float(rate * at_risk[t])
+
+
 def pit_coverage(pit: np.ndarray, level: float) -> float:
     """Expected share of randomised PIT values in the central ``level`` band ``[(1-L)/2, (1+L)/2]``: for each
     case the PIT is uniform on ``[F(y-1), F(y)]``.
@@ -188,8 +230,10 @@ def _score_block(cases: list[Case], levels: Sequence[float]) -> dict[str, Any]:
     obs = np.array([c.observed for c in cases], dtype=np.float64)
     base = np.array([c.baseline for c in cases], dtype=np.float64)
     hind = np.array([c.extra["hindsight"] for c in cases], dtype=np.float64)
+    cens = np.array([c.extra["census_baseline"] for c in cases], dtype=np.float64)
     pit = np.array([c.pit for c in cases], dtype=np.float64)
     mae_m, mae_b = float(np.abs(exp - obs).mean()), float(np.abs(base - obs).mean())
+    mae_c = float(np.abs(cens - obs).mean())
     cov: dict[str, Any] = {}
     for lv in levels:
         hit = np.array([c.intervals[lv][0] <= c.observed <= c.intervals[lv][1] for c in cases])
@@ -202,8 +246,9 @@ def _score_block(cases: list[Case], levels: Sequence[float]) -> dict[str, Any]:
         "forecasts": len(cases), "mean_patients": float(np.mean([c.patients for c in cases])),
         "mean_expected": float(exp.mean()), "mean_observed": float(obs.mean()),
         "mae_model": mae_m, "mae_rolling_baseline": mae_b, "mae_hindsight_mean": float(np.abs(hind - obs).mean()),
-        "mae_noise_floor": float(np.mean([c.extra["mad"] for c in cases])),
+        "mae_census_baseline": mae_c, "mae_noise_floor": float(np.mean([c.extra["mad"] for c in cases])),
         "mae_reduction_vs_baseline": 1.0 - mae_m / mae_b if mae_b > 0 else None,
+        "mae_reduction_vs_census_baseline": 1.0 - mae_m / mae_c if mae_c > 0 else None,
         "coverage": cov, "methods": {m: sum(c.method == m for c in cases) for m in sorted({c.method for c in cases})},
     }  # fmt: skip
 
@@ -212,10 +257,15 @@ def summarise(cases: list[Case], cfg: BacktestConfig) -> tuple[dict[str, Any], l
     """Attach baselines, keep the scored cases (after the warm-up, with a complete baseline history) and
     score them per resource x horizon (pooled over wards, and per ward)."""
     series: dict[tuple[str, str, int], dict[int, int]] = {}
+    at_risk: dict[tuple[str, str, int], dict[int, int]] = {}
     for c in cases:
         series.setdefault((c.ward, c.resource, c.horizon_h), {})[c.t_h] = c.observed
+        at_risk.setdefault((c.ward, c.resource, c.horizon_h), {})[c.t_h] = c.patients
     for c in cases:
-        c.baseline = rolling_baseline(series[c.ward, c.resource, c.horizon_h], c.t_h, c.horizon_h, cfg.baseline_windows)
+        key = (c.ward, c.resource, c.horizon_h)
+        c.baseline = rolling_baseline(series[key], c.t_h, c.horizon_h, cfg.baseline_windows)
+        c.extra["census_baseline"] = census_baseline(series[key], at_risk[key], c.t_h, c.horizon_h,
+                                                     cfg.baseline_windows)  # fmt: skip
         c.scored = c.baseline is not None and c.t_h >= cfg.warmup_h
     scored = [c for c in cases if c.scored]
     means: dict[tuple[str, str, int], float] = {}
@@ -243,12 +293,15 @@ def patient_reliability(
 ) -> dict[str, Any]:  # fmt: skip
     """Reliability of the patient-level probabilities over the risk-set rows of ``rows``, per resource and horizon."""
     labels = _labels(rows, horizons)
+    window = calibration.history_window_h
+    news2_max = None if window is None else recent_max(rows.idx, rows.news2, window)
     out: dict[str, Any] = {}
     for res in resources:
         out[res.name] = {}
         for h in horizons:
             risk_set, need = labels[res.need, h]
             p = calibration.probabilities(res.need, h, risk=rows.risk[risk_set], news2=rows.news2[risk_set],
+                                          news2_max=None if news2_max is None else news2_max[risk_set],
                                           rule_at=res.rule_news2_at, rule_p=res.rule_p)  # fmt: skip
             rel = reliability(p, need[risk_set])
             if res.rule_news2_at is not None:

@@ -11,8 +11,18 @@ Two maps per horizon, stored together as one JSON file (``demand_calibration.jso
 * ``news2_emergency``: the current NEWS2 total -> P(NEWS2 >= 7 at some row in (t, t+h]), the frequency per
   total (rows and positives are stored, so a rule group ``total >= k`` can be pooled for any ``k``). Not
   forced monotone: on PhysioNet a total of 0 often means unmeasured, and it is riskier than a total of 1.
+* ``news2_history`` (optional; files without it use the table above): the same probability by the current
+  total *and* the highest total of the last ``window_h`` hourly rows (this one included): a patient at 4 now
+  who was at 9 three hours ago is far likelier to reach 7 again than one who has been at 4 all day. The
+  frequency of each (current, recent maximum) cell, shrunk towards the current total's frequency with
+  ``prior_rows`` pseudo-rows, so a sparse cell falls back to the one-dimensional table.
 
 A patient present but not yet scored gets the horizon's base rate (the frequency over all risk-set rows).
+
+``ward_effect`` (optional): per need and horizon, the standard deviation of a shared log-odds effect of the
+patients of one ward at one time (:func:`vigil.demand.poisson_binomial.distribution`), fitted by maximum
+likelihood on the validation split replayed as wards (:mod:`vigil.demand.dispersion`). 0 or absent: patients
+independent.
 
 >>> cal = Calibration.synthetic()
 >>> cal.probabilities("sepsis_onset", 12, risk=np.array([0.0, 0.5, 1.0]), news2=np.array([0, 3, 9])).tolist()
@@ -20,6 +30,9 @@ A patient present but not yet scored gets the horizon's base rate (the frequency
 >>> cal.probabilities("news2_emergency", 12, risk=np.array([0.1, np.nan]), news2=np.array([9, -1]),
 ...                   rule_at=7, rule_p=0.9).tolist()
 [0.9, 0.1]
+>>> cal.probabilities("news2_emergency", 12, risk=np.array([0.1, 0.1]), news2=np.array([2, 2]),
+...                   news2_max=np.array([2, 9])).round(3).tolist()  # same total now, higher recent maximum
+[0.2, 0.38]
 """
 
 from __future__ import annotations
@@ -38,13 +51,14 @@ from vigil.demand.labels import NEEDS
 from vigil.errors import ConfigError
 
 __all__ = [
-    "CALIBRATION_FILE", "Calibration", "IsotonicMap", "News2Table", "isotonic_fit", "pav", "reliability",
-    "NEWS2_MAX",
+    "CALIBRATION_FILE", "Calibration", "IsotonicMap", "News2Table", "News2HistoryTable", "isotonic_fit", "pav",
+    "reliability", "NEWS2_MAX", "HISTORY_WINDOW_H",
 ]  # fmt: skip
 
 CALIBRATION_FILE = "demand_calibration.json"  # in the model version's folder
 FORMAT = "vigil-demand-calibration"
 NEWS2_MAX = 20
+HISTORY_WINDOW_H = 12  # the recent maximum of news2_history: this row and the 11 before it
 
 
 def pav(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -161,6 +175,42 @@ class News2Table:
 
 
 @dataclass(frozen=True)
+class News2HistoryTable:
+    """Rows and positives per (current total, highest total of the last ``window_h`` rows), 21 x 21, for one
+    horizon; :meth:`rates` shrinks each cell towards the current total's frequency (``margin``)."""
+
+    rows: np.ndarray
+    positives: np.ndarray
+    window_h: int = HISTORY_WINDOW_H
+    prior_rows: float = 50.0
+
+    def rates(self, margin: np.ndarray) -> np.ndarray:
+        """``(pos + m x margin[current]) / (rows + m)`` per cell: the 21 x 21 probabilities."""
+        m = float(self.prior_rows)
+        prior = np.asarray(margin, dtype=np.float64)[:, None]
+        return np.asarray((self.positives + m * prior) / (self.rows + m), dtype=np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"window_h": int(self.window_h), "prior_rows": float(self.prior_rows),
+                "rows": self.rows.astype(np.int64).tolist(),
+                "positives": self.positives.astype(np.int64).tolist()}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> News2HistoryTable:
+        rows = np.asarray(d["rows"], dtype=np.float64)
+        pos = np.asarray(d["positives"], dtype=np.float64)
+        shape = (NEWS2_MAX + 1, NEWS2_MAX + 1)
+        if rows.shape != shape or pos.shape != shape or np.any(pos > rows) or np.any(pos < 0):
+            msg = f"news2_history tables need {shape[0]} x {shape[1]} row and positive counts (positives <= rows)"
+            raise ValueError(msg)
+        window, prior = int(d["window_h"]), float(d["prior_rows"])
+        if window < 1 or prior <= 0:
+            msg = "news2_history needs window_h >= 1 and prior_rows > 0"
+            raise ValueError(msg)
+        return cls(rows, pos, window, prior)
+
+
+@dataclass(frozen=True)
 class Calibration:
     """The fitted maps of one model version, by horizon (hours)."""
 
@@ -169,6 +219,17 @@ class Calibration:
     sepsis: dict[int, IsotonicMap]
     news2: dict[int, News2Table]
     meta: dict[str, Any] = field(default_factory=dict)
+    news2_history: dict[int, News2HistoryTable] = field(default_factory=dict)
+    ward_effect: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def ward_sd(self, need: str, horizon_h: float) -> float:
+        """The shared ward effect's standard deviation for ``need`` over ``horizon_h`` (0: none fitted)."""
+        return float(self.ward_effect.get(need, {}).get(int(horizon_h), 0.0))
+
+    @property
+    def history_window_h(self) -> int | None:
+        """The recent-maximum window of :attr:`news2_history` (None: the file has no history tables)."""
+        return next((t.window_h for t in self.news2_history.values()), None)
 
     @property
     def horizons(self) -> tuple[int, ...]:
@@ -188,11 +249,13 @@ class Calibration:
 
     def probabilities(
         self, need: str, horizon_h: float, *, risk: np.ndarray, news2: np.ndarray,
-        rule_at: int | None = None, rule_p: float | None = None,
+        news2_max: np.ndarray | None = None, rule_at: int | None = None, rule_p: float | None = None,
     ) -> np.ndarray:  # fmt: skip
         """Per patient: P(needs it within ``horizon_h``). ``risk`` NaN = not scored yet (the base rate);
-        ``news2`` < 0 = unknown. With ``rule_at``, a NEWS2 total >= ``rule_at`` gives ``rule_p`` (for
-        ``news2_emergency`` a missing ``rule_p`` is the rule group's fitted frequency)."""
+        ``news2`` < 0 = unknown. ``news2_max``: the highest total of the last :attr:`history_window_h` rows
+        (< 0 = unknown; used by ``news2_emergency`` when the file has history tables). With ``rule_at``, a NEWS2
+        total >= ``rule_at`` gives ``rule_p`` (for ``news2_emergency`` a missing ``rule_p`` is the rule group's
+        fitted frequency)."""
         if need not in NEEDS:
             msg = f"unknown need {need!r}; one of {', '.join(NEEDS)}"
             raise ConfigError(msg)
@@ -209,7 +272,17 @@ class Calibration:
         t = self.news2[h]
         rates = t.rates(rule_at, rule_p)
         known = scored & (n2 >= 0)
-        return np.where(known, rates[np.clip(n2, 0, NEWS2_MAX)], t.base_rate).astype(np.float64)
+        cur = np.clip(n2, 0, NEWS2_MAX)
+        out = np.where(known, rates[cur], t.base_rate)
+        hist = self.news2_history.get(h)
+        if hist is not None and news2_max is not None:
+            mx = np.asarray(news2_max, dtype=np.int64)
+            use = known & (mx >= 0)
+            if rule_at is not None:
+                use &= n2 < rule_at  # the rule group keeps the rule's probability
+            grid = hist.rates(t.rates())
+            out = np.where(use, grid[cur, np.clip(np.maximum(mx, cur), 0, NEWS2_MAX)], out)
+        return np.asarray(out, dtype=np.float64)
 
     # ------------------------------------------------------------------------------------------ files
     def to_json(self) -> dict[str, Any]:
@@ -218,6 +291,10 @@ class Calibration:
             "horizons_h": list(self.horizons),
             "sepsis_onset": {str(h): m.to_json() for h, m in sorted(self.sepsis.items())},
             "news2_emergency": {str(h): t.to_json() for h, t in sorted(self.news2.items())},
+            **({"news2_history": {str(h): t.to_json() for h, t in sorted(self.news2_history.items())}}
+               if self.news2_history else {}),
+            **({"ward_effect": {need: {str(h): float(v) for h, v in sorted(by_h.items())}
+                                for need, by_h in sorted(self.ward_effect.items())}} if self.ward_effect else {}),
         }  # fmt: skip
 
     @classmethod
@@ -228,9 +305,19 @@ class Calibration:
                 raise ValueError(msg)
             sepsis = {int(h): IsotonicMap.from_json(m) for h, m in d["sepsis_onset"].items()}
             news2 = {int(h): News2Table.from_json(t) for h, t in d["news2_emergency"].items()}
-            meta = {k: v for k, v in d.items() if k not in ("v", "format", "model", "horizons_h", "sepsis_onset",
-                                                            "news2_emergency")}  # fmt: skip
-            return cls(str(d["model"]["name"]), str(d["model"]["version"]), sepsis, news2, meta)
+            hist = {int(h): News2HistoryTable.from_json(t) for h, t in (d.get("news2_history") or {}).items()}
+            if len({t.window_h for t in hist.values()}) > 1:
+                msg = "news2_history tables of one file must share window_h"
+                raise ValueError(msg)
+            effect = {str(need): {int(h): float(v) for h, v in by_h.items()}
+                      for need, by_h in (d.get("ward_effect") or {}).items()}  # fmt: skip
+            if set(effect) - set(NEEDS) or any(not 0.0 <= v <= 5.0 for by_h in effect.values() for v in by_h.values()):
+                msg = f"ward_effect needs keys among {NEEDS} and standard deviations in [0, 5]"
+                raise ValueError(msg)
+            known = ("v", "format", "model", "horizons_h", "sepsis_onset", "news2_emergency", "news2_history",
+                     "ward_effect")  # fmt: skip
+            meta = {k: v for k, v in d.items() if k not in known}
+            return cls(str(d["model"]["name"]), str(d["model"]["version"]), sepsis, news2, meta, hist, effect)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             msg = f"{source}: bad demand calibration: {type(exc).__name__}: {exc}"
             raise ConfigError(msg) from exc
@@ -261,8 +348,13 @@ class Calibration:
         frequency total/10 (capped at 1) and base rate 0.1."""
         rows = np.full(NEWS2_MAX + 1, 100.0)
         pos = np.minimum(np.arange(NEWS2_MAX + 1) * 10.0, 100.0)
+        # history: 50 rows per cell, positives 0.1 x (current + recent maximum)/2 of them
+        grid = np.add.outer(np.arange(NEWS2_MAX + 1), np.arange(NEWS2_MAX + 1)) / 2.0
+        hrows = np.full((NEWS2_MAX + 1, NEWS2_MAX + 1), 50.0)
+        hpos = np.round(np.minimum(grid * 5.0, 50.0))
         return cls(model, version, {h: IsotonicMap(np.array([0.0, 1.0]), np.array([0.0, 0.5]), 0.05) for h in horizons},
-                   {h: News2Table(rows, pos, 0.1) for h in horizons}, {"fitted_on": {"data": "synthetic"}})  # fmt: skip
+                   {h: News2Table(rows, pos, 0.1) for h in horizons}, {"fitted_on": {"data": "synthetic"}},
+                   {h: News2HistoryTable(hrows, hpos) for h in horizons})  # fmt: skip
 
 
 def reliability(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict[str, Any]:

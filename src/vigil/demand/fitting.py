@@ -17,8 +17,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vigil.demand.calibration import NEWS2_MAX, Calibration, IsotonicMap, News2Table, isotonic_fit, reliability, utc_now
-from vigil.demand.labels import StayIndex, news2_within, onset_within, stay_index
+from vigil.config import DemandResource
+from vigil.demand.calibration import (
+    HISTORY_WINDOW_H,
+    NEWS2_MAX,
+    Calibration,
+    IsotonicMap,
+    News2HistoryTable,
+    News2Table,
+    isotonic_fit,
+    reliability,
+    utc_now,
+)  # fmt: skip
+from vigil.demand.labels import StayIndex, news2_within, onset_within, recent_max, stay_index
 from vigil.registry import ModelRef
 
 if TYPE_CHECKING:
@@ -76,13 +87,19 @@ def _units(df: pd.DataFrame, first: np.ndarray) -> list[str | None]:
 
 def fit_calibration(
     rows: ScoredRows, ref: ModelRef, horizons: Sequence[int] = DEFAULT_HORIZONS, min_bin_rows: int = 200,
-    seed: int | None = None,
+    seed: int | None = None, history_window_h: int = HISTORY_WINDOW_H, history_prior_rows: float = 50.0,
+    ward_effect: bool = True, resources: Sequence[DemandResource] | None = None,
 ) -> Calibration:  # fmt: skip
-    """Fit both maps for every horizon on ``rows`` and record the in-sample reliability."""
+    """Fit the maps for every horizon on ``rows`` and record the in-sample reliability; with ``ward_effect``
+    also the shared ward effect (:mod:`vigil.demand.dispersion`) of ``resources`` (default: the default
+    resources' rules)."""
     sepsis: dict[int, IsotonicMap] = {}
     news2: dict[int, News2Table] = {}
-    check: dict[str, dict[str, object]] = {"sepsis_onset": {}, "news2_emergency": {}}
+    history: dict[int, News2HistoryTable] = {}
+    check: dict[str, dict[str, object]] = {"sepsis_onset": {}, "news2_emergency": {}, "news2_history": {}}
     totals = np.clip(rows.news2, 0, NEWS2_MAX)
+    cell = totals * (NEWS2_MAX + 1) + np.maximum(recent_max(rows.idx, totals, history_window_h), totals)
+    size = (NEWS2_MAX + 1) ** 2
     for h in sorted({int(x) for x in horizons}):
         at_risk, y = onset_within(rows.idx, h)
         x, yy = rows.risk[at_risk], y[at_risk].astype(np.float64)
@@ -94,6 +111,12 @@ def fit_calibration(
         pos = np.bincount(totals, weights=y2, minlength=NEWS2_MAX + 1)
         news2[h] = News2Table(counts, pos, float(y2.mean()))
         check["news2_emergency"][str(h)] = {**reliability(news2[h].rates()[totals], y2), "positives": int(y2.sum())}
+        shape = (NEWS2_MAX + 1, NEWS2_MAX + 1)
+        history[h] = News2HistoryTable(np.bincount(cell, minlength=size).astype(np.float64).reshape(shape),
+                                       np.bincount(cell, weights=y2, minlength=size).reshape(shape),
+                                       history_window_h, history_prior_rows)  # fmt: skip
+        grid = history[h].rates(news2[h].rates()).reshape(-1)
+        check["news2_history"][str(h)] = {**reliability(grid[cell], y2), "positives": int(y2.sum())}
     meta = {
         "created_at": utc_now(),
         "fitted_on": {"data": rows.source, "split": rows.split, "seed": seed, "stays": int(rows.idx.first.size),
@@ -102,8 +125,45 @@ def fit_calibration(
             "sepsis_onset": f"isotonic regression (PAV) of onset in (t, t+h] on the model score over rows not yet "
                             f"septic; bins of >= {min_bin_rows} rows; linear between pooled blocks",
             "news2_emergency": "frequency of NEWS2 >= 7 in (t, t+h] per current NEWS2 total (0-20), all rows",
+            "news2_history": f"frequency of NEWS2 >= 7 in (t, t+h] per (current total, highest total of the last "
+                             f"{history_window_h} rows), shrunk to the current total's frequency with "
+                             f"{history_prior_rows:g} pseudo-rows",
         },
         "feature_hash": ref.feature_hash,
         "in_sample_reliability": check,
     }  # fmt: skip
-    return Calibration(ref.name, ref.version, sepsis, news2, meta)
+    cal = Calibration(ref.name, ref.version, sepsis, news2, meta, history)
+    if not ward_effect:
+        return cal
+    from dataclasses import replace
+
+    from vigil.config import DemandSettings
+    from vigil.demand.dispersion import FIT_CONCURRENCY, fit_ward_effect
+
+    effect = fit_ward_effect(rows, cal, resources or DemandSettings().resources, cal.horizons)
+    sizes = " and ".join(map(str, FIT_CONCURRENCY))
+    meta["method"]["ward_effect"] = (f"maximum likelihood of the realised counts of the split replayed as wards "
+                                     f"(Poisson admissions, {sizes} patients)")  # fmt: skip
+    return replace(cal, ward_effect=effect)
+
+
+def calibrate_version(
+    ref: ModelRef, data: Path, horizons: Sequence[int] = DEFAULT_HORIZONS, min_bin_rows: int = 200,
+    *, out: Path | None = None, threads: int | None = None,
+) -> tuple[Calibration, Path]:  # fmt: skip
+    """Fit ``ref``'s demand calibration and write it: the one code path of ``vigil demand calibrate`` and of
+    ``vigil train`` (which calibrates every version it registers).
+
+    ``data`` is the model's training file: its validation split is rebuilt with the card's split seed (and
+    the card's ``training.max_stays`` subset, see :func:`vigil.evaluation.selection.select_rows`), scored by
+    :func:`score_split` and fitted by :func:`fit_calibration`. Written to ``out``, else the version folder's
+    ``demand_calibration.json``; returns the calibration and the path written."""
+    from vigil.demand.calibration import CALIBRATION_FILE
+
+    rows = score_split(ref, Path(data), "validation", threads=threads)
+    seed = ((ref.card.get("training") or {}).get("split") or {}).get("seed")
+    cal = fit_calibration(rows, ref, tuple(horizons) or DEFAULT_HORIZONS, min_bin_rows=min_bin_rows, seed=seed)
+    return cal, cal.save(Path(out) if out is not None else ref.path / CALIBRATION_FILE)
+
+
+__all__ += ["calibrate_version"]

@@ -1,6 +1,7 @@
 """``vigil demand run``: the streaming demand job (a separate consumer, not part of the worker).
 
-It reads ``adt`` (the census) and ``scores`` (each patient's latest risk and NEWS2) and, every
+It reads ``adt`` (the census), ``scores`` (each patient's latest risk and NEWS2), ``alerts`` and
+``alert-acks`` (sepsis alerts acknowledged as treated: those patients leave the sepsis risk set) and, every
 ``demand.interval_min`` minutes of *event time*, writes one forecast per ward x resource x horizon to
 ``resource-demand`` (key: the ward), sets the Prometheus gauges of :class:`vigil.metrics.DemandMetrics`, and
 writes a capacity alert (``kind: capacity_alert`` on ``resource-demand``) when P(demand > capacity) reaches
@@ -29,8 +30,9 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Collection, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,14 @@ import orjson
 from vigil.config import Settings
 from vigil.demand.aggregate import CapacityAlerts, forecast, forecast_record, level_key
 from vigil.demand.calibration import CALIBRATION_FILE, Calibration
-from vigil.demand.state import DemandState, ScoreEvent, decode_score
-from vigil.errors import ConfigError
+from vigil.demand.state import AlertEvent, DemandState, ScoreEvent, decode_alert, decode_score
+from vigil.errors import ConfigError, VigilError
 from vigil.metrics import DemandMetrics
-from vigil.records import AdtEvent, Invalid, decode
+from vigil.records import AckEvent, AdtEvent, Invalid, decode
 
-__all__ = ["DemandJob", "load_job_calibration", "iso"]
+__all__ = ["DemandJob", "load_job_calibration", "version_calibration", "iso", "INPUTS"]
+
+INPUTS = ("adt", "scores", "alerts", "alert-acks")  # the job's input streams
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +83,44 @@ def load_job_calibration(settings: Settings, model: str | None = None, path: Pat
     return cal
 
 
+def version_calibration(settings: Settings, name: str, version: str) -> Calibration | None:
+    """The registry's calibration of ``name:version`` (its folder's ``demand_calibration.json``), or None when
+    the version or the file does not exist or the file calibrates another version (logged)."""
+    from vigil.registry import Registry
+
+    try:
+        ref = Registry(settings.models_dir).get(f"{name}:{version}")
+        cal = Calibration.load(ref.path / CALIBRATION_FILE)
+    except VigilError as exc:  # no such version, no file, a bad file
+        log.warning("no demand calibration for %s:%s (%s); its scores are not counted", name, version, exc)
+        return None
+    if (cal.model, cal.version) != (name, version):
+        log.warning("%s calibrates %s:%s, not %s:%s; ignored", ref.path / CALIBRATION_FILE, cal.model, cal.version,
+                    name, version)  # fmt: skip
+        return None
+    return cal
+
+
 class DemandJob:
     """The job's logic (:meth:`process`, :meth:`forecasts_at`) and its Kafka loop (:meth:`run`)."""
 
     def __init__(
         self, settings: Settings, calibration: Calibration, *, metrics: DemandMetrics | None = None,
-        emit_history: bool = False,
+        emit_history: bool = False, discover: Callable[[str, str], Calibration | None] | None = None,
     ) -> None:  # fmt: skip
+        """``calibration``: the serving version's. ``discover(name, version)``: the calibration of another
+        version of the model whose scores appear (e.g. after a promotion; default: the registry's file), None
+        when it has none (its scores are then counted as ``uncalibrated_version`` and left out)."""
         cfg = settings.demand
         calibration.check(cfg.horizons_h)
         self.settings, self.cfg, self.calibration = settings, cfg, calibration
         self.model = (calibration.model, calibration.version)
+        self.by_version: dict[str, Calibration] = {calibration.version: calibration}
+        self._discover = discover if discover is not None else partial(version_calibration, settings)
+        self._looked_up: set[str] = {calibration.version}
         self.state = DemandState(self.model, beds=cfg.beds, ttl_s=cfg.ttl_h * 3600.0,
-                                 closed_keep_s=cfg.closed_keep_h * 3600.0)  # fmt: skip
+                                 closed_keep_s=cfg.closed_keep_h * 3600.0,
+                                 history_window_h=calibration.history_window_h)  # fmt: skip
         self.alerts = CapacityAlerts(cfg.capacity_alert_level, cfg.capacity_clear_ratio)
         self.metrics = metrics or DemandMetrics()
         self.interval_s = cfg.interval_min * 60.0
@@ -107,32 +136,49 @@ class DemandJob:
 
     # ------------------------------------------------------------------------------------------ logic
     def process(self, records: Iterable[Record], behind: Collection[Hashable] = ()) -> list[Output]:
-        """Take ``(stream, key, value[, partition])`` records (stream ``adt`` or ``scores``), then apply the
+        """Take ``(stream, key, value[, partition])`` records (a stream of :data:`INPUTS`), then apply the
         buffered events the watermark has passed, in event-time order; returns the forecast and alert records of
         the boundaries passed. ``behind``: partitions that still have unread records (they hold the watermark)."""
         for rec in records:
             stream, key, raw = rec[0], rec[1], rec[2]
             part = rec[3] if len(rec) > 3 else None
-            ev = decode(raw, "adt", key) if stream == "adt" else decode_score(raw)
-            if isinstance(ev, AdtEvent | ScoreEvent):
-                t = ev.time if isinstance(ev, AdtEvent) else ev.event_time
+            ev = _decode(stream, key, raw)
+            if isinstance(ev, AdtEvent | ScoreEvent | AlertEvent | AckEvent):
+                t = ev.event_time if isinstance(ev, ScoreEvent) else ev.time
                 heapq.heappush(self._buffer, (t, next(self._order), stream, ev))
                 self._latest[part] = max(self._latest.get(part, -math.inf), t)
                 self._max_seen = max(self._max_seen, t)
             else:
-                reason = ev.reason if isinstance(ev, Invalid) else str(ev)
-                log.debug("skipped a %s record: %s", stream, reason)
+                log.debug("skipped a %s record: %s", stream, ev)
                 self.metrics.events.labels(stream, "invalid").inc()
         watermark = min((self._latest.get(p, -math.inf) for p in behind), default=self._max_seen)
         out: list[Output] = []
         while self._buffer and self._buffer[0][0] <= watermark:
             t, _, stream, ev = heapq.heappop(self._buffer)
             out += self._advance(t)
-            outcome = self.state.on_adt(ev) if isinstance(ev, AdtEvent) else self.state.on_score(ev)
-            self.metrics.events.labels(stream, outcome).inc()
+            self.metrics.events.labels(stream, self._apply(ev)).inc()
         if math.isfinite(watermark):
             out += self._advance(watermark)
         return out
+
+    def _apply(self, ev: AdtEvent | ScoreEvent | AlertEvent | AckEvent) -> str:
+        if isinstance(ev, AdtEvent):
+            return self.state.on_adt(ev)
+        if isinstance(ev, AlertEvent):
+            return self.state.on_alert(ev)
+        if isinstance(ev, AckEvent):
+            return self.state.on_ack(ev)
+        outcome = self.state.on_score(ev)
+        if outcome == "uncalibrated_version" and ev.version not in self._looked_up:
+            self._looked_up.add(ev.version)  # looked up once per version
+            cal = self._discover(ev.model, ev.version)
+            if cal is not None:
+                cal.check(self.cfg.horizons_h)
+                self.by_version[ev.version] = cal
+                self.state.versions.add(ev.version)
+                log.info("demand job: scores of %s:%s now count, through their own calibration", ev.model, ev.version)
+                outcome = self.state.on_score(ev)
+        return outcome
 
     def _advance(self, t: float) -> list[Output]:
         step = self.interval_s
@@ -171,7 +217,8 @@ class DemandJob:
                 m.free_beds.labels(snap.ward).set(snap.free_beds)
             for res in self.cfg.resources:
                 for h in self.cfg.horizons_h:
-                    f = forecast(snap, res, h, self.calibration, levels=self.cfg.levels, exact_max=self.cfg.exact_max)
+                    f = forecast(snap, res, h, self.calibration, levels=self.cfg.levels, exact_max=self.cfg.exact_max,
+                                 by_version=self.by_version)  # fmt: skip
                     rec = forecast_record(f, snap, time_iso=time_iso, model=self.model, emitted_at=emitted_at)
                     out.append((key, rec))
                     labels = (snap.ward, res.name, str(h))
@@ -227,7 +274,7 @@ class DemandJob:
             msg = "no Kafka bootstrap servers configured (--bootstrap or KAFKA_BOOTSTRAP_SERVERS)"
             raise ConfigError(msg)
         kw = self.settings.kafka.client_kwargs()
-        streams = {self.settings.topic("adt"): "adt", self.settings.topic("scores"): "scores"}
+        streams = {self.settings.topic(name): name for name in INPUTS}
         out_topic = self.settings.topic("resource-demand")
         consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kw)
         producer = AIOKafkaProducer(acks="all", linger_ms=5, **kw)
@@ -265,6 +312,16 @@ class DemandJob:
         futs = [await producer.send(topic, orjson.dumps(value), key=key) for key, value in out]
         await asyncio.gather(*futs)
         self.emitted += len(futs)
+
+
+def _decode(stream: str, key: bytes | None, raw: bytes | None) -> AdtEvent | ScoreEvent | AlertEvent | AckEvent | str:
+    """The event of one input record, or why it could not be read."""
+    if stream == "scores":
+        return decode_score(raw)
+    if stream == "alerts":
+        return decode_alert(raw)
+    ev = decode(raw, stream, key)  # adt, alert-acks: the worker's validation
+    return ev.reason if isinstance(ev, Invalid) else ev  # type: ignore[return-value]
 
 
 async def _assign(consumer: Any, topics: list[str], timeout_s: float = 10.0) -> list[Any]:

@@ -17,6 +17,8 @@
 ([1, 1, 1, 0, 1, 1], [0, 1, 1, 0, 0, 0])
 >>> news2_within(idx, np.array([0, 0, 7, 0, 9, 1]), 1).astype(int).tolist()
 [0, 1, 0, 0, 0, 0]
+>>> recent_max(idx, np.array([3, 1, 7, 0, 9, 1]), 2).tolist()  # this row and the one before, within the stay
+[3, 3, 7, 7, 9, 9]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 
 from vigil.evaluation.alerting import LABEL_SHIFT_H
 
-__all__ = ["NEEDS", "NEVER", "NEWS2_EMERGENCY", "StayIndex", "stay_index", "onset_within", "news2_within"]
+__all__ = ["NEEDS", "NEVER", "NEWS2_EMERGENCY", "StayIndex", "stay_index", "onset_within", "news2_within", "recent_max"]
 
 NEEDS = ("sepsis_onset", "news2_emergency")
 NEWS2_EMERGENCY = 7
@@ -78,4 +80,17 @@ def news2_within(idx: StayIndex, news2_total: np.ndarray, horizon_h: int, level:
     ok = nxt < high.size
     j = high[np.minimum(nxt, high.size - 1)]
     out: np.ndarray = ok & (idx.stay[j] == idx.stay) & (j - np.arange(n) <= horizon_h)
+    return out
+
+
+def recent_max(idx: StayIndex, values: np.ndarray, window_h: int) -> np.ndarray:
+    """Per row: the maximum of ``values`` over this row and the ``window_h - 1`` rows before it in the same stay
+    (what the live job knows at that row: :class:`vigil.demand.state.DemandState` keeps the same window)."""
+    v = np.asarray(values)
+    out = v.copy()
+    start = idx.first[idx.stay]
+    at = np.arange(v.shape[0])
+    for k in range(1, max(int(window_h), 1)):
+        ok = at - k >= start
+        out[ok] = np.maximum(out[ok], v[at[ok] - k])
     return out

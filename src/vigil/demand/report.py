@@ -1,7 +1,8 @@
 """The backtest's outputs: ``metrics.json``, ``report.md`` and ``calibration.png`` / ``timeline.png``.
 
 :func:`run_backtest` scores the split, simulates the wards (:mod:`vigil.demand.backtest`) at the chosen
-concurrency and, for sensitivity, at half and double of it, then writes the files.
+concurrency and arrival process and, for sensitivity, at half and double the concurrency and with the other
+arrival process, then writes the files.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vigil.config import DemandResource
-from vigil.demand.backtest import BacktestConfig, Case, patient_reliability, simulate, summarise
+from vigil.demand.backtest import ARRIVALS, BacktestConfig, Case, patient_reliability, simulate, summarise
 from vigil.demand.calibration import Calibration, utc_now
 from vigil.demand.fitting import score_split
 from vigil.registry import ModelRef
@@ -47,8 +48,11 @@ def goals(metrics: dict[str, Any]) -> dict[str, Any]:
 def run_backtest(
     ref: ModelRef, data: Path, calibration: Calibration, resources: Sequence[DemandResource], *,
     split: str = "test", out: Path, cfg: BacktestConfig | None = None, sensitivity: Sequence[int] | None = None,
+    replicates: int = 5,
 ) -> dict[str, Any]:  # fmt: skip
-    """Score ``split``, backtest, write the outputs to ``out``; returns a short summary."""
+    """Score ``split``, backtest, write the outputs to ``out``; returns a short summary. With Poisson admissions
+    the schedule is random: ``replicates`` schedules (seeds ``cfg.seed``, ``cfg.seed + 1``, ...) are scored at
+    every ward size and summarised beside the first one's tables."""
     cfg = cfg or BacktestConfig()
     t0 = time.perf_counter()
     rows = score_split(ref, data, split)
@@ -59,6 +63,19 @@ def run_backtest(
     for n in sensitivity if sensitivity is not None else (max(1, cfg.concurrency // 2), cfg.concurrency * 2):
         alt = replace(cfg, concurrency=n)
         sens[str(n)] = summarise(simulate(rows, calibration, resources, alt), alt)[0]
+    other: dict[str, Any] = {}
+    for arrivals in (a for a in ARRIVALS if a != cfg.arrivals):
+        for n in sorted({max(1, cfg.concurrency // 2), cfg.concurrency, cfg.concurrency * 2}):
+            alt = replace(cfg, arrivals=arrivals, concurrency=n)
+            other.setdefault(arrivals, {})[str(n)] = summarise(simulate(rows, calibration, resources, alt), alt)[0]
+    reps: dict[str, Any] = {}
+    if cfg.arrivals == "poisson" and replicates > 1:
+        for n in sorted({max(1, cfg.concurrency // 2), cfg.concurrency, cfg.concurrency * 2}):
+            runs = []
+            for k in range(replicates):
+                alt = replace(cfg, concurrency=n, seed=cfg.seed + k)
+                runs.append(goals(summarise(simulate(rows, calibration, resources, alt), alt)[0]))
+            reps[str(n)] = _replicate_summary(runs)
     reliab = patient_reliability(rows, calibration, resources, cfg.horizons)
     doc = {
         "created_at": utc_now(),
@@ -69,6 +86,8 @@ def run_backtest(
         "config": {**asdict(cfg), "resources": [r.model_dump() for r in resources]},
         "wards": _ward_facts(cases, scored),
         "forecasts": metrics, "goals": goals(metrics), "sensitivity_concurrency": sens,
+        "sensitivity_arrivals": other, "replicates": {"seeds": replicates if reps else 1, "by_concurrency": reps},
+        "goals_other_arrivals": {a: goals(by_n[str(cfg.concurrency)]) for a, by_n in other.items()},
         "patient_reliability": reliab,
     }  # fmt: skip
     out = Path(out)
@@ -83,7 +102,25 @@ def run_backtest(
         "goals": doc["goals"],
         "timing_s": doc["timing_s"],
         "mae_reduction": {r: {h: b["mae_reduction_vs_baseline"] for h, b in m.items()} for r, m in metrics.items()},
+        "goals_other_arrivals": doc["goals_other_arrivals"], "replicates": doc["replicates"],
     }
+
+
+def _replicate_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per resource over the replicate schedules: MAE reduction at 12 h and the largest PIT coverage gap (mean,
+    min, max), and in how many of them each goal was met."""
+    out: dict[str, Any] = {}
+    for res in runs[0]:
+        red = np.array([r[res]["mae_reduction_12h"] for r in runs], dtype=np.float64)
+        gap = np.array([r[res]["coverage_max_abs_gap_pit"] for r in runs], dtype=np.float64)
+        out[res] = {
+            "mae_reduction_12h": {"mean": float(red.mean()), "min": float(red.min()), "max": float(red.max())},
+            "coverage_max_abs_gap_pit": {"mean": float(gap.mean()), "min": float(gap.min()), "max": float(gap.max())},
+            "mae_met": int(sum(r[res]["mae_met"] for r in runs)), "coverage_met": int(sum(r[res]["coverage_met"]
+                                                                                       for r in runs)),
+            "runs": len(runs),
+        }  # fmt: skip
+    return out
 
 
 def _ward_facts(cases: list[Case], scored: list[Case]) -> dict[str, Any]:
@@ -189,9 +226,11 @@ def render(doc: dict[str, Any]) -> str:
         f"<!-- Generated by `vigil demand backtest` on {doc['created_at']}; do not edit by hand. -->",
         "",
         f"Data: {d['file']}, {d['split']} split ({d['stays']} stays, {d['rows']} rows), replayed as concurrent wards "
-        f"of about {cfg['concurrency']} patients; a forecast every {cfg['every_h']} h after a {cfg['warmup_h']} h "
-        f"warm-up. Calibration fitted on {fit.get('data', '-')}, {fit.get('split', '-')} split. Baseline: mean "
-        f"realised count of the previous {cfg['baseline_windows']} windows of the same ward. Method: "
+        f"of about {cfg['concurrency']} patients with {cfg['arrivals']} admissions; a forecast every "
+        f"{cfg['every_h']} h after a {cfg['warmup_h']} h warm-up. Calibration fitted on {fit.get('data', '-')}, "
+        f"{fit.get('split', '-')} split. Baselines: the mean realised count of the previous "
+        f"{cfg['baseline_windows']} windows of the same ward (rolling average: the goal's baseline), and the same "
+        "windows' count per patient at risk times the patients at risk now (census-adjusted). Method: "
         "[README.md](README.md).",
         "",
         "| ward | simulated hours | scored forecast times | mean patients present |",
@@ -202,11 +241,13 @@ def render(doc: dict[str, Any]) -> str:
     for res, by_h in doc["forecasts"].items():
         lines += ["", f"## {res}", "", "Expected count vs realised (pooled over wards):", "",
                   "| horizon | forecasts | mean expected | mean realised | MAE model | MAE rolling avg | reduction "
-                  "| MAE hindsight mean | noise floor |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  "| MAE census-adjusted | reduction | MAE hindsight mean | noise floor |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for h, b in by_h.items():
             lines.append(f"| {h} h | {b['forecasts']} | {_f(b['mean_expected'])} | {_f(b['mean_observed'])} | "
                          f"{_f(b['mae_model'])} | {_f(b['mae_rolling_baseline'])} | "
-                         f"{_pct(b['mae_reduction_vs_baseline'])} | {_f(b['mae_hindsight_mean'])} | "
+                         f"{_pct(b['mae_reduction_vs_baseline'])} | {_f(b['mae_census_baseline'])} | "
+                         f"{_pct(b['mae_reduction_vs_census_baseline'])} | {_f(b['mae_hindsight_mean'])} | "
                          f"{_f(b['mae_noise_floor'])} |")  # fmt: skip
         lines += ["", "Interval coverage: share of realised counts inside the interval, the probability the forecast "
                   "gives that interval, and the randomised-PIT coverage (nominal when calibrated):", "",
@@ -234,21 +275,39 @@ def render(doc: dict[str, Any]) -> str:
                 g = r["rule_group"]
                 lines.append(f"| {h} h, NEWS2 rule group | {g['rows']} | {_f(g['p'], 4)} | {_f(g['observed'], 4)} | |")
     lines += ["", "## Goals", "",
-              "| resource | max PIT coverage gap | coverage goal (<= 5 points) | MAE reduction at 12 h "
-              "| MAE goal (>= 25%) |", "|---|---:|---|---:|---|"]  # fmt: skip
-    for res, g in doc["goals"].items():
-        lines.append(f"| {res} | {100 * g['coverage_max_abs_gap_pit']:.1f} points | "
-                     f"{'met' if g['coverage_met'] else 'NOT met'} | {_pct(g['mae_reduction_12h'])} | "
-                     f"{'met' if g['mae_met'] else 'NOT met'} |")  # fmt: skip
-    lines += ["", "## Sensitivity to ward size", "",
-              "| concurrency | resource | horizon | MAE reduction | 90% PIT coverage | 90% inside |",
-              "|---:|---|---:|---:|---:|---:|"]  # fmt: skip
-    runs = {str(cfg["concurrency"]): doc["forecasts"], **doc["sensitivity_concurrency"]}
-    for n in sorted(runs, key=int):
-        for res, by_h in runs[n].items():
+              "| admissions | resource | max PIT coverage gap | coverage goal (<= 5 points) | MAE reduction at 12 h "
+              "| MAE goal (>= 25%) |", "|---|---|---:|---|---:|---|"]  # fmt: skip
+    for arrivals, by_res in {cfg["arrivals"]: doc["goals"], **doc.get("goals_other_arrivals", {})}.items():
+        for res, g in by_res.items():
+            lines.append(f"| {arrivals} | {res} | {100 * g['coverage_max_abs_gap_pit']:.1f} points | "
+                         f"{'met' if g['coverage_met'] else 'NOT met'} | {_pct(g['mae_reduction_12h'])} | "
+                         f"{'met' if g['mae_met'] else 'NOT met'} |")  # fmt: skip
+    reps = doc.get("replicates", {}).get("by_concurrency") or {}
+    if reps:
+        lines += ["", f"## Replicate admission schedules ({cfg['arrivals']}, seeds {cfg['seed']}.."
+                      f"{cfg['seed'] + doc['replicates']['seeds'] - 1})", "",
+                  "The tables above are one random schedule; over several:", "",
+                  "| concurrency | resource | MAE reduction at 12 h: mean [min, max] | MAE goal met | "
+                  "max PIT coverage gap: mean [min, max] | coverage goal met |",
+                  "|---:|---|---|---:|---|---:|"]  # fmt: skip
+        for n in sorted(reps, key=int):
+            for res, r in reps[n].items():
+                red, gap = r["mae_reduction_12h"], r["coverage_max_abs_gap_pit"]
+                lines.append(f"| {n} | {res} | {_pct(red['mean'])} [{_pct(red['min'])}, {_pct(red['max'])}] | "
+                             f"{r['mae_met']} of {r['runs']} | {100 * gap['mean']:.1f} [{100 * gap['min']:.1f}, "
+                             f"{100 * gap['max']:.1f}] points | {r['coverage_met']} of {r['runs']} |")  # fmt: skip
+    lines += ["", "## Sensitivity to ward size and admission process", "",
+              "| admissions | concurrency | resource | horizon | MAE reduction | vs census-adjusted | "
+              "90% PIT coverage | 90% inside |", "|---|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    runs = [(cfg["arrivals"], n, m) for n, m in {str(cfg["concurrency"]): doc["forecasts"],
+                                                  **doc["sensitivity_concurrency"]}.items()]  # fmt: skip
+    runs += [(a, n, m) for a, by_n in doc.get("sensitivity_arrivals", {}).items() for n, m in by_n.items()]
+    for arrivals, n, by_res in sorted(runs, key=lambda r: (r[0] != cfg["arrivals"], r[0], int(r[1]))):
+        for res, by_h in by_res.items():
             for h, b in by_h.items():
                 c = b["coverage"].get("0.9")
-                lines.append(f"| {n} | {res} | {h} h | {_pct(b['mae_reduction_vs_baseline'])} | "
+                lines.append(f"| {arrivals} | {n} | {res} | {h} h | {_pct(b['mae_reduction_vs_baseline'])} | "
+                             f"{_pct(b.get('mae_reduction_vs_census_baseline'))} | "
                              f"{_pct(c['pit'] if c else None)} | {_pct(c['observed'] if c else None)} |")  # fmt: skip
     lines += ["", "![calibration](calibration.png)", "", "![timeline](timeline.png)", "",
               f"Timing: {doc['timing_s']['load_and_score']:.1f} s to load and score, "

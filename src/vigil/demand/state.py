@@ -1,11 +1,18 @@
-"""The demand job's state: the census (from ``adt``) and each patient's latest score (from ``scores``).
+"""The demand job's state: the census (from ``adt``), each patient's latest score and recent NEWS2 totals
+(from ``scores``), and who is already being treated for sepsis (from ``alerts`` and ``alert-acks``).
 
 Scores are decoded here (the worker validated their inputs; a malformed score is counted and skipped, never
-fatal). Only the calibrated model's scores count: the same name and version as the calibration file. A
+fatal). Only the calibrated model's scores count: the model's name, and a version that has a calibration
+file (after a promotion the old and the new version's scores both count, each through its own calibration). A
 patient's latest score is the one of the latest row; a completed row's score replaces a partial score of
 the same row. A score's event time is the end of its row (the row is known then), or the row start for a
 partial score. Scores of patients with no ADT admit yet are kept (the feeds are independent topics) and
-used once the admit arrives.
+used once the admit arrives. The NEWS2 totals of the completed rows of the last ``history_window_h`` hours
+are kept per patient for the calibration's history tables.
+
+A patient leaves the ``sepsis_onset`` risk set when one of the patient's ``model_risk`` alerts (from
+``alerts``) is acknowledged with action ``treated`` (from ``alert-acks``; in either order): the patient already
+has the sepsis bundle, so it is no future demand. A new admit of the patient ends that.
 
 >>> st = DemandState(model=("m", "1"))
 >>> raw = b'{"patient": "p1", "time": "2026-01-01T00:00:00Z", "model": {"name": "m", "version": "1"},'
@@ -18,6 +25,7 @@ used once the admit arrives.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,9 +35,9 @@ import orjson
 
 from vigil.demand.aggregate import WardSnapshot
 from vigil.demand.census import Census
-from vigil.records import AdtEvent
+from vigil.records import AckEvent, AdtEvent
 
-__all__ = ["ScoreEvent", "decode_score", "parse_time", "DemandState", "ROW_S"]
+__all__ = ["ScoreEvent", "AlertEvent", "decode_score", "decode_alert", "parse_time", "DemandState", "ROW_S"]
 
 ROW_S = 3600.0  # the worker scores hourly rows
 
@@ -93,27 +101,86 @@ def decode_score(raw: bytes | None) -> ScoreEvent | str:
         return "bad_timestamp"
 
 
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """The fields of an ``alerts`` value the demand job uses."""
+
+    patient: str
+    time: float
+    alert_id: str
+    type: str
+
+
+def decode_alert(raw: bytes | None) -> AlertEvent | str:
+    """An :class:`AlertEvent`, or the reason it could not be read.
+
+    >>> decode_alert(b'{"patient": "p1", "time": "2026-01-01T00:00:00Z", "alert_id": "a1", "type": "model_risk"}')
+    AlertEvent(patient='p1', time=1767225600.0, alert_id='a1', type='model_risk')
+    >>> decode_alert(b'{"patient": "p1"}'), decode_alert(b'[1]')
+    ('missing_field', 'not_an_object')
+    """
+    if raw is None:
+        return "empty"
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "malformed_json"
+    if not isinstance(d, dict):
+        return "not_an_object"
+    try:
+        patient, alert_id, kind = d["patient"], d["alert_id"], d["type"]
+        if not all(isinstance(x, str) and x for x in (patient, alert_id, kind)):
+            return "bad_type"
+        return AlertEvent(patient=patient, time=parse_time(d["time"]), alert_id=alert_id, type=kind)
+    except KeyError:
+        return "missing_field"
+    except (ValueError, TypeError, OverflowError):
+        return "bad_timestamp"
+
+
 class DemandState:
-    """Census + latest scores of the calibrated model; :meth:`snapshots` per ward for :mod:`.aggregate`."""
+    """Census + latest scores of the calibrated model + what the forecasts need beside them: each patient's
+    recent NEWS2 totals (the calibration's history window) and whether a sepsis alert of the patient was
+    acknowledged as ``treated``; :meth:`snapshots` per ward for :mod:`.aggregate`."""
 
     def __init__(
         self, model: tuple[str, str], *, beds: dict[str, int] | None = None, ttl_s: float = 48 * 3600.0,
-        closed_keep_s: float = 24 * 3600.0,
+        closed_keep_s: float = 24 * 3600.0, versions: Iterable[str] | None = None,
+        history_window_h: int | None = None,
     ) -> None:  # fmt: skip
         self.model = model
+        self.versions = set(versions) if versions is not None else {model[1]}
         self.beds = dict(beds or {})
         self.census = Census(closed_keep_s=closed_keep_s, ttl_s=ttl_s)
+        self.window_h = history_window_h
         self._scores: dict[str, ScoreEvent] = {}
+        self._news2: dict[str, dict[float, int]] = {}  # completed rows' NEWS2 totals within the window
+        self._sepsis_alerts: dict[str, set[str]] = {}  # model_risk alert ids per patient
+        self._treated_acks: dict[str, set[str]] = {}  # alert ids acknowledged as treated per patient
         self._keep_s = max(ttl_s, closed_keep_s)
 
     def on_adt(self, ev: AdtEvent) -> str:
-        """Apply an ADT event to the census (``applied``, ``stale`` or ``duplicate``)."""
-        return self.census.apply(ev)
+        """Apply an ADT event to the census (``applied``, ``stale`` or ``duplicate``); an applied admit starts a
+        new stay, so an earlier "treated" no longer holds."""
+        outcome = self.census.apply(ev)
+        if outcome == "applied" and ev.kind == "admit":
+            self._sepsis_alerts.pop(ev.patient, None)
+            self._treated_acks.pop(ev.patient, None)
+        return outcome
 
     def on_score(self, ev: ScoreEvent) -> str:
-        """Keep the score if it is the patient's latest: ``applied``, ``older`` or ``other_model``."""
-        if (ev.model, ev.version) != self.model:
+        """Keep the score if it is the patient's latest: ``applied``, ``older``, ``other_model`` or
+        ``uncalibrated_version`` (a version of the model without a calibration)."""
+        if ev.model != self.model[0]:
             return "other_model"
+        if ev.version not in self.versions:
+            return "uncalibrated_version"
+        if self.window_h is not None and not ev.partial and ev.news2_total >= 0:
+            hist = self._news2.setdefault(ev.patient, {})
+            hist[ev.time] = ev.news2_total
+            oldest = max(hist) - self.window_h * ROW_S
+            for t in [t for t in hist if t <= oldest]:
+                del hist[t]
         cur = self._scores.get(ev.patient)
         if cur is not None and (ev.time, not ev.partial) < (cur.time, not cur.partial):
             return "older"
@@ -121,19 +188,55 @@ class DemandState:
         self.census.touch(ev.patient, ev.event_time)
         return "applied"
 
+    def on_alert(self, ev: AlertEvent) -> str:
+        """Remember the ids of the patient's sepsis-model alerts (``model_risk``): ``applied`` or ``other_type``."""
+        if ev.type != "model_risk":
+            return "other_type"
+        self._sepsis_alerts.setdefault(ev.patient, set()).add(ev.alert_id)
+        self.census.touch(ev.patient, ev.time)
+        return "applied"
+
+    def on_ack(self, ev: AckEvent) -> str:
+        """Remember a ``treated`` acknowledgement (``applied``); other actions are ``other_action``."""
+        if ev.action != "treated":
+            return "other_action"
+        self._treated_acks.setdefault(ev.patient, set()).add(ev.alert_id)
+        return "applied"
+
+    def is_treated(self, patient: str) -> bool:
+        """A sepsis alert of the patient's current stay was acknowledged as treated."""
+        acks = self._treated_acks.get(patient)
+        return bool(acks) and not acks.isdisjoint(self._sepsis_alerts.get(patient, ()))
+
+    def recent_news2_max(self, patient: str) -> int:
+        """The highest NEWS2 total of the last ``window_h`` rows up to the patient's latest score (that score's
+        total included; -1 when unknown)."""
+        s = self._scores.get(patient)
+        if s is None or self.window_h is None:
+            return -1
+        since = s.time - (self.window_h - 1) * ROW_S
+        hist = self._news2.get(patient, {})
+        return max([s.news2_total, *(v for t, v in hist.items() if since <= t <= s.time)])
+
     def held_scores(self) -> int:
         return len(self._scores)
 
     def evict(self, now: float) -> dict[str, int]:
-        """Evict census entries (see :meth:`Census.evict`) and scores of patients not present, older than the
-        TTL; returns the counts by reason."""
+        """Evict census entries (see :meth:`Census.evict`) and the scores, NEWS2 history, alert ids and acks of
+        patients not present whose last score is older than the TTL (or who never had one); returns the counts
+        by reason."""
         out = self.census.evict(now)
-        stale = [p for p, s in self._scores.items()
-                 if not self.census.is_present(p) and now - s.event_time > self._keep_s]  # fmt: skip
+        known = set(self._scores) | set(self._news2) | set(self._sepsis_alerts) | set(self._treated_acks)
+        stale = [p for p in known if not self.census.is_present(p)
+                 and (p not in self._scores or now - self._scores[p].event_time > self._keep_s)]  # fmt: skip
+        dropped = 0
         for p in stale:
-            del self._scores[p]
-        if stale:
-            out["scores"] = len(stale)
+            dropped += self._scores.pop(p, None) is not None
+            self._news2.pop(p, None)
+            self._sepsis_alerts.pop(p, None)
+            self._treated_acks.pop(p, None)
+        if dropped:
+            out["scores"] = dropped
         return out
 
     def snapshots(self) -> list[WardSnapshot]:
@@ -142,11 +245,19 @@ class DemandState:
         out = []
         for ward in sorted(set(wards) | set(self.beds)):
             patients = wards.get(ward, [])
-            risk = np.full(len(patients), math.nan)
-            news2 = np.full(len(patients), -1, dtype=np.int64)
+            n = len(patients)
+            risk = np.full(n, math.nan)
+            news2 = np.full(n, -1, dtype=np.int64)
+            news2_max = np.full(n, -1, dtype=np.int64)
+            treated = np.zeros(n, dtype=bool)
+            versions = np.full(n, self.model[1], dtype=object)
             for i, p in enumerate(patients):
                 s = self._scores.get(p)
                 if s is not None:
-                    risk[i], news2[i] = s.risk, s.news2_total
-            out.append(WardSnapshot(ward, risk, news2, self.beds.get(ward)))
+                    risk[i], news2[i], versions[i] = s.risk, s.news2_total, s.version
+                    news2_max[i] = self.recent_news2_max(p)
+                treated[i] = self.is_treated(p)
+            out.append(WardSnapshot(ward, risk, news2, self.beds.get(ward),
+                                    news2_max=news2_max if self.window_h is not None else None,
+                                    treated=treated, versions=versions))  # fmt: skip
         return out

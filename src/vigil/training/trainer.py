@@ -12,7 +12,10 @@ Steps (one :class:`Prepared` dataset is shared by every family trained in a run)
    :data:`PARITY_TOL`;
 5. choose the operating threshold on the validation split (maximum normalized utility) — never on the
    test split — and write the model card: data, split, feature and sequence schema hashes, metrics,
-   threshold, canary probabilities, drift reference distributions, provenance, intended use, limitations.
+   threshold, canary probabilities, drift reference distributions, provenance, intended use, limitations;
+6. fit the version's resource-demand calibration (``demand_calibration.json``, :func:`calibrate_demand`:
+   the code of ``vigil demand calibrate``, on the validation split of the same file and selection), which
+   ``vigil models promote`` requires.
 
 TensorFlow, tf2onnx and pandas are imported inside the functions: serving code never loads them.
 """
@@ -46,7 +49,9 @@ from vigil.scoring import canary_inputs
 from vigil.training.data import SPLITS, load_training_frame, split_by_patient
 from vigil.training.models import FAMILIES, Hyper, build_model, describe
 
-__all__ = ["Prepared", "prepare", "train_family", "PARITY_TOL", "DRIFT_FEATURES", "reference_bins"]
+__all__ = [
+    "Prepared", "prepare", "train_family", "calibrate_demand", "PARITY_TOL", "DRIFT_FEATURES", "reference_bins",
+]  # fmt: skip
 
 OPSET = 17
 PARITY_TOL = 1e-4
@@ -342,3 +347,17 @@ def train_family(
     tmp_card.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     tmp_card.replace(target / "card.json")
     return target
+
+
+def calibrate_demand(target: Path, data: Path) -> Path:
+    """Fit and write the demand calibration of the version registered at ``target`` (``<root>/<name>/<version>``,
+    as returned by :func:`train_family`) on the validation split of ``data``, the file it was trained on (the
+    card's seed and ``max_stays`` rebuild the same split); returns the file written. Errors propagate: the
+    caller decides how to report them (the version stays registered either way)."""
+    from vigil.demand.fitting import calibrate_version
+    from vigil.registry import Registry
+
+    target = Path(target)
+    ref = Registry(target.parent.parent).get(f"{target.parent.name}:{target.name}")
+    _, path = calibrate_version(ref, Path(data))
+    return path
