@@ -99,3 +99,31 @@ def conforms() -> Callable[[Settings, dict[str, list[Any]]], None]:
                 validator.validate(orjson.loads(r.value))
 
     return check
+
+
+@pytest.fixture
+def run_demand_job() -> Callable[..., Any]:
+    """``run(settings, calibration, done, timeout_s=30, **job_kw)``: run a :class:`vigil.demand.job.DemandJob` on
+    the broker until ``done(records)`` holds for the ``resource-demand`` records it wrote; returns them."""
+    import orjson
+
+    from vigil.demand.job import DemandJob
+    from vigil.kafka_io import TopicTail
+
+    async def run(s: Settings, cal: Any, done: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 30.0,
+                  **job_kw: Any) -> list[dict[str, Any]]:  # fmt: skip
+        job = DemandJob(s, cal, emit_history=True, **job_kw)
+        stop = asyncio.Event()
+        task = asyncio.create_task(job.run(stop))
+        tail = await TopicTail(s, s.topic("resource-demand")).start()
+        try:
+            recs = await tail.wait_for(lambda rs: task.done() or done([orjson.loads(r.value) for r in rs]),
+                                       timeout_s)  # fmt: skip
+            assert not task.done(), task.exception()
+            return [orjson.loads(r.value) for r in recs]
+        finally:
+            stop.set()
+            await tail.stop()
+            await asyncio.wait_for(task, 10)
+
+    return lambda *a, **kw: asyncio.run(run(*a, **kw))

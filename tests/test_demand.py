@@ -37,7 +37,7 @@ from vigil.demand.job import DemandJob, iso
 from vigil.demand.labels import NEVER, news2_within, onset_within, stay_index
 from vigil.demand.poisson_binomial import berry_esseen_bound, distribution, pmf_exact
 from vigil.errors import ConfigError
-from vigil.kafka_io import TopicTail, produce_records
+from vigil.kafka_io import produce_records
 from vigil.records import AdtEvent, encode_adt
 from vigil.registry import ModelRef
 
@@ -438,25 +438,9 @@ def test_capacity_alert_hysteresis_and_unknown_capacity() -> None:
 # ------------------------------------------------------------------------------------------- on the broker
 
 
-async def _run_job_until(s: Settings, cal: Calibration, done: Callable[[list[dict[str, Any]]], bool],
-                         timeout_s: float = 30.0) -> list[dict[str, Any]]:  # fmt: skip
-    job = DemandJob(s, cal, emit_history=True)
-    stop = asyncio.Event()
-    task = asyncio.create_task(job.run(stop))
-    tail = await TopicTail(s, s.topic("resource-demand")).start()
-    try:
-        recs = await tail.wait_for(lambda rs: task.done() or done([orjson.loads(r.value) for r in rs]), timeout_s)
-        assert not task.done(), task.exception()
-        return [orjson.loads(r.value) for r in recs]
-    finally:
-        stop.set()
-        await tail.stop()
-        await asyncio.wait_for(task, 10)
-
-
 @pytest.mark.broker
 def test_end_to_end_on_the_broker(settings_factory: Callable[..., Settings], topics_factory: Callable[..., Any],
-                                  tmp_path: Path) -> None:  # fmt: skip
+                                  run_demand_job: Callable[..., Any]) -> None:  # fmt: skip
     cal = Calibration.synthetic(horizons=(6, 12))
     base = _settings()
     s = settings_factory(demand=base.demand.model_dump())
@@ -469,7 +453,7 @@ def test_end_to_end_on_the_broker(settings_factory: Callable[..., Settings], top
     def complete(rs: list[dict[str, Any]]) -> bool:
         return sum(r["kind"] == "forecast" and r["time"] == last for r in rs) >= n_round
 
-    records = asyncio.run(_run_job_until(s, cal, complete))
+    records = run_demand_job(s, cal, complete)
     _check_round([r for r in records if r["time"] == last], cal, s)
     validator = Draft202012Validator(schema_for("resource-demand", REPO / "streams"))
     assert all(not list(validator.iter_errors(r)) for r in records)

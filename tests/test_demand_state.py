@@ -5,8 +5,10 @@ baseline."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,11 +26,12 @@ from vigil.demand.aggregate import WardSnapshot, forecast
 from vigil.demand.backtest import BacktestConfig, census_baseline, simulate, summarise, ward_schedule
 from vigil.demand.calibration import Calibration
 from vigil.demand.fitting import ScoredRows, fit_calibration
-from vigil.demand.job import DemandJob
+from vigil.demand.job import DemandJob, iso
 from vigil.demand.labels import news2_within, recent_max, stay_index
 from vigil.demand.poisson_binomial import distribution
 from vigil.demand.state import DemandState, decode_score
 from vigil.errors import ConfigError
+from vigil.kafka_io import produce_records
 from vigil.records import encode_adt
 from vigil.registry import ModelRef
 
@@ -267,3 +270,35 @@ def test_fitted_ward_effect_reaches_the_forecast() -> None:
     doc["ward_effect"] = {"news2_emergency": {"12": -1.0}}
     with pytest.raises(ConfigError, match="ward_effect"):
         Calibration.from_json(doc)
+
+
+@pytest.mark.broker
+def test_treated_and_promoted_on_the_broker(settings_factory: Callable[..., Settings],
+                                            topics_factory: Callable[..., Any],
+                                            run_demand_job: Callable[..., Any]) -> None:  # fmt: skip
+    """On the real broker, from four topics: a treated sepsis alert leaves the risk set, and a newly promoted
+    version's scores count through its own calibration."""
+    s = settings_factory(demand=_settings().demand.model_dump())
+    topics_factory(s, partitions=2)
+    v1 = Calibration.synthetic(horizons=(6, 12), version="1")
+    v2 = Calibration.from_json({**v1.to_json(), "model": {"name": "m", "version": "2"},
+                                "sepsis_onset": {h: {"x": [0.0, 1.0], "y": [0.0, 1.0], "base_rate": 0.05}
+                                                 for h in ("6", "12")}})  # fmt: skip
+    recs = [_adt("pt-a", 0.1, "admit"), _adt("pt-b", 0.2, "admit"), _adt("pt-c", 0.3, "admit"),
+            ("scores", b"pt-a", _score("pt-a", 0, 0.6, 3)), ("scores", b"pt-b", _score("pt-b", 0, 0.6, 3)),
+            ("scores", b"pt-c", _score("pt-c", 0, 0.6, 3, version="2")),
+            _alert("pt-a", 1.2, "al-1"), _ack("pt-a", 1.5, "al-1"),
+            ("scores", b"pt-b", _score("pt-b", 3, 0.6, 3))]  # row end 04:00 passes the 03:00 boundary
+    asyncio.run(produce_records(s, [(s.topic(t), k, v) for t, k, v in recs]))
+    last = iso(_at(3).timestamp())
+
+    def done(rs: list[dict[str, Any]]) -> bool:
+        return sum(r["time"] == last and r["resource"] == "sepsis_bundle" and r["kind"] == "forecast" for r in rs) >= 2
+
+    out = run_demand_job(s, v1, done, discover=lambda name, version: v2 if version == "2" else None)
+    got = {r["horizon_h"]: r for r in out if r["time"] == last and r["resource"] == "sepsis_bundle"
+           and r["kind"] == "forecast"}
+    for h in (6, 12):
+        assert got[h]["occupied"] == 3 and got[h]["patients"] == 2 and got[h]["treated"] == 1
+        assert math.isclose(got[h]["expected"], 0.3 + 0.6, abs_tol=1e-6)  # pt-b through v1, pt-c through v2
+    assert "pt-" not in json.dumps(out)

@@ -25,10 +25,10 @@ has the sepsis bundle, so it is no future demand. A new admit of the patient end
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -40,6 +40,7 @@ from vigil.records import AckEvent, AdtEvent
 __all__ = ["ScoreEvent", "AlertEvent", "decode_score", "decode_alert", "parse_time", "DemandState", "ROW_S"]
 
 ROW_S = 3600.0  # the worker scores hourly rows
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +72,10 @@ def parse_time(value: Any, name: str = "time") -> float:
     return t.timestamp()
 
 
-def decode_score(raw: bytes | None) -> ScoreEvent | str:
-    """A :class:`ScoreEvent`, or the reason it could not be read (a short string, used as a metric label)."""
+def _decode_object(raw: bytes | None, build: Callable[[dict[str, Any]], T | str]) -> T | str:
+    """``build`` applied to the JSON object in ``raw``, or the reason it could not be read (a short string, used
+    as a metric label): ``empty``, ``malformed_json``, ``not_an_object``, ``missing_field``, ``bad_timestamp``,
+    or what ``build`` returns."""
     if raw is None:
         return "empty"
     try:
@@ -82,23 +85,32 @@ def decode_score(raw: bytes | None) -> ScoreEvent | str:
     if not isinstance(d, dict):
         return "not_an_object"
     try:
-        patient, model = d["patient"], d["model"]
-        risk = d["risk"]
-        if not isinstance(patient, str) or not patient or not isinstance(model, dict):
-            return "bad_type"
-        if isinstance(risk, bool) or not isinstance(risk, int | float) or not 0.0 <= float(risk) <= 1.0:
-            return "bad_type"
-        news2 = d.get("news2") or {}
-        total = news2.get("total") if isinstance(news2, dict) else None
-        n2 = int(total) if isinstance(total, int) and not isinstance(total, bool) and 0 <= total <= 20 else -1
-        return ScoreEvent(
-            patient=patient, time=parse_time(d["time"]), partial=bool(d.get("partial", False)),
-            model=str(model["name"]), version=str(model["version"]), risk=float(risk), news2_total=n2,
-        )  # fmt: skip
+        return build(d)
     except KeyError:
         return "missing_field"
     except (ValueError, TypeError, OverflowError):
         return "bad_timestamp"
+
+
+def _score(d: dict[str, Any]) -> ScoreEvent | str:
+    patient, model = d["patient"], d["model"]
+    risk = d["risk"]
+    if not isinstance(patient, str) or not patient or not isinstance(model, dict):
+        return "bad_type"
+    if isinstance(risk, bool) or not isinstance(risk, int | float) or not 0.0 <= float(risk) <= 1.0:
+        return "bad_type"
+    news2 = d.get("news2") or {}
+    total = news2.get("total") if isinstance(news2, dict) else None
+    n2 = int(total) if isinstance(total, int) and not isinstance(total, bool) and 0 <= total <= 20 else -1
+    return ScoreEvent(
+        patient=patient, time=parse_time(d["time"]), partial=bool(d.get("partial", False)),
+        model=str(model["name"]), version=str(model["version"]), risk=float(risk), news2_total=n2,
+    )  # fmt: skip
+
+
+def decode_score(raw: bytes | None) -> ScoreEvent | str:
+    """A :class:`ScoreEvent`, or the reason it could not be read (a short string, used as a metric label)."""
+    return _decode_object(raw, _score)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,31 +123,22 @@ class AlertEvent:
     type: str
 
 
+def _alert(d: dict[str, Any]) -> AlertEvent | str:
+    patient, alert_id, kind = d["patient"], d["alert_id"], d["type"]
+    if not all(isinstance(x, str) and x for x in (patient, alert_id, kind)):
+        return "bad_type"
+    return AlertEvent(patient=patient, time=parse_time(d["time"]), alert_id=alert_id, type=kind)
+
+
 def decode_alert(raw: bytes | None) -> AlertEvent | str:
     """An :class:`AlertEvent`, or the reason it could not be read.
 
     >>> decode_alert(b'{"patient": "p1", "time": "2026-01-01T00:00:00Z", "alert_id": "a1", "type": "model_risk"}')
     AlertEvent(patient='p1', time=1767225600.0, alert_id='a1', type='model_risk')
-    >>> decode_alert(b'{"patient": "p1"}'), decode_alert(b'[1]')
-    ('missing_field', 'not_an_object')
+    >>> decode_alert(b'{"patient": "p1"}'), decode_alert(b'[1]'), decode_alert(None)
+    ('missing_field', 'not_an_object', 'empty')
     """
-    if raw is None:
-        return "empty"
-    try:
-        d = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return "malformed_json"
-    if not isinstance(d, dict):
-        return "not_an_object"
-    try:
-        patient, alert_id, kind = d["patient"], d["alert_id"], d["type"]
-        if not all(isinstance(x, str) and x for x in (patient, alert_id, kind)):
-            return "bad_type"
-        return AlertEvent(patient=patient, time=parse_time(d["time"]), alert_id=alert_id, type=kind)
-    except KeyError:
-        return "missing_field"
-    except (ValueError, TypeError, OverflowError):
-        return "bad_timestamp"
+    return _decode_object(raw, _alert)
 
 
 class DemandState:
