@@ -27,3 +27,6 @@ def test_demo_ends_with_a_summary_of_what_crossed_the_broker() -> None:
     assert summary["late_events"] == 0 and summary["metrics_endpoint_ok"]
     for key in ("alerts", "events_per_s", "latency_p50_s", "latency_p99_s"):
         assert summary[key] is not None
+    # the demand job's round: every ward x resource x horizon of the default settings
+    assert summary["demand_wards"] and summary["demand_rounds"] >= 1
+    assert summary["demand_forecasts"] >= len(summary["demand_wards"]) * 2 * 3

@@ -3,8 +3,9 @@
 Starts the embedded broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` points at a cluster), creates the
 topics, starts ``vigil worker`` process(es), replays the bundled PhysioNet sample as fast as possible
 plus a handful of deliberately invalid events, prints alerts live as they arrive on the ``alerts``
-topic, waits until every row has been scored, stops everything it started and prints
-``SUMMARY {json}`` as its last line.
+topic, waits until every row has been scored, runs the resource-demand job over what crossed the broker
+(every 15-minute round of ward forecasts; the busiest round is printed for the 12 h horizon), stops
+everything it started and prints ``SUMMARY {json}`` as its last line.
 """
 
 from __future__ import annotations
@@ -69,6 +70,41 @@ def _print_alert(a: dict[str, Any]) -> None:
     )
 
 
+async def _demand_round(settings: Settings, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Run ``vigil demand run``'s job on what crossed the broker: it catches up on ``adt``, ``scores``,
+    ``alerts`` and ``alert-acks`` and writes the latest round of ward forecasts to ``resource-demand``."""
+    from vigil.demand.job import DemandJob, load_job_calibration
+    from vigil.kafka_io import TopicTail
+
+    job = DemandJob(settings, load_job_calibration(settings), emit_history=True)
+    stop = asyncio.Event()
+    tail = await TopicTail(settings, settings.topic("resource-demand")).start()
+    task = asyncio.create_task(job.run(stop))
+    try:
+        recs = await tail.wait_for(lambda rs: task.done() or (job.caught_up and len(rs) >= job.emitted), timeout_s)
+        if task.done():
+            task.result()  # raises what stopped the job
+    finally:
+        stop.set()
+        await tail.stop()
+        await asyncio.wait_for(task, 10)
+    return [orjson.loads(r.value) for r in recs]
+
+
+def _print_demand(forecasts: list[dict[str, Any]], horizon_h: int = 12) -> None:
+    """The round with the most patients present (the demo's wards fill and empty again)."""
+    rounds: dict[str, int] = {}
+    for f in forecasts:
+        if f["kind"] == "forecast":
+            rounds[f["time"]] = rounds.get(f["time"], 0) + f["occupied"]
+    busiest = max(rounds, key=lambda t: (rounds[t], t), default=None)
+    for f in forecasts:
+        if f["kind"] == "forecast" and f["horizon_h"] == horizon_h and f["time"] == busiest:
+            lo, hi = f["intervals"].get("0.9", [None, None])
+            print(f"demo: demand {f['time']} {f['ward']:<9} {f['resource']:<21} next {horizon_h} h: expected "
+                  f"{f['expected']:.2f}, 90% [{lo}, {hi}] ({f['patients']} patients)", flush=True)  # fmt: skip
+
+
 async def _demo(settings: Settings, data: Path, limit: int | None, workers: int, logdir: Path) -> dict[str, Any]:
     from vigil.catalog import create_topics, load_catalog
     from vigil.kafka_io import TopicTail, produce_many
@@ -111,7 +147,17 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
                 break
         scores = [orjson.loads(r.value) for r in tails["scores"].records]
         t_done = max((r.timestamp / 1000 for r in tails["scores"].records), default=time.time())
+        # the alerts of the last batches may still be on their way: read until the tail has what the workers
+        # counted (the alerts and the scores of a batch are written together, the tails read them separately)
+        emitted = sum(_metric_sum(p.metrics_text(), "vigil_alerts_total") for p in procs)
+        deadline = time.monotonic() + 15
+        while len(tails["alerts"].records) < emitted and time.monotonic() < deadline:
+            await tails["alerts"].poll(timeout_ms=100)
+        for rec in tails["alerts"].records[n_alerts_seen:]:
+            _print_alert(orjson.loads(rec.value))
         metrics_text = procs[0].metrics_text()
+        demand = await _demand_round(settings)
+        _print_demand(demand)
     finally:
         for tail in tails.values():
             await tail.stop()
@@ -142,6 +188,10 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
         "late_events": _metric_sum(metrics_text, "vigil_late_events_total"),
         "duplicates": _metric_sum(metrics_text, "vigil_duplicate_events_total"),
         "metrics_endpoint_ok": "vigil_events_total" in metrics_text,
+        "demand_forecasts": sum(1 for f in demand if f["kind"] == "forecast"),
+        "demand_rounds": len({f["time"] for f in demand if f["kind"] == "forecast"}),
+        "demand_wards": sorted({f["ward"] for f in demand}),
+        "capacity_alerts": sum(1 for f in demand if f["kind"] == "capacity_alert" and f["event"] == "raised"),
         "wall_s": round(time.time() - t0, 2),
     }
 

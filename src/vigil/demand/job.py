@@ -128,6 +128,7 @@ class DemandJob:
         self.pending: list[Output] = []  # the latest round computed while catching up (not yet emitted)
         self.silent = not emit_history
         self.emitted = 0
+        self.caught_up = False  # run(): every record that existed at start is processed and its output sent
         self._gauges: set[tuple[str, str, str]] = set()
         self._buffer: list[tuple[float, int, str, AdtEvent | ScoreEvent]] = []  # heap by event time
         self._order = itertools.count()
@@ -302,6 +303,7 @@ class DemandJob:
                     out += self.finish_catch_up()
                 if out:
                     await self._send(producer, out_topic, out)
+                self.caught_up = not todo
             return self.emitted
         finally:
             self.metrics.up.set(0)
