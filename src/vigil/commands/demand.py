@@ -29,9 +29,11 @@ def demand() -> None:
 @click.pass_context
 def demand_run(ctx: click.Context, model: str | None, calibration_path: Path | None, metrics_port: int | None,
                emit_history: bool) -> None:  # fmt: skip
-    """Read adt and scores; every demand.interval_min minutes of event time write one forecast per ward x resource
-    x horizon (expected count, 50/90/95% intervals, P(demand > capacity)) and capacity alerts to resource-demand.
-    Ctrl-C or SIGTERM stops it."""
+    """Read adt, scores, alerts and alert-acks; every demand.interval_min minutes of event time write one forecast
+    per ward x resource x horizon (expected count, 50/90/95% intervals, P(demand > capacity)) and capacity alerts
+    to resource-demand. Scores of a newly promoted version count through that version's own calibration;
+    patients whose sepsis alert was acknowledged as treated leave the sepsis risk set. Ctrl-C or SIGTERM stops
+    it."""
     from vigil.demand.job import DemandJob, load_job_calibration
     from vigil.subscribers.runner import run_until_signalled
 
