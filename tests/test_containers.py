@@ -88,6 +88,10 @@ def test_prometheus_and_grafana_are_provisioned_from_dashboards() -> None:
     assert set(targets) == {"worker-cpu:6066", "worker-gpu:6066"}
     assert prom["scrape_configs"][1]["static_configs"][0]["targets"] == ["demand:9464"]
     assert "demand" in COMPOSE["services"]
+    ingest = prom["scrape_configs"][2]["static_configs"][0]["targets"]
+    for target in ingest:  # each ingest target is a compose service serving its metrics on that port
+        service, port = target.split(":")
+        assert ["--metrics-port", port] == COMPOSE["services"][service]["entrypoint"][-2:]
     for pattern in prom.get("rule_files", []):
         local = ROOT / "dashboards" / Path(pattern).relative_to("/etc/vigil-dashboards")
         assert list(local.parent.glob(local.name)), f"no rule file matches {pattern}"

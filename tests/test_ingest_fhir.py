@@ -11,10 +11,13 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from vigil.errors import REASONS
 from vigil.ingest.events import patient_key
-from vigil.ingest.server_fhir import FhirServer
+from vigil.ingest.server_fhir import OUTCOMES, FhirServer
 from vigil.kafka_io import read_at_least
+from vigil.metrics import IngestMetrics
 
 pytestmark = pytest.mark.broker
 DATA = Path(__file__).parent / "data" / "fhir"
@@ -110,3 +113,62 @@ def test_bundles_naive_times_and_errors(ingest_env) -> None:  # type: ignore[no-
                            "naive_timestamp"]  # fmt: skip
 
     asyncio.run(main())
+
+
+def test_metrics_count_outcomes_and_carry_no_identifiers(ingest_env) -> None:  # type: ignore[no-untyped-def]
+    s = ingest_env(site_timezone="UTC", max_message_bytes=4096)
+    hr, sat = example("heart-rate"), example("satO2")
+    bad = copy.deepcopy(sat)
+    bad["valueQuantity"]["value"] = 140
+    bad["identifier"][0]["value"] = "other"
+    bad["subject"] = {"identifier": {"value": "MRN-PRIV-4711"}}
+    metrics = IngestMetrics(CollectorRegistry())
+    reg = metrics.registry
+
+    def bundle(kind: str, *resources: dict) -> dict:  # type: ignore[type-arg]
+        return {"resourceType": "Bundle", "type": kind, "entry": [{"resource": r} for r in resources]}
+
+    def value(name: str, **labels: str) -> float | None:
+        return reg.get_sample_value(name, {"protocol": "fhir", **labels})
+
+    async def main() -> list[int]:
+        server = await FhirServer(s, metrics=metrics).start()
+        base = f"http://127.0.0.1:{server.port}/fhir"
+        try:
+            assert value("vigil_ingest_up") == 1
+            async with aiohttp.ClientSession() as http:
+                statuses = [
+                    (await post(http, f"{base}/Observation", hr))[0],
+                    (await post(http, f"{base}/Observation", bad))[0],
+                    (await post(http, f"{base}/Observation", b"{not json MRN-PRIV-4711"))[0],
+                    (await post(http, base, bundle("transaction", sat, bad)))[0],
+                    (await post(http, base, bundle("batch", sat, bad)))[0],
+                    (await post(http, f"{base}/Observation", b" " * 10_000))[0],
+                ]  # fmt: skip
+                async with http.get(f"{base}/Observation") as r:
+                    statuses.append(r.status)
+        finally:
+            await server.stop()
+        assert value("vigil_ingest_up") == 0
+        return statuses
+
+    assert asyncio.run(main()) == [201, 422, 400, 422, 200, 413, 405]
+    outcomes = {o: value("vigil_ingest_messages_total", outcome=o) for o in (*OUTCOMES.values(), "other")}
+    assert outcomes == {"created": 1, "partial": 1, "rejected": 1, "too_large": 1, "unprocessable": 2,
+                        "unavailable": None, "other": 1}  # fmt: skip
+    observations = {o: value("vigil_ingest_observations_total", outcome=o) for o in ("published", "rejected",
+                                                                                       "rolled_back")}  # fmt: skip
+    assert observations == {"published": 2, "rejected": 3, "rolled_back": 1}
+    dead = {r: value("vigil_ingest_dead_letters_total", reason=r) for r in ("implausible_value", "malformed_json",
+                                                                             "bad_type")}  # fmt: skip
+    assert dead == {"implausible_value": 3, "malformed_json": 1, "bad_type": 1}
+    assert value("vigil_ingest_message_seconds_count") == 7 and value("vigil_ingest_message_seconds_sum") > 0
+    text = generate_latest(reg).decode()
+    for secret in ("MRN-PRIV-4711", "Patient/example", patient_key("Patient/example", None, KEY),
+                   patient_key("MRN-PRIV-4711", None, KEY), "obs-"):  # fmt: skip
+        assert secret not in text
+    allowed = {"protocol": {"fhir"}, "outcome": {*OUTCOMES.values(), "other", "published", "rejected", "rolled_back"},
+               "reason": {*REASONS, "other"}}  # fmt: skip
+    for fam in reg.collect():
+        for sample in fam.samples:
+            assert all(k == "le" or v in allowed[k] for k, v in sample.labels.items()), sample

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import hl7
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from vigil.errors import REASONS
 from vigil.ingest.events import patient_key
 from vigil.ingest.mllp import Framer, frame
 from vigil.ingest.publish import Publisher
 from vigil.ingest.server_hl7 import Hl7Listener
 from vigil.kafka_io import read_at_least
+from vigil.metrics import IngestMetrics
 
 pytestmark = pytest.mark.broker
 DATA = Path(__file__).parent / "data" / "hl7"
@@ -226,3 +236,92 @@ def test_monitor_vitals_reach_the_patients_scores_through_the_worker(ingest_env,
     assert rows[: len(hours) - 1] == list(range(len(hours) - 1))  # rows 0..3 closed and scored (row 4 still open)
     news2 = {d["row"]: d["news2"]["total"] for d in scores}
     assert news2[3] > news2[0]  # the deterioration written in the messages is in the scores
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+HL7_OUTCOMES = {"AA", "AE", "AR", "published", "rejected", "ignored"}
+
+
+def labels_are_fixed(registry: CollectorRegistry, outcomes: set[str]) -> None:
+    """Every label of every sample is protocol / outcome / reason (or a histogram's le) from its fixed set."""
+    allowed = {"protocol": {"hl7", "fhir"}, "outcome": outcomes, "reason": {*REASONS, "other"}}
+    for fam in registry.collect():
+        for sample in fam.samples:
+            for k, v in sample.labels.items():
+                assert k == "le" or v in allowed[k], f"{sample.name}: label {k}={v!r} outside the fixed set"
+
+
+def test_metrics_count_outcomes_and_carry_no_identifiers(ingest_env) -> None:  # type: ignore[no-untyped-def]
+    s = ingest_env()
+    hr, t = "OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||{v}|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F", "MDC_TEMP^MDC"
+    pid, visit = "MRN-PRIV-4711", "V-PRIV-9"
+    ok = oru("CTRL-PRIV-OK", [hr.format(v=88), f"OBX|2|NM|150344^{t}||37.0|268192^MDC_DIM_DEGC^MDC|||||F",
+                              "OBX|3|NM|151562^MDC_RESP_RATE^MDC||18|264928|||||X"], pid=pid, visit=visit)  # fmt: skip
+    one_bad = oru("CTRL-PRIV-AE", [hr.format(v=90), f"OBX|2|NM|150344^{t}||370|268192^MDC_DIM_DEGC^MDC|||||F"],
+                  pid=pid, visit=visit)  # fmt: skip
+    junk = f"this is not HL7 but mentions {pid}".encode()
+    metrics = IngestMetrics(CollectorRegistry())
+    reg = metrics.registry
+
+    def value(name: str, **labels: str) -> float | None:
+        return reg.get_sample_value(name, {"protocol": "hl7", **labels})
+
+    async def main() -> None:
+        listener = await Hl7Listener(s, metrics=metrics).start()
+        try:
+            assert value("vigil_ingest_up") == 1
+            acks = await exchange(listener.port, [frame(ok), frame(one_bad), frame(junk)], n_acks=3)
+            assert [msa(a) for a in acks] == ["AA", "AE", "AR"]
+            for _ in range(100):  # the listener closes its side after the sender did
+                if value("vigil_ingest_connections") == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert value("vigil_ingest_connections") == 0
+        finally:
+            await listener.stop()
+        assert value("vigil_ingest_up") == 0
+
+    asyncio.run(main())
+    assert {c: value("vigil_ingest_messages_total", outcome=c) for c in ("AA", "AE", "AR")} == \
+        {"AA": 1, "AE": 1, "AR": 1}  # fmt: skip
+    assert {o: value("vigil_ingest_observations_total", outcome=o) for o in ("published", "rejected", "ignored")} \
+        == {"published": 3, "rejected": 1, "ignored": 1}  # fmt: skip
+    assert value("vigil_ingest_dead_letters_total", reason="implausible_value") == 1
+    assert value("vigil_ingest_dead_letters_total", reason="bad_type") == 1
+    assert value("vigil_ingest_message_seconds_count") == 3 and value("vigil_ingest_message_seconds_sum") > 0
+    text = generate_latest(reg).decode()
+    for secret in (pid, visit, "DOE", "JANE", "CTRL-PRIV", patient_key(pid, visit, KEY), "not HL7"):
+        assert secret not in text
+    labels_are_fixed(reg, HL7_OUTCOMES)
+
+
+def test_ingest_hl7_command_serves_metrics(ingest_env) -> None:  # type: ignore[no-untyped-def]
+    """`vigil ingest hl7 --port 0 --metrics-port 0` as a process: ACKs over MLLP, counts on /metrics."""
+    s = ingest_env()
+    env = {**os.environ, "VIGIL_PSEUDONYM_KEY": KEY}
+    cmd = [sys.executable, "-m", "vigil", "--bootstrap", s.kafka.bootstrap_servers or "", "--topic-prefix",
+           s.topic_prefix, "ingest", "hl7", "--port", "0", "--metrics-port", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, metrics_port = time.monotonic() + 30, None
+        while metrics_port is None and time.monotonic() < deadline:
+            m = re.search(r"127\.0\.0\.1:(\d+)/metrics", proc.stderr.readline())  # type: ignore[union-attr]
+            metrics_port = int(m.group(1)) if m else None
+        assert metrics_port, "no metrics address printed"
+        m = re.fullmatch(r"127\.0\.0\.1:(\d+)", proc.stdout.readline().strip())  # type: ignore[union-attr]
+        assert m, "no MLLP address printed"
+        msg = oru("CLI-1", ["OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||77|264864|||||F"], pid="MRN-CLI-5")
+        (ack,) = asyncio.run(exchange(int(m.group(1)), [frame(msg)]))
+        assert msa(ack) == "AA"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()  # noqa: S310
+        assert 'vigil_ingest_messages_total{outcome="AA",protocol="hl7"} 1.0' in text
+        assert 'vigil_ingest_observations_total{outcome="published",protocol="hl7"} 1.0' in text
+        assert 'vigil_ingest_up{protocol="hl7"} 1.0' in text
+        assert 'vigil_ingest_message_seconds_count{protocol="hl7"} 1.0' in text
+        assert "MRN-CLI-5" not in text and "CLI-1" not in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert proc.returncode == 0

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["WorkerMetrics", "DemandMetrics", "LATENCY_BUCKETS"]
+from vigil.errors import REASONS
+
+__all__ = ["WorkerMetrics", "DemandMetrics", "IngestMetrics", "LATENCY_BUCKETS"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
@@ -123,3 +125,34 @@ class DemandMetrics:
                                          buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.evictions = Counter(f"{p}_evictions", "Census and score entries evicted", ["reason"], registry=r)
         self.up = Gauge(f"{p}_up", "1 while the demand job's consume loop runs", registry=r)
+
+
+class IngestMetrics:
+    """Metrics of the edge listeners ``vigil ingest hl7|fhir`` (own registry; one instance may serve both).
+    Labels: ``protocol`` (hl7 | fhir), ``outcome`` (HL7 ACK code AA | AE | AR; FHIR created | partial | rejected
+    | too_large | unprocessable | unavailable | other; observations published | rejected | ignored | rolled_back)
+    and the dead-letter ``reason`` (:data:`vigil.errors.REASONS`, else ``other``) — never patients, MRNs, control
+    ids, facilities or anything else read from a message."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "vigil") -> None:
+        self.registry = registry or CollectorRegistry()
+        r, p = self.registry, f"{prefix}_ingest"
+        self.messages = Counter(f"{p}_messages", "Messages answered: HL7 by ACK code, FHIR requests by outcome",
+                                ["protocol", "outcome"], registry=r)  # fmt: skip
+        self.observations = Counter(f"{p}_observations", "OBX segments / FHIR Observations: published as events, "
+                                    "rejected (dead-lettered), ignored (HL7: not used by vigil) or rolled_back "
+                                    "(valid entries of a rejected FHIR transaction)", ["protocol", "outcome"],
+                                    registry=r)  # fmt: skip
+        self.dead_letters = Counter(f"{p}_dead_letters", "Records the listener sent to the dead-letter topic",
+                                    ["protocol", "reason"], registry=r)  # fmt: skip
+        self.message_seconds = Histogram(f"{p}_message_seconds", "Message fully received to reply sent (includes "
+                                         "waiting for the broker's acks)", ["protocol"], buckets=LATENCY_BUCKETS,
+                                         registry=r)  # fmt: skip
+        self.connections = Gauge(f"{p}_connections", "Open MLLP connections", ["protocol"], registry=r)
+        self.up = Gauge(f"{p}_up", "1 while the listener serves", ["protocol"], registry=r)
+
+    def dead_lettered(self, protocol: str, reasons: list[str]) -> None:
+        """Count dead letters acknowledged by the broker; a reason outside the fixed set is counted as ``other``
+        (a label never carries free text)."""
+        for reason in reasons:
+            self.dead_letters.labels(protocol, reason if reason in REASONS else "other").inc()

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import click
 
 from vigil.commands.common import settings_of
 
+if TYPE_CHECKING:
+    from vigil.config import Settings
+    from vigil.metrics import IngestMetrics
+
+METRICS_PORT = click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+                            help="Serve Prometheus /metrics on 127.0.0.1:PORT (web_host; 0 = a free one).")  # fmt: skip
+
 
 @click.group()
 def ingest() -> None:
     """Bedside-monitor and lab feeds at the edge: HL7 v2 over MLLP, FHIR R4 Observations (docs/ingest.md)."""
+
+
+def _metrics(s: Settings, metrics_port: int | None) -> IngestMetrics:
+    """The listener's metrics, served on ``web_host:metrics_port`` when a port is given (its URL on stderr)."""
+    from vigil.metrics import IngestMetrics
+
+    metrics = IngestMetrics()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(metrics_port, addr=s.web_host, registry=metrics.registry)
+        click.echo(f"metrics on http://{s.web_host}:{server.server_port}/metrics", err=True)
+    return metrics
 
 
 def _run_ingest(serve: object) -> None:
@@ -23,19 +44,23 @@ def _run_ingest(serve: object) -> None:
 
 @ingest.command("hl7")
 @click.option("--port", type=int, default=None, help="MLLP port (default ingest.hl7_port; 0 = a free one).")
+@METRICS_PORT
 @click.pass_context
-def ingest_hl7(ctx: click.Context, port: int | None) -> None:
+def ingest_hl7(ctx: click.Context, port: int | None, metrics_port: int | None) -> None:
     """MLLP listener for ORU^R01: events to vitals/labs, HL7 ACK after the broker's acks; Ctrl-C stops it."""
     from vigil.ingest.server_hl7 import serve_hl7
 
-    _run_ingest(serve_hl7(settings_of(ctx), port))
+    s = settings_of(ctx)
+    _run_ingest(serve_hl7(s, port, _metrics(s, metrics_port)))
 
 
 @ingest.command("fhir")
 @click.option("--port", type=int, default=None, help="HTTP port (default ingest.fhir_port; 0 = a free one).")
+@METRICS_PORT
 @click.pass_context
-def ingest_fhir(ctx: click.Context, port: int | None) -> None:
+def ingest_fhir(ctx: click.Context, port: int | None, metrics_port: int | None) -> None:
     """FHIR R4 server: POST /fhir/Observation and POST /fhir (Bundle); Ctrl-C stops it."""
     from vigil.ingest.server_fhir import serve_fhir
 
-    _run_ingest(serve_fhir(settings_of(ctx), port))
+    s = settings_of(ctx)
+    _run_ingest(serve_fhir(s, port, _metrics(s, metrics_port)))

@@ -11,11 +11,17 @@
 Every answer is JSON (``application/fhir+json``). 400: not JSON / not the expected resource type; 413: body
 over ``ingest.max_message_bytes``; 503: the broker did not acknowledge (nothing accepted; retrying is safe,
 ids are deterministic).
+
+Prometheus metrics (:class:`vigil.metrics.IngestMetrics`, ``protocol="fhir"``): requests by outcome (from the
+HTTP status: :data:`OUTCOMES`), Observations published / rejected / rolled back, dead letters by reason, time
+per request — never anything read from a request.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -26,13 +32,19 @@ from vigil.config import Settings
 from vigil.ingest.events import site_zone
 from vigil.ingest.fhir import ObservationResult, map_observation, redact_observation
 from vigil.ingest.publish import IngestStats, Publisher, dead_letter, stop_on_signals
+from vigil.metrics import IngestMetrics
 
-__all__ = ["FhirServer", "serve_fhir", "operation_outcome", "SOURCE"]
+__all__ = ["FhirServer", "serve_fhir", "operation_outcome", "SOURCE", "PROTOCOL", "OUTCOMES"]
 
 log = logging.getLogger(__name__)
 SOURCE = "fhir-http"
+PROTOCOL = "fhir"  # the metrics' protocol label
+# HTTP status -> the outcome label of vigil_ingest_messages_total (anything else: "other", e.g. 404 / 405 / 500)
+OUTCOMES = {201: "created", 200: "partial", 400: "rejected", 413: "too_large", 422: "unprocessable",
+            503: "unavailable"}  # fmt: skip
 CT = "application/fhir+json"
 BUNDLE_TYPES = ("transaction", "batch", "collection")
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def operation_outcome(diagnostics: str, *, code: str = "invalid", severity: str = "error",
@@ -51,14 +63,16 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 class FhirServer:
     """The HTTP server. ``await FhirServer(settings).start()``, then ``.port``; ``await .stop()``."""
 
-    def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher | None = None,
+                 metrics: IngestMetrics | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.cfg = settings.ingest
         self.zone = site_zone(self.cfg.site_timezone)
         self.publisher = publisher or Publisher(settings)
         self._own_publisher = publisher is None
         self.stats = IngestStats()
-        self.app = web.Application(client_max_size=self.cfg.max_message_bytes)
+        self.metrics = metrics or IngestMetrics()
+        self.app = web.Application(client_max_size=self.cfg.max_message_bytes, middlewares=[self._measure])
         self.app.router.add_post("/fhir/Observation", self.post_observation)
         self.app.router.add_post("/fhir", self.post_bundle)
         self._runner: web.AppRunner | None = None
@@ -76,10 +90,12 @@ class FhirServer:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.cfg.host, self.cfg.fhir_port if port is None else port)
         await self._site.start()
+        self.metrics.up.labels(PROTOCOL).set(1)
         log.info("FHIR server on http://%s:%d/fhir", self.cfg.host, self.port)
         return self
 
     async def stop(self) -> None:
+        self.metrics.up.labels(PROTOCOL).set(0)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -87,6 +103,21 @@ class FhirServer:
             await self.publisher.stop()
 
     # ------------------------------------------------------------------------------------------ helpers
+    @web.middleware
+    async def _measure(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Every request: its outcome (from the HTTP status) and the time from its arrival to the response."""
+        start, status = time.perf_counter(), 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            self.metrics.messages.labels(PROTOCOL, OUTCOMES.get(status, "other")).inc()
+            self.metrics.message_seconds.labels(PROTOCOL).observe(time.perf_counter() - start)
+
     async def _body(self, request: web.Request) -> tuple[Any, web.Response | None]:
         try:
             raw = await request.read()
@@ -110,7 +141,9 @@ class FhirServer:
         try:
             await self.publisher.send(recs)
             dead = self.settings.topic("dead-letter")
-            self.stats.add("dead_letters", sum(1 for topic, _, _ in recs if topic == dead))
+            reasons = [orjson.loads(value)["reason"] for topic, _, value in recs if topic == dead]
+            self.stats.add("dead_letters", len(reasons))
+            self.metrics.dead_lettered(PROTOCOL, reasons)
             return True
         except Exception as exc:  # noqa: BLE001 - answered 503, never 201
             self.stats.add("broker_failures")
@@ -140,9 +173,11 @@ class FhirServer:
             return self._unavailable()
         if res.invalid is not None:
             self.stats.add("observations_rejected")
+            self.metrics.observations.labels(PROTOCOL, "rejected").inc()
             code = 400 if res.expression == "resourceType" else 422
             return _json(code, operation_outcome(res.invalid.detail, code="processing", expression=res.expression))
         self.stats.add("observations_created")
+        self.metrics.observations.labels(PROTOCOL, "published").inc()
         self.stats.add("events", len(res.events))
         loc = f"Observation/{res.id}"
         body = _bundle_response("batch-response", [(res, None)])
@@ -172,13 +207,16 @@ class FhirServer:
         if not await self._publish(recs):
             return self._unavailable()
         self.stats.add("observations_rejected", len(bad))
+        self.metrics.observations.labels(PROTOCOL, "rejected").inc(len(bad))
         if transaction and bad:
+            self.metrics.observations.labels(PROTOCOL, "rolled_back").inc(len(results) - len(bad))
             first = results[bad[0]]
             assert first.invalid is not None
             text = f"transaction rejected: {len(bad)} of {len(results)} entries invalid; entry[{bad[0]}]: " \
                    f"{first.invalid.detail}"  # fmt: skip
             return _json(422, operation_outcome(text, code="processing", expression=f"Bundle.entry[{bad[0]}]"))
         self.stats.add("observations_created", len(results) - len(bad))
+        self.metrics.observations.labels(PROTOCOL, "published").inc(len(results) - len(bad))
         self.stats.add("events", sum(len(r.events) for r in results))
         status = 201 if not bad else 422 if len(bad) == len(results) else 200
         kind = "transaction-response" if transaction else "batch-response"
@@ -197,9 +235,9 @@ def _bundle_response(kind: str, results: list[tuple[ObservationResult, int | Non
     return {"resourceType": "Bundle", "type": kind, "entry": entries}
 
 
-async def serve_fhir(settings: Settings, port: int | None = None) -> None:
-    """Run the server until cancelled (Ctrl-C / SIGTERM in the CLI)."""
-    server = await FhirServer(settings).start(port)
+async def serve_fhir(settings: Settings, port: int | None = None, metrics: IngestMetrics | None = None) -> None:
+    """Run the server until cancelled (Ctrl-C / SIGTERM in the CLI), counting into ``metrics``."""
+    server = await FhirServer(settings, metrics=metrics).start(port)
     print(f"http://{settings.ingest.host}:{server.port}/fhir", flush=True)  # noqa: T201 - the address, for scripts
     try:
         await stop_on_signals().wait()

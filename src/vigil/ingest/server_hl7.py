@@ -13,7 +13,8 @@ written only after the broker acknowledged all of them (acks=all):
 
 An idle connection is closed after ``ingest.read_timeout_s``; a sender that disconnects mid-message loses only
 that unacknowledged message (it was never ACKed, so it resends). Logs carry control ids and counts, never
-patient identifiers.
+patient identifiers; the Prometheus metrics (:class:`vigil.metrics.IngestMetrics`, ``protocol="hl7"``) carry
+ACK codes and dead-letter reasons only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 
 from vigil import records
 from vigil.config import Settings
@@ -30,11 +32,13 @@ from vigil.ingest.events import site_zone
 from vigil.ingest.hl7_oru import ParsedOru, decode_text, parse_oru, redact
 from vigil.ingest.mllp import Frame, Framer, Garbage, Oversize, frame
 from vigil.ingest.publish import IngestStats, Publisher, dead_letter, stop_on_signals
+from vigil.metrics import IngestMetrics
 
-__all__ = ["Hl7Listener", "serve_hl7", "SOURCE"]
+__all__ = ["Hl7Listener", "serve_hl7", "SOURCE", "PROTOCOL"]
 
 log = logging.getLogger(__name__)
 SOURCE = "hl7-mllp"  # source_topic of this path's dead letters
+PROTOCOL = "hl7"  # the metrics' protocol label
 _READ = 65536
 _CONTROL_ID = re.compile(r"^MSH(.)(?:[^\r]*?\1){8}([^\r]*?)(?:\1|\r|$)")
 
@@ -42,13 +46,15 @@ _CONTROL_ID = re.compile(r"^MSH(.)(?:[^\r]*?\1){8}([^\r]*?)(?:\1|\r|$)")
 class Hl7Listener:
     """The MLLP server. ``await Hl7Listener(settings).start()``, then ``.port``; ``await .stop()``."""
 
-    def __init__(self, settings: Settings, publisher: Publisher | None = None) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher | None = None,
+                 metrics: IngestMetrics | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.cfg = settings.ingest
         self.zone = site_zone(self.cfg.site_timezone)
         self.publisher = publisher or Publisher(settings)
         self._own_publisher = publisher is None
         self.stats = IngestStats()
+        self.metrics = metrics or IngestMetrics()
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -63,10 +69,12 @@ class Hl7Listener:
         self._server = await asyncio.start_server(
             self._handle, self.cfg.host, self.cfg.hl7_port if port is None else port, limit=_READ
         )
+        self.metrics.up.labels(PROTOCOL).set(1)
         log.info("MLLP listener on %s:%d", self.cfg.host, self.port)
         return self
 
     async def stop(self) -> None:
+        self.metrics.up.labels(PROTOCOL).set(0)
         if self._server is not None:
             self._server.close()
             for task in list(self._conns):
@@ -82,6 +90,8 @@ class Hl7Listener:
         if task is not None:
             self._conns.add(task)
         self.stats.add("connections")
+        open_conns = self.metrics.connections.labels(PROTOCOL)
+        open_conns.inc()
         framer = Framer(self.cfg.max_message_bytes)
         try:
             while True:
@@ -95,14 +105,17 @@ class Hl7Listener:
                         self.stats.add("disconnects_mid_message")
                         log.info("sender disconnected mid-message (%d bytes discarded)", framer.pending)
                     break
+                received = time.perf_counter()  # every message completed by this read was received now
                 for item in framer.feed(data):
                     reply = await self.process(item)
                     if reply is not None:
                         writer.write(frame(reply))
                         await writer.drain()
+                        self.metrics.message_seconds.labels(PROTOCOL).observe(time.perf_counter() - received)
         except (ConnectionError, OSError):
             self.stats.add("connection_errors")
         finally:
+            open_conns.dec()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -123,12 +136,14 @@ class Hl7Listener:
         inv = records.Invalid("bad_type", "MessageTooLarge", detail, None)
         self.stats.add("oversize")
         await self._dead_letter_only(inv, redact(item.head))
+        self.metrics.messages.labels(PROTOCOL, "AR").inc()
         return self._ack(None, "AR", control_id, [("", "104", detail)])
 
     async def _dead_letter_only(self, inv: records.Invalid, raw: bytes | None) -> None:
         try:
             await self.publisher.send([dead_letter(self.settings, inv, raw=raw, key=None, source=SOURCE)])
             self.stats.add("dead_letters")
+            self.metrics.dead_lettered(PROTOCOL, [inv.reason])
         except Exception as exc:  # noqa: BLE001 - never let the broker take the listener down
             log.warning("dead letter not acknowledged by the broker: %s", type(exc).__name__)
 
@@ -148,6 +163,7 @@ class Hl7Listener:
             await self.publisher.send(recs)
         except Exception as exc:  # noqa: BLE001 - the sender must hear AR and resend; never AA
             self.stats.add("broker_failures")
+            self.metrics.messages.labels(PROTOCOL, "AR").inc()
             log.warning("message %s not acknowledged by the broker (%s): answered AR", parsed.control_id[:40],
                         type(exc).__name__)  # fmt: skip
             detail = "the broker did not acknowledge the events in time; nothing was accepted, resend later"
@@ -157,8 +173,21 @@ class Hl7Listener:
         self.stats.add("dead_letters", len(recs) - len(parsed.events))
         for why, n in parsed.ignored.items():
             self.stats.add(f"ignored_{why}", n)
+        self._count(parsed)
         return self._ack(parsed, parsed.ack_code, parsed.control_id or _control_id(data), _errors(parsed),
                          summary=_summary(parsed))  # fmt: skip
+
+    def _count(self, parsed: ParsedOru) -> None:
+        """Metrics of a message whose records the broker acknowledged (labels: ACK code, reasons; no content)."""
+        m = self.metrics
+        m.messages.labels(PROTOCOL, parsed.ack_code).inc()
+        if parsed.reject is not None:
+            m.dead_lettered(PROTOCOL, [parsed.reject.reason])
+            return
+        m.observations.labels(PROTOCOL, "published").inc(len(parsed.events))
+        m.observations.labels(PROTOCOL, "rejected").inc(len(parsed.errors))
+        m.observations.labels(PROTOCOL, "ignored").inc(sum(parsed.ignored.values()))
+        m.dead_lettered(PROTOCOL, [e.invalid.reason for e in parsed.errors])
 
     def _ack(self, parsed: ParsedOru | None, code: str, control_id: str, errors: list[tuple[str, str, str]],
              summary: str | None = None) -> bytes:  # fmt: skip
@@ -192,9 +221,9 @@ def _control_id(raw: bytes) -> str:
     return m.group(2)[:199] if m else ""
 
 
-async def serve_hl7(settings: Settings, port: int | None = None) -> None:
-    """Run the listener until cancelled (Ctrl-C / SIGTERM in the CLI)."""
-    listener = await Hl7Listener(settings).start(port)
+async def serve_hl7(settings: Settings, port: int | None = None, metrics: IngestMetrics | None = None) -> None:
+    """Run the listener until cancelled (Ctrl-C / SIGTERM in the CLI), counting into ``metrics``."""
+    listener = await Hl7Listener(settings, metrics=metrics).start(port)
     print(f"{settings.ingest.host}:{listener.port}", flush=True)  # noqa: T201 - the address, for scripts
     try:
         await stop_on_signals().wait()
