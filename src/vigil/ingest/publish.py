@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaProducer
 
 from vigil import records
 from vigil.config import Settings
+from vigil.metrics import IngestMetrics
 
-__all__ = ["Publisher", "dead_letter", "IngestStats", "stop_on_signals"]
+__all__ = ["Publisher", "dead_letter", "IngestStats", "stop_on_signals", "EdgeListener", "serve_until_signalled"]
 
 Record = tuple[str, bytes | None, bytes]  # (broker topic, key, value)
 
@@ -91,3 +93,55 @@ def stop_on_signals() -> asyncio.Event:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / not the main thread
             loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+class EdgeListener:
+    """What the HL7 and FHIR listeners share: settings, the site's time zone, one publisher (owned, i.e. started
+    and stopped here, unless one is given), counters and Prometheus metrics labelled with :attr:`protocol`."""
+
+    protocol: ClassVar[str]
+
+    def __init__(self, settings: Settings, publisher: Publisher | None = None,
+                 metrics: IngestMetrics | None = None) -> None:  # fmt: skip
+        from vigil.ingest.events import site_zone
+
+        self.settings = settings
+        self.cfg = settings.ingest
+        self.zone = site_zone(self.cfg.site_timezone)
+        self.publisher = publisher or Publisher(settings)
+        self._own_publisher = publisher is None
+        self.stats = IngestStats()
+        self.metrics = metrics or IngestMetrics()
+
+    async def _open(self) -> None:
+        if self._own_publisher:
+            await self.publisher.start()
+
+    def _serving(self, up: bool) -> None:
+        self.metrics.up.labels(self.protocol).set(1 if up else 0)
+
+    async def _close(self) -> None:
+        if self._own_publisher:
+            await self.publisher.stop()
+
+    async def start(self, port: int | None = None) -> EdgeListener:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    def address(self) -> str:
+        """Where it listens, as senders address it (printed on start, for scripts)."""
+        raise NotImplementedError
+
+
+async def serve_until_signalled(listener: EdgeListener, port: int | None = None) -> None:
+    """Start ``listener``, print its address on stdout, run until SIGINT / SIGTERM, stop it."""
+    await listener.start(port)
+    print(listener.address(), flush=True)  # noqa: T201 - the address, for scripts
+    try:
+        await stop_on_signals().wait()
+    finally:
+        await listener.stop()
+        logging.getLogger(type(listener).__module__).info("%s listener stopped: %s", listener.protocol,
+                                                          listener.stats.as_dict())  # fmt: skip

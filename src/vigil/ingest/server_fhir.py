@@ -29,9 +29,8 @@ from aiohttp import web
 
 from vigil import records
 from vigil.config import Settings
-from vigil.ingest.events import site_zone
 from vigil.ingest.fhir import ObservationResult, map_observation, redact_observation
-from vigil.ingest.publish import IngestStats, Publisher, dead_letter, stop_on_signals
+from vigil.ingest.publish import EdgeListener, Publisher, dead_letter, serve_until_signalled
 from vigil.metrics import IngestMetrics
 
 __all__ = ["FhirServer", "serve_fhir", "operation_outcome", "SOURCE", "PROTOCOL", "OUTCOMES"]
@@ -60,18 +59,14 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return web.Response(status=status, body=orjson.dumps(body), content_type=CT, headers=headers)
 
 
-class FhirServer:
+class FhirServer(EdgeListener):
     """The HTTP server. ``await FhirServer(settings).start()``, then ``.port``; ``await .stop()``."""
+
+    protocol = PROTOCOL
 
     def __init__(self, settings: Settings, publisher: Publisher | None = None,
                  metrics: IngestMetrics | None = None) -> None:  # fmt: skip
-        self.settings = settings
-        self.cfg = settings.ingest
-        self.zone = site_zone(self.cfg.site_timezone)
-        self.publisher = publisher or Publisher(settings)
-        self._own_publisher = publisher is None
-        self.stats = IngestStats()
-        self.metrics = metrics or IngestMetrics()
+        super().__init__(settings, publisher, metrics)
         self.app = web.Application(client_max_size=self.cfg.max_message_bytes, middlewares=[self._measure])
         self.app.router.add_post("/fhir/Observation", self.post_observation)
         self.app.router.add_post("/fhir", self.post_bundle)
@@ -83,24 +78,25 @@ class FhirServer:
         assert self._site is not None and self._site._server is not None  # noqa: SLF001
         return int(self._site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]  # noqa: SLF001
 
+    def address(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}/fhir"
+
     async def start(self, port: int | None = None) -> FhirServer:
-        if self._own_publisher:
-            await self.publisher.start()
+        await self._open()
         self._runner = web.AppRunner(self.app, access_log=None)  # access logs would carry client addresses only
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.cfg.host, self.cfg.fhir_port if port is None else port)
         await self._site.start()
-        self.metrics.up.labels(PROTOCOL).set(1)
+        self._serving(True)
         log.info("FHIR server on http://%s:%d/fhir", self.cfg.host, self.port)
         return self
 
     async def stop(self) -> None:
-        self.metrics.up.labels(PROTOCOL).set(0)
+        self._serving(False)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._own_publisher:
-            await self.publisher.stop()
+        await self._close()
 
     # ------------------------------------------------------------------------------------------ helpers
     @web.middleware
@@ -236,11 +232,5 @@ def _bundle_response(kind: str, results: list[tuple[ObservationResult, int | Non
 
 
 async def serve_fhir(settings: Settings, port: int | None = None, metrics: IngestMetrics | None = None) -> None:
-    """Run the server until cancelled (Ctrl-C / SIGTERM in the CLI), counting into ``metrics``."""
-    server = await FhirServer(settings, metrics=metrics).start(port)
-    print(f"http://{settings.ingest.host}:{server.port}/fhir", flush=True)  # noqa: T201 - the address, for scripts
-    try:
-        await stop_on_signals().wait()
-    finally:
-        await server.stop()
-        log.info("FHIR server stopped: %s", server.stats.as_dict())
+    """Run the server until SIGINT / SIGTERM, counting into ``metrics``; prints its base URL."""
+    await serve_until_signalled(FhirServer(settings, metrics=metrics), port)

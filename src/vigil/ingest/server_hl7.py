@@ -28,10 +28,9 @@ import time
 from vigil import records
 from vigil.config import Settings
 from vigil.ingest.ack import build_ack, reason_code
-from vigil.ingest.events import site_zone
 from vigil.ingest.hl7_oru import ParsedOru, decode_text, parse_oru, redact
 from vigil.ingest.mllp import Frame, Framer, Garbage, Oversize, frame
-from vigil.ingest.publish import IngestStats, Publisher, dead_letter, stop_on_signals
+from vigil.ingest.publish import EdgeListener, Publisher, dead_letter, serve_until_signalled
 from vigil.metrics import IngestMetrics
 
 __all__ = ["Hl7Listener", "serve_hl7", "SOURCE", "PROTOCOL"]
@@ -43,18 +42,14 @@ _READ = 65536
 _CONTROL_ID = re.compile(r"^MSH(.)(?:[^\r]*?\1){8}([^\r]*?)(?:\1|\r|$)")
 
 
-class Hl7Listener:
+class Hl7Listener(EdgeListener):
     """The MLLP server. ``await Hl7Listener(settings).start()``, then ``.port``; ``await .stop()``."""
+
+    protocol = PROTOCOL
 
     def __init__(self, settings: Settings, publisher: Publisher | None = None,
                  metrics: IngestMetrics | None = None) -> None:  # fmt: skip
-        self.settings = settings
-        self.cfg = settings.ingest
-        self.zone = site_zone(self.cfg.site_timezone)
-        self.publisher = publisher or Publisher(settings)
-        self._own_publisher = publisher is None
-        self.stats = IngestStats()
-        self.metrics = metrics or IngestMetrics()
+        super().__init__(settings, publisher, metrics)
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -63,18 +58,20 @@ class Hl7Listener:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
+    def address(self) -> str:
+        return f"{self.cfg.host}:{self.port}"
+
     async def start(self, port: int | None = None) -> Hl7Listener:
-        if self._own_publisher:
-            await self.publisher.start()
+        await self._open()
         self._server = await asyncio.start_server(
             self._handle, self.cfg.host, self.cfg.hl7_port if port is None else port, limit=_READ
         )
-        self.metrics.up.labels(PROTOCOL).set(1)
+        self._serving(True)
         log.info("MLLP listener on %s:%d", self.cfg.host, self.port)
         return self
 
     async def stop(self) -> None:
-        self.metrics.up.labels(PROTOCOL).set(0)
+        self._serving(False)
         if self._server is not None:
             self._server.close()
             for task in list(self._conns):
@@ -82,8 +79,7 @@ class Hl7Listener:
             await asyncio.gather(*self._conns, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
-        if self._own_publisher:
-            await self.publisher.stop()
+        await self._close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -222,11 +218,5 @@ def _control_id(raw: bytes) -> str:
 
 
 async def serve_hl7(settings: Settings, port: int | None = None, metrics: IngestMetrics | None = None) -> None:
-    """Run the listener until cancelled (Ctrl-C / SIGTERM in the CLI), counting into ``metrics``."""
-    listener = await Hl7Listener(settings, metrics=metrics).start(port)
-    print(f"{settings.ingest.host}:{listener.port}", flush=True)  # noqa: T201 - the address, for scripts
-    try:
-        await stop_on_signals().wait()
-    finally:
-        await listener.stop()
-        log.info("MLLP listener stopped: %s", listener.stats.as_dict())
+    """Run the listener until SIGINT / SIGTERM, counting into ``metrics``; prints ``host:port``."""
+    await serve_until_signalled(Hl7Listener(settings, metrics=metrics), port)
