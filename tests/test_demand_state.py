@@ -302,3 +302,27 @@ def test_treated_and_promoted_on_the_broker(settings_factory: Callable[..., Sett
         assert got[h]["occupied"] == 3 and got[h]["patients"] == 2 and got[h]["treated"] == 1
         assert math.isclose(got[h]["expected"], 0.3 + 0.6, abs_tol=1e-6)  # pt-b through v1, pt-c through v2
     assert "pt-" not in json.dumps(out)
+
+
+def test_another_hospitals_data_is_used_whole(tmp_path: Path) -> None:
+    """Data that is not the model's training file (another hospital's stays): `vigil demand calibrate` fits on all
+    of it, `vigil demand backtest` replays all of it, both through the CLI, with the serving model."""
+    from click.testing import CliRunner
+
+    from vigil.cli import cli
+
+    sample = REPO / "data" / "sample" / "physionet2019_sample.tar.gz"
+    runner = CliRunner()
+    cal_path = tmp_path / "site_calibration.json"
+    res = runner.invoke(cli, ["demand", "calibrate", "--data", str(sample), "--out", str(cal_path)])
+    assert res.exit_code == 0, res.output
+    cal = Calibration.load(cal_path)
+    assert cal.meta["fitted_on"]["split"] == "all" and cal.meta["fitted_on"]["data"] == sample.name
+    res = runner.invoke(cli, ["demand", "backtest", "--data", str(sample), "--calibration", str(cal_path),
+                              "--out", str(tmp_path / "bt"), "--concurrency", "10", "--warmup-h", "24"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "bt" / "metrics.json").read_text())
+    assert doc["data"]["split"] == "all" and doc["data"]["stays"] == 200
+    assert doc["forecasts"]["critical_care_review"]["12"]["forecasts"] > 20
+    res = runner.invoke(cli, ["demand", "backtest", "--data", str(sample), "--split", "test"])
+    assert res.exit_code != 0 and "--split all" in res.output  # a split of other data is refused, with the fix

@@ -274,7 +274,7 @@ def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: st
     from vigil.registry import Registry
 
     if demand:
-        ctx.invoke(demand_backtest, model=model, data=data, split=split or "test", calibration_path=None,
+        ctx.invoke(demand_backtest, model=model, data=data, split=split, calibration_path=None,
                    out=out or Path("docs/demand"), concurrency=20, every_h=6, warmup_h=96, baseline_windows=4,
                    arrivals="poisson")
         return

@@ -52,19 +52,23 @@ def demand_run(ctx: click.Context, model: str | None, calibration_path: Path | N
 @demand.command("calibrate")
 @click.option("--model", default=None, help="NAME[:VERSION] (default: the first serving model).")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="The model's training file (default: set A in ../shared/data); its validation split is used.")
+              help="The model's training file (default: set A in ../shared/data; its validation split is used), or "
+                   "a site's own stays (used whole).")
+@click.option("--split", type=click.Choice(["validation", "all"]), default=None,
+              help="Default: validation of the training file, all of other data.")
 @click.option("--horizon", "horizons", type=click.IntRange(min=1), multiple=True,
               help="Horizon in hours (repeatable; default 6, 12, 24).")
 @click.option("--min-bin-rows", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write it (default: the model folder's demand_calibration.json).")
 @click.pass_context
-def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, horizons: tuple[int, ...],
-                     min_bin_rows: int, out: Path | None) -> None:  # fmt: skip
-    """Fit the score -> P(sepsis onset within h) and NEWS2 -> P(NEWS2 >= 7 within h) maps on the validation split.
+def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, split: str | None,
+                     horizons: tuple[int, ...], min_bin_rows: int, out: Path | None) -> None:  # fmt: skip
+    """Fit the score -> P(sepsis onset within h) and NEWS2 -> P(NEWS2 >= 7 within h) maps and the ward effect on
+    the validation split (or on a site's own data).
 
     `vigil train` already does this for every version it registers (the same code,
-    vigil.demand.fitting.calibrate_version); run it for older versions or to refit."""
+    vigil.demand.fitting.calibrate_version); run it for older versions, to refit, or at a new site."""
     from vigil.demand.fitting import DEFAULT_HORIZONS, calibrate_version
     from vigil.evaluation.selection import DEFAULT_DATA
     from vigil.registry import Registry
@@ -73,7 +77,8 @@ def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, h
     with VigilErrorsAsClick():
         reg = Registry(s.models_dir)
         ref = reg.get(model or next(iter(reg.serving()), ""))
-        cal, path = calibrate_version(ref, data or DEFAULT_DATA, horizons or DEFAULT_HORIZONS, min_bin_rows, out=out)
+        cal, path = calibrate_version(ref, data or DEFAULT_DATA, horizons or DEFAULT_HORIZONS, min_bin_rows, out=out,
+                                      split=split)  # fmt: skip
     check = cal.meta["in_sample_reliability"]
 
     def per(key: str) -> dict[str, dict[str, float]]:
@@ -86,8 +91,10 @@ def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, h
 @demand.command("backtest")
 @click.option("--model", default=None, help="NAME[:VERSION] (default: the first serving model).")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="The model's training file (default: set A in ../shared/data).")
-@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
+              help="The model's training file (default: set A in ../shared/data), or other stays (e.g. another "
+                   "hospital's, used whole).")
+@click.option("--split", type=click.Choice(["test", "validation", "all"]), default=None,
+              help="Default: test of the training file, all of other data.")
 @click.option("--calibration", "calibration_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Calibration file (default: the model folder's demand_calibration.json).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/demand"),
@@ -101,7 +108,7 @@ def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, h
 @click.option("--arrivals", type=click.Choice(["poisson", "steady"]), default="poisson", show_default=True,
               help="Admission process of the simulated wards (the other one is reported as a sensitivity run).")
 @click.pass_context
-def demand_backtest(ctx: click.Context, model: str | None, data: Path | None, split: str,
+def demand_backtest(ctx: click.Context, model: str | None, data: Path | None, split: str | None,
                     calibration_path: Path | None, out: Path, concurrency: int, every_h: int, warmup_h: int,
                     baseline_windows: int, arrivals: str) -> None:  # fmt: skip
     """Replay held-out stays as concurrent wards and compare the forecasts with what happened: interval coverage,

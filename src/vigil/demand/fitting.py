@@ -54,8 +54,10 @@ class ScoredRows:
     notes: list[str] = field(default_factory=list)
 
 
-def score_split(ref: ModelRef, data: Path, split: str, threads: int | None = None) -> ScoredRows:
-    """Load ``split`` of ``data`` (the model's training file) and score it (see the module docstring)."""
+def score_split(ref: ModelRef, data: Path, split: str | None, threads: int | None = None) -> ScoredRows:
+    """Load ``split`` of ``data`` and score it (see the module docstring). Splits other than ``all`` need the
+    model's training file; None: ``test`` of the training file, else ``all``
+    (:func:`vigil.evaluation.selection.select_rows`)."""
     from vigil.evaluation.selection import select_rows
     from vigil.features import frame_chunks
     from vigil.news2 import news2_from_last
@@ -147,23 +149,33 @@ def fit_calibration(
     return replace(cal, ward_effect=effect)
 
 
+def calibration_split(ref: ModelRef, data: Path) -> str:
+    """The split a calibration is fitted on: ``validation`` of the model's training file, else ``all`` (a site's
+    own data, e.g. another hospital's: keep the stays you evaluate on out of it)."""
+    from vigil.evaluation.selection import card_training
+
+    src = card_training(ref).get("source_file")
+    return "validation" if src and Path(data).name == src else "all"
+
+
 def calibrate_version(
     ref: ModelRef, data: Path, horizons: Sequence[int] = DEFAULT_HORIZONS, min_bin_rows: int = 200,
-    *, out: Path | None = None, threads: int | None = None,
+    *, out: Path | None = None, threads: int | None = None, split: str | None = None,
 ) -> tuple[Calibration, Path]:  # fmt: skip
     """Fit ``ref``'s demand calibration and write it: the one code path of ``vigil demand calibrate`` and of
     ``vigil train`` (which calibrates every version it registers).
 
     ``data`` is the model's training file: its validation split is rebuilt with the card's split seed (and
     the card's ``training.max_stays`` subset, see :func:`vigil.evaluation.selection.select_rows`), scored by
-    :func:`score_split` and fitted by :func:`fit_calibration`. Written to ``out``, else the version folder's
-    ``demand_calibration.json``; returns the calibration and the path written."""
+    :func:`score_split` and fitted by :func:`fit_calibration`. Other data (a site refitting on its own stays)
+    is used whole (``split``: default :func:`calibration_split`). Written to ``out``, else the version
+    folder's ``demand_calibration.json``; returns the calibration and the path written."""
     from vigil.demand.calibration import CALIBRATION_FILE
 
-    rows = score_split(ref, Path(data), "validation", threads=threads)
+    rows = score_split(ref, Path(data), split or calibration_split(ref, Path(data)), threads=threads)
     seed = ((ref.card.get("training") or {}).get("split") or {}).get("seed")
     cal = fit_calibration(rows, ref, tuple(horizons) or DEFAULT_HORIZONS, min_bin_rows=min_bin_rows, seed=seed)
     return cal, cal.save(Path(out) if out is not None else ref.path / CALIBRATION_FILE)
 
 
-__all__ += ["calibrate_version"]
+__all__ += ["calibrate_version", "calibration_split"]

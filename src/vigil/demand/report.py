@@ -47,7 +47,7 @@ def goals(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_backtest(
     ref: ModelRef, data: Path, calibration: Calibration, resources: Sequence[DemandResource], *,
-    split: str = "test", out: Path, cfg: BacktestConfig | None = None, sensitivity: Sequence[int] | None = None,
+    split: str | None = None, out: Path, cfg: BacktestConfig | None = None, sensitivity: Sequence[int] | None = None,
     replicates: int = 5,
 ) -> dict[str, Any]:  # fmt: skip
     """Score ``split``, backtest, write the outputs to ``out``; returns a short summary. With Poisson admissions
