@@ -326,3 +326,27 @@ def test_another_hospitals_data_is_used_whole(tmp_path: Path) -> None:
     assert doc["forecasts"]["critical_care_review"]["12"]["forecasts"] > 20
     res = runner.invoke(cli, ["demand", "backtest", "--data", str(sample), "--split", "test"])
     assert res.exit_code != 0 and "--split all" in res.output  # a split of other data is refused, with the fix
+
+
+def test_state_waits_for_a_late_admit_and_stays_bounded() -> None:
+    """An alert and its treated ack that arrive before the patient's admit are kept until it comes; after the
+    discharge every per-patient entry (score, NEWS2 history, alert ids, acks) is dropped once it is stale."""
+    from vigil.demand.state import decode_alert
+    from vigil.records import decode
+
+    def adt(hours: float, kind: str, seq: int) -> Any:
+        return decode(_adt("pt-a", hours, kind, seq)[2], "adt")
+
+    st = DemandState(("m", "1"), ttl_s=48 * 3600.0, closed_keep_s=24 * 3600.0, history_window_h=12)
+    st.on_alert(decode_alert(_alert("pt-a", 0.5, "al-1")[2]))  # type: ignore[arg-type]
+    st.on_ack(decode(_ack("pt-a", 0.6, "al-1")[2], "alert-acks"))  # type: ignore[arg-type]
+    st.evict(_at(2).timestamp())  # a forecast round before the admit arrives
+    st.on_adt(adt(0.2, "admit", 0))  # late, but newer than nothing: applied
+    assert st.is_treated("pt-a")
+    st.on_score(decode_score(_score("pt-a", 1, 0.4, 8)))  # type: ignore[arg-type]
+    st.on_adt(adt(3.0, "discharge", 1))
+    st.evict(_at(20).timestamp())
+    assert st.held_scores() == 1 and st.is_treated("pt-a")  # within closed_keep / ttl: kept
+    st.evict(_at(60).timestamp())
+    assert st.held_scores() == 0 and not st.is_treated("pt-a") and st.recent_news2_max("pt-a") == -1
+    assert not (st._news2 or st._sepsis_alerts or st._treated_acks or st._last_event)  # noqa: SLF001

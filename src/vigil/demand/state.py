@@ -158,17 +158,22 @@ class DemandState:
         self.window_h = history_window_h
         self._scores: dict[str, ScoreEvent] = {}
         self._news2: dict[str, dict[float, int]] = {}  # completed rows' NEWS2 totals within the window
-        self._sepsis_alerts: dict[str, set[str]] = {}  # model_risk alert ids per patient
-        self._treated_acks: dict[str, set[str]] = {}  # alert ids acknowledged as treated per patient
+        self._sepsis_alerts: dict[str, dict[str, float]] = {}  # model_risk alert id -> its time, per patient
+        self._treated_acks: dict[str, dict[str, float]] = {}  # alert id acknowledged as treated -> when
+        self._last_event: dict[str, float] = {}  # newest score / alert / ack event time per patient
         self._keep_s = max(ttl_s, closed_keep_s)
 
     def on_adt(self, ev: AdtEvent) -> str:
         """Apply an ADT event to the census (``applied``, ``stale`` or ``duplicate``); an applied admit starts a
-        new stay, so an earlier "treated" no longer holds."""
+        new stay, so alerts and acks from before it no longer hold (later ones, read before the admit, do)."""
         outcome = self.census.apply(ev)
         if outcome == "applied" and ev.kind == "admit":
-            self._sepsis_alerts.pop(ev.patient, None)
-            self._treated_acks.pop(ev.patient, None)
+            for table in (self._sepsis_alerts, self._treated_acks):
+                kept = {a: t for a, t in table.get(ev.patient, {}).items() if t >= ev.time}
+                if kept:
+                    table[ev.patient] = kept
+                else:
+                    table.pop(ev.patient, None)
         return outcome
 
     def on_score(self, ev: ScoreEvent) -> str:
@@ -184,6 +189,7 @@ class DemandState:
             oldest = max(hist) - self.window_h * ROW_S
             for t in [t for t in hist if t <= oldest]:
                 del hist[t]
+        self._seen(ev.patient, ev.event_time)
         cur = self._scores.get(ev.patient)
         if cur is not None and (ev.time, not ev.partial) < (cur.time, not cur.partial):
             return "older"
@@ -195,7 +201,8 @@ class DemandState:
         """Remember the ids of the patient's sepsis-model alerts (``model_risk``): ``applied`` or ``other_type``."""
         if ev.type != "model_risk":
             return "other_type"
-        self._sepsis_alerts.setdefault(ev.patient, set()).add(ev.alert_id)
+        self._sepsis_alerts.setdefault(ev.patient, {})[ev.alert_id] = ev.time
+        self._seen(ev.patient, ev.time)
         self.census.touch(ev.patient, ev.time)
         return "applied"
 
@@ -203,13 +210,18 @@ class DemandState:
         """Remember a ``treated`` acknowledgement (``applied``); other actions are ``other_action``."""
         if ev.action != "treated":
             return "other_action"
-        self._treated_acks.setdefault(ev.patient, set()).add(ev.alert_id)
+        self._treated_acks.setdefault(ev.patient, {})[ev.alert_id] = ev.time
+        self._seen(ev.patient, ev.time)
         return "applied"
+
+    def _seen(self, patient: str, t: float) -> None:
+        if t > self._last_event.get(patient, -math.inf):
+            self._last_event[patient] = t
 
     def is_treated(self, patient: str) -> bool:
         """A sepsis alert of the patient's current stay was acknowledged as treated."""
         acks = self._treated_acks.get(patient)
-        return bool(acks) and not acks.isdisjoint(self._sepsis_alerts.get(patient, ()))
+        return bool(acks) and not acks.keys().isdisjoint(self._sepsis_alerts.get(patient, {}))
 
     def recent_news2_max(self, patient: str) -> int:
         """The highest NEWS2 total of the last ``window_h`` rows up to the patient's latest score (that score's
@@ -226,18 +238,17 @@ class DemandState:
 
     def evict(self, now: float) -> dict[str, int]:
         """Evict census entries (see :meth:`Census.evict`) and the scores, NEWS2 history, alert ids and acks of
-        patients not present whose last score is older than the TTL (or who never had one); returns the counts
-        by reason."""
+        patients not present whose newest score, alert or ack is older than the TTL; returns the counts by
+        reason."""
         out = self.census.evict(now)
-        known = set(self._scores) | set(self._news2) | set(self._sepsis_alerts) | set(self._treated_acks)
-        stale = [p for p in known if not self.census.is_present(p)
-                 and (p not in self._scores or now - self._scores[p].event_time > self._keep_s)]  # fmt: skip
+        stale = [p for p, t in self._last_event.items() if now - t > self._keep_s and not self.census.is_present(p)]
         dropped = 0
         for p in stale:
             dropped += self._scores.pop(p, None) is not None
             self._news2.pop(p, None)
             self._sepsis_alerts.pop(p, None)
             self._treated_acks.pop(p, None)
+            del self._last_event[p]
         if dropped:
             out["scores"] = dropped
         return out
