@@ -350,3 +350,33 @@ def test_state_waits_for_a_late_admit_and_stays_bounded() -> None:
     st.evict(_at(60).timestamp())
     assert st.held_scores() == 0 and not st.is_treated("pt-a") and st.recent_news2_max("pt-a") == -1
     assert not (st._news2 or st._sepsis_alerts or st._treated_acks or st._last_event)  # noqa: SLF001
+
+
+# ------------------------------------------------------------------------------------------ live verification
+def test_live_verification_counts_what_happened_after_each_forecast() -> None:
+    """Hourly forecasts over three patients with known NEWS2 rows: the verified counters hold, per horizon, the
+    number of forecasts settled and the realised counts as defined offline (a row starting in [T, T + h) with
+    NEWS2 >= 7, among the patients present at T); partial rows do not count."""
+    s = load_settings(None, demand={"interval_min": 60, "horizons_h": [6], "beds": {"W1": 4}})
+    job = DemandJob(s, Calibration.synthetic(horizons=(6,)), emit_history=True)
+    news2 = {"pt-a": [2, 3, 8, 2, 1, 1, 9, 2, 2, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2],
+             "pt-b": [1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+             "pt-c": [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5]}  # fmt: skip
+    recs: list[tuple[str, bytes, bytes]] = [_adt(p, 0.0, "admit") for p in news2]
+    for row in range(20):
+        for p, totals in news2.items():
+            recs.append(("scores", p.encode(), _score(p, row, 0.2, 9, partial=True)))  # a partial 9: not counted
+            recs.append(("scores", p.encode(), _score(p, row, 0.2, totals[row])))
+    job.process(recs)
+    samples = {(x.name, x.labels.get("level")): x.value for f in job.metrics.registry.collect() for x in f.samples
+               if x.labels.get("resource") == "critical_care_review"}  # fmt: skip
+    # rounds at T = 0..19 h (the last completed row ends at 20 h, so the last boundary passed is 19 h); a forecast
+    # is settled in the first round at or after T + 6 h + 1 row (its last row complete)
+    settled = [t for t in range(20) if t + 7 <= 19]
+    observed = sum(sum(any(v >= 7 for v in totals[t:t + 6]) for totals in news2.values()) for t in settled)
+    assert samples["vigil_demand_verified_forecasts_total", None] == len(settled)
+    assert samples["vigil_demand_verified_observed_total", None] == observed
+    assert samples["vigil_demand_verified_inside_total", "0.9"] <= len(settled)
+    assert 0 < samples["vigil_demand_verified_mass_total", "0.9"] <= len(settled)
+    assert not any(x.labels.get("resource") == "sepsis_bundle" and x.name.startswith("vigil_demand_verified")
+                   for f in job.metrics.registry.collect() for x in f.samples)  # fmt: skip

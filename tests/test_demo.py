@@ -30,3 +30,5 @@ def test_demo_ends_with_a_summary_of_what_crossed_the_broker() -> None:
     # the demand job's round: every ward x resource x horizon of the default settings
     assert summary["demand_wards"] and summary["demand_rounds"] >= 1
     assert summary["demand_forecasts"] >= len(summary["demand_wards"]) * 2 * 3
+    checked = summary["demand_verified_review_12h"]  # the live check of the review forecasts ran
+    assert checked["forecasts"] > 0 and 0.0 <= checked["inside_90"] <= 1.0 and 0.0 <= checked["mass_90"] <= 1.0

@@ -70,7 +70,25 @@ def _print_alert(a: dict[str, Any]) -> None:
     )
 
 
-async def _demand_round(settings: Settings, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+def _verified(metrics: Any, resource: str = "critical_care_review", horizon_h: str = "12") -> dict[str, Any]:
+    """The live check of ``resource`` forecasts (:mod:`vigil.demand.verify`), summed over wards."""
+    sums: dict[str, float] = {}
+    for fam in metrics.registry.collect():
+        for x in fam.samples:
+            if x.labels.get("resource") == resource and x.labels.get("horizon_h") == horizon_h \
+                    and x.name.startswith("vigil_demand_verified") and x.labels.get("level") in (None, "0.9"):
+                sums[x.name] = sums.get(x.name, 0.0) + x.value
+    n = sums.get("vigil_demand_verified_forecasts_total", 0.0)
+    exp = sums.get("vigil_demand_verified_expected_total", 0.0)
+    if not n:
+        return {"forecasts": 0}
+    return {"forecasts": int(n), "inside_90": round(sums.get("vigil_demand_verified_inside_total", 0.0) / n, 3),
+            "mass_90": round(sums.get("vigil_demand_verified_mass_total", 0.0) / n, 3),
+            "observed_over_expected": round(sums.get("vigil_demand_verified_observed_total", 0.0) / exp, 3)
+            if exp else None}  # fmt: skip
+
+
+async def _demand_round(settings: Settings, timeout_s: float = 60.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run ``vigil demand run``'s job on what crossed the broker: it catches up on ``adt``, ``scores``,
     ``alerts`` and ``alert-acks`` and writes the latest round of ward forecasts to ``resource-demand``."""
     from vigil.demand.job import DemandJob, load_job_calibration
@@ -88,7 +106,7 @@ async def _demand_round(settings: Settings, timeout_s: float = 60.0) -> list[dic
         stop.set()
         await tail.stop()
         await asyncio.wait_for(task, 10)
-    return [orjson.loads(r.value) for r in recs]
+    return [orjson.loads(r.value) for r in recs], _verified(job.metrics)
 
 
 def _print_demand(forecasts: list[dict[str, Any]], horizon_h: int = 12) -> None:
@@ -156,7 +174,7 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
         for rec in tails["alerts"].records[n_alerts_seen:]:
             _print_alert(orjson.loads(rec.value))
         metrics_text = procs[0].metrics_text()
-        demand = await _demand_round(settings)
+        demand, verified = await _demand_round(settings)
         _print_demand(demand)
     finally:
         for tail in tails.values():
@@ -192,6 +210,7 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
         "demand_rounds": len({f["time"] for f in demand if f["kind"] == "forecast"}),
         "demand_wards": sorted({f["ward"] for f in demand}),
         "capacity_alerts": sum(1 for f in demand if f["kind"] == "capacity_alert" and f["event"] == "raised"),
+        "demand_verified_review_12h": verified,
         "wall_s": round(time.time() - t0, 2),
     }
 

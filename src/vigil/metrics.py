@@ -123,6 +123,19 @@ class DemandMetrics:
                                    registry=r)  # fmt: skip
         self.compute_seconds = Histogram(f"{p}_compute_seconds", "Wall time of one forecast round",
                                          buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        # live verification of the needs the job observes (vigil.demand.verify): settled forecasts
+        self.verified = Counter(f"{p}_verified_forecasts", "Forecasts checked once their horizon passed", fc,
+                                registry=r)  # fmt: skip
+        self.verified_expected = Counter(f"{p}_verified_expected", "Sum of the checked forecasts' expected counts",
+                                         fc, registry=r)  # fmt: skip
+        self.verified_observed = Counter(f"{p}_verified_observed", "Sum of the realised counts of checked forecasts",
+                                         fc, registry=r)  # fmt: skip
+        self.verified_abs_error = Counter(f"{p}_verified_abs_error", "Sum of |realised - expected|, checked forecasts",
+                                          fc, registry=r)  # fmt: skip
+        self.verified_inside = Counter(f"{p}_verified_inside", "Checked forecasts whose realised count fell inside "
+                                       "the interval", [*fc, "level"], registry=r)  # fmt: skip
+        self.verified_mass = Counter(f"{p}_verified_mass", "Sum of the probability the checked forecasts gave the "
+                                     "interval", [*fc, "level"], registry=r)  # fmt: skip
         self.evictions = Counter(f"{p}_evictions", "Census and score entries evicted", ["reason"], registry=r)
         self.up = Gauge(f"{p}_up", "1 while the demand job's consume loop runs", registry=r)
 

@@ -49,6 +49,7 @@ class WardSnapshot:
     news2_max: np.ndarray | None = None
     treated: np.ndarray | None = None
     versions: np.ndarray | None = None  # the model version of each patient's score (None: the calibration's)
+    patients: tuple[str, ...] | None = None  # who they are (for live verification; never in a record)
 
     @property
     def occupied(self) -> int:

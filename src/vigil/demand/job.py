@@ -42,6 +42,7 @@ from vigil.config import Settings
 from vigil.demand.aggregate import CapacityAlerts, forecast, forecast_record, level_key
 from vigil.demand.calibration import CALIBRATION_FILE, Calibration
 from vigil.demand.state import AlertEvent, DemandState, ScoreEvent, decode_alert, decode_score
+from vigil.demand.verify import VERIFIABLE_NEEDS, Verifier
 from vigil.errors import ConfigError, VigilError
 from vigil.metrics import DemandMetrics
 from vigil.records import AckEvent, AdtEvent, Invalid, decode
@@ -123,6 +124,7 @@ class DemandJob:
                                  history_window_h=calibration.history_window_h)  # fmt: skip
         self.alerts = CapacityAlerts(cfg.capacity_alert_level, cfg.capacity_clear_ratio)
         self.metrics = metrics or DemandMetrics()
+        self.verifier = Verifier(self.metrics, cfg.levels)
         self.interval_s = cfg.interval_min * 60.0
         self.next_due: float | None = None
         self.pending: list[Output] = []  # the latest round computed while catching up (not yet emitted)
@@ -133,6 +135,7 @@ class DemandJob:
         self._buffer: list[tuple[float, int, str, AdtEvent | ScoreEvent]] = []  # heap by event time
         self._order = itertools.count()
         self._latest: dict[Hashable, float] = {}  # newest event time per input partition
+        self._scores_latest: dict[Hashable, float] = {}  # the same for the partitions of scores
         self._max_seen = -math.inf
 
     # ------------------------------------------------------------------------------------------ logic
@@ -148,6 +151,8 @@ class DemandJob:
                 t = ev.event_time if isinstance(ev, ScoreEvent) else ev.time
                 heapq.heappush(self._buffer, (t, next(self._order), stream, ev))
                 self._latest[part] = max(self._latest.get(part, -math.inf), t)
+                if stream == "scores":
+                    self._scores_latest[part] = max(self._scores_latest.get(part, -math.inf), t)
                 self._max_seen = max(self._max_seen, t)
             else:
                 log.debug("skipped a %s record: %s", stream, ev)
@@ -169,6 +174,8 @@ class DemandJob:
             return self.state.on_alert(ev)
         if isinstance(ev, AckEvent):
             return self.state.on_ack(ev)
+        if not ev.partial and ev.model == self.model[0] and ev.news2_total >= 0:
+            self.verifier.on_news2(ev.patient, ev.time, ev.news2_total)
         outcome = self.state.on_score(ev)
         if outcome == "uncalibrated_version" and ev.version not in self._looked_up:
             self._looked_up.add(ev.version)  # looked up once per version
@@ -208,6 +215,8 @@ class DemandJob:
         m = self.metrics
         for reason, n in self.state.evict(t).items():
             m.evictions.labels(reason).inc(n)
+        # settle a forecast only when the scores of its horizon are in: the score partitions may trail adt
+        self.verifier.settle(min(t, min(self._scores_latest.values(), default=-math.inf)))
         time_iso, emitted_at = iso(t), iso(time.time())
         out: list[Output] = []
         seen: set[tuple[str, str, str]] = set()
@@ -221,6 +230,8 @@ class DemandJob:
                     f = forecast(snap, res, h, self.calibration, levels=self.cfg.levels, exact_max=self.cfg.exact_max,
                                  by_version=self.by_version)  # fmt: skip
                     rec = forecast_record(f, snap, time_iso=time_iso, model=self.model, emitted_at=emitted_at)
+                    if res.need in VERIFIABLE_NEEDS and snap.patients is not None:
+                        self.verifier.track((snap.ward, res.name, h), t, h, snap.patients, f.dist, f.intervals)
                     out.append((key, rec))
                     labels = (snap.ward, res.name, str(h))
                     seen.add(labels)

@@ -273,5 +273,5 @@ class DemandState:
                 treated[i] = self.is_treated(p)
             out.append(WardSnapshot(ward, risk, news2, self.beds.get(ward),
                                     news2_max=news2_max if self.window_h is not None else None,
-                                    treated=treated, versions=versions))  # fmt: skip
+                                    treated=treated, versions=versions, patients=tuple(patients)))  # fmt: skip
         return out
