@@ -135,7 +135,7 @@ class DemandJob:
         self._buffer: list[tuple[float, int, str, AdtEvent | ScoreEvent]] = []  # heap by event time
         self._order = itertools.count()
         self._latest: dict[Hashable, float] = {}  # newest event time per input partition
-        self._scores_latest: dict[Hashable, float] = {}  # the same for the partitions of scores
+        self._scores_clock = -math.inf  # newest score event time read
         self._max_seen = -math.inf
 
     # ------------------------------------------------------------------------------------------ logic
@@ -152,7 +152,7 @@ class DemandJob:
                 heapq.heappush(self._buffer, (t, next(self._order), stream, ev))
                 self._latest[part] = max(self._latest.get(part, -math.inf), t)
                 if stream == "scores":
-                    self._scores_latest[part] = max(self._scores_latest.get(part, -math.inf), t)
+                    self._scores_clock = max(self._scores_clock, t)
                 self._max_seen = max(self._max_seen, t)
             else:
                 log.debug("skipped a %s record: %s", stream, ev)
@@ -215,8 +215,9 @@ class DemandJob:
         m = self.metrics
         for reason, n in self.state.evict(t).items():
             m.evictions.labels(reason).inc(n)
-        # settle a forecast only when the scores of its horizon are in: the score partitions may trail adt
-        self.verifier.settle(min(t, min(self._scores_latest.values(), default=-math.inf)))
+        # settle a forecast only once scores past its horizon have been read: scores may trail adt in event
+        # time (a fast replay); the newest score time, not the lowest partition's (idle partitions would stall it)
+        self.verifier.settle(min(t, self._scores_clock))
         time_iso, emitted_at = iso(t), iso(time.time())
         out: list[Output] = []
         seen: set[tuple[str, str, str]] = set()
