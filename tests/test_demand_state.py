@@ -164,6 +164,10 @@ def test_treated_sepsis_alert_leaves_the_risk_set_until_readmission() -> None:
     sepsis, review = first["sepsis_bundle", 12], first["critical_care_review", 12]
     assert sepsis["patients"] == 1 and sepsis["treated"] == 1 and sepsis["occupied"] == 2
     assert review["patients"] == 2 and review["treated"] == 0  # the review forecast keeps everyone
+    gauges = {(x.name, tuple(sorted(x.labels.items()))): x.value for f in job.metrics.registry.collect()
+              for x in f.samples}  # fmt: skip
+    assert gauges["vigil_demand_unit_patients", (("unit", "unknown"),)] == 2  # no ADT unit sent
+    assert gauges["vigil_demand_unassigned_patients", ()] == 0
     snap = WardSnapshot("W1", np.array([0.6]), np.array([2]), 4, news2_max=np.array([2]))
     assert math.isclose(sepsis["expected"], forecast(snap, SEPSIS, 12, cal).expected, abs_tol=1e-6)
     # a new stay of the same patient id: the earlier treatment no longer holds

@@ -116,6 +116,10 @@ class DemandMetrics:
         self.patients = Gauge(f"{p}_ward_patients", "Patients present per ward (ADT census)", ["ward"], registry=r)
         self.free_beds = Gauge(f"{p}_ward_free_beds", "Free beds per ward (configured beds minus census)", ["ward"],
                                registry=r)  # fmt: skip
+        self.unit_patients = Gauge(f"{p}_unit_patients", "Patients present per care unit (ADT unit)", ["unit"],
+                                   registry=r)  # fmt: skip
+        self.unassigned = Gauge(f"{p}_unassigned_patients", "Patients present whose ward is unknown (in no forecast)",
+                                registry=r)  # fmt: skip
         self.events = Counter(f"{p}_input_events", "Input records by topic and outcome", ["topic", "outcome"],
                               registry=r)  # fmt: skip
         self.forecasts = Counter(f"{p}_forecasts", "Forecast records emitted", registry=r)

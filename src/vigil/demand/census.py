@@ -120,6 +120,19 @@ class Census:
         counts = Counter(c.ward for c in self._patients.values() if c.present and c.ward is not None)
         return dict(sorted(counts.items()))
 
+    def by_unit(self) -> dict[str, int]:
+        """Present patients per care unit (the ADT ``unit``, e.g. MICU / SICU; ``unknown`` when none was sent).
+
+        >>> from vigil.records import AdtEvent
+        >>> c = Census()
+        >>> _ = c.apply(AdtEvent("p1", "adt", 0, 1.0, "admit", "W1", None, "MICU", None, None, None, None))
+        >>> _ = c.apply(AdtEvent("p2", "adt", 0, 1.0, "admit", "W1", None, None, None, None, None, None))
+        >>> c.by_unit()
+        {'MICU': 1, 'unknown': 1}
+        """
+        counts = Counter(c.unit or "unknown" for c in self._patients.values() if c.present)
+        return dict(sorted(counts.items()))
+
     def unassigned(self) -> int:
         """Present patients whose ward is unknown (not in any ward's forecast)."""
         return sum(1 for c in self._patients.values() if c.present and c.ward is None)

@@ -132,6 +132,7 @@ class DemandJob:
         self.emitted = 0
         self.caught_up = False  # run(): every record that existed at start is processed and its output sent
         self._gauges: set[tuple[str, str, str]] = set()
+        self._units: set[str] = set()
         self._buffer: list[tuple[float, int, str, AdtEvent | ScoreEvent]] = []  # heap by event time
         self._order = itertools.count()
         self._latest: dict[Hashable, float] = {}  # newest event time per input partition
@@ -219,6 +220,7 @@ class DemandJob:
         # time (a fast replay); the newest score time, not the lowest partition's (idle partitions would stall it)
         self.verifier.settle(min(t, self._scores_clock))
         time_iso, emitted_at = iso(t), iso(time.time())
+        self._set_census_gauges()
         out: list[Output] = []
         seen: set[tuple[str, str, str]] = set()
         for snap in self.state.snapshots():
@@ -256,6 +258,16 @@ class DemandJob:
         m.forecast_time.set(t)
         m.compute_seconds.observe(time.perf_counter() - started)
         return out
+
+    def _set_census_gauges(self) -> None:
+        """Patients per care unit and those of unknown ward (in no ward's forecast)."""
+        m, units = self.metrics, self.state.census.by_unit()
+        for unit in self._units - set(units):
+            _remove(m.unit_patients, (unit,))
+        for unit, n in units.items():
+            m.unit_patients.labels(unit).set(n)
+        self._units = set(units)
+        m.unassigned.set(self.state.census.unassigned())
 
     def _set_gauges(self, labels: tuple[str, str, str], rec: dict[str, Any]) -> None:
         m = self.metrics
