@@ -384,3 +384,30 @@ def test_live_verification_counts_what_happened_after_each_forecast() -> None:
     assert 0 < samples["vigil_demand_verified_mass_total", "0.9"] <= len(settled)
     assert not any(x.labels.get("resource") == "sepsis_bundle" and x.name.startswith("vigil_demand_verified")
                    for f in job.metrics.registry.collect() for x in f.samples)  # fmt: skip
+
+
+@pytest.mark.broker
+def test_demand_tail_on_the_broker(settings_factory: Callable[..., Settings], topics_factory: Callable[..., Any],
+                                   run_demand_job: Callable[..., Any], broker: str) -> None:  # fmt: skip
+    """`vigil demand tail` reads what the job wrote: forecast lines and capacity alerts, filtered, no patients."""
+    from click.testing import CliRunner
+
+    from vigil.cli import cli
+
+    s = settings_factory(demand={"interval_min": 60, "horizons_h": [6, 12], "beds": {"W1": 2}})
+    topics_factory(s, partitions=2)
+    recs = [_adt("pt-a", 0.1, "admit"), _adt("pt-b", 0.2, "admit"),
+            ("scores", b"pt-a", _score("pt-a", 0, 0.9, 8)), ("scores", b"pt-b", _score("pt-b", 0, 0.9, 8)),
+            ("scores", b"pt-a", _score("pt-a", 2, 0.9, 8))]  # fmt: skip
+    asyncio.run(produce_records(s, [(s.topic(t), k, v) for t, k, v in recs]))
+    out = run_demand_job(s, Calibration.synthetic(horizons=(6, 12)), lambda rs: any(r["kind"] == "capacity_alert"
+                                                                                   for r in rs))  # fmt: skip
+    base = ["--bootstrap", broker, "--topic-prefix", s.topic_prefix, "demand", "tail", "--from-beginning"]
+    res = CliRunner().invoke(cli, [*base, "--resource", "sepsis_bundle", "--horizon", "12", "--limit", "1"])
+    assert res.exit_code == 0, res.output
+    line = res.output.strip()
+    assert "W1" in line and "sepsis_bundle" in line and " 12 h " in line and "90% [" in line and "pt-" not in line
+    res = CliRunner().invoke(cli, [*base, "--alerts-only", "--limit", "1"])
+    assert res.exit_code == 0 and "CAPACITY ALERT RAISED" in res.output, res.output
+    raised = next(r for r in out if r["kind"] == "capacity_alert")
+    assert raised["ward"] in res.output and raised["resource"] in res.output

@@ -1,9 +1,10 @@
-"""``vigil demand run|calibrate|backtest``: resource demand."""
+"""``vigil demand run|tail|calibrate|backtest``: resource demand."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -47,6 +48,38 @@ def demand_run(ctx: click.Context, model: str | None, calibration_path: Path | N
             click.echo(f"metrics on http://{s.web_host}:{server.server_port}/metrics", err=True)
         n = asyncio.run(run_until_signalled(job.run))
     click.echo(json.dumps({"records": n}), err=True)
+
+
+@demand.command("tail")
+@click.option("--ward", "wards", multiple=True, help="Only this ward (repeatable; case-insensitive).")
+@click.option("--resource", "resources", multiple=True, help="Only this resource, e.g. sepsis_bundle (repeatable).")
+@click.option("--horizon", "horizons", type=int, multiple=True, help="Only this horizon in hours (repeatable).")
+@click.option("--alerts-only", is_flag=True, help="Only capacity alerts.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest retained record (default: new ones).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many records.")
+@click.option("--json", "as_json", is_flag=True, help="Print each record's raw JSON (one per line).")
+@click.pass_context
+def demand_tail(ctx: click.Context, wards: tuple[str, ...], resources: tuple[str, ...], horizons: tuple[int, ...],
+                alerts_only: bool, from_beginning: bool, limit: int | None, as_json: bool) -> None:  # fmt: skip
+    """Follow resource-demand: one line per ward forecast (expected count, 50/90% intervals, P(demand > capacity))
+    or capacity alert. Ctrl-C or SIGTERM stops it."""
+    from vigil.demand.tail import DemandFilter, format_demand
+    from vigil.subscribers.runner import run_until_signalled
+    from vigil.subscribers.tail import tail_topic
+
+    s, flt = settings_of(ctx), DemandFilter.of(wards, resources, horizons, alerts_only)
+
+    def echo(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    async def follow(stop: asyncio.Event) -> int:
+        return await tail_topic(s, "resource-demand", keep=flt.matches, render=format_demand,
+                                from_beginning=from_beginning, limit=limit, as_json=as_json, out=echo,
+                                stop=stop)  # fmt: skip
+
+    with VigilErrorsAsClick():
+        asyncio.run(run_until_signalled(follow))
 
 
 @demand.command("calibrate")

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer
 from vigil.config import Settings
 from vigil.subscribers._kafka import assign_all
 
-__all__ = ["AlertFilter", "format_alert", "short_patient", "parse_alert", "tail_alerts"]
+__all__ = ["AlertFilter", "format_alert", "format_time", "short_patient", "parse_alert", "tail_alerts", "tail_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def short_patient(pseudonym: object) -> str:
     return str(pseudonym)[:PATIENT_CHARS] if pseudonym else "-"
 
 
-def _time(value: object) -> str:
+def format_time(value: object) -> str:
+    """An ISO 8601 time as ``YYYY-MM-DD HH:MM:SS+00:00`` (the value itself when it is not one)."""
     try:
         return datetime.fromisoformat(str(value)).isoformat(sep=" ", timespec="seconds")
     except ValueError:
@@ -90,7 +91,8 @@ def format_alert(alert: Mapping[str, Any]) -> str:
     news2 = alert.get("news2")
     total = news2.get("total", "-") if isinstance(news2, Mapping) else "-"
     return (
-        f"{_time(alert.get('time'))}  {str(alert.get('severity') or '-').upper():<9}  {alert.get('type') or '-':<16}  "
+        f"{format_time(alert.get('time'))}  {str(alert.get('severity') or '-').upper():<9}  "
+        f"{alert.get('type') or '-':<16}  "
         f"{place:<12}  pt {short_patient(alert.get('patient')):<8}  {_score(alert)}  NEWS2 {total}  "
         f"{alert.get('message') or ''}"
     ).rstrip()
@@ -107,14 +109,14 @@ def parse_alert(value: bytes | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-async def _start(settings: Settings, from_beginning: bool) -> AIOKafkaConsumer:
+async def _start(settings: Settings, topic: str, from_beginning: bool) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         group_id=None, enable_auto_commit=False, auto_offset_reset="earliest" if from_beginning else "latest",
         **settings.kafka.client_kwargs(),
     )  # fmt: skip
     await consumer.start()
     try:
-        tps = await assign_all(consumer, settings.topic("alerts"))
+        tps = await assign_all(consumer, topic)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
         else:
@@ -127,8 +129,44 @@ async def _start(settings: Settings, from_beginning: bool) -> AIOKafkaConsumer:
     return consumer
 
 
-def _render(value: bytes, alert: Mapping[str, Any], as_json: bool) -> str:
-    return value.decode("utf-8", errors="replace") if as_json else format_alert(alert)
+async def tail_topic(
+    settings: Settings,
+    stream: str,
+    *,
+    keep: Callable[[Mapping[str, Any]], bool],
+    render: Callable[[Mapping[str, Any]], str],
+    from_beginning: bool = False,
+    limit: int | None = None,
+    as_json: bool = False,
+    out: Callable[[str], None] = print,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> int:
+    """Print the records of ``stream`` that ``keep`` accepts (``out`` gets ``render(record)``, or the value bytes
+    as they are on the topic with ``as_json``) until ``stop`` is set or ``limit`` were printed. ``ready`` is set
+    once the consumer is positioned (records produced after that are seen). Returns the number printed."""
+    stop = stop or asyncio.Event()
+    consumer = await _start(settings, settings.topic(stream), from_beginning)
+    shown = 0
+    try:
+        if ready is not None:
+            ready.set()
+        while not stop.is_set() and (limit is None or shown < limit):
+            batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            for rec in sorted((r for recs in batch.values() for r in recs), key=lambda r: (r.timestamp, r.partition)):
+                doc = parse_alert(rec.value)
+                if doc is None:
+                    log.warning("skipping a record that is not a JSON object (partition %d, offset %d)",
+                                rec.partition, rec.offset)  # fmt: skip
+                    continue
+                if keep(doc):
+                    out(rec.value.decode("utf-8", errors="replace") if as_json else render(doc))
+                    shown += 1
+                    if limit is not None and shown >= limit:
+                        break
+        return shown
+    finally:
+        await consumer.stop()
 
 
 async def tail_alerts(
@@ -142,31 +180,8 @@ async def tail_alerts(
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
 ) -> int:
-    """Print matching alerts (``out`` gets one line each) until ``stop`` is set or ``limit`` were printed.
-
-    ``as_json`` prints each alert's value bytes as they are on the topic. ``ready`` is set once the consumer
-    is positioned (alerts produced after that are seen). Returns the number of alerts printed.
-    """
-    flt = flt or AlertFilter()
-    stop = stop or asyncio.Event()
-    consumer = await _start(settings, from_beginning)
-    shown = 0
-    try:
-        if ready is not None:
-            ready.set()
-        while not stop.is_set() and (limit is None or shown < limit):
-            batch = await consumer.getmany(timeout_ms=200, max_records=500)
-            for rec in sorted((r for recs in batch.values() for r in recs), key=lambda r: (r.timestamp, r.partition)):
-                alert = parse_alert(rec.value)
-                if alert is None:
-                    log.warning("skipping a record that is not a JSON object (partition %d, offset %d)",
-                                rec.partition, rec.offset)  # fmt: skip
-                    continue
-                if flt.matches(alert):
-                    out(_render(rec.value, alert, as_json))
-                    shown += 1
-                    if limit is not None and shown >= limit:
-                        break
-        return shown
-    finally:
-        await consumer.stop()
+    """Print matching alerts (``out`` gets one line each) until ``stop`` is set or ``limit`` were printed
+    (:func:`tail_topic` on ``alerts``). Returns the number of alerts printed."""
+    return await tail_topic(settings, "alerts", keep=(flt or AlertFilter()).matches, render=format_alert,
+                            from_beginning=from_beginning, limit=limit, as_json=as_json, out=out, stop=stop,
+                            ready=ready)  # fmt: skip
