@@ -1,8 +1,9 @@
 """The shared ward effect: how much more a ward's count varies than independent patients would make it vary.
 
-Replayed as wards, the validation split's counts of NEWS2 >= 7 spread 15-25% more than the Poisson-binomial
+Replayed as wards, the validation split's counts of NEWS2 >= 7 spread 8-24 % more than the Poisson-binomial
 of the patients' calibrated probabilities allows (the variance ratio; sepsis onsets: about 1.0), because the
-patients of one ward at one time are not independent: the unit, its case mix and its habits move them together.
+errors of one ward's patients do not cancel: a unit differs from the pooled calibration (in the replay ICU-SURG
+runs higher), and in a hospital case mix and staffing move a ward's patients together.
 Intervals that ignore this under-cover, more so in large wards.
 
 :func:`fit_ward_effect` fits, per need and horizon, the standard deviation ``s`` of a shared log-odds effect
