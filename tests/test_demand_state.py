@@ -411,3 +411,15 @@ def test_demand_tail_on_the_broker(settings_factory: Callable[..., Settings], to
     assert res.exit_code == 0 and "CAPACITY ALERT RAISED" in res.output, res.output
     raised = next(r for r in out if r["kind"] == "capacity_alert")
     assert raised["ward"] in res.output and raised["resource"] in res.output
+
+
+def test_a_version_calibrated_for_other_horizons_is_left_out_not_fatal() -> None:
+    s = _settings()  # horizons 6 and 12
+    v1 = Calibration.synthetic(horizons=(6, 12), version="1")
+    short = Calibration.synthetic(horizons=(6,), version="2")  # no 12 h maps
+    job = DemandJob(s, v1, emit_history=True, discover=lambda name, version: short)
+    out = job.process([_adt("pt-a", 0.1, "admit"), ("scores", b"pt-a", _score("pt-a", 0, 0.6, 3, version="2")),
+                       ("scores", b"pt-a", _score("pt-a", 2, 0.6, 3, version="2"))])  # fmt: skip
+    got = _last_round(out)["sepsis_bundle", 12]
+    assert got["scored"] == 0 and got["patients"] == 1  # counted with the base rate, the job still running
+    assert "2" not in job.by_version

@@ -5,7 +5,8 @@ It reads ``adt`` (the census), ``scores`` (each patient's latest risk and NEWS2)
 ``demand.interval_min`` minutes of *event time*, writes one forecast per ward x resource x horizon to
 ``resource-demand`` (key: the ward), sets the Prometheus gauges of :class:`vigil.metrics.DemandMetrics`, and
 writes a capacity alert (``kind: capacity_alert`` on ``resource-demand``) when P(demand > capacity) reaches
-``demand.capacity_alert_level``.
+``demand.capacity_alert_level``. Forecasts whose outcome the job can see (critical-care reviews) are checked
+once their horizon has passed (:mod:`vigil.demand.verify`).
 
 Event time: a score counts at the end of its hourly row. Events wait in a small buffer until the watermark
 passes them: the newest event time seen, or, while some input partitions still have unread records, the
@@ -133,7 +134,7 @@ class DemandJob:
         self.caught_up = False  # run(): every record that existed at start is processed and its output sent
         self._gauges: set[tuple[str, str, str]] = set()
         self._units: set[str] = set()
-        self._buffer: list[tuple[float, int, str, AdtEvent | ScoreEvent]] = []  # heap by event time
+        self._buffer: list[tuple[float, int, str, AdtEvent | ScoreEvent | AlertEvent | AckEvent]] = []  # by time
         self._order = itertools.count()
         self._latest: dict[Hashable, float] = {}  # newest event time per input partition
         self._scores_clock = -math.inf  # newest score event time read
@@ -181,8 +182,13 @@ class DemandJob:
         if outcome == "uncalibrated_version" and ev.version not in self._looked_up:
             self._looked_up.add(ev.version)  # looked up once per version
             cal = self._discover(ev.model, ev.version)
+            try:
+                if cal is not None:
+                    cal.check(self.cfg.horizons_h)
+            except ConfigError as exc:  # fitted for other horizons: the job keeps running without it
+                log.warning("demand job: %s; scores of %s:%s are not counted", exc, ev.model, ev.version)
+                cal = None
             if cal is not None:
-                cal.check(self.cfg.horizons_h)
                 self.by_version[ev.version] = cal
                 self.state.versions.add(ev.version)
                 log.info("demand job: scores of %s:%s now count, through their own calibration", ev.model, ev.version)
