@@ -28,6 +28,7 @@ from vigil.demand.calibration import Calibration
 from vigil.demand.fitting import ScoredRows, fit_calibration
 from vigil.demand.job import DemandJob, iso
 from vigil.demand.labels import news2_within, recent_max, stay_index
+from vigil.demand.news2_model import FEATURES, History, history_features
 from vigil.demand.poisson_binomial import distribution
 from vigil.demand.state import DemandState, decode_score
 from vigil.errors import ConfigError
@@ -134,20 +135,58 @@ def test_fitted_history_tables_reproduce_the_rate_and_beat_the_flat_table() -> N
     assert np.allclose(back.news2_history[12].rows, cal.news2_history[12].rows)
 
 
+def test_fitted_news2_model_is_sharper_still_calibrated_and_takes_precedence() -> None:
+    rows = _rows()
+    cal = fit_calibration(rows, REF, (6, 12), min_bin_rows=100)
+    assert set(cal.news2_model) == {6, 12}
+    feats = history_features(rows.news2, rows.idx.row, rows.idx.first[rows.idx.stay])
+    mx = recent_max(rows.idx, rows.news2, 12)
+    y = news2_within(rows.idx, rows.news2, 12).astype(float)
+    table = replace(cal, news2_model={}).probabilities("news2_emergency", 12, risk=rows.risk, news2=rows.news2,
+                                                       news2_max=mx)  # fmt: skip
+    model = cal.probabilities("news2_emergency", 12, risk=rows.risk, news2=rows.news2, news2_max=mx,
+                              news2_features=feats)  # fmt: skip
+    assert abs(model.mean() - y.mean()) < 0.005  # in-sample calibration in the large
+    assert np.mean((model - y) ** 2) < np.mean((table - y) ** 2)
+    ruled = cal.probabilities("news2_emergency", 12, risk=rows.risk, news2=rows.news2, news2_features=feats,
+                              rule_at=7)  # fmt: skip
+    assert np.allclose(ruled[rows.news2 >= 7], cal.news2[12].rates(7)[7])  # the rule group keeps its probability
+    unknown = np.full_like(feats[:3], np.nan)
+    assert np.allclose(cal.probabilities("news2_emergency", 12, risk=rows.risk[:3], news2=rows.news2[:3],
+                                         news2_features=unknown),
+                       replace(cal, news2_model={}, news2_history={}).probabilities(
+                           "news2_emergency", 12, risk=rows.risk[:3], news2=rows.news2[:3]))  # fmt: skip
+    doc = json.loads(json.dumps(cal.to_json()))
+    assert np.allclose(Calibration.from_json(doc).news2_model[12].weights, cal.news2_model[12].weights)
+    doc["news2_model"]["12"]["features"] = list(FEATURES[:-1]) + ["something_else"]
+    with pytest.raises(ConfigError, match="other features"):
+        Calibration.from_json(doc)
+    h = History()  # the live window never holds more than a day
+    for row in range(60):
+        h.add(row * 3600.0, row, 3)
+    assert len(h._rows) <= 24  # noqa: SLF001
+
+
 def test_live_window_matches_the_offline_window() -> None:
-    """The job's recent maximum is the offline ``recent_max`` of the same rows (partial rows and late rows
-    included), so the live probabilities are the ones the backtest measured."""
-    totals = [2, 9, 4, 3, 1, 0, 5, 2, 3, 1, 1, 2, 0, 1, 6, 1]
+    """The job's recent maximum and NEWS2-course features are the offline ``recent_max`` and ``history_features``
+    of the same rows (partial rows and late rows included, over more than the 24 h window), so the live
+    probabilities are the ones the backtest measured."""
+    totals = [2, 9, 4, 3, 1, 0, 5, 2, 3, 1, 1, 2, 0, 1, 6, 1, 8, 8, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 4, 1]
     window = 12
-    st = DemandState(("m", "1"), history_window_h=window)
+    st = DemandState(("m", "1"), history_window_h=window, news2_features=True)
     idx = stay_index(np.r_[True, np.zeros(len(totals) - 1, bool)], np.zeros(len(totals), dtype=int))
     offline = recent_max(idx, np.array(totals), window)
+    offline_features = history_features(np.array(totals), idx.row)  # what the backtest and the fit use
     for row, total in enumerate(totals):
         st.on_score(decode_score(_score("p", row, 0.1, total, partial=True)))  # type: ignore[arg-type]
+        live = st.news2_features("p")  # the partial row: the completed rows before it + this total
+        assert live is not None and np.allclose(live, offline_features[row]), row
         st.on_score(decode_score(_score("p", row, 0.1, total)))  # type: ignore[arg-type]
         assert st.recent_news2_max("p") == offline[row], row
+        assert np.allclose(st.news2_features("p"), offline_features[row]), row  # type: ignore[arg-type]
     st.on_score(decode_score(_score("p", 3, 0.1, 20)))  # type: ignore[arg-type]  # a late row out of the window
     assert st.recent_news2_max("p") == offline[-1]
+    assert np.allclose(st.news2_features("p"), offline_features[-1])  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------ treated, versions

@@ -47,6 +47,7 @@ class WardSnapshot:
     news2: np.ndarray
     beds: int | None = None
     news2_max: np.ndarray | None = None
+    news2_features: np.ndarray | None = None  # [n, features] of vigil.demand.news2_model (NaN rows = unknown)
     treated: np.ndarray | None = None
     versions: np.ndarray | None = None  # the model version of each patient's score (None: the calibration's)
     patients: tuple[str, ...] | None = None  # who they are (for live verification; never in a record)
@@ -104,8 +105,9 @@ def patient_probabilities(
     def probs(cal: Calibration, sel: np.ndarray | slice) -> np.ndarray:
         return cal.probabilities(
             resource.need, horizon_h, risk=snap.risk[sel], news2=snap.news2[sel],
-            news2_max=None if snap.news2_max is None else snap.news2_max[sel], rule_at=resource.rule_news2_at,
-            rule_p=resource.rule_p,
+            news2_max=None if snap.news2_max is None else snap.news2_max[sel],
+            news2_features=None if snap.news2_features is None else snap.news2_features[sel],
+            rule_at=resource.rule_news2_at, rule_p=resource.rule_p,
         )  # fmt: skip
 
     p = probs(calibration, slice(None))

@@ -46,7 +46,7 @@ import numpy as np
 from vigil.config import DemandResource
 from vigil.demand.aggregate import WardSnapshot, forecast
 from vigil.demand.calibration import Calibration, reliability
-from vigil.demand.fitting import ScoredRows
+from vigil.demand.fitting import ScoredRows, news2_features_of
 from vigil.demand.labels import news2_within, onset_within, recent_max
 from vigil.errors import ConfigError
 
@@ -150,6 +150,7 @@ def simulate(
     labels = _labels(rows, cfg.horizons)
     window = calibration.history_window_h
     news2_max = None if window is None else recent_max(rows.idx, rows.news2, window)
+    features = news2_features_of(rows) if calibration.news2_model else None
     cases: list[Case] = []
     for ward, (stays, admit) in ward_schedule(rows, cfg.concurrency, cfg.arrivals, cfg.seed).items():
         first, n_rows = rows.idx.first[stays], rows.idx.n_rows[stays]
@@ -162,7 +163,8 @@ def simulate(
                     risk_set, need = labels[res.need, h]
                     sel = at[risk_set[at]]
                     snap = WardSnapshot(ward, rows.risk[sel], rows.news2[sel],
-                                        news2_max=None if news2_max is None else news2_max[sel])
+                                        news2_max=None if news2_max is None else news2_max[sel],
+                                        news2_features=None if features is None else features[sel])
                     f = forecast(snap, res, h, calibration, levels=cfg.levels, exact_max=cfg.exact_max)
                     y = int(need[sel].sum())
                     cases.append(Case(
@@ -295,6 +297,7 @@ def patient_reliability(
     labels = _labels(rows, horizons)
     window = calibration.history_window_h
     news2_max = None if window is None else recent_max(rows.idx, rows.news2, window)
+    features = news2_features_of(rows) if calibration.news2_model else None
     out: dict[str, Any] = {}
     for res in resources:
         out[res.name] = {}
@@ -302,6 +305,7 @@ def patient_reliability(
             risk_set, need = labels[res.need, h]
             p = calibration.probabilities(res.need, h, risk=rows.risk[risk_set], news2=rows.news2[risk_set],
                                           news2_max=None if news2_max is None else news2_max[risk_set],
+                                          news2_features=None if features is None else features[risk_set],
                                           rule_at=res.rule_news2_at, rule_p=res.rule_p)  # fmt: skip
             rel = reliability(p, need[risk_set])
             if res.rule_news2_at is not None:

@@ -19,6 +19,9 @@ Two maps per horizon, stored together as one JSON file (``demand_calibration.jso
 
 A patient present but not yet scored gets the horizon's base rate (the frequency over all risk-set rows).
 
+``news2_model`` (optional; used instead of ``news2_history`` when present): per horizon, a logistic model of
+NEWS2 >= 7 within h on the NEWS2 course of the last 24 h (:mod:`vigil.demand.news2_model`).
+
 ``ward_effect`` (optional): per need and horizon, the standard deviation of a shared log-odds effect of the
 patients of one ward at one time (:func:`vigil.demand.poisson_binomial.distribution`), fitted by maximum
 likelihood on the validation split replayed as wards (:mod:`vigil.demand.dispersion`). 0 or absent: patients
@@ -48,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from vigil.demand.labels import NEEDS
+from vigil.demand.news2_model import News2Model
 from vigil.errors import ConfigError
 
 __all__ = [
@@ -221,6 +225,7 @@ class Calibration:
     meta: dict[str, Any] = field(default_factory=dict)
     news2_history: dict[int, News2HistoryTable] = field(default_factory=dict)
     ward_effect: dict[str, dict[int, float]] = field(default_factory=dict)
+    news2_model: dict[int, News2Model] = field(default_factory=dict)
 
     def ward_sd(self, need: str, horizon_h: float) -> float:
         """The shared ward effect's standard deviation for ``need`` over ``horizon_h`` (0: none fitted)."""
@@ -230,6 +235,11 @@ class Calibration:
     def history_window_h(self) -> int | None:
         """The recent-maximum window of :attr:`news2_history` (None: the file has no history tables)."""
         return next((t.window_h for t in self.news2_history.values()), None)
+
+    @property
+    def uses_news2_course(self) -> bool:
+        """The NEWS2 probabilities need each patient's recent rows (history tables or the logistic model)."""
+        return bool(self.news2_history or self.news2_model)
 
     @property
     def horizons(self) -> tuple[int, ...]:
@@ -249,11 +259,14 @@ class Calibration:
 
     def probabilities(
         self, need: str, horizon_h: float, *, risk: np.ndarray, news2: np.ndarray,
-        news2_max: np.ndarray | None = None, rule_at: int | None = None, rule_p: float | None = None,
+        news2_max: np.ndarray | None = None, news2_features: np.ndarray | None = None, rule_at: int | None = None,
+        rule_p: float | None = None,
     ) -> np.ndarray:  # fmt: skip
         """Per patient: P(needs it within ``horizon_h``). ``risk`` NaN = not scored yet (the base rate);
         ``news2`` < 0 = unknown. ``news2_max``: the highest total of the last :attr:`history_window_h` rows
-        (< 0 = unknown; used by ``news2_emergency`` when the file has history tables). With ``rule_at``, a NEWS2
+        (< 0 = unknown; used by ``news2_emergency`` when the file has history tables); ``news2_features``: the
+        rows of :func:`vigil.demand.news2_model.history_features` (used, ahead of the tables, when the file has
+        a logistic model; rows of NaN = unknown). With ``rule_at``, a NEWS2
         total >= ``rule_at`` gives ``rule_p`` (for ``news2_emergency`` a missing ``rule_p`` is the rule group's
         fitted frequency)."""
         if need not in NEEDS:
@@ -274,6 +287,15 @@ class Calibration:
         known = scored & (n2 >= 0)
         cur = np.clip(n2, 0, NEWS2_MAX)
         out = np.where(known, rates[cur], t.base_rate)
+        model = self.news2_model.get(h)
+        if model is not None and news2_features is not None:
+            feats = np.asarray(news2_features, dtype=np.float64).reshape(cur.shape[0], model.weights.shape[0])
+            use = known & np.all(np.isfinite(feats), axis=1)
+            if rule_at is not None:
+                use &= n2 < rule_at  # the rule group keeps the rule's probability
+            if use.any():
+                out = np.where(use, model(np.where(use[:, None], feats, 0.0)), out)
+            return np.asarray(out, dtype=np.float64)
         hist = self.news2_history.get(h)
         if hist is not None and news2_max is not None:
             mx = np.asarray(news2_max, dtype=np.int64)
@@ -295,6 +317,8 @@ class Calibration:
                if self.news2_history else {}),
             **({"ward_effect": {need: {str(h): float(v) for h, v in sorted(by_h.items())}
                                 for need, by_h in sorted(self.ward_effect.items())}} if self.ward_effect else {}),
+            **({"news2_model": {str(h): m.to_json() for h, m in sorted(self.news2_model.items())}}
+               if self.news2_model else {}),
         }  # fmt: skip
 
     @classmethod
@@ -314,10 +338,11 @@ class Calibration:
             if set(effect) - set(NEEDS) or any(not 0.0 <= v <= 5.0 for by_h in effect.values() for v in by_h.values()):
                 msg = f"ward_effect needs keys among {NEEDS} and standard deviations in [0, 5]"
                 raise ValueError(msg)
+            models = {int(h): News2Model.from_json(m) for h, m in (d.get("news2_model") or {}).items()}
             known = ("v", "format", "model", "horizons_h", "sepsis_onset", "news2_emergency", "news2_history",
-                     "ward_effect")  # fmt: skip
+                     "ward_effect", "news2_model")  # fmt: skip
             meta = {k: v for k, v in d.items() if k not in known}
-            return cls(str(d["model"]["name"]), str(d["model"]["version"]), sepsis, news2, meta, hist, effect)
+            return cls(str(d["model"]["name"]), str(d["model"]["version"]), sepsis, news2, meta, hist, effect, models)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             msg = f"{source}: bad demand calibration: {type(exc).__name__}: {exc}"
             raise ConfigError(msg) from exc

@@ -30,6 +30,7 @@ from vigil.demand.calibration import (
     utc_now,
 )  # fmt: skip
 from vigil.demand.labels import StayIndex, news2_within, onset_within, recent_max, stay_index
+from vigil.demand.news2_model import FEATURES, News2Model, fit_logistic, history_features
 from vigil.registry import ModelRef
 
 if TYPE_CHECKING:
@@ -90,15 +91,20 @@ def _units(df: pd.DataFrame, first: np.ndarray) -> list[str | None]:
 def fit_calibration(
     rows: ScoredRows, ref: ModelRef, horizons: Sequence[int] = DEFAULT_HORIZONS, min_bin_rows: int = 200,
     seed: int | None = None, history_window_h: int = HISTORY_WINDOW_H, history_prior_rows: float = 50.0,
-    ward_effect: bool = True, resources: Sequence[DemandResource] | None = None,
+    ward_effect: bool = True, resources: Sequence[DemandResource] | None = None, news2_model: bool = True,
+    news2_l2: float = 1.0,
 ) -> Calibration:  # fmt: skip
-    """Fit the maps for every horizon on ``rows`` and record the in-sample reliability; with ``ward_effect``
+    """Fit the maps for every horizon on ``rows`` and record the in-sample reliability; with ``news2_model`` the
+    logistic model of NEWS2 >= 7 on the last 24 h (:mod:`vigil.demand.news2_model`); with ``ward_effect``
     also the shared ward effect (:mod:`vigil.demand.dispersion`) of ``resources`` (default: the default
     resources' rules)."""
     sepsis: dict[int, IsotonicMap] = {}
     news2: dict[int, News2Table] = {}
     history: dict[int, News2HistoryTable] = {}
-    check: dict[str, dict[str, object]] = {"sepsis_onset": {}, "news2_emergency": {}, "news2_history": {}}
+    check: dict[str, dict[str, object]] = {"sepsis_onset": {}, "news2_emergency": {}, "news2_history": {},
+                                           "news2_model": {}}  # fmt: skip
+    models: dict[int, News2Model] = {}
+    features = news2_features_of(rows) if news2_model else None
     totals = np.clip(rows.news2, 0, NEWS2_MAX)
     cell = totals * (NEWS2_MAX + 1) + np.maximum(recent_max(rows.idx, totals, history_window_h), totals)
     size = (NEWS2_MAX + 1) ** 2
@@ -119,6 +125,11 @@ def fit_calibration(
                                        history_window_h, history_prior_rows)  # fmt: skip
         grid = history[h].rates(news2[h].rates()).reshape(-1)
         check["news2_history"][str(h)] = {**reliability(grid[cell], y2), "positives": int(y2.sum())}
+        if features is not None:
+            lr = News2Model(fit_logistic(features, y2, l2=news2_l2))
+            kx, ky = isotonic_fit(lr.logistic(features), y2, max(min_bin_rows, 500))
+            models[h] = News2Model(lr.weights, kx, ky)
+            check["news2_model"][str(h)] = {**reliability(models[h](features), y2), "positives": int(y2.sum())}
     meta = {
         "created_at": utc_now(),
         "fitted_on": {"data": rows.source, "split": rows.split, "seed": seed, "stays": int(rows.idx.first.size),
@@ -130,11 +141,15 @@ def fit_calibration(
             "news2_history": f"frequency of NEWS2 >= 7 in (t, t+h] per (current total, highest total of the last "
                              f"{history_window_h} rows), shrunk to the current total's frequency with "
                              f"{history_prior_rows:g} pseudo-rows",
+            **({"news2_model": f"logistic regression (IRLS, L2 {news2_l2:g}) of NEWS2 >= 7 in (t, t+h] on "
+                               f"{len(FEATURES)} features of the NEWS2 course of the last 24 h, all rows, then "
+                               f"isotonic regression of its output (bins of >= {max(min_bin_rows, 500)} rows)"}
+               if features is not None else {}),
         },
         "feature_hash": ref.feature_hash,
         "in_sample_reliability": check,
     }  # fmt: skip
-    cal = Calibration(ref.name, ref.version, sepsis, news2, meta, history)
+    cal = Calibration(ref.name, ref.version, sepsis, news2, meta, history, news2_model=models)
     if not ward_effect:
         return cal
     from dataclasses import replace
@@ -147,6 +162,11 @@ def fit_calibration(
     meta["method"]["ward_effect"] = (f"maximum likelihood of the realised counts of the split replayed as wards "
                                      f"(Poisson admissions, {sizes} patients)")  # fmt: skip
     return replace(cal, ward_effect=effect)
+
+
+def news2_features_of(rows: ScoredRows) -> np.ndarray:
+    """:func:`vigil.demand.news2_model.history_features` of every row of ``rows`` (the live job's inputs)."""
+    return history_features(rows.news2, rows.idx.row, rows.idx.first[rows.idx.stay])
 
 
 def calibration_split(ref: ModelRef, data: Path) -> str:
@@ -178,4 +198,4 @@ def calibrate_version(
     return cal, cal.save(Path(out) if out is not None else ref.path / CALIBRATION_FILE)
 
 
-__all__ += ["calibrate_version", "calibration_split"]
+__all__ += ["calibrate_version", "calibration_split", "news2_features_of"]

@@ -122,7 +122,8 @@ class DemandJob:
         self._looked_up: set[str] = {calibration.version}
         self.state = DemandState(self.model, beds=cfg.beds, ttl_s=cfg.ttl_h * 3600.0,
                                  closed_keep_s=cfg.closed_keep_h * 3600.0,
-                                 history_window_h=calibration.history_window_h)  # fmt: skip
+                                 history_window_h=calibration.history_window_h,
+                                 news2_features=bool(calibration.news2_model))  # fmt: skip
         self.alerts = CapacityAlerts(cfg.capacity_alert_level, cfg.capacity_clear_ratio)
         self.metrics = metrics or DemandMetrics()
         self.verifier = Verifier(self.metrics, cfg.levels)

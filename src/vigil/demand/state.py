@@ -35,6 +35,7 @@ import orjson
 
 from vigil.demand.aggregate import WardSnapshot
 from vigil.demand.census import Census
+from vigil.demand.news2_model import FEATURES, History
 from vigil.records import AckEvent, AdtEvent
 
 __all__ = ["ScoreEvent", "AlertEvent", "decode_score", "decode_alert", "parse_time", "DemandState", "ROW_S"]
@@ -54,6 +55,7 @@ class ScoreEvent:
     version: str
     risk: float
     news2_total: int  # -1 when absent
+    row: int = -1  # hours since admission (-1 when absent)
 
     @property
     def event_time(self) -> float:
@@ -102,9 +104,11 @@ def _score(d: dict[str, Any]) -> ScoreEvent | str:
     news2 = d.get("news2") or {}
     total = news2.get("total") if isinstance(news2, dict) else None
     n2 = int(total) if isinstance(total, int) and not isinstance(total, bool) and 0 <= total <= 20 else -1
+    row = d.get("row")
     return ScoreEvent(
         patient=patient, time=parse_time(d["time"]), partial=bool(d.get("partial", False)),
         model=str(model["name"]), version=str(model["version"]), risk=float(risk), news2_total=n2,
+        row=int(row) if isinstance(row, int) and not isinstance(row, bool) and row >= 0 else -1,
     )  # fmt: skip
 
 
@@ -149,15 +153,16 @@ class DemandState:
     def __init__(
         self, model: tuple[str, str], *, beds: dict[str, int] | None = None, ttl_s: float = 48 * 3600.0,
         closed_keep_s: float = 24 * 3600.0, versions: Iterable[str] | None = None,
-        history_window_h: int | None = None,
+        history_window_h: int | None = None, news2_features: bool = False,
     ) -> None:  # fmt: skip
         self.model = model
         self.versions = set(versions) if versions is not None else {model[1]}
         self.beds = dict(beds or {})
         self.census = Census(closed_keep_s=closed_keep_s, ttl_s=ttl_s)
         self.window_h = history_window_h
+        self.with_features = news2_features
         self._scores: dict[str, ScoreEvent] = {}
-        self._news2: dict[str, dict[float, int]] = {}  # completed rows' NEWS2 totals within the window
+        self._news2: dict[str, History] = {}  # completed rows' NEWS2 totals of the last 24 h
         self._sepsis_alerts: dict[str, dict[str, float]] = {}  # model_risk alert id -> its time, per patient
         self._treated_acks: dict[str, dict[str, float]] = {}  # alert id acknowledged as treated -> when
         self._last_event: dict[str, float] = {}  # newest score / alert / ack event time per patient
@@ -183,12 +188,8 @@ class DemandState:
             return "other_model"
         if ev.version not in self.versions:
             return "uncalibrated_version"
-        if self.window_h is not None and not ev.partial and ev.news2_total >= 0:
-            hist = self._news2.setdefault(ev.patient, {})
-            hist[ev.time] = ev.news2_total
-            oldest = max(hist) - self.window_h * ROW_S
-            for t in [t for t in hist if t <= oldest]:
-                del hist[t]
+        if (self.window_h is not None or self.with_features) and not ev.partial and ev.news2_total >= 0:
+            self._news2.setdefault(ev.patient, History()).add(ev.time, ev.row, ev.news2_total)
         self._seen(ev.patient, ev.event_time)
         cur = self._scores.get(ev.patient)
         if cur is not None and (ev.time, not ev.partial) < (cur.time, not cur.partial):
@@ -227,11 +228,16 @@ class DemandState:
         """The highest NEWS2 total of the last ``window_h`` rows up to the patient's latest score (that score's
         total included; -1 when unknown)."""
         s = self._scores.get(patient)
-        if s is None or self.window_h is None:
+        if s is None or self.window_h is None or s.news2_total < 0:
             return -1
-        since = s.time - (self.window_h - 1) * ROW_S
-        hist = self._news2.get(patient, {})
-        return max([s.news2_total, *(v for t, v in hist.items() if since <= t <= s.time)])
+        return self._news2.get(patient, History()).recent_max(s.time, s.news2_total, self.window_h)
+
+    def news2_features(self, patient: str) -> np.ndarray | None:
+        """The :mod:`vigil.demand.news2_model` features of the patient's latest score (None when unknown)."""
+        s = self._scores.get(patient)
+        if s is None or s.news2_total < 0:
+            return None
+        return self._news2.get(patient, History()).features(s.time, s.row, s.news2_total)
 
     def held_scores(self) -> int:
         return len(self._scores)
@@ -263,6 +269,7 @@ class DemandState:
             risk = np.full(n, math.nan)
             news2 = np.full(n, -1, dtype=np.int64)
             news2_max = np.full(n, -1, dtype=np.int64)
+            features = np.full((n, len(FEATURES)), math.nan) if self.with_features else None
             treated = np.zeros(n, dtype=bool)
             versions = np.full(n, self.model[1], dtype=object)
             for i, p in enumerate(patients):
@@ -270,8 +277,12 @@ class DemandState:
                 if s is not None:
                     risk[i], news2[i], versions[i] = s.risk, s.news2_total, s.version
                     news2_max[i] = self.recent_news2_max(p)
+                    f = self.news2_features(p) if features is not None else None
+                    if f is not None and features is not None:
+                        features[i] = f
                 treated[i] = self.is_treated(p)
             out.append(WardSnapshot(ward, risk, news2, self.beds.get(ward),
                                     news2_max=news2_max if self.window_h is not None else None,
+                                    news2_features=features,
                                     treated=treated, versions=versions, patients=tuple(patients)))  # fmt: skip
         return out
