@@ -7,8 +7,8 @@ file (after a promotion the old and the new version's scores both count, each th
 patient's latest score is the one of the latest row; a completed row's score replaces a partial score of
 the same row. A score's event time is the end of its row (the row is known then), or the row start for a
 partial score. Scores of patients with no ADT admit yet are kept (the feeds are independent topics) and
-used once the admit arrives. The NEWS2 totals of the completed rows of the last ``history_window_h`` hours
-are kept per patient for the calibration's history tables.
+used once the admit arrives. The NEWS2 totals of each patient's completed rows of the last 24 h are kept
+(:class:`vigil.demand.news2_model.History`) for the calibration's NEWS2-course model and history tables.
 
 A patient leaves the ``sepsis_onset`` risk set when one of the patient's ``model_risk`` alerts (from
 ``alerts``) is acknowledged with action ``treated`` (from ``alert-acks``; in either order): the patient already
@@ -147,7 +147,7 @@ def decode_alert(raw: bytes | None) -> AlertEvent | str:
 
 class DemandState:
     """Census + latest scores of the calibrated model + what the forecasts need beside them: each patient's
-    recent NEWS2 totals (the calibration's history window) and whether a sepsis alert of the patient was
+    recent NEWS2 course (for the calibration's NEWS2 model and tables) and whether a sepsis alert of the patient was
     acknowledged as ``treated``; :meth:`snapshots` per ward for :mod:`.aggregate`."""
 
     def __init__(
