@@ -176,3 +176,23 @@ def test_parity_failure_registers_nothing(tmp_path: Path, sample_path: Path, mon
         trainer.train_family(ds, "logreg", tmp_path, epochs=1, verbose=0)
     assert Registry(tmp_path).versions("sepsis-logreg") == []
 
+
+
+def test_a_tiny_training_run_writes_a_strict_json_card(tmp_path: Path, sample_path: Path) -> None:
+    """With few stays a split can lack a septic stay: its AUROC is undefined. The card must still be strict JSON
+    (null, not NaN) so the registry can load the version."""
+    import json
+
+    from vigil.training import trainer
+
+    ds = trainer.prepare(sample_path, max_stays=40, with_sequence=False)
+    target = trainer.train_family(ds, "logreg", tmp_path, epochs=1, verbose=0)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    card = json.loads((target / "card.json").read_text(), parse_constant=refuse)
+    assert Registry(tmp_path).get(f"sepsis-logreg:{target.name}").card == card
+    for split in ("validation", "test"):  # undefined where a split has no septic row, a number otherwise
+        auc = card["metrics"][split]["auroc"]
+        assert (auc is None) == (not ds.y[split].any()), (split, auc)

@@ -107,7 +107,9 @@ class GateResult:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN metrics become None)."""
-        out: dict[str, Any] = _finite(asdict(self))
+        from vigil.evaluation.report import jsonable
+
+        out: dict[str, Any] = jsonable(asdict(self))
         return out
 
     def report(self) -> str:
@@ -130,16 +132,6 @@ class GateResult:
         lines.append("PASSED" + (" (forced: metric comparison skipped)" if self.forced else "") if self.passed
                      else "REFUSED: " + "; ".join(self.reasons))  # fmt: skip
         return "\n".join(lines)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _split_seed(ref: ModelRef) -> int | None:

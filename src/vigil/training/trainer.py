@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from vigil.evaluation.metrics import auprc, auroc
+from vigil.evaluation.report import jsonable
 from vigil.evaluation.utility import best_threshold, normalized_utility
 from vigil.features import (
     FEATURE_NAMES,
@@ -344,7 +345,9 @@ def train_family(
         card["input"]["sequence"] = {"name": "sequence", "shape": [WINDOW, len(SEQUENCE_NAMES)]}
         card["sequence_schema"] = {"names": list(SEQUENCE_NAMES), "hash": SEQUENCE_SCHEMA_HASH, "window_h": WINDOW}
     tmp_card = target / "card.json.tmp"
-    tmp_card.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    # strict JSON: an undefined metric (e.g. AUROC of a split without a septic stay) is null, not NaN, which the
+    # registry's reader would refuse
+    tmp_card.write_text(json.dumps(jsonable(card), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     tmp_card.replace(target / "card.json")
     return target
 
