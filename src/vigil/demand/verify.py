@@ -63,9 +63,6 @@ class Verifier:
         self._order = itertools.count()
         self._by_patient: dict[str, list[_Pending]] = {}
 
-    def __len__(self) -> int:
-        return len(self._due)
-
     def track(self, key: tuple[str, str, int], t: float, horizon_h: float, patients: Iterable[str],
               dist: CountDistribution, intervals: Mapping[float, tuple[int, int]]) -> None:  # fmt: skip
         """Remember a forecast made at event time ``t`` over ``patients`` (its risk set)."""
