@@ -261,11 +261,14 @@ def predict(ctx: click.Context, input_path: Path, output: Path, model: str | Non
                    "(run on --split validation).")
 @click.option("--budget", type=float, default=0.2, show_default=True,
               help="Alerts per patient-day allowed when choosing a rule in --policy-sweep.")
+@click.option("--shifts", is_flag=True,
+              help="Also evaluate under measurement-habit shifts (labs thinned or absent, vitals every 2-4 h, "
+                   "devices or ADT fields not interfaced, a late start): shifts.md / shifts.json.")
 @click.option("--demand", is_flag=True,
               help="Instead: the resource-demand backtest (the same as `vigil demand backtest` with its defaults).")
 @click.pass_context
 def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: str | None, out: Path | None,
-             update_card: bool, limit: int | None, policy_sweep: bool, budget: float,
+             update_card: bool, limit: int | None, policy_sweep: bool, budget: float, shifts: bool,
              demand: bool) -> None:  # fmt: skip
     """Clinical evaluation at the card's threshold: utility, AUROC/AUPRC, calibration, alert burden, lead time,
     subgroups and NEWS2/qSOFA/SIRS comparators; writes report.md, metrics.json and PNGs."""
@@ -284,7 +287,7 @@ def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: st
         ref = reg.get(model or next(iter(reg.serving()), ""))
         _, folder, summary = run_evaluation(ref, data or DEFAULT_DATA, policy=s.alerts, split=split, out=out,
                                             limit=limit, card=update_card, policy_sweep=policy_sweep,
-                                            budget=budget)  # fmt: skip
+                                            budget=budget, shifts=shifts)  # fmt: skip
     except VigilError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({**summary, "report": str(folder / "report.md")}))

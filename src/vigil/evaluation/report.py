@@ -360,17 +360,20 @@ def run_evaluation(
     card: bool = False,
     policy_sweep: bool = False,
     budget: float = 0.2,
+    shifts: bool = False,
 ) -> tuple[Evaluation, Path, dict[str, Any]]:
     """Select, score, evaluate and write ``report.md``, ``metrics.json`` and the PNGs to ``out`` (default
-    :func:`default_out`); with ``card``, also record the metrics in the model card. Returns the evaluation,
-    the output folder and the summary line."""
+    :func:`default_out`); with ``card``, also record the metrics in the model card; with ``shifts``, also
+    ``shifts.md`` / ``shifts.json`` (:mod:`vigil.evaluation.shifts`). Returns the evaluation, the output folder
+    and the summary line."""
     from vigil.evaluation.markdown import write_outputs
     from vigil.scoring import Scorer
 
     t0 = time.perf_counter()
     sel = select_rows(ref, data, split, limit)
     t_load = time.perf_counter()
-    scored = score_rows(Scorer(ref, threads=max(1, min(4, os.cpu_count() or 1))), sel.df)
+    scorer = Scorer(ref, threads=max(1, min(4, os.cpu_count() or 1)))
+    scored = score_rows(scorer, sel.df)
     t_score = time.perf_counter()
     ev = evaluate(ref, sel, scored, policy)
     ev.metrics["evaluated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -384,6 +387,12 @@ def run_evaluation(
     summary = summary_line(ev, time.perf_counter() - t0)
     if policy_sweep:
         summary["policy_sweep"] = _policy_sweep(ref, scored, folder, sel.split, budget, policy)
+    if shifts:
+        from vigil.evaluation.shifts import run_shifts, write_shifts
+
+        result = run_shifts(ref, sel, scorer, policy)
+        write_shifts(result, folder, f"{ref.name}:{ref.version} on {sel.source} ({sel.split})")
+        summary["shifts"] = {k: {"utility": r["utility"], "auroc": r["auroc"]} for k, r in result["shifts"].items()}
     return ev, folder, summary
 
 
