@@ -435,6 +435,37 @@ def test_capacity_alert_hysteresis_and_unknown_capacity() -> None:
     assert ca.update(key, None) == "resolved" and ca.update(key, None) is None
 
 
+def test_an_active_capacity_alert_of_a_ward_that_empties_is_resolved() -> None:
+    """W5 has no beds configured, only a review capacity of 0: its one patient (NEWS2 9) raises the alert; after
+    the discharge the ward is no longer forecast, and the alert is resolved (``ward_empty``), not dropped."""
+    review = {"name": "critical_care_review", "need": "news2_emergency", "rule_news2_at": 7, "rule_p": 0.9,
+              "capacity": {"W5": 0}}  # fmt: skip
+    cal, s = Calibration.synthetic(horizons=(6,)), _settings(horizons_h=[6], beds={"W2": 4}, resources=[review])
+    job = DemandJob(s, cal, emit_history=True)
+    p1, p3 = PATIENTS[0], PATIENTS[2]
+    recs = [_adt_rec(p1, seq=0, time=_at(0.1), kind="admit", ward="W5"),
+            _adt_rec(p3, seq=0, time=_at(0.2), kind="admit", ward="W2"),
+            _adt_rec(p1, seq=1, time=_at(1.5), kind="discharge")]  # fmt: skip
+    scores = [_score(p1, 0, 0.9, 9, ward="W5"), *(_score(p3, h, 0.2, 1, ward="W2") for h in (0, 1, 2, 3))]
+    recs += [("scores", r["patient"].encode(), orjson.dumps(r)) for r in scores]
+    out = [r for _, r in job.process(recs)]
+
+    w5 = [r for r in out if r["kind"] == "capacity_alert" and r["ward"] == "W5"]
+    assert [(r["event"], r["reason"]) for r in w5] == [("raised", "at_level"), ("resolved", "ward_empty")]
+    resolved = w5[1]
+    assert resolved["time"] == iso(_at(2).timestamp()) and resolved["expected"] == 0.0
+    assert "forecast_id" not in resolved and resolved["alert_id"] != w5[0]["alert_id"]
+    assert [r["time"] for r in out if r["kind"] == "forecast" and r["ward"] == "W5"] == [iso(_at(1).timestamp())]
+    assert job.alerts.active == set()
+    validator = Draft202012Validator(schema_for("resource-demand", REPO / "streams"))
+    for r in out:
+        assert not list(validator.iter_errors(r)), r
+    text = generate_latest(job.metrics.registry).decode()
+    assert 'vigil_demand_capacity_alerts_total{horizon_h="6",resource="critical_care_review",ward="W5"} 1.0' in text
+    assert 'vigil_demand_capacity_alert_active{horizon_h="6",resource="critical_care_review",ward="W5"}' not in text
+    _no_patients(json.dumps(out))
+
+
 # ------------------------------------------------------------------------------------------- on the broker
 
 

@@ -204,13 +204,44 @@ class CapacityAlerts:
         return None
 
     def record(self, event: str, f: Forecast, forecast_rec: dict[str, Any]) -> dict[str, Any]:
-        """The ``resource-demand`` value of a capacity alert (``kind: capacity_alert``)."""
+        """The ``resource-demand`` value of a capacity alert (``kind: capacity_alert``); ``reason``: ``at_level``
+        (raised), ``below_clear_level`` or ``capacity_unknown`` (resolved)."""
+        if event == "raised":
+            reason = "at_level"
+        else:
+            reason = "capacity_unknown" if f.p_exceed is None else "below_clear_level"
         return {
-            "v": 1, "kind": "capacity_alert", "event": event,
+            "v": 1, "kind": "capacity_alert", "event": event, "reason": reason,
             "alert_id": hashlib.sha256(f"{forecast_rec['forecast_id']}\x1f{event}".encode()).hexdigest()[:32],
             "forecast_id": forecast_rec["forecast_id"], "ward": f.ward, "resource": f.resource,
             "horizon_h": f.horizon_h, "time": forecast_rec["time"], "expected": forecast_rec["expected"],
             "intervals": forecast_rec["intervals"], "p_exceed_capacity": forecast_rec["p_exceed_capacity"],
             "capacity": f.capacity, "level": self.level, "model": forecast_rec["model"],
             "emitted_at": forecast_rec["emitted_at"],
+        }  # fmt: skip
+
+    def close(self, key: tuple[str, str, int], *, time_iso: str, model: tuple[str, str],
+              emitted_at: str) -> dict[str, Any] | None:  # fmt: skip
+        """Resolve the active alert of a ward that is no longer forecast (it emptied and has no beds configured):
+        a ``resolved`` record with ``reason: ward_empty`` and no forecast behind it (nobody is left, so the
+        expected count is 0); None when no alert of ``key`` was active.
+
+        >>> ca = CapacityAlerts(0.3)
+        >>> ca.update(("W", "r", 12), 0.5)
+        'raised'
+        >>> rec = ca.close(("W", "r", 12), time_iso="2026-01-01T00:00:00Z", model=("m", "1"), emitted_at="x")
+        >>> rec["event"], rec["reason"], rec["expected"], ca.active, ca.close(("W", "r", 12), time_iso="t",
+        ...                                                                   model=("m", "1"), emitted_at="x")
+        ('resolved', 'ward_empty', 0.0, set(), None)
+        """
+        if key not in self.active:
+            return None
+        self.active.discard(key)
+        ward, resource, horizon_h = key
+        raw = f"{ward}\x1f{resource}\x1f{horizon_h}\x1f{time_iso}\x1fresolved\x1fward_empty".encode()
+        return {
+            "v": 1, "kind": "capacity_alert", "event": "resolved", "reason": "ward_empty",
+            "alert_id": hashlib.sha256(raw).hexdigest()[:32], "ward": ward, "resource": resource,
+            "horizon_h": horizon_h, "time": time_iso, "expected": 0.0, "p_exceed_capacity": None, "capacity": None,
+            "level": self.level, "model": {"name": model[0], "version": model[1]}, "emitted_at": emitted_at,
         }  # fmt: skip

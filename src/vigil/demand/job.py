@@ -254,9 +254,13 @@ class DemandJob:
                         log.info("capacity alert %s: %s %s %dh P(exceed)=%s", event, snap.ward, res.name, h,
                                  rec["p_exceed_capacity"])  # fmt: skip
                     m.alert_active.labels(*labels).set(1 if (snap.ward, res.name, h) in self.alerts.active else 0)
-        for labels in self._gauges - seen:  # a ward that emptied and has no beds configured
+        for labels in sorted(self._gauges - seen):  # a ward that emptied and has no beds configured
             self._drop_gauges(labels)
-            self.alerts.active.discard((labels[0], labels[1], int(labels[2])))
+            closed = self.alerts.close((labels[0], labels[1], int(labels[2])), time_iso=time_iso, model=self.model,
+                                       emitted_at=emitted_at)  # fmt: skip
+            if closed is not None:
+                out.append((labels[0].encode(), closed))
+                log.info("capacity alert resolved: %s %s %sh (the ward emptied)", *labels)
         for ward in {lb[0] for lb in self._gauges} - {lb[0] for lb in seen}:
             _remove(m.patients, (ward,))
             _remove(m.free_beds, (ward,))

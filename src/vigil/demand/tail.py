@@ -15,6 +15,9 @@ P(> 3) 0.120  55 patients, 1 treated
 >>> print(format_demand(a))
 2026-01-01 20:00:00+00:00  ICU-MED     sepsis_bundle          12 h  CAPACITY ALERT RAISED  P(> 1) 0.310 >= 0.25  \
 expected 1.64
+>>> print(format_demand({**a, "event": "resolved", "reason": "ward_empty", "capacity": None, "expected": 0.0}))
+2026-01-01 20:00:00+00:00  ICU-MED     sepsis_bundle          12 h  CAPACITY ALERT RESOLVED (ward empty)  capacity \
+unknown  expected 0.00
 >>> DemandFilter.of(wards=["icu-med"], alerts_only=True).matches(f), DemandFilter.of(horizons=[12]).matches(a)
 (False, True)
 """
@@ -67,8 +70,10 @@ def format_demand(rec: Mapping[str, Any]) -> str:
     cap = rec.get("capacity")
     exceed = f"P(> {cap}) {_num(rec.get('p_exceed_capacity'), 3)}" if cap is not None else "capacity unknown"
     if rec.get("kind") == "capacity_alert":
-        return (f"{head}  CAPACITY ALERT {str(rec.get('event', '')).upper()}  {exceed} >= {rec.get('level')}  "
-                f"expected {_num(rec.get('expected'), 2)}")  # fmt: skip
+        event = str(rec.get("event", "")).upper()
+        state = f"{exceed} >= {rec.get('level')}" if event == "RAISED" else exceed
+        why = f" ({str(rec['reason']).replace('_', ' ')})" if event != "RAISED" and rec.get("reason") else ""
+        return f"{head}  CAPACITY ALERT {event}{why}  {state}  expected {_num(rec.get('expected'), 2)}"
     iv = rec.get("intervals") or {}
     parts = [f"{100 * float(lv):g}% [{iv[lv][0]}, {iv[lv][1]}]" for lv in ("0.5", "0.9") if lv in iv]
     treated = f", {rec['treated']} treated" if rec.get("treated") else ""
