@@ -26,7 +26,7 @@ $(TRAIN_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,train]'
 	@touch $(TRAIN_STAMP)
 
-install-train: $(TRAIN_STAMP) ## Add the trainer extra (TensorFlow, tf2onnx) to .venv
+install-train: $(TRAIN_STAMP) ## Add the trainer extra (TensorFlow, tf2onnx, LightGBM, onnxmltools) to .venv
 
 # Debian's prometheus package ships /usr/bin/prometheus and /usr/bin/promtool (tests/test_prometheus.py).
 # Skipped when promtool is on PATH. Without systemd (containers) nothing is started; where systemd runs, the

@@ -5,6 +5,7 @@ model-based explanations, schema-valid records) and in the policy sweep."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from vigil.config import REPO_ROOT, AlertSettings, RuleSettings, load_settings
 from vigil.evaluation.sweep import SweepPoint, choose, pareto, sweep_policies
 from vigil.policy import AlertPolicy
 from vigil.records import AckEvent
+from vigil.registry import Registry
 from vigil.state import HOUR
 from vigil.worker.batch import InEvent, Processor
 
@@ -140,7 +142,8 @@ def test_processor_alerts_are_explained_deterministic_schema_valid_and_acknowled
         validator.validate(a)
     raised = alerts[0][0]
     assert raised["event"] == "raised" and raised["type"] == "model_risk" and raised["episode_id"] == raised["alert_id"]
-    assert raised["ward"] == "W1" and raised["bed"] == "4" and raised["model"]["name"] == "sepsis-tcn"
+    serving = Registry(REPO_ROOT / "models").serving()
+    assert raised["ward"] == "W1" and raised["bed"] == "4" and raised["model"]["name"] in serving
     assert raised["news2"]["total"] >= 0 and "pt-" not in raised["message"]
     # acknowledge it: recorded (an 'acknowledged' record on the alerts topic)
     p = _processor(**rules)
@@ -213,3 +216,33 @@ def test_a_partial_override_keeps_the_types_other_defaults(monkeypatch: pytest.M
     monkeypatch.setenv("VIGIL_ALERTS__NEWS2_EMERGENCY__ENABLED", "true")
     rule = load_settings(None).alerts.news2_emergency
     assert rule.enabled and rule.raise_at == 7 and rule.clear_below == 5 and rule.severity == "emergency"
+
+
+def test_a_validation_sweep_records_the_level_at_the_configured_persistence(tmp_path: Path) -> None:
+    """The card carries only the raise level; persistence and refractory window are the configuration's, so the
+    level recorded is the sweep's best at those, not its best overall; test-split sweeps record nothing."""
+    import shutil
+
+    from vigil.evaluation.report import record_alert_policy
+
+    shutil.copytree(REPO_ROOT / "models" / "sepsis-mlp" / "1", tmp_path / "sepsis-mlp" / "1")
+    ref = Registry(tmp_path).get("sepsis-mlp:1")
+    before = json.loads((ref.path / "card.json").read_text())
+    best = {"raise_at": 0.5, "persistence": 2, "refractory_h": 72.0, "burden": 0.19, "early": 0.77,
+            "lead_median_h": 42.0, "ppv": 0.235}  # fmt: skip
+    at_config = {**best, "raise_at": 0.6, "persistence": 1, "burden": 0.18, "early": 0.75, "ppv": None}
+    result = {"split": "validation", "budget": 0.2, "chosen": best, "chosen_as_configured": at_config}
+    policy = AlertSettings()
+    assert record_alert_policy(ref, {**result, "split": "test"}, policy) is None
+    assert record_alert_policy(ref, {**result, "chosen_as_configured": None}, policy) is None
+    assert json.loads((ref.path / "card.json").read_text()) == before
+
+    entry = record_alert_policy(ref, result, policy)
+    card = json.loads((ref.path / "card.json").read_text())
+    assert card["alert_policy"] == entry and entry["raise_at"] == 0.6
+    assert "persistence 1" in entry["rule"] and "refractory 72 h" in entry["rule"] and "+0.25" in entry["rule"]
+    assert entry["validation"] == {"alerts_per_patient_day": 0.18, "share_septic_alerted_early": 0.75,
+                                   "median_lead_h": 42.0, "ppv_stay": None}  # fmt: skip
+    assert {k: v for k, v in card.items() if k != "alert_policy"} == {k: v for k, v in before.items()
+                                                                      if k != "alert_policy"}  # fmt: skip
+    assert Registry(tmp_path).get("sepsis-mlp:1").alert_level == 0.6

@@ -38,20 +38,22 @@ def trained(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Path
     )
     assert res.exit_code == 0, res.output
     summaries = _summaries(res.stdout)
-    assert [s["model"] for s in summaries] == ["sepsis-logreg:1", "sepsis-mlp:1", "sepsis-tcn:1"]
+    assert [s["model"] for s in summaries] == ["sepsis-logreg:1", "sepsis-mlp:1", "sepsis-tcn:1", "sepsis-gbm:1"]
     assert all(s["demand_calibration"] == str(out / s["model"].replace(":", "/") / CALIBRATION_FILE)
                for s in summaries)  # fmt: skip
     return out
 
 
-@pytest.mark.parametrize("family", ["logreg", "mlp", "tcn"])
+@pytest.mark.parametrize("family", ["logreg", "mlp", "tcn", "gbm"])
 def test_every_family_is_registered_with_a_complete_card(trained: Path, family: str) -> None:
     ref = Registry(trained).get(f"sepsis-{family}:1")
     card = ref.card
     assert card["training"]["family"] == family
     assert card["training"]["members"] == 2 and card["training"]["member_seeds"] == [7, 8]  # one averaged graph
     assert card["feature_schema"]["hash"] == FEATURE_SCHEMA_HASH
-    assert card["parity"]["keras_vs_onnx_max_abs_diff"] <= 1e-4 and card["parity"]["rows"] > 0
+    engine = "lightgbm" if family == "gbm" else "keras"
+    assert card["parity"]["reference"] == engine and card["parity"]["rows"] > 0
+    assert card["parity"][f"{engine}_vs_onnx_max_abs_diff"] == card["parity"]["max_abs_diff"] <= 1e-4
     assert 0.0 < card["threshold"] < 1.0 and card["threshold_rule"].endswith("validation split")
     for split in ("validation", "test"):
         m = card["metrics"][split]
@@ -68,7 +70,7 @@ def test_every_family_is_registered_with_a_complete_card(trained: Path, family: 
         assert card[key]
 
 
-@pytest.mark.parametrize("family", ["logreg", "mlp", "tcn"])
+@pytest.mark.parametrize("family", ["logreg", "mlp", "tcn", "gbm"])
 def test_registered_model_serves_and_reproduces_its_card(trained: Path, sample_path: Path, family: str) -> None:
     """The serving Scorer loads the file, reproduces the card's canary rows, and the card's test metrics
     are what the exported model scores on the same rows."""
@@ -97,7 +99,7 @@ def test_predictions_are_causal_future_rows_cannot_change_the_past(trained: Path
     noisy = first.copy()
     for col in ("HR", "MAP", "Resp", "Temp", "Lactate", "WBC"):
         noisy.loc[noisy.index[cut:], col] = rng.uniform(1, 200, size=len(first) - cut)
-    for family in ("mlp", "tcn"):
+    for family in ("mlp", "tcn", "gbm"):
         sc = Scorer(Registry(trained).get(f"sepsis-{family}:1"))
         base, _ = score_frame(sc, first)
         changed, _ = score_frame(sc, noisy)
@@ -105,7 +107,7 @@ def test_predictions_are_causal_future_rows_cannot_change_the_past(trained: Path
         assert not np.allclose(base[cut:], changed[cut:])  # the perturbation is real
 
 
-@pytest.mark.parametrize("family", ["logreg", "mlp", "tcn"])
+@pytest.mark.parametrize("family", ["logreg", "mlp", "tcn", "gbm"])
 def test_every_version_gets_its_demand_calibration_on_its_validation_split(
     trained: Path, sample_path: Path, family: str
 ) -> None:
@@ -167,14 +169,16 @@ def test_a_failed_or_skipped_demand_calibration_keeps_the_version_and_names_the_
     assert res.exit_code == 1 and "vigil demand calibrate --model sepsis-logreg:6" in res.stderr
 
 
-def test_parity_failure_registers_nothing(tmp_path: Path, sample_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("family", "engine"), [("logreg", "Keras"), ("gbm", "LightGBM")])
+def test_parity_failure_registers_nothing(tmp_path: Path, sample_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          family: str, engine: str) -> None:  # fmt: skip
     from vigil.training import trainer
 
     monkeypatch.setattr(trainer, "PARITY_TOL", -1.0)  # any difference, even 0, now counts as a failure
     ds = trainer.prepare(sample_path, max_stays=40, with_sequence=False)
-    with pytest.raises(RuntimeError, match="ONNX Runtime differs from Keras"):
-        trainer.train_family(ds, "logreg", tmp_path, epochs=1, verbose=0)
-    assert Registry(tmp_path).versions("sepsis-logreg") == []
+    with pytest.raises(RuntimeError, match=f"ONNX Runtime differs from {engine}"):
+        trainer.train_family(ds, family, tmp_path, epochs=1, verbose=0)
+    assert Registry(tmp_path).versions(f"sepsis-{family}") == []
 
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from vigil.config import Settings
+from vigil.config import REPO_ROOT, Settings
 from vigil.kafka_io import TopicTail, produce_many, produce_records, read_topic
 from vigil.physionet import iter_stays
 from vigil.privacy import pseudonymise
 from vigil.procs import WorkerProcess
 from vigil.records import Invalid, decode
+from vigil.registry import Registry
 from vigil.replay import stay_events
 from vigil.worker.batch import InEvent, Processor
 from vigil.worker.engine import load_scorers
@@ -130,7 +131,8 @@ def test_worker_end_to_end_scores_alerts_and_dead_letters(settings_factory, topi
                   if ln.startswith(("vigil_events_total{", "vigil_invalid_events_total{")))  # fmt: skip
     assert counted == len(events) + len(BAD)  # every record consumed is counted once, valid or not
     assert "vigil_model_info{" in metrics and 'provider="CPUExecutionProvider"' in metrics
-    assert 'vigil_drift_psi{model="sepsis-tcn",quantity="score"}' in metrics  # PSI against the card reference
+    for name in Registry(REPO_ROOT / "models").serving():  # PSI of the score against the card's training reference
+        assert f'vigil_drift_psi{{model="{name}",quantity="score"}}' in metrics
     assert "pt-" not in "".join(line for line in metrics.splitlines() if not line.startswith("#"))
 
 
@@ -231,7 +233,6 @@ def test_model_update_event_swaps_the_model_without_restart(settings_factory, to
     import shutil
     import time
 
-    from vigil.config import REPO_ROOT
 
     models = tmp_path / "models"
     shutil.copytree(REPO_ROOT / "models", models)
@@ -298,7 +299,6 @@ def _registry_with_candidates(tmp_path: Path) -> Path:
     one reference) and sepsis-mlp:91 (v1 with a card claiming another feature schema: must be refused)."""
     import shutil
 
-    from vigil.config import REPO_ROOT
 
     models = tmp_path / "models"
     shutil.copytree(REPO_ROOT / "models", models)

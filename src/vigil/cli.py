@@ -148,8 +148,9 @@ def demo(ctx: click.Context, data: Path | None, limit: int | None, workers: int)
               default=Path("../shared/data/physionet2019/setA.parquet"), show_default=True,
               help="Parquet file, .psv directory or .tar.gz of PhysioNet stays.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("models"), show_default=True)
-@click.option("--family", type=click.Choice(["logreg", "mlp", "tcn", "all"]), default="all", show_default=True,
-              help="Model family; all = logreg, mlp and tcn on the same featurized split.")
+@click.option("--family", type=click.Choice(["logreg", "mlp", "tcn", "gbm", "all"]), default="all",
+              show_default=True,
+              help="Model family; all = logreg, mlp, tcn (Keras) and gbm (LightGBM) on the same featurized split.")
 @click.option("--name", default=None, help="Registry name (default sepsis-<family>; one family only).")
 @click.option("--version", "version", default=None, help="Version to write (default: next free).")
 @click.option("--seed", type=int, default=7, show_default=True)

@@ -65,7 +65,8 @@ class Registry:
 
     >>> from vigil.config import REPO_ROOT
     >>> reg = Registry(REPO_ROOT / "models")
-    >>> "sepsis-tcn" in reg.serving()
+    >>> serving = reg.serving()  # name -> version, e.g. {"sepsis-gbm": "1"}
+    >>> bool(serving) and all(reg.get(f"{n}:{v}").version == v for n, v in serving.items())
     True
     """
 
@@ -437,8 +438,11 @@ def describe_card(ref: ModelRef, serving: bool = False) -> str:
     lines += [*_wrap("intended use", c.get("intended_use")), *_wrap("limitations", c.get("limitations"))]
     parity = c.get("parity") or {}
     if parity:
-        lines.append(f"parity: Keras vs ONNX max |diff| {parity.get('keras_vs_onnx_max_abs_diff', '-'):.3g} "
-                     f"on {parity.get('rows', '-')} rows")  # fmt: skip
+        engine = str(parity.get("reference") or "keras")
+        diff = parity.get("max_abs_diff", parity.get(f"{engine}_vs_onnx_max_abs_diff"))
+        shown = f"{diff:.3g}" if isinstance(diff, int | float) else "-"
+        label = "Keras" if engine == "keras" else "LightGBM" if engine == "lightgbm" else engine
+        lines.append(f"parity: {label} vs ONNX max |diff| {shown} on {parity.get('rows', '-')} rows")
     if c.get("canary"):
         lines.append(f"canary: {len(c['canary'].get('probabilities', []))} probabilities recorded "
                      f"(tolerance {c['canary'].get('tolerance', '-')})")  # fmt: skip

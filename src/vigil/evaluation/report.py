@@ -303,11 +303,47 @@ def default_out(ref: ModelRef, split: str) -> Path:
 def update_card(ref: ModelRef, split: str, metrics: dict[str, Any]) -> Path:
     """Write ``metrics`` into the model card under ``evaluation.<split>`` atomically (temporary file in the
     same folder, then rename), keeping every other field as it is."""
-    path = ref.path / "card.json"
-    card = json.loads(path.read_text(encoding="utf-8"))
+    card = json.loads((ref.path / "card.json").read_text(encoding="utf-8"))
     evaluation = card.get("evaluation") if isinstance(card.get("evaluation"), dict) else {}
     evaluation[split] = jsonable(metrics)
     card["evaluation"] = evaluation
+    return _write_card(ref, card)
+
+
+def record_alert_policy(ref: ModelRef, sweep_result: dict[str, Any], policy: AlertSettings) -> dict[str, Any] | None:
+    """Record the rule a validation ``--policy-sweep`` chose as the card's ``alert_policy`` (its ``raise_at`` is
+    the model's default alert level, :attr:`vigil.registry.ModelRef.alert_level`); None when no rule fitted the
+    budget (the card is left alone). The persistence and refractory window are the configuration's
+    (``alerts.model_risk``), shared by all models, so the rule recorded is the sweep's best at those
+    (``chosen_as_configured``), not necessarily its best overall (``chosen``)."""
+    chosen = sweep_result.get("chosen_as_configured")
+    if sweep_result.get("split") != "validation" or not chosen:
+        return None
+    mr = policy.model_risk
+    raise_at = chosen["raise_at"] if chosen["raise_at"] is not None else ref.threshold
+    escalation = f", one escalation at +{mr.escalate_by:g}" if mr.escalate_by else ""
+    entry: dict[str, Any] = {
+        "raise_at": raise_at,
+        "rule": (f"model_risk raised when risk >= raise_at (persistence {chosen['persistence']}, clear below "
+                 f"{'0.8 x raise_at' if mr.clear_below is None else mr.clear_below}, refractory "
+                 f"{chosen['refractory_h']:g} h{escalation})"),
+        "chosen_by": (f"vigil evaluate --split validation --policy-sweep --budget {sweep_result['budget']:g}: the "
+                      f"highest share of septic stays alerted before onset among rules with <= "
+                      f"{sweep_result['budget']:g} alerts per patient-day (escalations counted) and a median lead "
+                      f">= 6 h, at the configured persistence and refractory window; ties to the lower burden"),
+        "validation": {"alerts_per_patient_day": round(chosen["burden"], 4),
+                       "share_septic_alerted_early": round(chosen["early"], 4),
+                       "median_lead_h": chosen["lead_median_h"],
+                       "ppv_stay": None if chosen["ppv"] is None else round(chosen["ppv"], 4)},
+    }  # fmt: skip
+    card = json.loads((ref.path / "card.json").read_text(encoding="utf-8"))
+    card["alert_policy"] = entry
+    _write_card(ref, card)
+    return entry
+
+
+def _write_card(ref: ModelRef, card: dict[str, Any]) -> Path:
+    path = ref.path / "card.json"
     tmp = path.with_name(f".card.json.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
@@ -387,6 +423,8 @@ def run_evaluation(
     summary = summary_line(ev, time.perf_counter() - t0)
     if policy_sweep:
         summary["policy_sweep"] = _policy_sweep(ref, scored, folder, sel.split, budget, policy)
+        if card:
+            summary["policy_sweep"]["alert_policy"] = record_alert_policy(ref, summary["policy_sweep"], policy)
     if shifts:
         from vigil.evaluation.shifts import run_shifts, write_shifts
 
@@ -406,13 +444,22 @@ def _policy_sweep(
     pts = sweep.sweep_policies(scored.probs, scored.labels, scored.stay_start, ref.threshold,
                                escalate_by=policy.model_risk.escalate_by)  # fmt: skip
     chosen = sweep.choose(pts, budget)
+    # the card can carry only the raise level: persistence and refractory window are the configuration's, shared
+    # by every model, so the level recorded is the best one under those
+    mr = policy.model_risk
+    configured = sweep.choose([p for p in pts if (p.persistence, p.refractory_h) == (mr.persistence,
+                                                                                      mr.refractory_h)], budget)
     news2 = sweep.news2_point(scored.screens["news2_total"], scored.labels, scored.stay_start)
     title = f"{ref.name}:{ref.version}, set A {split} split: burden vs septic stays alerted before onset"
     sweep.plot_tradeoff(pts, chosen, news2, budget, folder / "tradeoff.png", title)
-    (folder / "policy_sweep.md").write_text(sweep.markdown(pts, chosen, news2, budget))
-    result = {"split": split, "budget": budget, "chosen": None if chosen is None else {**chosen.rule(),
-              "burden": chosen.burden, "early": chosen.early, "lead_median_h": chosen.lead_median_h,
-              "ppv": chosen.ppv}, "news2_ge5": news2,
+    (folder / "policy_sweep.md").write_text(sweep.markdown(pts, chosen, news2, budget, configured))
+
+    def point(p: sweep.SweepPoint | None) -> dict[str, Any] | None:
+        return None if p is None else {**p.rule(), "burden": p.burden, "early": p.early,
+                                       "lead_median_h": p.lead_median_h, "ppv": p.ppv}  # fmt: skip
+
+    result = {"split": split, "budget": budget, "chosen": point(chosen), "chosen_as_configured": point(configured),
+              "news2_ge5": news2,
               "points": [{**p.rule(), "burden": p.burden, "early": p.early, "lead_median_h": p.lead_median_h,
                           "ppv": p.ppv, "in_12h": p.in_12h} for p in pts]}  # fmt: skip
     (folder / "policy_sweep.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")

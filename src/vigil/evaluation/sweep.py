@@ -27,7 +27,9 @@ from vigil.evaluation.alerting import alert_summary, crossings, simulate_policy,
 __all__ = ["SweepPoint", "sweep_policies", "choose", "plot_tradeoff", "GRID"]
 
 GRID: dict[str, tuple[Any, ...]] = {
-    "raise_at": (None, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85),  # None = the card threshold
+    # None = the card threshold; levels below it are skipped (a model's threshold sets its scale: 0.58 for the
+    # TCN, 0.37 for the gradient-boosted trees, whose useful levels lie in between)
+    "raise_at": (None, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90),
     "persistence": (1, 2, 3, 4),
     "refractory_h": (0.0, 12.0, 24.0, 48.0, 72.0),
 }
@@ -135,7 +137,8 @@ def plot_tradeoff(points: list[SweepPoint], chosen: SweepPoint | None, news2: di
     plt.close(fig)
 
 
-def markdown(points: list[SweepPoint], chosen: SweepPoint | None, news2: dict[str, Any], budget: float) -> str:
+def markdown(points: list[SweepPoint], chosen: SweepPoint | None, news2: dict[str, Any], budget: float,
+             configured: SweepPoint | None = None) -> str:  # fmt: skip
     def fmt(x: float | None, pct: bool = False) -> str:
         if x is None:
             return "-"
@@ -154,6 +157,12 @@ def markdown(points: list[SweepPoint], chosen: SweepPoint | None, news2: dict[st
     pick = (f"Chosen: raise at {'the card threshold' if chosen.raise_at is None else chosen.raise_at}, persistence "
             f"{chosen.persistence}, refractory {chosen.refractory_h:g} h.\n\n" if chosen else
             "No rule fits the budget.\n\n")  # fmt: skip
+    if configured is not None and configured != chosen:
+        pick += (f"At the configured persistence ({configured.persistence}) and refractory window "
+                 f"({configured.refractory_h:g} h), which the card cannot change: raise at "
+                 f"{'the card threshold' if configured.raise_at is None else configured.raise_at} "
+                 f"({configured.burden:.3f} alerts per patient-day, {fmt(configured.early, True)} alerted early): "
+                 f"the level `--update-card` records.\n\n")  # fmt: skip
     comp = (f"{news2['rule']} on the same rows: {fmt(news2['burden'])} alerts per patient-day, "
             f"{fmt(news2['early'], True)} alerted early, median lead {fmt(news2['lead_median_h'])} h.\n\n")
     return head + pick + comp + "\n".join(rows) + "\n\n![Trade-off](tradeoff.png)\n"

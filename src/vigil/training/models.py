@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FAMILIES", "Hyper", "build_model", "describe"]
+__all__ = ["FAMILIES", "KERAS_FAMILIES", "Hyper", "build_model", "describe"]
 
-FAMILIES = ("logreg", "mlp", "tcn")
+KERAS_FAMILIES = ("logreg", "mlp", "tcn")
+FAMILIES = (*KERAS_FAMILIES, "gbm")  # gbm: LightGBM trees, vigil.training.gbm
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +60,8 @@ def build_model(
     family: str, keras: Any, x_train: np.ndarray, seq_train: np.ndarray | None, h: Hyper, name: str
 ) -> Any:
     """A compiled Keras model of ``family`` with its input normalisation adapted on the training split."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose from {FAMILIES}")
+    if family not in KERAS_FAMILIES:
+        raise ValueError(f"unknown Keras model family {family!r}; choose from {KERAS_FAMILIES}")
     layers = keras.layers
     reg = keras.regularizers.l2(h.l2) if h.l2 > 0 else None
     f_in = keras.Input(shape=(x_train.shape[1],), name="features")

@@ -7,9 +7,10 @@ Steps (one :class:`Prepared` dataset is shared by every family trained in a run)
 2. label as the challenge does (``SepsisLabel``: onset within 6 h or septic) and split by patient
    (seeded; no stay in two splits);
 3. fit (class weights for the ~2% positive rows, early stopping on validation AUROC with the best weights
-   restored, fixed seeds);
-4. export with tf2onnx and register only if ONNX Runtime reproduces Keras on held-out rows within
-   :data:`PARITY_TOL`;
+   restored, fixed seeds): Keras for ``logreg``, ``mlp`` and ``tcn``; LightGBM for ``gbm``
+   (:mod:`vigil.training.gbm`);
+4. export (tf2onnx; onnxmltools for LightGBM) and register only if ONNX Runtime reproduces the framework on
+   held-out rows within :data:`PARITY_TOL`;
 5. choose the operating threshold on the validation split (maximum normalized utility) — never on the
    test split — and write the model card: data, split, feature and sequence schema hashes, metrics,
    threshold, canary probabilities, drift reference distributions, provenance, intended use, limitations;
@@ -17,7 +18,8 @@ Steps (one :class:`Prepared` dataset is shared by every family trained in a run)
    the code of ``vigil demand calibrate``, on the validation split of the same file and selection), which
    ``vigil models promote`` requires.
 
-TensorFlow, tf2onnx and pandas are imported inside the functions: serving code never loads them.
+TensorFlow, tf2onnx, LightGBM, onnxmltools and pandas are imported inside the functions: serving code never
+loads them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +51,7 @@ from vigil.features import (
 )
 from vigil.scoring import canary_inputs
 from vigil.training.data import SPLITS, load_training_frame, split_by_patient
+from vigil.training.gbm import GbmHyper
 from vigil.training.models import FAMILIES, Hyper, build_model, describe
 
 __all__ = [
@@ -169,6 +173,18 @@ def _next_version(out_dir: Path, name: str) -> str:
     return str(max((int(v) for v in have if v.isdigit()), default=0) + 1)
 
 
+@dataclass
+class _Fitted:
+    """What a family's fit hands to the common export-check-register steps."""
+
+    proto: Any  # onnx.ModelProto: input features [B, F] (and sequence [B, W, K]) -> one probability output
+    native: Callable[[list[np.ndarray]], np.ndarray]  # the framework's own probabilities (the parity reference)
+    reference: str  # "keras" or "lightgbm"
+    training: dict[str, Any]  # family-specific facts for the card's "training" block
+    provenance: dict[str, Any]
+    timings: dict[str, float]
+
+
 def train_family(
     ds: Prepared,
     family: str,
@@ -182,76 +198,42 @@ def train_family(
     hyper: Hyper | None = None,
     members: int = 1,
     verbose: int | None = None,
+    gbm: GbmHyper | None = None,
 ) -> Path:
     """Train one model family on ``ds``, export it, check ONNX parity and write the card; returns
     ``out_dir/<name>/<version>``. ``members`` > 1 trains that many copies with consecutive seeds (each
     early-stopped on its own) and exports their mean probability as one ONNX graph. Raises
-    ``RuntimeError`` if ONNX Runtime differs from Keras by more than :data:`PARITY_TOL` (nothing is
-    registered then)."""
+    ``RuntimeError`` if ONNX Runtime differs from the framework (Keras, LightGBM) by more than
+    :data:`PARITY_TOL` (nothing is registered then)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; choose from {FAMILIES}")
     if family == "tcn" and ds.seq is None:
         raise ValueError("the tcn family needs prepare(..., with_sequence=True)")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import onnx
     import onnxruntime as ort
-    import tensorflow as tf
-    import tf2onnx
 
     import vigil
 
-    h = hyper or Hyper()
     name = name or f"sepsis-{family}"
     version = version or _next_version(out_dir, name)
-    verbose = (1 if sys.stderr.isatty() else 2) if verbose is None else verbose
     t_all = time.perf_counter()
-    timings: dict[str, float] = {}
     uses_seq = family == "tcn"
 
     def inputs(split: str) -> list[np.ndarray]:
         return [ds.x[split], ds.seq[split]] if uses_seq and ds.seq is not None else [ds.x[split]]
 
-    y_tr = ds.y["train"]
-    n_pos = float(y_tr.sum())
-    n_neg = float(y_tr.size - n_pos)
-    class_weight = {0: round(y_tr.size / (2 * n_neg), 4), 1: round(y_tr.size / (2 * max(n_pos, 1.0)), 4)}
-
-    seq_train = ds.seq["train"] if uses_seq and ds.seq is not None else None
     seeds = [ds.seed + i for i in range(max(1, members))]
-    fitted, histories = [], []
-    t0 = time.perf_counter()
-    for i, member_seed in enumerate(seeds):
-        keras.utils.set_random_seed(member_seed)
-        member = build_model(family, keras, ds.x["train"], seq_train, h, f"{name}-m{i}" if members > 1 else name)
-        stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
-                                             restore_best_weights=True)  # fmt: skip
-        hist = member.fit(
-            inputs("train"), y_tr,
-            validation_data=(inputs("validation"), ds.y["validation"]),
-            epochs=epochs, batch_size=batch_size, class_weight=class_weight,
-            callbacks=[stop], shuffle=True, verbose=verbose,
-        )  # fmt: skip
-        fitted.append(member)
-        histories.append(hist.history)
-    timings["fit_s"] = time.perf_counter() - t0
-    if len(fitted) == 1:
-        model = fitted[0]
-    else:  # one graph: the members side by side, their probabilities averaged
-        ins = [keras.Input(shape=t.shape[1:], name=t.name) for t in fitted[0].inputs]
-        outs = [m(ins if len(ins) > 1 else ins[0]) for m in fitted]
-        model = keras.Model(ins, keras.layers.Average(name="risk_mean")(outs), name=name.replace("-", "_"))
-    epochs_run = [len(hh["loss"]) for hh in histories]
+    doc = f"{name} v{version}: vigil features ({FEATURE_SCHEMA_HASH}) -> sepsis risk"
+    if family == "gbm":
+        fitted = _fit_gbm(ds, seeds, gbm or GbmHyper(), doc)
+    else:
+        fitted = _fit_keras(ds, family, name, seeds, inputs, hyper or Hyper(), doc, epochs=epochs,
+                            batch_size=batch_size, patience=patience, verbose=verbose)  # fmt: skip
+    timings = dict(fitted.timings)
 
-    # ---- export, then parity on held-out rows before anything is registered
+    # ---- parity on held-out rows before anything is registered
     t0 = time.perf_counter()
-    spec = [tf.TensorSpec((None, len(FEATURE_NAMES)), tf.float32, name="features")]
-    if uses_seq:
-        spec.append(tf.TensorSpec((None, WINDOW, len(SEQUENCE_NAMES)), tf.float32, name="sequence"))
-    # tf2onnx 1.17 with Keras 3 looks the outputs up by ``model.output_names`` (absent in Keras 3): name it.
-    model.output_names = ["probability"]
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=tuple(spec), opset=OPSET)
-    proto.doc_string = f"{name} v{version}: vigil features ({FEATURE_SCHEMA_HASH}) -> sepsis risk"
+    proto = fitted.proto
     onnx.checker.check_model(proto)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     out_name = sess.get_outputs()[0].name
@@ -266,11 +248,12 @@ def train_family(
         return res
 
     held = [a[:PARITY_ROWS] for a in inputs("test")]
-    keras_p = model.predict(held, batch_size=8192, verbose=0).reshape(-1)
-    diff = float(np.max(np.abs(keras_p - onnx_probs(held)))) if held[0].size else 0.0
+    diff = float(np.max(np.abs(fitted.native(held) - onnx_probs(held)))) if held[0].size else 0.0
     if not diff <= PARITY_TOL:
-        raise RuntimeError(f"ONNX Runtime differs from Keras by {diff:.3g} (> {PARITY_TOL}) on held-out rows")
-    timings["export_s"] = time.perf_counter() - t0
+        engine = {"keras": "Keras", "lightgbm": "LightGBM"}.get(fitted.reference, fitted.reference)
+        msg = f"ONNX Runtime differs from {engine} by {diff:.3g} (> {PARITY_TOL}) on held-out rows"
+        raise RuntimeError(msg)
+    timings["parity_s"] = time.perf_counter() - t0
 
     # ---- threshold on validation; metrics from the exported model (what serving runs)
     probs = {k: onnx_probs(inputs(k)) for k in SPLITS}
@@ -315,29 +298,20 @@ def train_family(
                 "train": ds.stays("train"), "validation": ds.stays("validation"), "test": ds.stays("test"),
                 "seed": ds.seed, "by": "patient", "fractions": [0.70, 0.15, 0.15],
             },  # fmt: skip
-            "epochs_run": epochs_run if len(epochs_run) > 1 else epochs_run[0],
-            "epochs_max": epochs,
-            "members": len(fitted),
+            "members": len(seeds),
             "member_seeds": seeds,
-            "batch_size": batch_size,
-            "architecture": (f"mean of {len(fitted)} independently trained copies of: " if len(fitted) > 1 else "")
-            + describe(family, h) + f"; binary cross-entropy; early stopping on val AUC (patience"
-            f" {patience}, best weights restored)",
-            "parameters": int(model.count_params()),
-            "best_val_auc_keras": [round(float(max(hh["val_auc"])), 4) for hh in histories],
-            "class_weight": {str(k): v for k, v in class_weight.items()},
+            **fitted.training,
             "duration_s": round(timings["total_s"], 1),
             "timings_s": {k: round(v, 2) for k, v in {**ds.timings, **timings}.items()},
             "cpu_count": os.cpu_count(),
-            "devices": [d.device_type for d in tf.config.list_physical_devices()],
         },
-        "parity": {"keras_vs_onnx_max_abs_diff": diff, "rows": int(held[0].shape[0]), "tolerance": PARITY_TOL},
+        "parity": {
+            "reference": fitted.reference, "max_abs_diff": diff, f"{fitted.reference}_vs_onnx_max_abs_diff": diff,
+            "rows": int(held[0].shape[0]), "tolerance": PARITY_TOL,
+        },  # fmt: skip
         "canary": {"probabilities": [round(float(p), 7) for p in canary], "tolerance": 1e-4},
         "reference": reference,
-        "provenance": {
-            "vigil_version": vigil.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tf2onnx": tf2onnx.__version__, "onnx_opset": OPSET, "onnxruntime": ort.__version__,
-        },  # fmt: skip
+        "provenance": {"vigil_version": vigil.__version__, **fitted.provenance, "onnxruntime": ort.__version__},
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
     }
@@ -350,6 +324,116 @@ def train_family(
     tmp_card.write_text(json.dumps(jsonable(card), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     tmp_card.replace(target / "card.json")
     return target
+
+
+def _fit_keras(
+    ds: Prepared, family: str, name: str, seeds: list[int], inputs: Callable[[str], list[np.ndarray]], h: Hyper,
+    doc: str, *, epochs: int, batch_size: int, patience: int, verbose: int | None,
+) -> _Fitted:  # fmt: skip
+    """Fit the Keras family (one copy per seed, averaged in one graph) and export it with tf2onnx."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    verbose = (1 if sys.stderr.isatty() else 2) if verbose is None else verbose
+    uses_seq = family == "tcn"
+    y_tr = ds.y["train"]
+    n_pos = float(y_tr.sum())
+    n_neg = float(y_tr.size - n_pos)
+    class_weight = {0: round(y_tr.size / (2 * n_neg), 4), 1: round(y_tr.size / (2 * max(n_pos, 1.0)), 4)}
+    seq_train = ds.seq["train"] if uses_seq and ds.seq is not None else None
+    fitted, histories = [], []
+    t0 = time.perf_counter()
+    for i, member_seed in enumerate(seeds):
+        keras.utils.set_random_seed(member_seed)
+        member = build_model(family, keras, ds.x["train"], seq_train, h, f"{name}-m{i}" if len(seeds) > 1 else name)
+        stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                             restore_best_weights=True)  # fmt: skip
+        hist = member.fit(
+            inputs("train"), y_tr,
+            validation_data=(inputs("validation"), ds.y["validation"]),
+            epochs=epochs, batch_size=batch_size, class_weight=class_weight,
+            callbacks=[stop], shuffle=True, verbose=verbose,
+        )  # fmt: skip
+        fitted.append(member)
+        histories.append(hist.history)
+    fit_s = time.perf_counter() - t0
+    if len(fitted) == 1:
+        model = fitted[0]
+    else:  # one graph: the members side by side, their probabilities averaged
+        ins = [keras.Input(shape=t.shape[1:], name=t.name) for t in fitted[0].inputs]
+        outs = [m(ins if len(ins) > 1 else ins[0]) for m in fitted]
+        model = keras.Model(ins, keras.layers.Average(name="risk_mean")(outs), name=name.replace("-", "_"))
+    epochs_run = [len(hh["loss"]) for hh in histories]
+
+    t0 = time.perf_counter()
+    spec = [tf.TensorSpec((None, len(FEATURE_NAMES)), tf.float32, name="features")]
+    if uses_seq:
+        spec.append(tf.TensorSpec((None, WINDOW, len(SEQUENCE_NAMES)), tf.float32, name="sequence"))
+    # tf2onnx 1.17 with Keras 3 looks the outputs up by ``model.output_names`` (absent in Keras 3): name it.
+    model.output_names = ["probability"]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=tuple(spec), opset=OPSET)
+    proto.doc_string = doc
+    onnx.checker.check_model(proto)
+    export_s = time.perf_counter() - t0
+    members = len(fitted)
+    training = {
+        "epochs_run": epochs_run if len(epochs_run) > 1 else epochs_run[0],
+        "epochs_max": epochs,
+        "batch_size": batch_size,
+        "architecture": (f"mean of {members} independently trained copies of: " if members > 1 else "")
+        + describe(family, h) + f"; binary cross-entropy; early stopping on val AUC (patience"
+        f" {patience}, best weights restored)",
+        "parameters": int(model.count_params()),
+        "best_val_auc_keras": [round(float(max(hh["val_auc"])), 4) for hh in histories],
+        "class_weight": {str(k): v for k, v in class_weight.items()},
+        "devices": [d.device_type for d in tf.config.list_physical_devices()],
+    }
+    return _Fitted(
+        proto=proto,
+        native=lambda arrs: model.predict(arrs, batch_size=8192, verbose=0).reshape(-1),
+        reference="keras", training=training,
+        provenance={"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
+                    "onnx_opset": OPSET},
+        timings={"fit_s": fit_s, "export_s": export_s},
+    )  # fmt: skip
+
+
+def _fit_gbm(ds: Prepared, seeds: list[int], h: GbmHyper, doc: str) -> _Fitted:
+    """Fit LightGBM members (:mod:`vigil.training.gbm`) and export their mean with onnxmltools."""
+    import onnxmltools
+
+    from vigil.training import gbm
+
+    t0 = time.perf_counter()
+    boosters, info = gbm.fit_members(ds.x["train"], ds.y["train"], ds.x["validation"], ds.y["validation"], seeds,
+                                     h, threads=max(1, os.cpu_count() or 1),
+                                     train_stay_start=ds.stay_start["train"])  # fmt: skip
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    proto = gbm.to_onnx(boosters, len(FEATURE_NAMES), doc)
+    export_s = time.perf_counter() - t0
+    members = len(boosters)
+    training = {
+        "rounds": info["rounds"] if members > 1 else info["rounds"][0],
+        "rounds_max": h.max_rounds,
+        "architecture": (f"mean probability of {members} boosters (seeds differ) of: " if members > 1 else "")
+        + gbm.describe(h),
+        "parameters": info["leaves"],
+        "parameters_are": "tree leaves",
+        "best_val_auc": info["best_val_auc"],
+        "class_weight": {"0": 1.0, "1": info["scale_pos_weight"]},
+        "thresholds_rounded_to_float32": info["thresholds_rounded"],
+        "devices": ["CPU"],
+    }
+    return _Fitted(
+        proto=proto, native=lambda arrs: gbm.predict(boosters, arrs[0]), reference="lightgbm", training=training,
+        provenance={"lightgbm": info["lightgbm"], "onnxmltools": onnxmltools.__version__,
+                    "onnx_opset": gbm.OPSET},
+        timings={"fit_s": fit_s, "export_s": export_s},
+    )  # fmt: skip
 
 
 def calibrate_demand(target: Path, data: Path) -> Path:
