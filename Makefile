@@ -22,7 +22,12 @@ install: $(STAMP) ## Create .venv and install vigil with the test tools
 	@echo "installed: $$($(BIN)/vigil --help | head -1)"
 
 TRAIN_STAMP := $(VENV)/.installed-train
+# LightGBM's wheel links the system OpenMP runtime (Debian: libgomp1); installed with apt-get when missing.
 $(TRAIN_STAMP): $(STAMP)
+	@ldconfig -p 2>/dev/null | grep -q 'libgomp.so.1 ' || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libgomp1; }
 	$(BIN)/pip install -q -e '.[dev,train]'
 	@touch $(TRAIN_STAMP)
 

@@ -98,3 +98,19 @@ def test_prometheus_and_grafana_are_provisioned_from_dashboards() -> None:
     ds = yaml.safe_load((DOCKER / "grafana-datasource.yaml").read_text())["datasources"][0]
     assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
     assert list((ROOT / "dashboards" / "grafana").glob("*.json"))
+
+
+def test_the_model_dashboards_alert_rate_line_is_the_serving_cards() -> None:
+    """The red line of the alert-rate panel is the serving model's validated row-level alert rate (its card's test
+    split): a promotion that changes the model must move it too."""
+    import json
+
+    from vigil.registry import Registry
+
+    refs = Registry(ROOT / "models").serving_refs()
+    want = {round(float(r.card["metrics"]["test"]["alert_rate"]), 4) for r in refs}
+    board = json.loads((ROOT / "dashboards" / "grafana" / "model.json").read_text())
+    panel = next(p for p in board["panels"] if "row-level alert rate" in p.get("description", ""))
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert {round(float(s["value"]), 4) for s in steps if s["value"] is not None} == want
+    assert all(f"{r.name} v{r.version}" in panel["description"] for r in refs)
