@@ -376,3 +376,37 @@ def test_promote_notifies_running_workers_on_model_updates(
     assert [(k, e["action"], e["version"], e["from_version"]) for k, e in events] == [
         (NAME.encode(), "promote", "900", base), (NAME.encode(), "rollback", base, "900")]  # fmt: skip
     assert all(e["v"] == 1 and e["name"] == NAME for _, e in events)
+
+
+def test_rollback_of_a_line_that_took_over_hands_back_to_the_line_it_replaced(tmp_path: Path) -> None:
+    """The shipped history: sepsis-mlp 1 -> 2, sepsis-tcn:1 replaced sepsis-mlp:2, sepsis-gbm:1 replaced
+    sepsis-tcn:1. Rolling back a line with no earlier version of its own returns the line it replaced, and
+    rolling that back undoes it; the stacks never mix one line's versions with another's."""
+    root = tmp_path / "models"
+    shutil.copytree(REPO_ROOT / "models", root)
+    entries = [json.loads(line) for line in (root / HISTORY_FILE).read_text().splitlines()]
+    assert [(e["name"], e.get("replaces")) for e in entries[:3]] == [
+        ("sepsis-mlp", None), ("sepsis-tcn", "sepsis-mlp"), ("sepsis-gbm", "sepsis-tcn")]  # fmt: skip
+    (root / HISTORY_FILE).write_text("".join(json.dumps(e) + "\n" for e in entries[:3]))
+    (root / "serving.json").write_text(json.dumps({"sepsis-gbm": "1"}))
+    reg = Registry(root)
+    assert served_stack(reg.history("sepsis-tcn")) == ["1"]  # not the MLP's "2"
+    assert reg.previous_version("sepsis-gbm") is None and reg.replaced_line("sepsis-gbm") == ("sepsis-tcn", "1")
+
+    res = _vigil(reg, "models", "rollback", "sepsis-gbm", "--no-notify", "--reason", "test")
+    assert res.exit_code == 0, res.output
+    assert reg.serving() == {"sepsis-tcn": "1"} and "sepsis-gbm:1 -> sepsis-tcn:1" in res.stdout
+    last = reg.history()[-1]
+    assert (last["name"], last["action"], last["to_version"], last["replaces"]) == (
+        "sepsis-tcn", "rollback", "1", "sepsis-gbm")  # fmt: skip
+    assert update_event("sepsis-tcn", "1", "rollback", from_version="1", replaces="sepsis-gbm")["replaces"]
+
+    res = _vigil(reg, "models", "rollback", "sepsis-tcn", "--no-notify")  # undo: back to the trees
+    assert res.exit_code == 0, res.output
+    assert reg.serving() == {"sepsis-gbm": "1"}
+
+    (root / HISTORY_FILE).write_text("".join(json.dumps(e) + "\n" for e in entries[:2]))
+    (root / "serving.json").write_text(json.dumps({"sepsis-tcn": "1"}))
+    res = _vigil(reg, "models", "rollback", "sepsis-tcn", "--no-notify")
+    assert res.exit_code == 0, res.output
+    assert reg.serving() == {"sepsis-mlp": "2"}

@@ -143,6 +143,20 @@ class Registry:
             stack.pop()
         return stack[-1] if stack else None
 
+    def replaced_line(self, name: str) -> tuple[str, str] | None:
+        """``(line, version)`` that served before ``name``'s current version took over from another model line
+        (a ``promote --replaces``, or a rollback to this line from one), when ``name`` has no earlier version of
+        its own to return to; else None."""
+        current = self.serving().get(name)
+        if current is None or self.previous_version(name) is not None:
+            return None
+        for entry in reversed(self.history(name)):
+            if entry.get("to_version") != current:
+                continue
+            other, version = entry.get("replaces"), entry.get("from_version")
+            return (str(other), str(version)) if other and version else None
+        return None
+
     def switch(
         self, name: str, version: str, action: str, *, expect_from: str | None, replaces: str | None = None,
         **details: Any,
@@ -204,7 +218,8 @@ def _utc_now() -> str:
 def served_stack(entries: list[dict[str, Any]]) -> list[str]:
     """The versions that served one model, oldest first, replaying its history entries as a stack: a
     promotion pushes its version; a rollback pops back to the last time its target served (or pushes
-    the target if it never had).
+    the target if it never had). An entry that ``replaces`` another line starts the stack at its own version
+    (its ``from_version`` is that other line's).
 
     >>> promote = lambda a, b: {"action": "promote", "from_version": a, "to_version": b}
     >>> h = [promote("1", "2"), promote("2", "3")]
@@ -214,7 +229,7 @@ def served_stack(entries: list[dict[str, Any]]) -> list[str]:
     stack: list[str] = []
     for e in entries:
         before, to = e.get("from_version"), str(e["to_version"])
-        if not stack and before is not None:
+        if not stack and before is not None and not e.get("replaces"):  # a takeover's from_version is the other line's
             stack.append(str(before))
         if e.get("action") == "rollback" and to in stack:
             del stack[len(stack) - stack[::-1].index(to) :]

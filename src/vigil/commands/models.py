@@ -168,7 +168,8 @@ def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_util
 def models_rollback(ctx: click.Context, name: str, to_version: str | None, reason: str | None,
                     notify: bool | None) -> None:  # fmt: skip
     """Return NAME to the version served before (the emergency path: no metric gate, but it must load; a
-    missing demand calibration only warns)."""
+    missing demand calibration only warns). A line that took over from another (promote --replaces) with no
+    earlier version of its own hands back to that line's version."""
     from vigil.errors import VigilError
     from vigil.gate import demand_calibration_problem, load_checked
     from vigil.registry import Registry, update_event
@@ -177,21 +178,26 @@ def models_rollback(ctx: click.Context, name: str, to_version: str | None, reaso
     current = reg.serving().get(name)
     if current is None:
         raise click.ClickException(f"no version of {name} is serving: nothing to roll back")
+    line, replaces = name, None
     target = to_version or reg.previous_version(name)
+    if target is None and to_version is None and (before := reg.replaced_line(name)) is not None:
+        (line, target), replaces = before, name  # this line took over from another: return to that one
     if target is None:
         raise click.ClickException(f"no earlier serving version of {name} in {reg.history_path}; name one with --to")
-    if target == current:
+    if line == name and target == current:
         raise click.ClickException(f"{name}:{target} is already serving")
     try:
-        target_ref = reg.get(f"{name}:{target}")
+        target_ref = reg.get(f"{line}:{target}")
         load_checked(target_ref)
     except VigilError as exc:
-        raise click.ClickException(f"cannot roll back to {name}:{target}: {exc}") from exc
+        raise click.ClickException(f"cannot roll back to {line}:{target}: {exc}") from exc
     problem = demand_calibration_problem(target_ref)
     if problem:
         click.echo(f"warning: rolling back anyway, but {problem}", err=True)
     with VigilErrorsAsClick():
-        reg.switch(name, target, "rollback", expect_from=current, reason=reason)
-    click.echo(f"rolled back {name}: {current} -> {target} ({reg.root / 'serving.json'}; history {reg.history_path})")
+        reg.switch(line, target, "rollback", expect_from=current, reason=reason, replaces=replaces)
+    was = f"{name}:{current} -> {line}:{target}, the line it replaced" if replaces else f"{name}: {current} -> {target}"
+    click.echo(f"rolled back {was} ({reg.root / 'serving.json'}; history {reg.history_path})")
     if notify:
-        _models_announce(ctx, update_event(name, target, "rollback", from_version=current, reason=reason))
+        _models_announce(ctx, update_event(line, target, "rollback", from_version=current, reason=reason,
+                                           replaces=replaces))  # fmt: skip
