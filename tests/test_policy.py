@@ -145,6 +145,15 @@ def test_processor_alerts_are_explained_deterministic_schema_valid_and_acknowled
     serving = Registry(REPO_ROOT / "models").serving()
     assert raised["ward"] == "W1" and raised["bed"] == "4" and raised["model"]["name"] in serving
     assert raised["news2"]["total"] >= 0 and "pt-" not in raised["message"]
+    # beside the score (a ranking), the calibrated chance of onset within 12 h from the version's calibration
+    from vigil.demand.calibration import CALIBRATION_FILE, Calibration
+
+    ref = Registry(REPO_ROOT / "models").get(f"{raised['model']['name']}:{raised['model']['version']}")
+    want = float(Calibration.load(ref.path / CALIBRATION_FILE).sepsis[12](np.array([raised["score"]]))[0])
+    assert raised["onset_probability"]["horizon_h"] == 12
+    assert abs(raised["onset_probability"]["p"] - want) < 1e-4 and 0.0 <= want <= 1.0
+    assert "chance of sepsis onset within 12 h" in raised["message"]
+    assert all(a["onset_probability"] is None for a in alerts[0] if a["event"] == "resolved")
     # acknowledge it: recorded (an 'acknowledged' record on the alerts topic)
     p = _processor(**rules)
     p.process(_events(SEPTIC))

@@ -91,3 +91,24 @@ def test_provider_preference() -> None:
     assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], avail) == [
         "CUDAExecutionProvider", "CPUExecutionProvider"]  # fmt: skip
     assert choose_providers([], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_onset_probability_comes_from_the_versions_demand_calibration(tmp_path: Path) -> None:
+    """An alert quotes P(onset within 12 h) from the version's own calibration; a version without one gives None
+    (the alert then carries the score alone)."""
+    import shutil
+
+    from vigil.demand.calibration import CALIBRATION_FILE, Calibration
+    from vigil.scoring import ONSET_HORIZON_H
+
+    reg = Registry(MODELS)
+    ref = reg.serving_refs()[0]
+    sc = Scorer(ref)
+    onset = Calibration.load(ref.path / CALIBRATION_FILE).sepsis[ONSET_HORIZON_H]
+    for risk in (0.05, 0.38, 0.55, 0.9):
+        assert sc.onset_probability(risk) == pytest.approx(float(onset(np.array([risk]))[0]))
+    assert sc.onset_probability(0.9) >= sc.onset_probability(0.05)  # isotonic
+    shutil.copytree(ref.path, tmp_path / ref.name / ref.version)
+    (tmp_path / ref.name / ref.version / CALIBRATION_FILE).unlink()
+    assert Scorer(Registry(tmp_path).get(f"{ref.name}:{ref.version}")).onset_probability(0.9) is None
+

@@ -47,15 +47,20 @@ def score_id(patient: str, model: str, version: str, row: int, partial: bool) ->
 
 
 def alert_message(
-    d: Decision, *, risk: float, threshold: float, news2: dict[str, Any], factors: list[dict[str, Any]]
+    d: Decision, *, risk: float, threshold: float, news2: dict[str, Any], factors: list[dict[str, Any]],
+    onset: tuple[int, float] | None = None,
 ) -> str:
     """One line for the care team: what, how high, and why (the model's top factors, or the NEWS2 parts).
+    ``onset``: (hours, calibrated probability of sepsis onset within them), quoted beside the model's score,
+    which is a ranking and not a probability.
 
     >>> from vigil.policy import Decision
     >>> d = Decision("raised", "model_risk", "model_risk:m", "high", 0.71, 0.58, 12, 0.0, "12")
     >>> alert_message(d, risk=0.71, threshold=0.58, news2={"total": 6, "parts": {}},
     ...               factors=[{"text": "temperature 39.2 °C, up from 37.1 5 h ago"}])
     'Sepsis risk 0.710 (threshold 0.580); NEWS2 6. Top factors: temperature 39.2 °C, up from 37.1 5 h ago'
+    >>> alert_message(d, risk=0.71, threshold=0.58, news2={"total": 6, "parts": {}}, factors=[], onset=(12, 0.094))
+    'Sepsis risk 0.710 (threshold 0.580; ~9 % chance of sepsis onset within 12 h); NEWS2 6'
     """
     label = _LABELS.get(d.kind, d.kind)
     if d.event == "resolved":
@@ -65,6 +70,10 @@ def alert_message(
         why = "; ".join(f["text"] for f in factors)
         tail = f". Top factors: {why}" if why else ""
         level = f"alert level {d.raise_at:.3f}" if d.raise_at != threshold else f"threshold {threshold:.3f}"
+        if onset is not None:
+            pct = 100 * onset[1]
+            level += f"; ~{pct:.0f} % chance of sepsis onset within {onset[0]} h" if pct >= 1 else (
+                f"; <1 % chance of sepsis onset within {onset[0]} h")  # fmt: skip
         return f"{prefix}{label} {risk:.3f} ({level}); NEWS2 {news2['total']}{tail}"
     parts = ", ".join(f"{k} {v}" for k, v in news2["parts"].items() if v)
     return f"{prefix}{label}: NEWS2 {news2['total']} ({parts})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +20,11 @@ from vigil.errors import ModelError
 from vigil.features import FEATURE_SCHEMA_HASH, SEQUENCE_NAMES, SEQUENCE_SCHEMA_HASH, WINDOW
 from vigil.registry import ModelRef
 
-__all__ = ["Scorer", "choose_providers", "canary_inputs", "CANARY_TOL"]
+__all__ = ["Scorer", "choose_providers", "canary_inputs", "CANARY_TOL", "ONSET_HORIZON_H"]
 
 CANARY_TOL = 1e-4  # a loaded model must reproduce the card's canary probabilities this closely
+ONSET_HORIZON_H = 12  # alerts quote the calibrated probability of sepsis onset within this many hours
+_UNSET: object = object()
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,7 @@ class Scorer:
             msg = f"cannot load {ref.onnx_path}: {exc}"
             raise ModelError(msg) from exc
         self.ref = ref
+        self._onset_map: Any = _UNSET
         self.provider = self.session.get_providers()[0]
         self.output_name = self.session.get_outputs()[0].name
         self.n_features = int(ref.card["input"].get("n_features") or len(ref.card["feature_schema"]["names"]))
@@ -137,6 +141,18 @@ class Scorer:
                 raise ModelError(msg)
         return got
 
+    def onset_probability(self, risk: float) -> float | None:
+        """The calibrated probability that a patient with this score meets sepsis onset within
+        :data:`ONSET_HORIZON_H` hours: the isotonic map of the version's resource-demand calibration
+        (``demand_calibration.json``, fitted on the validation split; patients not yet septic). The model's own
+        score is a ranking (class weights inflate it), so an alert quotes this number beside it. None when the
+        version has no usable calibration (logged once)."""
+        if self._onset_map is _UNSET:
+            self._onset_map = _onset_map(self.ref)
+        if self._onset_map is None:
+            return None
+        return float(self._onset_map(np.asarray([risk], dtype=np.float64))[0])
+
     @property
     def name(self) -> str:
         return self.ref.name
@@ -170,3 +186,25 @@ class Scorer:
             feeds["sequence"] = np.ascontiguousarray(seq, np.float32)
         out = self.session.run([self.output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
+def _onset_map(ref: ModelRef) -> Any:
+    """The ``sepsis_onset`` map at :data:`ONSET_HORIZON_H` of ``ref``'s demand calibration, or None."""
+    from vigil.demand.calibration import CALIBRATION_FILE, Calibration
+    from vigil.errors import ConfigError
+
+    path = ref.path / CALIBRATION_FILE
+    if not path.is_file():
+        log.warning("model %s:%s has no %s: alerts will not quote an onset probability", ref.name, ref.version,
+                    CALIBRATION_FILE)  # fmt: skip
+        return None
+    try:
+        cal = Calibration.load(path)
+    except ConfigError as exc:
+        log.warning("model %s:%s: %s; alerts will not quote an onset probability", ref.name, ref.version, exc)
+        return None
+    if (cal.model, cal.version) != (ref.name, ref.version) or ONSET_HORIZON_H not in cal.sepsis:
+        log.warning("model %s:%s: its demand calibration is for %s:%s or lacks %d h; no onset probability",
+                    ref.name, ref.version, cal.model, cal.version, ONSET_HORIZON_H)  # fmt: skip
+        return None
+    return cal.sepsis[ONSET_HORIZON_H]

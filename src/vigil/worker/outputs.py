@@ -13,7 +13,7 @@ import numpy as np
 from vigil.alerts import alert_id, alert_message, score_id
 from vigil.explain import explain
 from vigil.policy import AlertPolicy, Decision
-from vigil.scoring import Scorer
+from vigil.scoring import ONSET_HORIZON_H, Scorer
 from vigil.state import PatientState, Snapshot
 
 __all__ = ["iso", "score_record", "news2_decisions", "alert_records", "ack_record", "ACKABLE"]
@@ -98,6 +98,9 @@ def alert_records(
             for old_id in list(ids)[:-ACKABLE]:
                 del ids[old_id]
         fs = factors.get((i, model_name), []) if d.kind == "model_risk" else []
+        p_onset = sc.onset_probability(risk) if sc is not None and d.kind == "model_risk" and d.event != "resolved" \
+            else None
+        onset = None if p_onset is None else (ONSET_HORIZON_H, p_onset)
         alert = {
             "v": 1, "alert_id": aid, "event": d.event, "episode_id": episode, "type": d.kind,
             "severity": d.severity, "patient": snap.patient, "ward": snap.ward, "bed": snap.bed,
@@ -105,7 +108,8 @@ def alert_records(
             "model": {"name": model_name, "version": sc.version if sc is not None else "-"},
             "score": round(risk, 6), "threshold": thr, "value": d.value, "raise_at": d.raise_at,
             "news2": n2s[i], "factors": fs, "ack": d.ack,
-            "message": alert_message(d, risk=risk, threshold=thr, news2=n2s[i], factors=fs),
+            "onset_probability": None if onset is None else {"horizon_h": onset[0], "p": round(onset[1], 4)},
+            "message": alert_message(d, risk=risk, threshold=thr, news2=n2s[i], factors=fs, onset=onset),
             "emitted_at": now_iso,
         }  # fmt: skip
         result.append((snap.patient, alert, snap.trigger_ts, (d.kind, d.severity, snap.ward or "unknown")))
