@@ -22,6 +22,7 @@ from vigil.evaluation.curves import brier, expected_calibration_error, pr_curve,
 from vigil.evaluation.metrics import auprc, auroc
 from vigil.evaluation.report import score_rows, subgroup_masks, update_card
 from vigil.evaluation.selection import select_rows
+from vigil.evaluation.sweep import GRID
 from vigil.features import FEATURE_NAMES, featurize_frame
 from vigil.offline import score_frame
 from vigil.registry import ModelRef, Registry
@@ -316,3 +317,26 @@ def test_cli_refuses_a_split_of_foreign_data(tmp_path: Path, sample_path: Path) 
     )  # fmt: skip
     assert res.exit_code != 0 and "--split all" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_policy_sweep_writes_the_tradeoff_and_per_unit_levels(tmp_path: Path, sample_path: Path) -> None:
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(cli, ["evaluate", "--model", "sepsis-mlp:1", "--data", str(sample_path), "--limit",
+                                   "120", "--out", str(out), "--policy-sweep", "--budget", "0.5"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])["policy_sweep"]
+    assert summary["split"] == "all" and "alert_policy" not in summary  # no --update-card: the card is untouched
+    data = json.loads((out / "policy_sweep.json").read_text())
+    levels = [x for x in GRID["raise_at"] if x is None or x >= 0.58]  # levels below the card threshold are skipped
+    assert len(data["points"]) == len(levels) * len(GRID["persistence"]) * len(GRID["refractory_h"])
+    configured = data["chosen_as_configured"]
+    if configured is not None:
+        assert (configured["persistence"], configured["refractory_h"]) == (1, 72.0) and configured["burden"] <= 0.5
+    per_unit = data["per_unit"]
+    assert set(per_unit["units"]) <= {"MICU", "SICU"} and per_unit["units"]
+    for u in per_unit["units"].values():
+        assert u["at_shared_level"]["raise_at"] == per_unit["shared_level"]
+        assert u["own"] is None or u["own"]["burden"] <= 0.5
+    md = (out / "policy_sweep.md").read_text()
+    assert "## Per ICU unit" in md and "p0" not in md
+    assert (out / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC

@@ -255,3 +255,32 @@ def test_a_validation_sweep_records_the_level_at_the_configured_persistence(tmp_
     assert {k: v for k, v in card.items() if k != "alert_policy"} == {k: v for k, v in before.items()
                                                                       if k != "alert_policy"}  # fmt: skip
     assert Registry(tmp_path).get("sepsis-mlp:1").alert_level == 0.6
+
+
+def test_per_unit_levels_keep_each_unit_within_its_own_budget() -> None:
+    """Two units with the same patients, one scored higher: one level for both over-alerts the first and
+    under-alerts the second; each unit's own level keeps it within the budget on its own stays only."""
+    from vigil.evaluation.sweep import per_unit_levels
+
+    rng = np.random.default_rng(0)
+    n_stays, n_rows = 200, 48
+    labels = np.zeros((n_stays, n_rows), dtype=np.int8)
+    septic = rng.random(n_stays) < 0.2
+    labels[septic, 30:] = 1
+    early_signal = septic[:, None] & (np.arange(n_rows) >= 10)[None, :]  # a day before onset (row 36)
+    base = rng.uniform(0.0, 0.7, size=(n_stays, n_rows)) + 0.25 * early_signal
+    high = np.arange(n_stays) < n_stays // 2  # the first unit's scores run 0.2 higher
+    probs = np.clip(base + 0.2 * high[:, None], 0, 1).reshape(-1)
+    starts = np.zeros((n_stays, n_rows), dtype=bool)
+    starts[:, 0] = True
+    units = {"MICU": high, "SICU": ~high, "unknown": np.zeros(n_stays, dtype=bool)}
+    got = per_unit_levels(probs, labels.reshape(-1), starts.reshape(-1), units, threshold=0.4, level=0.6,
+                          persistence=1, refractory_h=24.0, escalate_by=None, budget=0.5)  # fmt: skip
+    assert set(got) == {"MICU", "SICU"}  # unknown cannot be addressed by an override
+    micu, sicu = got["MICU"], got["SICU"]
+    assert micu["stays"] == sicu["stays"] == 100 and micu["septic_stays"] + sicu["septic_stays"] == septic.sum()
+    for u in (micu, sicu):
+        assert u["at_shared_level"]["raise_at"] == 0.6 and u["own"]["burden"] <= 0.5
+        assert (u["own"]["persistence"], u["own"]["refractory_h"]) == (1, 24.0)
+    assert micu["own"]["raise_at"] > sicu["own"]["raise_at"]
+    assert micu["at_shared_level"]["burden"] > sicu["at_shared_level"]["burden"]

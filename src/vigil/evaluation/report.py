@@ -452,14 +452,19 @@ def _policy_sweep(
     news2 = sweep.news2_point(scored.screens["news2_total"], scored.labels, scored.stay_start)
     title = f"{ref.name}:{ref.version}, set A {split} split: burden vs septic stays alerted before onset"
     sweep.plot_tradeoff(pts, chosen, news2, budget, folder / "tradeoff.png", title)
-    (folder / "policy_sweep.md").write_text(sweep.markdown(pts, chosen, news2, budget, configured))
+    level = ref.alert_level if configured is None else (configured.raise_at or ref.threshold)
+    units = sweep.per_unit_levels(scored.probs, scored.labels, scored.stay_start,
+                                  subgroup_masks(scored.static)["unit"], ref.threshold, level, mr.persistence,
+                                  mr.refractory_h, mr.escalate_by, budget)  # fmt: skip
+    (folder / "policy_sweep.md").write_text(sweep.markdown(pts, chosen, news2, budget, configured)
+                                            + sweep.unit_markdown(units, level, budget))
 
     def point(p: sweep.SweepPoint | None) -> dict[str, Any] | None:
         return None if p is None else {**p.rule(), "burden": p.burden, "early": p.early,
                                        "lead_median_h": p.lead_median_h, "ppv": p.ppv}  # fmt: skip
 
     result = {"split": split, "budget": budget, "chosen": point(chosen), "chosen_as_configured": point(configured),
-              "news2_ge5": news2,
+              "news2_ge5": news2, "per_unit": {"shared_level": level, "units": units},
               "points": [{**p.rule(), "burden": p.burden, "early": p.early, "lead_median_h": p.lead_median_h,
                           "ppv": p.ppv, "in_12h": p.in_12h} for p in pts]}  # fmt: skip
     (folder / "policy_sweep.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")

@@ -24,7 +24,7 @@ import numpy as np
 from vigil.config import AlertSettings, RuleSettings
 from vigil.evaluation.alerting import alert_summary, crossings, simulate_policy, stay_alerts, stay_table
 
-__all__ = ["SweepPoint", "sweep_policies", "choose", "plot_tradeoff", "GRID"]
+__all__ = ["SweepPoint", "sweep_policies", "choose", "plot_tradeoff", "GRID", "per_unit_levels", "unit_markdown"]
 
 GRID: dict[str, tuple[Any, ...]] = {
     # None = the card threshold; levels below it are skipped (a model's threshold sets its scale: 0.58 for the
@@ -166,3 +166,65 @@ def markdown(points: list[SweepPoint], chosen: SweepPoint | None, news2: dict[st
     comp = (f"{news2['rule']} on the same rows: {fmt(news2['burden'])} alerts per patient-day, "
             f"{fmt(news2['early'], True)} alerted early, median lead {fmt(news2['lead_median_h'])} h.\n\n")
     return head + pick + comp + "\n".join(rows) + "\n\n![Trade-off](tradeoff.png)\n"
+
+
+def per_unit_levels(
+    probs: np.ndarray, labels: np.ndarray, stay_start: np.ndarray, unit_stays: dict[str, np.ndarray],
+    threshold: float, level: float, persistence: int, refractory_h: float, escalate_by: float | None,
+    budget: float = 0.2,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each ICU unit's own best raise level (same persistence and refractory window, the unit's stays only) beside
+    the shared ``level``: a unit with fewer septic patients gets few alerts and catches fewer of them under one
+    level for all, while a busier unit exceeds the budget. ``unit_stays``: stay masks per unit (``unknown`` is
+    skipped: no override can address it). The levels go to ``alerts.overrides.<unit>.model_risk.raise_at``."""
+    n_rows = np.diff(np.append(np.flatnonzero(stay_start), stay_start.size))
+    grid = {"raise_at": tuple(sorted({*(x for x in GRID["raise_at"] if x is not None), level})),
+            "persistence": (persistence,), "refractory_h": (refractory_h,)}  # fmt: skip
+    out: dict[str, dict[str, Any]] = {}
+    for unit, stays in unit_stays.items():
+        if unit == "unknown" or not stays.any():
+            continue
+        rows = np.repeat(stays, n_rows)
+        pts = sweep_policies(probs[rows], labels[rows], stay_start[rows], threshold, grid, escalate_by)
+        shared = next((p for p in pts if p.raise_at == level), None)
+        own = choose(pts, budget)
+        first = np.flatnonzero(stay_start[rows])
+        septic = int(np.add.reduceat(labels[rows], first).astype(bool).sum()) if first.size else 0
+        out[unit] = {"stays": int(stays.sum()), "septic_stays": septic,
+                     "at_shared_level": None if shared is None else _as_dict(shared),
+                     "own": None if own is None else _as_dict(own)}  # fmt: skip
+    return out
+
+
+def _as_dict(p: SweepPoint) -> dict[str, Any]:
+    return {**p.rule(), "burden": p.burden, "early": p.early, "lead_median_h": p.lead_median_h, "ppv": p.ppv}
+
+
+def unit_markdown(units: dict[str, dict[str, Any]], level: float, budget: float) -> str:
+    """The per-unit section of ``policy_sweep.md``, with the ``alerts.overrides`` that would apply it."""
+    if not units:
+        return ""
+
+    def cell(p: dict[str, Any] | None) -> str:
+        if p is None:
+            return "- | - | -"
+        ppv = "-" if p["ppv"] is None else f"{100 * p['ppv']:.1f} %"
+        return f"{p['burden']:.3f} | {100 * p['early']:.1f} % | {ppv}"
+
+    rows = [f"| unit | stays (septic) | alerts/patient-day at {level:g} | early | PPV | own level | alerts/patient-day "
+            f"| early | PPV |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    yaml = ["alerts:", "  overrides:"]
+    for unit, u in units.items():
+        own = u["own"]
+        rows.append(f"| {unit} | {u['stays']:,} ({u['septic_stays']:,}) | {cell(u['at_shared_level'])} | "
+                    f"{'none fits' if own is None else own['raise_at']} | {cell(own)} |")  # fmt: skip
+        if own is not None:
+            yaml.append(f"    {unit}: {{model_risk: {{raise_at: {own['raise_at']}}}}}")
+    text = (f"\n## Per ICU unit\n\nOne level for every unit spends the alert budget unevenly. Each unit's own best "
+            f"level within {budget:g} alerts per patient-day (same persistence and refractory window; its stays "
+            f"only):\n\n" + "\n".join(rows) + "\n")  # fmt: skip
+    if len(yaml) > 2:
+        text += ("\nTo apply them (configuration, per unit; the card's level stays the default):\n\n```yaml\n"
+                 + "\n".join(yaml) + "\n```\n")  # fmt: skip
+    return text
+
