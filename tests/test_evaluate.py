@@ -340,3 +340,22 @@ def test_cli_policy_sweep_writes_the_tradeoff_and_per_unit_levels(tmp_path: Path
     md = (out / "policy_sweep.md").read_text()
     assert "## Per ICU unit" in md and "p0" not in md
     assert (out / "tradeoff.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_offline_alerting_applies_per_unit_overrides_as_the_worker_does() -> None:
+    """Two identical stays, one per unit: a SICU override of the model level silences it there only, and a rule
+    switched on for the SICU alone fires there alone (it must be stepped although it is off globally)."""
+    from vigil.evaluation.report import row_units
+
+    risk = np.array([0.2, 0.7, 0.7, 0.3] * 2)
+    news2 = np.array([3, 8, 8, 2] * 2, dtype=float)
+    starts = np.array([True, False, False, False] * 2)
+    units = row_units({"Unit1": np.array([1.0, 0.0]), "Unit2": np.array([0.0, 1.0])}, np.array([4, 4]))
+    assert units.tolist() == ["MICU"] * 4 + ["SICU"] * 4
+    policy = AlertSettings(overrides={"SICU": {"model_risk": {"raise_at": 0.99},
+                                               "news2_emergency": {"enabled": True}}})  # fmt: skip
+    fired = simulate_policy(policy, risk=risk, threshold=0.5, news2_total=news2, stay_start=starts, unit=units)
+    assert fired["model_risk"].tolist() == [False, True, False, False] + [False] * 4
+    assert fired["news2_emergency"].tolist() == [False] * 4 + [False, True, False, False]
+    plain = simulate_policy(policy, risk=risk, threshold=0.5, news2_total=news2, stay_start=starts)  # no units
+    assert plain["model_risk"].tolist() == [False, True, False, False] * 2 and not plain["news2_emergency"].any()

@@ -157,6 +157,18 @@ def _ranking(labels: np.ndarray, scores: np.ndarray, binary: np.ndarray, stay_st
     }
 
 
+def row_units(static: dict[str, np.ndarray], n_rows: np.ndarray) -> np.ndarray:
+    """Each row's ICU unit as the replay names it (``"MICU"`` if Unit1, else ``"SICU"`` if Unit2, else None), so
+    the per-unit ``alerts.overrides`` apply offline as in the worker.
+
+    >>> row_units({"Unit1": np.array([1.0, 0, np.nan]), "Unit2": np.array([0.0, 1, np.nan])}, np.array([2, 1, 1]))
+    array(['MICU', 'MICU', 'SICU', None], dtype=object)
+    """
+    micu, sicu = static["Unit1"] == 1, static["Unit2"] == 1
+    per_stay = np.where(micu, "MICU", np.where(sicu, "SICU", None)).astype(object)
+    return np.repeat(per_stay, n_rows)
+
+
 def subgroup_masks(static: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """Stay masks per subgroup: age band (unknown age as its own band when present), sex (Gender 1 male,
     0 female), ICU unit (Unit1 = MICU, else Unit2 = SICU, else unknown). Empty groups are dropped."""
@@ -248,6 +260,7 @@ def evaluate(ref: ModelRef, sel: Selection, sc: Scored, policy: AlertSettings) -
     fired = simulate_policy(
         policy, risk=sc.probs, threshold=ref.alert_level, news2_total=sc.screens["news2_total"],
         stay_start=sc.stay_start, news2_max_part=sc.screens["news2_max_part"], model=ref.name,
+        unit=row_units(sc.static, stays.n_rows),
     )  # fmt: skip
     per_type = {k: stay_alerts(v, stays) for k, v in fired.items()}
     everything = per_type["model_risk"]
