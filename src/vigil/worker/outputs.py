@@ -98,8 +98,8 @@ def alert_records(
             for old_id in list(ids)[:-ACKABLE]:
                 del ids[old_id]
         fs = factors.get((i, model_name), []) if d.kind == "model_risk" else []
-        p_onset = sc.onset_probability(risk) if sc is not None and d.kind == "model_risk" and d.event != "resolved" \
-            else None
+        quotes_onset = sc is not None and d.kind == "model_risk" and d.event != "resolved"
+        p_onset = sc.onset_probability(risk) if quotes_onset else None
         onset = None if p_onset is None else (ONSET_HORIZON_H, p_onset)
         alert = {
             "v": 1, "alert_id": aid, "event": d.event, "episode_id": episode, "type": d.kind,
