@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
-    "KafkaSettings", "ScoringSettings", "StateSettings", "AlertSettings",
+    "KafkaSettings", "ScoringSettings", "StateSettings", "TimeWindowSettings", "AlertSettings",
     "RuleSettings", "DriftSettings", "RegistrySettings", "WebhookSettings", "DemandSettings", "DemandResource",
     "IngestSettings", "Settings", "load_settings",
 ]  # fmt: skip
@@ -106,6 +106,24 @@ class StateSettings(BaseModel):
     # most reorder_max_hold_s wall seconds (bounded latency if a topic lags). See worker/reorder.py.
     reorder_min_hold_s: float = 0.5
     reorder_max_hold_s: float = 10.0
+
+
+class TimeWindowSettings(BaseModel):
+    """Plausible event times (:mod:`vigil.timewindow`): an event outside the window is refused at the edge
+    (HL7 AE / FHIR 422) and dead-lettered by the worker with reason ``time_out_of_range``, so one wrong clock
+    can never close a patient's rows or end their monitoring.
+
+    ``live``: no later than ``max_future_s`` after the wall clock and no earlier than ``max_past_s`` before it.
+    ``replay`` (historical data, the demo, tests): the wall clock is shifted back by ``replay_shift_s`` when
+    set; with no shift the past bound is not applied (the future bound still is). In both modes the worker
+    also refuses an event earlier than the patient's admission minus ``admit_margin_s``.
+    """
+
+    mode: Literal["live", "replay"] = "live"
+    max_future_s: float = Field(default=300.0, ge=0.0, description="seconds an event may lie ahead of the clock")
+    max_past_s: float = Field(default=30 * 86400.0, gt=0.0, description="seconds an event may lie behind it")
+    replay_shift_s: float | None = Field(default=None, ge=0.0, description="replay: the clock moved back this far")
+    admit_margin_s: float = Field(default=48 * 3600.0, ge=0.0, description="worker: earliest = admission - this")
 
 
 class RuleSettings(BaseModel):
@@ -303,6 +321,7 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     demand: DemandSettings = Field(default_factory=DemandSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    time_window: TimeWindowSettings = Field(default_factory=TimeWindowSettings)
     pseudonym_key: SecretStr = SecretStr("vigil-dev-key-change-me")  # HMAC key for patient pseudonyms
     topic_prefix: str = ""  # prepended to every catalogue topic (tests use a unique prefix each)
     group_id: str = "vigil-worker"

@@ -31,6 +31,10 @@ REASONS: tuple[str, ...] = (
     "unknown_adt_kind",  # ADT kind not admit | transfer | discharge
     "key_mismatch",  # the Kafka key differs from the event's patient
     "unsupported_version",  # "v" other than 1
+    "time_out_of_range",  # event time outside the plausible window (vigil.timewindow): a wrong clock
+    "processing_error",  # a valid event whose processing raised: quarantined, the rest goes on
+    "wrong_partition",  # the record's key belongs to another partition (a foreign partitioner)
+    "oversize",  # a record larger than the configured bound
 )
 
 
