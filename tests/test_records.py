@@ -342,7 +342,7 @@ def test_unknown_code(obs_event: Factory, system: str, code: str) -> None:
 @pytest.mark.parametrize(
     ("code", "unit"),
     [("8867-4", "furlongs/fortnight"), ("8867-4", "breaths/min"), ("9279-1", "beats/min"), ("8480-6", "MMHG"),
-     ("2345-7", "mmol/l"), ("8310-5", "C"), ("19889-5", "%"), ("3150-0", ""), ("8867-4", "%")],
+     ("2345-7", "MMOL/L"), ("8310-5", "C"), ("19889-5", "%"), ("3150-0", ""), ("8867-4", "%")],
 )  # fmt: skip
 def test_unknown_unit(obs_event: Factory, code: str, unit: str) -> None:
     inv = _bad(obs_event(code=code, unit=unit, value=1))
