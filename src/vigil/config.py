@@ -305,6 +305,11 @@ class IngestSettings(BaseModel):
     site_timezone: str | None = Field(
         default=None, description="IANA zone for timestamps without a UTC offset; None = reject them"
     )
+    code_map: str | None = Field(
+        default=None,
+        description="site code-map CSV (system,code,variable,unit,display) extending vigil/data/codes.csv; "
+        "validated at listener start-up (docs/codes.md)",
+    )
 
 
 class Settings(BaseSettings):

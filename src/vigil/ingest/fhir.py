@@ -1,7 +1,9 @@
 """FHIR R4 Observation -> validated vitals/labs events (parsed with fhir.resources, R4B models: R4-compatible).
 
-Accepted: vital-signs profile and laboratory Observations with ``valueQuantity`` (LOINC code, UCUM unit — the
-code and unit tables are ``vigil/data/*.csv``), and panels with components (blood pressure 85354-9: one event
+Accepted: vital-signs profile and laboratory Observations with ``valueQuantity`` (LOINC or MDC code, or a
+site-local code of ``ingest.code_map``; UCUM or MDC unit — the code and unit tables are ``vigil/data/*.csv``,
+docs/codes.md; a ``comparator`` ``<``/``>``/``<=``/``>=`` value is published at its limit and counted, as
+:mod:`vigil.ingest.values` explains), and panels with components (blood pressure 85354-9: one event
 per mapped component; unmapped components are skipped). Status must be final, amended, corrected or
 preliminary. The Observation is all-or-nothing: any mapped measurement that is invalid rejects it.
 
@@ -26,9 +28,10 @@ import orjson
 from pydantic import ValidationError
 
 from vigil import records
-from vigil.codes import SYSTEM_ALIASES, normaliser
+from vigil.codes import Coded, Normaliser, normaliser
 from vigil.errors import InvalidEvent
 from vigil.ingest.events import SEQ_SLOTS, Event, aware, observation, patient_key, stable_seq
+from vigil.ingest.values import CENSORING
 
 __all__ = ["ObservationResult", "map_observation", "redact_observation", "ACCEPTED_STATUS"]
 
@@ -46,6 +49,7 @@ class ObservationResult:
     invalid: records.Invalid | None = None
     expression: str | None = None  # FHIRPath of the offending element
     patient: str | None = None
+    censored: int = 0  # measurements published at a comparator's limit (vigil.ingest.values)
 
 
 def _assigned_id(d: dict[str, Any]) -> str:
@@ -100,16 +104,19 @@ def _identity(obs: Any) -> tuple[str | None, str | None]:
     return mrn, visit
 
 
-def _measure(codings: Any) -> tuple[str, str] | None:
-    """The first (system, code) of ``codings`` that codes.csv maps."""
-    codes = normaliser().codes
+def _measure(codings: Any, codes: Normaliser | None = None) -> Coded | None:
+    """What the first coding of ``codings`` that the code tables map means (None if none maps)."""
+    table = codes if codes is not None else normaliser()
     for c in codings or []:
-        if c.system in SYSTEM_ALIASES and (c.system, c.code) in codes:
-            return c.system, c.code
+        if c.system and c.code:
+            coded = table.resolve(c.system, c.code)
+            if coded is not None:
+                return coded
     return None
 
 
-def map_observation(d: Any, *, secret: str, zone: tzinfo | None, source: str = "fhir/http") -> ObservationResult:
+def map_observation(d: Any, *, secret: str, zone: tzinfo | None, source: str = "fhir/http",
+                    codes: Normaliser | None = None) -> ObservationResult:  # fmt: skip
     """Validate one Observation (a JSON dict) and map it onto events (never raises)."""
     from fhir.resources.R4B.observation import Observation
 
@@ -148,7 +155,7 @@ def map_observation(d: Any, *, secret: str, zone: tzinfo | None, source: str = "
     if obs.valueQuantity is not None:
         items.append(("Observation.value", obs.code.coding, obs.valueQuantity))
     for i, comp in enumerate(obs.component or []):
-        if comp.valueQuantity is not None and _measure(comp.code.coding):
+        if comp.valueQuantity is not None and _measure(comp.code.coding, codes):
             items.append((f"Observation.component[{i}]", comp.code.coding, comp.valueQuantity))
     if len(items) >= SEQ_SLOTS:
         return _bad(res, "bad_type", f"{len(items)} measurements in one Observation", "Observation.component")
@@ -157,19 +164,23 @@ def map_observation(d: Any, *, secret: str, zone: tzinfo | None, source: str = "
                     "valueQuantity)", "Observation.value")  # fmt: skip
     src = "fhir/" + (_SOURCE_SAFE.sub("_", (obs.meta.source if obs.meta and obs.meta.source else "http"))[:100])
     for pos, (path, codings, qty) in enumerate(items):
-        coded = _measure(codings)
+        coded = _measure(codings, codes)
         if coded is None:
             sent = ", ".join(f"{c.system}|{c.code}" for c in codings or []) or "no coding"
             return _bad(res, "unknown_code", f"{path}: code not supported ({sent}); see codes.csv", f"{path}.code")
         if qty.value is None:
             return _bad(res, "missing_field", f"{path}: valueQuantity.value is missing", f"{path}.value")
-        unit = qty.code or qty.unit or ""
-        ev = observation(res.patient, src, stable_seq(res.id, position=pos), when, coded[0], coded[1], unit,
+        if qty.comparator is not None and qty.comparator not in CENSORING:
+            return _bad(res, "bad_type", f"{path}: comparator {qty.comparator!r} is not a measurement",
+                        f"{path}.comparator")  # fmt: skip
+        unit = qty.code or qty.unit or coded.default_unit
+        ev = observation(res.patient, src, stable_seq(res.id, position=pos), when, coded.system, coded.code, unit,
                          float(qty.value))  # fmt: skip
         if isinstance(ev, records.Invalid) and ev.reason == "unknown_unit" and qty.unit and qty.unit != unit:
-            ev = observation(res.patient, src, stable_seq(res.id, position=pos), when, coded[0], coded[1],
+            ev = observation(res.patient, src, stable_seq(res.id, position=pos), when, coded.system, coded.code,
                              qty.unit, float(qty.value))  # fmt: skip
         if isinstance(ev, records.Invalid):
             return _bad(res, ev.reason, f"{path}: {ev.detail}", path)
         res.events.append(ev)
+        res.censored += qty.comparator is not None
     return res

@@ -2,9 +2,13 @@
 
 One OBX = one measurement. An OBX is
 
-* **published** when its code maps (``codes.csv``: OBX-3.1, or the MDC reference id in OBX-3.2, in the coding
-  system of OBX-3.3), its value (OBX-5, type NM or SN ``=``) is a number, its unit (OBX-6.1, else OBX-6.2) is
-  known for that variable, the value is plausible and its time has an offset (or a site zone is configured);
+* **published** when its code maps (``codes.csv`` or the site's ``ingest.code_map``: OBX-3.1 — an MDC code
+  also in the hex ``partition-code`` form of Philips MDIL — or the MDC reference id in OBX-3.2, in the coding
+  system of OBX-3.3), its value (OBX-5, type NM or SN, :mod:`vigil.ingest.values`; a censored ``<``/``>``
+  value is published at its limit and counted in ``censored``) is a number, its unit (OBX-6.1, else OBX-6.2;
+  UCUM, an MDC unit, or the code map's default when OBX-6 is empty) converts to the variable's canonical unit,
+  the value is plausible and its time has an offset (or a site zone is configured). The event carries the
+  packaged standard code (numeric MDC, or the variable's LOINC code for a site-local code);
 * **ignored** (not an error, counted) when it is something vigil does not use: an unmapped code (perfusion
   index, vendor-private ``99MNDRY`` codes, ...), a non-numeric type (CNE, ST, NA waveforms), OBX-8 ``DEMO``
   (monitor demo mode: simulated values), or OBX-11 ``X``/``D``/``W`` (not obtained, deleted, wrong);
@@ -26,9 +30,10 @@ from datetime import tzinfo
 import hl7
 
 from vigil import records
-from vigil.codes import SYSTEM_ALIASES, normaliser
+from vigil.codes import Normaliser, normaliser
 from vigil.errors import InvalidEvent
 from vigil.ingest.events import Event, aware, observation, patient_key, stable_seq
+from vigil.ingest.values import hl7_value
 
 __all__ = ["ObxError", "ParsedOru", "parse_oru", "redact", "decode_text", "SUPPORTED"]
 
@@ -61,6 +66,7 @@ class ParsedOru:
     reject: records.Invalid | None = None  # the whole message (AR)
     reject_code: str = "207"  # HL7 table 0357 error code of the rejection
     ignored: dict[str, int] = field(default_factory=dict)  # reason -> OBX count
+    censored: int = 0  # published OBX whose value was a bound (<, >, <=, >=), see vigil.ingest.values
 
     @property
     def ack_code(self) -> str:
@@ -117,7 +123,8 @@ def _reject(out: ParsedOru, reason: str, error_type: str, detail: str, fld: str 
     return out
 
 
-def parse_oru(raw: bytes, *, secret: str, zone: tzinfo | None = None, max_obx: int = 1000) -> ParsedOru:
+def parse_oru(raw: bytes, *, secret: str, zone: tzinfo | None = None, max_obx: int = 1000,
+              codes: Normaliser | None = None) -> ParsedOru:  # fmt: skip
     """Parse and validate one ORU^R01 message (never raises); see the module docstring for the rules."""
     out = ParsedOru()
     text = decode_text(raw)
@@ -151,9 +158,10 @@ def parse_oru(raw: bytes, *, secret: str, zone: tzinfo | None = None, max_obx: i
     source = "hl7/" + (_SOURCE_SAFE.sub("_", app)[:100] or "unknown")
     fallback = _f(msg, "OBR", 1, 7) or _f(msg, "MSH", 1, 7)
     obx_segments = msg.segments("OBX") if n_obx else []
+    table = codes if codes is not None else normaliser()
     for pos, segment in enumerate(obx_segments, start=1):
         _obx(out, segment, pos, source=source, seq=stable_seq(facility, app, out.control_id, position=pos),
-             fallback=fallback, zone=zone)  # fmt: skip
+             fallback=fallback, zone=zone, codes=table)  # fmt: skip
     return out
 
 
@@ -162,7 +170,7 @@ def _ignore(out: ParsedOru, why: str) -> None:
 
 
 def _obx(out: ParsedOru, obx: hl7.Segment, pos: int, *, source: str, seq: int, fallback: str,
-         zone: tzinfo | None) -> None:  # fmt: skip
+         zone: tzinfo | None, codes: Normaliser) -> None:  # fmt: skip
     """Classify one OBX: publish, ignore or dead-letter."""
     g = lambda fld, comp=1: _sf(obx, fld, comp)  # noqa: E731
     vtype, code, name, system = g(2), g(3, 1), g(3, 2), g(3, 3)
@@ -170,12 +178,10 @@ def _obx(out: ParsedOru, obx: hl7.Segment, pos: int, *, source: str, seq: int, f
         return _ignore(out, "demo_mode")
     if g(11).upper() in _IGNORED_STATUS:
         return _ignore(out, "result_status")
-    canonical_system = SYSTEM_ALIASES.get(system)
-    codes = normaliser().codes
-    if canonical_system is None or not ((system, code) in codes or (system, name) in codes):
+    coded = codes.resolve(system, code, name)
+    if coded is None:
         return _ignore(out, "unmapped_code")
-    if (system, code) not in codes:
-        code = name  # the MDC reference id (MDC_PULS_OXIM_SAT_O2)
+    code = code or name
     if vtype not in _NUMERIC:
         return _ignore(out, "non_numeric")
     segment = str(obx)
@@ -184,18 +190,10 @@ def _obx(out: ParsedOru, obx: hl7.Segment, pos: int, *, source: str, seq: int, f
         inv = records.Invalid(reason, "InvalidEvent", f"OBX {pos} ({code}): {detail}", fld)
         out.errors.append(ObxError(pos, fld, inv, segment))
 
-    if vtype == "SN":
-        comparator, number = g(5, 1), g(5, 2)
-        if comparator not in ("", "="):
-            return bad("OBX-5", "bad_type", f"censored value {comparator}{number} is not a measurement")
-    else:
-        number = g(5, 1)
     try:
-        value = float(number)
-    except ValueError:
-        if not number:
-            return bad("OBX-5", "missing_field", "OBX-5 (value) is empty")
-        return bad("OBX-5", "bad_type", f"OBX-5 value {number[:40]!r} is not a number")
+        value, comparator = hl7_value(vtype, [g(5, c) for c in range(1, 5)])
+    except InvalidEvent as exc:
+        return bad("OBX-5", exc.reason, str(exc))
     stamp = g(14) or fallback
     if not stamp:
         return bad("OBX-14", "missing_field", "no observation time (OBX-14, OBR-7 and MSH-7 are empty)")
@@ -206,11 +204,15 @@ def _obx(out: ParsedOru, obx: hl7.Segment, pos: int, *, source: str, seq: int, f
     except (ValueError, TypeError, OverflowError):
         return bad("OBX-14", "bad_timestamp", f"time {stamp[:40]!r} is not an HL7 DTM")
     unit1, unit2 = g(6, 1), g(6, 2)
-    ev = observation(out.patient or "", source, seq, when, system, code, unit1 or unit2, value)
-    if isinstance(ev, records.Invalid) and ev.reason == "unknown_unit" and unit1 and unit2 and unit2 != unit1:
-        ev = observation(out.patient or "", source, seq, when, system, code, unit2, value)
+    unit = unit1 or unit2 or coded.default_unit
+    if unit1 and unit2 and codes.unit_conversion(coded.var, unit1) is None \
+            and codes.unit_conversion(coded.var, unit2) is not None:
+        unit = unit2  # OBX-6.1 unknown (a local code): the text, often the UCUM or printed unit
+    ev = observation(out.patient or "", source, seq, when, coded.system, coded.code, unit, value)
     if isinstance(ev, records.Invalid):
         fld = {"unit": "OBX-6", "value": "OBX-5", "time": "OBX-14", "code": "OBX-3"}.get(ev.field or "", "OBX")
         return bad(fld, ev.reason, ev.detail)
     out.events.append(ev)
+    if comparator:
+        out.censored += 1
     return None

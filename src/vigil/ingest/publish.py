@@ -103,11 +103,13 @@ class EdgeListener:
 
     def __init__(self, settings: Settings, publisher: Publisher | None = None,
                  metrics: IngestMetrics | None = None) -> None:  # fmt: skip
+        from vigil.codes import site_normaliser
         from vigil.ingest.events import site_zone
 
         self.settings = settings
         self.cfg = settings.ingest
         self.zone = site_zone(self.cfg.site_timezone)
+        self.codes = site_normaliser(self.cfg.code_map)  # validated here, at start-up (ConfigError names the line)
         self.publisher = publisher or Publisher(settings)
         self._own_publisher = publisher is None
         self.stats = IngestStats()

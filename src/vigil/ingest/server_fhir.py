@@ -147,7 +147,8 @@ class FhirServer(EdgeListener):
             return False
 
     def _map(self, d: Any) -> ObservationResult:
-        return map_observation(d, secret=self.settings.pseudonym_key.get_secret_value(), zone=self.zone)
+        return map_observation(d, secret=self.settings.pseudonym_key.get_secret_value(), zone=self.zone,
+                               codes=self.codes)  # fmt: skip
 
     def _records(self, d: Any, res: ObservationResult) -> list[tuple[str, bytes | None, bytes]]:
         if res.invalid is not None:

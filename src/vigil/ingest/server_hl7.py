@@ -146,7 +146,7 @@ class Hl7Listener(EdgeListener):
     async def handle_message(self, data: bytes) -> bytes:
         """Parse, publish (events + dead letters, acks=all), then build the ACK."""
         secret = self.settings.pseudonym_key.get_secret_value()
-        parsed = parse_oru(data, secret=secret, zone=self.zone, max_obx=self.cfg.max_obx)
+        parsed = parse_oru(data, secret=secret, zone=self.zone, max_obx=self.cfg.max_obx, codes=self.codes)
         key = parsed.patient.encode() if parsed.patient else None
         recs = []
         if parsed.reject is not None:
@@ -169,6 +169,8 @@ class Hl7Listener(EdgeListener):
         self.stats.add("dead_letters", len(recs) - len(parsed.events))
         for why, n in parsed.ignored.items():
             self.stats.add(f"ignored_{why}", n)
+        if parsed.censored:
+            self.stats.add("censored", parsed.censored)
         self._count(parsed)
         return self._ack(parsed, parsed.ack_code, parsed.control_id or _control_id(data), _errors(parsed),
                          summary=_summary(parsed))  # fmt: skip
