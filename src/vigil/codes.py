@@ -167,6 +167,23 @@ class Normaliser:
                 return conv
         return ucum.conversion(VARIABLES[var], unit)
 
+    def wire_unit(self, var: int, unit: str, value: float) -> tuple[str, float]:
+        """The (unit, value) an edge publishes: as sent when units.csv lists the unit, else converted here to
+        the canonical unit (an MDC unit, a UCUM-derived one), so the worker never needs the UCUM parser.
+
+        >>> normaliser().wire_unit(VAR_INDEX["WBC"], "{cells}/uL", 7200.0)
+        ('10*3/uL', 7.2)
+        >>> normaliser().wire_unit(VAR_INDEX["Glucose"], "mmol/L", 5.0)
+        ('mmol/L', 5.0)
+        """
+        if (var, unit) in self.units or (var, unit.strip()) in self.units:
+            return unit, value
+        conv = self.unit_conversion(var, unit)
+        if conv is None:
+            return unit, value
+        factor, offset = conv
+        return CANONICAL_UNITS[VARIABLES[var]], round(value * factor + offset, 6)
+
     def normalise(self, system: str, code: str, unit: str, value: float) -> tuple[int, float, str]:
         """Map a coded measurement onto its canonical variable and unit; raises :class:`InvalidEvent`
         with reason ``unknown_code``, ``unknown_unit`` or ``implausible_value``."""

@@ -99,6 +99,8 @@ def conversion(variable: str, unit: str) -> tuple[float, float] | None:
     canonical = CANONICAL_UNITS.get(variable)
     if canonical is None or not unit or len(unit) > _MAX_UNIT:
         return None
+    if unit.isdigit() and unit != "1":
+        return None  # a bare number is UCUM for that factor, but from a feed it is an (unlisted) MDC unit code
     allowed = ANNOTATIONS.get(variable, frozenset())
     if any(a not in allowed for a in _ANNOTATION.findall(unit)):
         return None

@@ -181,6 +181,13 @@ def map_observation(d: Any, *, secret: str, zone: tzinfo | None, source: str = "
                              qty.unit, float(qty.value))  # fmt: skip
         if isinstance(ev, records.Invalid):
             return _bad(res, ev.reason, f"{path}: {ev.detail}", path)
+        sent = orjson.loads(ev.value)["unit"]
+        wire_unit, wire_value = (codes or normaliser()).wire_unit(coded.var, sent, float(qty.value))
+        if wire_unit != sent:  # validated as sent, published in the canonical unit
+            ev = observation(res.patient, src, stable_seq(res.id, position=pos), when, coded.system, coded.code,
+                             wire_unit, wire_value)  # fmt: skip
+            if isinstance(ev, records.Invalid):
+                return _bad(res, ev.reason, f"{path}: {ev.detail}", path)
         res.events.append(ev)
         res.censored += qty.comparator is not None
     return res

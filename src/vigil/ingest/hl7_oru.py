@@ -209,6 +209,9 @@ def _obx(out: ParsedOru, obx: hl7.Segment, pos: int, *, source: str, seq: int, f
             and codes.unit_conversion(coded.var, unit2) is not None:
         unit = unit2  # OBX-6.1 unknown (a local code): the text, often the UCUM or printed unit
     ev = observation(out.patient or "", source, seq, when, coded.system, coded.code, unit, value)
+    wire_unit, wire_value = codes.wire_unit(coded.var, unit, value)
+    if wire_unit != unit and not isinstance(ev, records.Invalid):  # validated as sent, published canonical
+        ev = observation(out.patient or "", source, seq, when, coded.system, coded.code, wire_unit, wire_value)
     if isinstance(ev, records.Invalid):
         fld = {"unit": "OBX-6", "value": "OBX-5", "time": "OBX-14", "code": "OBX-3"}.get(ev.field or "", "OBX")
         return bad(fld, ev.reason, ev.detail)
