@@ -361,3 +361,11 @@ def records_event(rec):  # type: ignore[no-untyped-def]
     from vigil.ingest.events import Event
 
     return Event("vitals", rec.key, rec.value)
+
+
+def test_codes_table_is_published() -> None:
+    """docs/codes.md lists every code of codes.csv and every MDC unit (the coverage table is not stale)."""
+    text = DOCS.read_text()
+    missing = [r["code"] for r in read_table("codes.csv") if f"`{r['code']}`" not in text]
+    missing += [r["refid"] for r in read_table("mdc_units.csv") if r["refid"] not in text]
+    assert missing == []
