@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -106,19 +105,20 @@ class EdgeListener:
                  metrics: IngestMetrics | None = None) -> None:  # fmt: skip
         from vigil.codes import site_normaliser
         from vigil.ingest.events import site_zone
-        from vigil.units import ucum_registry
 
         self.settings = settings
         self.cfg = settings.ingest
         self.zone = site_zone(self.cfg.site_timezone)
         self.codes = site_normaliser(self.cfg.code_map)  # validated here, at start-up (ConfigError names the line)
-        threading.Thread(target=ucum_registry, name="ucum-warmup", daemon=True).start()  # ~2 s, off the 1st message
         self.publisher = publisher or Publisher(settings)
         self._own_publisher = publisher is None
         self.stats = IngestStats()
         self.metrics = metrics or IngestMetrics()
 
     async def _open(self) -> None:
+        from vigil.units import ucum_registry
+
+        await asyncio.to_thread(ucum_registry)  # the UCUM parser (~2 s once per process), before serving
         if self._own_publisher:
             await self.publisher.start()
 
