@@ -72,9 +72,11 @@ def test_hl7_sample_events_and_canonical_values(name: str) -> None:
     parsed = _hl7(name)
     assert parsed.ack_code == "AA" and parsed.errors == []
     assert _decoded(parsed.events) == EXPECTED_HL7[name]
-    for ev in parsed.events:  # the event carries a packaged code in the canonical system name
-        d = orjson.loads(ev.value)
-        assert d["system"] in ("LOINC", "MDC") and normaliser().codes.get((d["system"], d["code"]))
+    for ev in parsed.events:  # the event carries a packaged code in the canonical system name, and a unit that
+        d = orjson.loads(ev.value)  # units.csv lists: the worker needs neither the site map nor the UCUM parser
+        coded = normaliser().codes.get((d["system"], d["code"]))
+        assert d["system"] in ("LOINC", "MDC") and coded is not None
+        assert (coded[0], d["unit"]) in normaliser().units
 
 
 def test_lab_sample_censored_values_published_at_the_limit_and_counted() -> None:
