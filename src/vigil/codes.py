@@ -195,7 +195,7 @@ class Normaliser:
                 raise InvalidEvent("unknown_code", msg, "code")
             hit = coded.var, coded.kind
         var, kind = hit
-        conv = self.unit_conversion(var, unit)
+        conv = self.units.get((var, unit)) or self.unit_conversion(var, unit)
         if conv is None:
             msg = (f"unknown unit {unit!r} for {VARIABLES[var]} (code {system} {code}); "
                    f"canonical unit is {CANONICAL_UNITS[VARIABLES[var]]!r}")  # fmt: skip
