@@ -177,7 +177,9 @@ def test_mdc_rate_units_are_not_swapped() -> None:
     ("26464-8", "WBC"), ("6690-2", "WBC"), ("26515-7", "Platelets"), ("777-3", "Platelets"), ("20570-8", "Hct"),
     ("4544-3", "Hct"), ("59408-5", "O2Sat"), ("2708-6", "O2Sat"), ("8331-1", "Temp"), ("8332-9", "Temp"),
     ("8328-7", "Temp"), ("8333-7", "Temp"), ("8329-5", "Temp"), ("14749-6", "Glucose"), ("14682-9", "Creatinine"),
-    ("14937-7", "BUN"), ("14631-6", "Bilirubin_total"), ("2518-9", "Lactate"), ("89579-7", "TroponinI")])  # fmt: skip
+    ("14937-7", "BUN"), ("14631-6", "Bilirubin_total"), ("2518-9", "Lactate"), ("89579-7", "TroponinI"),
+    ("8893-0", "HR"), ("76534-7", "SBP"), ("76535-4", "DBP"), ("76536-2", "MAP"), ("76214-6", "MAP"),
+    ("76215-3", "SBP"), ("76213-8", "DBP"), ("11557-6", "PaCO2"), ("42719-5", "Bilirubin_total")])  # fmt: skip
 def test_loinc_synonyms(code: str, variable: str) -> None:
     coded = normaliser().resolve("http://loinc.org", code)
     assert coded is not None and VARIABLES[coded.var] == variable
