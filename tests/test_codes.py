@@ -373,3 +373,11 @@ def test_codes_table_is_published() -> None:
     missing = [r["code"] for r in read_table("codes.csv") if f"`{r['code']}`" not in text]
     missing += [r["refid"] for r in read_table("mdc_units.csv") if r["refid"] not in text]
     assert missing == []
+
+
+def test_mdc_chemistry_units() -> None:
+    n = normaliser()
+    assert n.normalise("LOINC", "14682-9", "MDC_DIM_MICRO_MOLE_PER_L", 88.42)[1] == pytest.approx(1.0, rel=1e-3)
+    assert n.normalise("LOINC", "2345-7", "0004-1272", 5.0)[1] == pytest.approx(90.08, rel=1e-3)  # mmol/L, hex
+    assert n.normalise("LOINC", "2345-7", "264274", 90.0)[1] == 90.0  # MDC_DIM_MILLI_G_PER_DL
+    assert n.normalise("MDC", "150364", "MDC_DIM_KELVIN", 310.15)[1] == pytest.approx(37.0)
