@@ -13,6 +13,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from vigil.config import TimeWindowSettings
 from vigil.errors import REASONS
 from vigil.ingest.events import patient_key
 from vigil.ingest.server_fhir import OUTCOMES, FhirServer
@@ -23,6 +24,13 @@ pytestmark = pytest.mark.broker
 DATA = Path(__file__).parent / "data" / "fhir"
 KEY = "test-pseudonym-key"  # conftest.INGEST_KEY: the key the ingest_env settings use
 SPEC = ["heart-rate", "respiratory-rate", "body-temperature", "satO2", "bloodpressure", "f001-glucose"]
+
+
+def replay_env(ingest_env, **ingest: object):  # type: ignore[no-untyped-def]
+    """ingest_env with time_window.mode=replay: the spec examples are dated years ago."""
+    s = ingest_env(**ingest)
+    s.time_window = TimeWindowSettings(mode="replay")
+    return s
 
 
 def example(name: str) -> dict:  # type: ignore[type-arg]
@@ -36,7 +44,7 @@ async def post(http: aiohttp.ClientSession, url: str, body: object) -> tuple[int
 
 
 def test_spec_examples_through_http(ingest_env, conforms) -> None:  # type: ignore[no-untyped-def]
-    s = ingest_env(site_timezone="UTC")  # the spec examples carry dates without a time zone
+    s = replay_env(ingest_env, site_timezone="UTC")  # the spec examples carry dates without a time zone
 
     async def main() -> None:
         server = await FhirServer(s).start()
@@ -52,7 +60,10 @@ def test_spec_examples_through_http(ingest_env, conforms) -> None:  # type: igno
         finally:
             await server.stop()
         assert [a[0] for a in answers] == [201] * 6
-        assert all(a[2]["Location"].startswith("Observation/obs-") for a in answers)
+        base = f"{url}/"
+        assert all(a[2]["Location"] == f"{base}{a[1]['id']}/_history/1" for a in answers)
+        assert all(a[1]["id"].startswith("obs-") and a[1]["meta"]["versionId"] == "1" for a in answers)
+        assert [a[1]["code"] for a in answers] == [example(n)["code"] for n in SPEC]  # the created resource
         assert status == 422 and outcome["resourceType"] == "OperationOutcome"
         assert "9273-4" in outcome["issue"][0]["diagnostics"]
         example_pt = patient_key("Patient/example", None, KEY).encode()
@@ -72,7 +83,7 @@ def test_spec_examples_through_http(ingest_env, conforms) -> None:  # type: igno
 
 
 def test_bundles_naive_times_and_errors(ingest_env) -> None:  # type: ignore[no-untyped-def]
-    s = ingest_env(max_message_bytes=4096)  # no site zone: date-only examples are rejected
+    s = replay_env(ingest_env, max_message_bytes=4096)  # no site zone: date-only examples are rejected
     sat, hr = example("satO2"), example("heart-rate")
     bad = copy.deepcopy(sat)
     bad["valueQuantity"]["value"] = 140
@@ -102,7 +113,7 @@ def test_bundles_naive_times_and_errors(ingest_env) -> None:  # type: ignore[no-
         assert batch[0] == 200
         statuses = [e["response"]["status"] for e in batch[1]["entry"]]
         assert statuses == ["201 Created", "422 Unprocessable Entity"]
-        assert again[0] == 201 and again[1]["entry"][0]["response"]["location"] == \
+        assert again[0] == 200 and again[1]["entry"][0]["response"]["location"] == \
             batch[1]["entry"][0]["response"]["location"]  # fmt: skip
         assert (junk[0], wrong[0], big[0]) == (400, 400, 413)
         assert all(x[1]["resourceType"] == "OperationOutcome" for x in (junk, wrong, big))
@@ -116,7 +127,7 @@ def test_bundles_naive_times_and_errors(ingest_env) -> None:  # type: ignore[no-
 
 
 def test_metrics_count_outcomes_and_carry_no_identifiers(ingest_env) -> None:  # type: ignore[no-untyped-def]
-    s = ingest_env(site_timezone="UTC", max_message_bytes=4096)
+    s = replay_env(ingest_env, site_timezone="UTC", max_message_bytes=4096)
     hr, sat = example("heart-rate"), example("satO2")
     bad = copy.deepcopy(sat)
     bad["valueQuantity"]["value"] = 140
@@ -154,8 +165,9 @@ def test_metrics_count_outcomes_and_carry_no_identifiers(ingest_env) -> None:  #
 
     assert asyncio.run(main()) == [201, 422, 400, 422, 200, 413, 405]
     outcomes = {o: value("vigil_ingest_messages_total", outcome=o) for o in (*OUTCOMES.values(), "other")}
-    assert outcomes == {"created": 1, "partial": 1, "rejected": 1, "too_large": 1, "unprocessable": 2,
-                        "unavailable": None, "other": 1}  # fmt: skip
+    assert outcomes == {"created": 1, "ok": 1, "rejected": 1, "too_large": 1, "unprocessable": 2,
+                        "unavailable": None, "unauthorized": None, "not_acceptable": None, "unsupported_media": None,
+                        "other": 1}  # fmt: skip
     observations = {o: value("vigil_ingest_observations_total", outcome=o) for o in ("published", "rejected",
                                                                                        "rolled_back")}  # fmt: skip
     assert observations == {"published": 2, "rejected": 3, "rolled_back": 1}
