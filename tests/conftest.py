@@ -14,6 +14,10 @@ import pytest
 from vigil.broker import EmbeddedBroker
 from vigil.config import Settings, load_settings
 
+# Development mode for every Settings and every worker / listener process the tests start: they may use the
+# public development pseudonym key (production refuses it, see vigil.ingest.security.require_production_key).
+os.environ.setdefault("VIGIL_DEV_MODE", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "physionet2019_sample.tar.gz"
 

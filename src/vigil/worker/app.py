@@ -79,6 +79,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
         store="memory://",
         datadir=tempfile.mkdtemp(prefix="vigil-faust-"),
         web_host=settings.web_host,
+        web_bind=settings.web_host,  # Faust binds web_bind (default 0.0.0.0), not web_host: bind exactly this
         web_port=web_port,
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
@@ -170,7 +171,15 @@ async def _hot_swap(engine: Engine, settings: Settings, value: bytes) -> None:
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run the worker until SIGTERM/SIGINT (blocking)."""
+    """Run the worker until SIGTERM/SIGINT (blocking). Refuses the public development pseudonym key unless
+    ``dev_mode`` is set."""
+    from vigil.errors import ConfigError
+    from vigil.ingest.security import require_production_key
+
+    try:
+        require_production_key(settings)
+    except ConfigError as exc:
+        raise SystemExit(f"vigil worker: {exc}") from None
     app, _engine = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
