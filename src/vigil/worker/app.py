@@ -120,14 +120,19 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
 async def _hot_swap(engine: Engine, settings: Settings, value: bytes) -> None:
     """Apply a ``model-updates`` event: ``promote``/``rollback`` load, check (feature-schema hash, canary
     rows against the card) and atomically switch the serving version of a model; ``shadow`` starts scoring
-    a candidate beside the live models (to ``scores-shadow``); ``unshadow`` stops it. A bad update is
-    refused and logged; the models in use keep serving."""
+    a candidate beside the live models (to ``scores-shadow``); ``unshadow`` stops it. A ``promote`` /
+    ``rollback`` is applied only for a version the registry records as promoted through the gate (or forced
+    with a reason) or rolled back to (:meth:`vigil.registry.Registry.update_refusal`). A bad update is refused
+    and logged; the models in use keep serving."""
     try:
         msg = orjson.loads(value)
         action = msg.get("action", "promote")
         if action not in ("promote", "rollback", "shadow", "unshadow"):
             raise ValueError(f"unknown action {action!r}")
         spec = f"{msg['name']}:{msg['version']}"
+        refusal = Registry(settings.models_dir).update_refusal(str(msg["name"]), str(msg["version"]), action)
+        if refusal is not None:
+            raise PermissionError(refusal)
         if action == "unshadow":
             new = None
         else:
