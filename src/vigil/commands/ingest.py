@@ -76,3 +76,16 @@ def ingest_fhir(ctx: click.Context, port: int | None, metrics_port: int | None) 
     s = settings_of(ctx)
     _refuse_dev_key(s)
     _run_ingest(serve_fhir(s, port, _metrics(s, metrics_port)))
+
+
+@ingest.command("hash-token")
+def ingest_hash_token() -> None:
+    """Read a FHIR bearer token on stdin; print its SHA-256 for ingest.fhir_token_sha256 (store only the hash)."""
+    import sys
+
+    from vigil.ingest.security import hash_token
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise click.ClickException("no token on stdin")
+    click.echo(hash_token(token))
