@@ -13,15 +13,12 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import hl7
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from vigil.config import Settings, TimeWindowSettings
 from vigil.ingest.mllp import Framer, frame
@@ -113,35 +110,6 @@ def heart_rate(mrn: str = "MRN-TLS-2") -> dict:  # type: ignore[type-arg]
                               "code": "/min"}}  # fmt: skip
 
 
-async def all_records(s: Settings) -> dict[str, list[bytes]]:
-    """Every record of every topic with the settings' prefix (topic -> values)."""
-    kw = s.kafka.client_kwargs()
-    admin = AIOKafkaAdminClient(**kw)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(s.topic_prefix)]
-    finally:
-        await admin.close()
-    consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False)
-    await consumer.start()
-    out: dict[str, list[bytes]] = {t: [] for t in topics}
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or {0}]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + 30
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < ends[tp] for tp in tps])
-
-        while await behind() and time.monotonic() < deadline:
-            for tp, recs in (await consumer.getmany(timeout_ms=200)).items():
-                out[tp.topic] += [r.value or b"" for r in recs]
-    finally:
-        await consumer.stop()
-    return out
-
-
 def replay_env(ingest_env, **ingest: object) -> Settings:  # type: ignore[no-untyped-def]
     s = ingest_env(**ingest)
     s.time_window = TimeWindowSettings(mode="replay")  # the test messages are dated 2026-01-01
@@ -168,7 +136,7 @@ async def send_mllp(port: int, data: bytes, ctx: ssl.SSLContext | None) -> bytes
 
 
 # ------------------------------------------------------------------------------------------------- MLLP
-def test_mllp_tls_refuses_plain_text_and_unknown_clients(ingest_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_mllp_tls_refuses_plain_text_and_unknown_clients(ingest_env, tmp_path, all_records) -> None:  # type: ignore[no-untyped-def]
     """Mutual TLS: a plain-text sender and a TLS client without (or with an untrusted) certificate are refused
     and publish nothing; a client with a certificate of the site's CA gets AA and its one event is published."""
     pki = make_pki(tmp_path)
@@ -290,7 +258,7 @@ def test_mllp_connection_flood_and_slow_senders_stay_in_bounds(ingest_env) -> No
 
 
 # ------------------------------------------------------------------------------------------------- FHIR
-def test_fhir_https_and_bearer_tokens(ingest_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_fhir_https_and_bearer_tokens(ingest_env, tmp_path, all_records) -> None:  # type: ignore[no-untyped-def]
     """HTTPS + hashed bearer tokens: plain HTTP gets no answer, no / a wrong token gets 401 + WWW-Authenticate
     before the body is read (a malformed body is not even dead-lettered), the metadata needs no token, and
     only the authenticated create is published."""
