@@ -325,12 +325,12 @@ class IngestSettings(BaseModel):
     fhir_token_sha256: list[SecretStr] = Field(
         default_factory=list, description="hex SHA-256 of each accepted FHIR bearer token; empty = no token auth"
     )
-    max_connections: int = Field(default=256, ge=1, description="open connections per listener; more are refused")
+    max_connections: int = Field(default=128, ge=1, description="open connections per listener; more are refused")
     message_deadline_s: float = Field(
         default=60.0, gt=0.0, description="a started message (or HTTP request) must be complete within this"
     )
     max_buffered_bytes: int = Field(
-        default=64 * 1_048_576, ge=1024, description="MLLP: bytes of partial frames held over all connections"
+        default=32 * 1_048_576, ge=1024, description="MLLP: bytes of partial frames held over all connections"
     )
 
 

@@ -105,6 +105,10 @@ class Hl7Listener(EdgeListener):
         self.stats.add("connections")
         open_conns = self.metrics.connections.labels(PROTOCOL)
         open_conns.inc()
+        # asyncio's socket transport reads up to 256 KiB per recv on top of the reader's 2 x _READ: bound it, so
+        # a connection holds at most ~3 x _READ in asyncio buffers (the rest of the memory bound is self.budget)
+        if hasattr(writer.transport, "max_size"):
+            writer.transport.max_size = _READ  # type: ignore[attr-defined]
         framer = Framer(self.cfg.max_message_bytes)
         held = 0  # bytes of this connection reserved in self.budget
         started: float | None = None  # monotonic time the unfinished message began (None: between messages)
