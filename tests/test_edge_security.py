@@ -416,3 +416,32 @@ def test_every_server_binds_only_the_configured_address(settings_factory, topics
     assert len(found["hl7"]) == 2 and len(found["fhir"]) == 2, found  # listener + metrics
     assert any(port == w.web_port for _, port in found["worker"]), found
     assert {addr for socks in found.values() for addr, _ in socks} == {"127.0.0.1"}, found
+
+
+def test_model_updates_accepted_only_when_the_registry_records_them(tmp_path) -> None:
+    """A worker's check on a model-updates event (Registry.update_refusal): a promotion is accepted only when
+    the history records it with the gate passed, or forced with a reason; a rollback only when recorded; the
+    deployed serving version of a line with no history is accepted; shadows are always allowed."""
+    import shutil
+
+    from vigil.config import REPO_ROOT
+    from vigil.registry import HISTORY_FILE, Registry
+
+    root = tmp_path / "models"
+    shutil.copytree(REPO_ROOT / "models", root)
+    reg = Registry(root)
+    assert reg.update_refusal("sepsis-mlp", "2", "promote") is None  # gate passed (shipped history)
+    assert reg.update_refusal("sepsis-gbm", "1", "promote") is None
+    assert "not recorded as promoted" in (reg.update_refusal("sepsis-mlp", "1", "promote") or "")
+    assert reg.update_refusal("sepsis-logreg", "1", "promote") is not None  # never promoted
+    reg.switch("sepsis-logreg", "1", "promote", expect_from=None, forced=True, reason="")
+    assert reg.update_refusal("sepsis-logreg", "1", "promote") is not None  # forced without a reason
+    reg.switch("sepsis-logreg", "1", "promote", expect_from="1", forced=True, reason="incident 42: old model")
+    assert reg.update_refusal("sepsis-logreg", "1", "promote") is None
+    assert reg.update_refusal("sepsis-mlp", "1", "rollback") is not None
+    reg.switch("sepsis-mlp", "1", "rollback", expect_from=None, reason="drill")
+    assert reg.update_refusal("sepsis-mlp", "1", "rollback") is None
+    assert reg.update_refusal("sepsis-mlp", "2", "shadow") is None and reg.update_refusal("x", "9", "unshadow") is None
+    (root / HISTORY_FILE).unlink()  # a fresh deployment: serving.json as shipped, no history yet
+    assert reg.update_refusal("sepsis-logreg", "1", "promote") is None  # serving.json now names it
+    assert reg.update_refusal("sepsis-mlp", "2", "promote") is not None
