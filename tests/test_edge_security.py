@@ -447,3 +447,45 @@ def test_model_updates_accepted_only_when_the_registry_records_them(tmp_path) ->
     (root / HISTORY_FILE).unlink()  # a fresh deployment: serving.json as shipped, no history yet
     assert reg.update_refusal("sepsis-logreg", "1", "promote") is None  # serving.json now names it
     assert reg.update_refusal("sepsis-mlp", "2", "promote") is not None
+
+
+def test_fhir_request_bodies_share_one_memory_budget(ingest_env) -> None:  # type: ignore[no-untyped-def]
+    """max_buffered_bytes=4096: a request whose 4000-byte body is still arriving holds its reservation; a second
+    request that does not fit gets 503 + Retry-After without its body being read; once the first sender is
+    gone the budget is free again."""
+    s = replay_env(ingest_env, max_buffered_bytes=4096, max_message_bytes=4096)
+
+    def head(n: int) -> bytes:
+        return (f"POST /fhir/Observation HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\n"
+                f"Content-Length: {n}\r\n\r\n").encode()  # fmt: skip
+
+    async def main() -> tuple[bytes, bytes, int, int]:
+        server = await FhirServer(s).start()
+        try:
+            r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
+            w1.write(head(4000) + b"{")
+            await w1.drain()
+            for _ in range(100):  # until the first request's body is being read
+                if server.budget.held:
+                    break
+                await asyncio.sleep(0.05)
+            held = server.budget.held
+            r2, w2 = await asyncio.open_connection("127.0.0.1", server.port)
+            w2.write(head(200) + b" " * 200)
+            busy = await asyncio.wait_for(r2.read(), 10)
+            w2.close()
+            w1.close()
+            await asyncio.sleep(0.3)
+            r3, w3 = await asyncio.open_connection("127.0.0.1", server.port)
+            w3.write(head(8) + b"not json")
+            later = await asyncio.wait_for(r3.read(12), 10)
+            w3.close()
+            await asyncio.sleep(0.1)
+            return busy, later, held, server.budget.held
+        finally:
+            await server.stop()
+
+    busy, later, held, after = asyncio.run(main())
+    assert held == 4000
+    assert busy.startswith(b"HTTP/1.1 503") and b"Retry-After: 5" in busy and b'"code":"transient"' in busy
+    assert later.startswith(b"HTTP/1.1 400") and after == 0

@@ -330,7 +330,7 @@ class IngestSettings(BaseModel):
         default=60.0, gt=0.0, description="a started message (or HTTP request) must be complete within this"
     )
     max_buffered_bytes: int = Field(
-        default=32 * 1_048_576, ge=1024, description="MLLP: bytes of partial frames held over all connections"
+        default=32 * 1_048_576, ge=1024, description="bytes of unfinished messages held (MLLP frames, FHIR bodies)"
     )
 
 

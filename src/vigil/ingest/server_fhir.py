@@ -59,7 +59,7 @@ from vigil.ingest.fhir_rest import (
     response_type,
 )
 from vigil.ingest.publish import EdgeListener, Publisher, dead_letter, serve_until_signalled
-from vigil.ingest.security import server_ssl_context, token_ok
+from vigil.ingest.security import BufferBudget, server_ssl_context, token_ok
 from vigil.metrics import IngestMetrics
 
 __all__ = ["FhirServer", "serve_fhir", "operation_outcome", "SOURCE", "PROTOCOL", "OUTCOMES"]
@@ -163,6 +163,7 @@ class FhirServer(EdgeListener):
         super().__init__(settings, publisher, metrics)
         self.ssl = server_ssl_context(self.cfg.tls)
         self.open_connections = 0
+        self.budget = BufferBudget(self.cfg.max_buffered_bytes)  # request bodies being read, over all requests
         self.app = web.Application(client_max_size=self.cfg.max_message_bytes,
                                    middlewares=[self._measure, self._guard])  # fmt: skip
         self.app.router.add_get(METADATA, self.get_metadata)
@@ -265,6 +266,21 @@ class FhirServer(EdgeListener):
         return resp
 
     async def _body(self, request: web.Request) -> tuple[Any, web.Response | None]:
+        # reserve the body's size (Content-Length, else the limit) in the listener's budget before reading it
+        size = min(request.content_length or self.cfg.max_message_bytes, self.cfg.max_message_bytes)
+        if not self.budget.take(size):
+            _complete(request)
+            self.stats.add("buffer_budget_exceeded")
+            text = "the server holds too many request bodies now; retry later"
+            resp = _json(503, operation_outcome(text, code="transient"), {"Retry-After": "5"})
+            resp.force_close()
+            return None, resp
+        try:
+            return await self._read_json(request)
+        finally:
+            self.budget.give(size)
+
+    async def _read_json(self, request: web.Request) -> tuple[Any, web.Response | None]:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
