@@ -156,6 +156,8 @@ class Hl7Listener(EdgeListener):
                         self.metrics.message_seconds.labels(PROTOCOL).observe(time.perf_counter() - received)
         except (ConnectionError, OSError):
             self.stats.add("connection_errors")
+        except asyncio.CancelledError:  # stop(): the connection is closed below; the task ends normally
+            self.stats.add("closed_at_stop")
         finally:
             self.budget.give(held)
             open_conns.dec()
