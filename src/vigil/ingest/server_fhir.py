@@ -260,7 +260,10 @@ class FhirServer(EdgeListener):
             resp = _json(415, operation_outcome(text, code="not-supported"))
             resp.force_close()
             return resp
-        resp = await handler(request)
+        try:
+            resp = await handler(request)
+        finally:
+            _complete(request)  # whatever the handler did (404, 405, ...), this request's deadline is over
         if isinstance(resp, web.Response) and resp.content_type == CT and ctype != CT:
             resp.content_type = ctype
         return resp
