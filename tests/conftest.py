@@ -14,6 +14,10 @@ import pytest
 from vigil.broker import EmbeddedBroker
 from vigil.config import Settings, load_settings
 
+# Development mode for every Settings and every worker / listener process the tests start: they may use the
+# public development pseudonym key (production refuses it, see vigil.ingest.security.require_production_key).
+os.environ.setdefault("VIGIL_DEV_MODE", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "physionet2019_sample.tar.gz"
 
@@ -127,3 +131,43 @@ def run_demand_job() -> Callable[..., Any]:
             await asyncio.wait_for(task, 10)
 
     return lambda *a, **kw: asyncio.run(run(*a, **kw))
+
+
+@pytest.fixture
+def all_records() -> Callable[[Settings], Any]:
+    """``await all_records(settings)``: every record value of every topic with the settings' prefix, by topic
+    (scans for planted identifiers, "nothing published" checks)."""
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def read(s: Settings) -> dict[str, list[bytes]]:
+        kw = s.kafka.client_kwargs()
+        admin = AIOKafkaAdminClient(**kw)
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics() if t.startswith(s.topic_prefix)]
+        finally:
+            await admin.close()
+        consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False)
+        await consumer.start()
+        out: dict[str, list[bytes]] = {t: [] for t in topics}
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or {0}]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            deadline = time.monotonic() + 30
+
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+            while await behind() and time.monotonic() < deadline:
+                for tp, recs in (await consumer.getmany(timeout_ms=200)).items():
+                    out[tp.topic] += [r.value or b"" for r in recs]
+        finally:
+            await consumer.stop()
+        return out
+
+    return read

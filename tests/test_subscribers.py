@@ -196,15 +196,22 @@ def topics(settings_factory: Callable[..., Settings], topics_factory: Callable[.
 
 # ------------------------------------------------------------------------------------------ no broker needed
 def test_signature_verification() -> None:
+    """t=<unix>,v1=HMAC(secret, t + "." + body): body and timestamp are signed together; stale ones refused."""
     body = orjson.dumps(make_alert(1))
-    header = signature_header(SECRET, body)
-    assert header.startswith("sha256=") and len(header) == 71
-    assert verify_signature(SECRET, body, header)
-    assert verify_signature(SECRET.encode(), body, header.upper().replace("SHA256=", "sha256="))
-    assert not verify_signature(SECRET, body.replace(b"0.61", b"0.16"), header)  # tampered body
-    assert not verify_signature("another-secret", body, header)  # wrong secret
-    for bad in (None, "", "sha1=" + header[7:], header[7:], "sha256=zz"):
-        assert not verify_signature(SECRET, body, bad)
+    t = 1_700_000_000
+    header = signature_header(SECRET, body, t)
+    sig = header.split(",v1=")[1]
+    assert header.startswith(f"t={t},v1=") and len(sig) == 64
+    assert verify_signature(SECRET, body, header, now=t + 10)
+    assert verify_signature(SECRET.encode(), body, header.upper().replace("T=", "t=").replace("V1=", "v1="), now=t)
+    assert not verify_signature(SECRET, body.replace(b"0.61", b"0.16"), header, now=t)  # tampered body
+    assert not verify_signature("another-secret", body, header, now=t)  # wrong secret
+    assert not verify_signature(SECRET, body, header, now=t + 301)  # stale: a captured delivery replayed later
+    assert verify_signature(SECRET, body, header, now=t + 301, tolerance_s=600)  # the receiver's tolerance
+    assert not verify_signature(SECRET, body, f"t={t + 301},v1={sig}", now=t + 301)  # fresh t, old signature
+    assert verify_signature(SECRET, body, f"t={t},v1={'0' * 64},v1={sig}", now=t)  # rotation: one match suffices
+    for bad in (None, "", "sha256=" + sig, sig, f"t={t}", f"v1={sig}", f"t=x,v1={sig}", f"t={t},v0={sig}"):
+        assert not verify_signature(SECRET, body, bad, now=t)
 
 
 def test_retry_policy_classification_and_destination_names() -> None:

@@ -245,6 +245,8 @@ def test_model_update_event_swaps_the_model_without_restart(settings_factory, to
     topics_factory(s, PARTITIONS)
     with WorkerProcess(s, log_path=tmp_path / "worker.log") as w:
         w.wait_ready()
+        # as `vigil models promote --force --reason` records it: workers accept only recorded promotions
+        Registry(models).switch("sepsis-mlp", "90", "promote", expect_from="1", forced=True, reason="hot-swap test")
         update = orjson.dumps({"name": "sepsis-mlp", "version": "90", "action": "promote"})
         bogus = orjson.dumps({"name": "sepsis-mlp", "version": "404", "action": "promote"})
         deadline = time.monotonic() + 60
@@ -343,7 +345,8 @@ def test_shadow_then_hot_swap_under_load_drops_and_doubles_nothing(settings_fact
             time.sleep(1.0)
         publish(s, events[:half])
         scores_by_row(s, 1, timeout_s=30)  # scoring is under way
-        update("91", "promote")  # wrong feature schema: refused
+        Registry(models).switch("sepsis-mlp", "91", "promote", expect_from="1", forced=True, reason="test")
+        update("91", "promote")  # recorded, but a wrong feature schema: refused by the worker's own check
         def stream_rest() -> None:  # the second half keeps flowing, in small batches, across the switch
             rest = events[half:]
             step = max(1, len(rest) // 20)
@@ -354,6 +357,7 @@ def test_shadow_then_hot_swap_under_load_drops_and_doubles_nothing(settings_fact
         loader = threading.Thread(target=stream_rest)
         loader.start()
         time.sleep(0.5)
+        Registry(models).switch("sepsis-mlp", "90", "promote", expect_from="91", forced=True, reason="test")
         update("90", "promote")
         loader.join()
 

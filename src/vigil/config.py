@@ -23,10 +23,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = [
     "KafkaSettings", "ScoringSettings", "StateSettings", "TimeWindowSettings", "AlertSettings",
     "RuleSettings", "DriftSettings", "RegistrySettings", "WebhookSettings", "DemandSettings", "DemandResource",
-    "IngestSettings", "Settings", "load_settings",
+    "IngestSettings", "EdgeTlsSettings", "Settings", "load_settings", "DEV_PSEUDONYM_KEY",
 ]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEV_PSEUDONYM_KEY = "vigil-dev-key-change-me"  # public: refused outside development mode
 
 
 class KafkaSettings(BaseModel):
@@ -290,6 +291,20 @@ class WebhookSettings(BaseModel):
     session_timeout_ms: int = Field(default=10_000, ge=1000, description="consumer group session timeout")
 
 
+class EdgeTlsSettings(BaseModel):
+    """TLS of the edge listeners (MLLP over TLS, HTTPS for FHIR): off while ``certfile`` is unset.
+    ``client_cafile`` turns on mutual TLS: a client must present a certificate signed by that CA."""
+
+    certfile: Path | None = Field(default=None, description="server certificate chain (PEM); None = no TLS")
+    keyfile: Path | None = Field(default=None, description="its private key (PEM)")
+    client_cafile: Path | None = Field(default=None, description="CA bundle for client certificates (mutual TLS)")
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
+
+
 class IngestSettings(BaseModel):
     """``vigil ingest hl7`` (MLLP) and ``vigil ingest fhir`` (HTTP): listeners at the edge (docs/ingest.md)."""
 
@@ -310,6 +325,18 @@ class IngestSettings(BaseModel):
         description="site code-map CSV (system,code,variable,unit,display) extending vigil/data/codes.csv; "
         "validated at listener start-up (docs/codes.md)",
     )
+    # Edge security (docs/ingest.md "Security"): TLS, FHIR bearer tokens, connection and memory bounds.
+    tls: EdgeTlsSettings = Field(default_factory=EdgeTlsSettings)
+    fhir_token_sha256: list[SecretStr] = Field(
+        default_factory=list, description="hex SHA-256 of each accepted FHIR bearer token; empty = no token auth"
+    )
+    max_connections: int = Field(default=128, ge=1, description="open connections per listener; more are refused")
+    message_deadline_s: float = Field(
+        default=60.0, gt=0.0, description="a started message (or HTTP request) must be complete within this"
+    )
+    max_buffered_bytes: int = Field(
+        default=32 * 1_048_576, ge=1024, description="bytes of unfinished messages held (MLLP frames, FHIR bodies)"
+    )
 
 
 class Settings(BaseSettings):
@@ -327,7 +354,10 @@ class Settings(BaseSettings):
     demand: DemandSettings = Field(default_factory=DemandSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     time_window: TimeWindowSettings = Field(default_factory=TimeWindowSettings)
-    pseudonym_key: SecretStr = SecretStr("vigil-dev-key-change-me")  # HMAC key for patient pseudonyms
+    pseudonym_key: SecretStr = SecretStr(DEV_PSEUDONYM_KEY)  # HMAC key for patient pseudonyms
+    # Development mode (VIGIL_DEV_MODE=1): the only way `vigil worker` / `vigil ingest` start with the public
+    # development pseudonym key above (the demo, tests and benchmarks set it). See vigil.ingest.security.
+    dev_mode: bool = False
     topic_prefix: str = ""  # prepended to every catalogue topic (tests use a unique prefix each)
     group_id: str = "vigil-worker"
     models_dir: Path = REPO_ROOT / "models"

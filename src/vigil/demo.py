@@ -219,6 +219,7 @@ def run_demo(settings: Settings, data: Path | None = None, limit: int | None = N
     from vigil.broker import EmbeddedBroker
 
     data = data or SAMPLE
+    settings.dev_mode = True  # the demo may run with the public development pseudonym key
     logdir = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     with contextlib.ExitStack() as stack:
         if not settings.kafka.bootstrap_servers:

@@ -146,8 +146,9 @@ class DemandMetrics:
 
 class IngestMetrics:
     """Metrics of the edge listeners ``vigil ingest hl7|fhir`` (own registry; one instance may serve both).
-    Labels: ``protocol`` (hl7 | fhir), ``outcome`` (HL7 ACK code AA | AE | AR; FHIR created | partial | rejected
-    | too_large | unprocessable | unavailable | other; observations published | rejected | ignored | rolled_back)
+    Labels: ``protocol`` (hl7 | fhir), ``outcome`` (HL7 ACK code AA | AE | AR; FHIR created | ok | rejected
+    | unauthorized | not_acceptable | too_large | unsupported_media | unprocessable | unavailable | other;
+    observations published | rejected | ignored | rolled_back)
     and the dead-letter ``reason`` (:data:`vigil.errors.REASONS`, else ``other``) — never patients, MRNs, control
     ids, facilities or anything else read from a message."""
 

@@ -42,6 +42,8 @@ class WorkerProcess:
             "VIGIL_LOG_LEVEL": s.log_level,
             "PYTHONUNBUFFERED": "1",
         }
+        if s.dev_mode:  # the demo, tests and benchmarks: the development pseudonym key is allowed
+            env["VIGIL_DEV_MODE"] = "1"
         env.update(self.extra_env)
         return env
 

@@ -198,6 +198,34 @@ class Registry:
                 fcntl.flock(fh, fcntl.LOCK_UN)
         return entry
 
+    def update_refusal(self, name: str, version: str, action: str) -> str | None:
+        """Why a worker must refuse a ``model-updates`` event, or None when the registry vouches for it.
+
+        ``promote``: the history records a promotion of ``name:version`` whose gate passed, or a forced one with
+        its reason; or it is the serving version of a model with no history yet (the deployed ``serving.json``).
+        ``rollback``: the history records a rollback to it (``vigil models rollback``). ``shadow`` /
+        ``unshadow`` change no live score and need only a registered version. Anyone able to write to the
+        topic can therefore only (re)announce what ``vigil models`` recorded."""
+        if action in ("shadow", "unshadow"):
+            return None
+        entries = [e for e in self.history(name) if str(e.get("to_version")) == version]
+        if action == "rollback":
+            if any(e.get("action") == "rollback" for e in entries):
+                return None
+            return f"no rollback to {name}:{version} is recorded in {HISTORY_FILE}"
+        for e in entries:
+            if e.get("action") != "promote":
+                continue
+            gate = e.get("gate") if isinstance(e.get("gate"), dict) else {}
+            if e.get("forced") and str(e.get("reason") or "").strip():
+                return None
+            if gate.get("passed") is True and not gate.get("forced"):
+                return None
+        if not entries and not self.history(name) and self.serving().get(name) == version:
+            return None  # the deployed serving version of a model line never promoted since
+        return (f"{name}:{version} is not recorded as promoted through the gate (or forced with a reason) in "
+                f"{HISTORY_FILE}; use `vigil models promote`")
+
     def _write_serving(self, serving: dict[str, str]) -> None:
         path = self.root / "serving.json"
         tmp = path.with_name(f".serving.json.{os.getpid()}.tmp")

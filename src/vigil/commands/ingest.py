@@ -35,6 +35,16 @@ def _metrics(s: Settings, metrics_port: int | None) -> IngestMetrics:
     return metrics
 
 
+def _refuse_dev_key(s: Settings) -> None:
+    from vigil.errors import ConfigError
+    from vigil.ingest.security import require_production_key
+
+    try:
+        require_production_key(s)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _run_ingest(serve: object) -> None:
     try:
         asyncio.run(serve)  # type: ignore[arg-type]
@@ -51,6 +61,7 @@ def ingest_hl7(ctx: click.Context, port: int | None, metrics_port: int | None) -
     from vigil.ingest.server_hl7 import serve_hl7
 
     s = settings_of(ctx)
+    _refuse_dev_key(s)
     _run_ingest(serve_hl7(s, port, _metrics(s, metrics_port)))
 
 
@@ -63,4 +74,18 @@ def ingest_fhir(ctx: click.Context, port: int | None, metrics_port: int | None) 
     from vigil.ingest.server_fhir import serve_fhir
 
     s = settings_of(ctx)
+    _refuse_dev_key(s)
     _run_ingest(serve_fhir(s, port, _metrics(s, metrics_port)))
+
+
+@ingest.command("hash-token")
+def ingest_hash_token() -> None:
+    """Read a FHIR bearer token on stdin; print its SHA-256 for ingest.fhir_token_sha256 (store only the hash)."""
+    import sys
+
+    from vigil.ingest.security import hash_token
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise click.ClickException("no token on stdin")
+    click.echo(hash_token(token))

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError
@@ -32,12 +33,15 @@ from vigil.codes import Coded, Normaliser, normaliser
 from vigil.errors import InvalidEvent
 from vigil.ingest.events import SEQ_SLOTS, Event, aware, observation, patient_key, stable_seq
 from vigil.ingest.values import CENSORING
+from vigil.timewindow import REASON, check_time
 
-__all__ = ["ObservationResult", "map_observation", "redact_observation", "ACCEPTED_STATUS"]
+if TYPE_CHECKING:
+    from vigil.config import TimeWindowSettings
+
+__all__ = ["ObservationResult", "map_observation", "ACCEPTED_STATUS"]
 
 ACCEPTED_STATUS = ("final", "amended", "corrected", "preliminary")
 _SOURCE_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
-_DROP = ("contained", "text", "performer", "subject", "encounter", "note", "specimen", "device")
 
 
 @dataclass(slots=True)
@@ -64,20 +68,6 @@ def _assigned_id(d: dict[str, Any]) -> str:
         except (TypeError, ValueError):  # not JSON-serialisable by orjson (e.g. an int over 64 bits)
             basis = "json:" + json.dumps(d, sort_keys=True, default=str)
     return "obs-" + hashlib.sha256(basis.encode()).hexdigest()[:16]
-
-
-def redact_observation(d: Any, patient: str | None) -> bytes:
-    """The Observation without subject, contained resources, narrative, performers, notes (identifiers and
-    names): what a dead letter may keep. The subject becomes the pseudonym."""
-    if not isinstance(d, dict):
-        return b"null"
-    out = {k: v for k, v in d.items() if k not in _DROP}
-    if patient:
-        out["subject"] = {"reference": f"Patient/{patient}"}
-    try:
-        return orjson.dumps(out)
-    except (TypeError, ValueError):
-        return json.dumps(out, default=str).encode("utf-8", "replace")
 
 
 def _bad(res: ObservationResult, reason: str, detail: str, expression: str | None, error_type: str = "InvalidEvent"
@@ -116,8 +106,11 @@ def _measure(codings: Any, codes: Normaliser | None = None) -> Coded | None:
 
 
 def map_observation(d: Any, *, secret: str, zone: tzinfo | None, source: str = "fhir/http",
-                    codes: Normaliser | None = None) -> ObservationResult:  # fmt: skip
-    """Validate one Observation (a JSON dict) and map it onto events (never raises)."""
+                    codes: Normaliser | None = None, window: TimeWindowSettings | None = None,
+                    now: float | None = None) -> ObservationResult:  # fmt: skip
+    """Validate one Observation (a JSON dict) and map it onto events (never raises). With ``window``, an
+    effective time outside it (:func:`vigil.timewindow.check_time`, wall clock ``now``) is refused with reason
+    ``time_out_of_range``."""
     from fhir.resources.R4B.observation import Observation
 
     res = ObservationResult(_assigned_id(d) if isinstance(d, dict) else "obs-invalid")
@@ -151,6 +144,10 @@ def map_observation(d: Any, *, secret: str, zone: tzinfo | None, source: str = "
         when = aware(stamp, zone, "Observation.effective")
     except InvalidEvent as exc:
         return _bad(res, exc.reason, str(exc), "Observation.effective")
+    if window is not None:
+        why = check_time(when.timestamp(), now=time.time() if now is None else now, window=window)
+        if why is not None:
+            return _bad(res, REASON, f"Observation.effective: {why}", "Observation.effective")
     items: list[tuple[str, Any, Any]] = []  # (FHIRPath, coding list, Quantity)
     if obs.valueQuantity is not None:
         items.append(("Observation.value", obs.code.coding, obs.valueQuantity))

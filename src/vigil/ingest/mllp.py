@@ -74,6 +74,12 @@ class Framer:
         return len(self._buf) if self._in_frame else 0
 
     @property
+    def held(self) -> int:
+        """Bytes held between calls (an unfinished frame plus unreported garbage): what a slow or malicious
+        sender makes this connection keep in memory."""
+        return len(self._buf) + len(self._noise)
+
+    @property
     def in_frame(self) -> bool:
         """True while a frame has started and not ended (a disconnect now loses an unfinished message)."""
         return self._in_frame or self._skipping

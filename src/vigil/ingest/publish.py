@@ -124,6 +124,10 @@ class EdgeListener:
 
     def _serving(self, up: bool) -> None:
         self.metrics.up.labels(self.protocol).set(1 if up else 0)
+        if up and self.cfg.host not in ("127.0.0.1", "::1", "localhost") and not self.cfg.tls.enabled:
+            logging.getLogger(type(self).__module__).warning(
+                "%s listener on %s without TLS (ingest.tls): any host that reaches it can send observations for "
+                "any patient; see docs/ingest.md, Security", self.protocol, self.cfg.host)  # fmt: skip
 
     async def _close(self) -> None:
         if self._own_publisher:

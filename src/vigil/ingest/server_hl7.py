@@ -11,6 +11,11 @@ written only after the broker acknowledged all of them (acks=all):
   no PID-3, too many OBX, larger than ``ingest.max_message_bytes`` — or the broker did not acknowledge in
   time (ERR 207: resend later; nothing was dead-lettered then).
 
+Connection handling (docs/ingest.md, "Security"): TLS when ``ingest.tls.certfile`` is set (mutual TLS with
+``ingest.tls.client_cafile``; a plain-text sender fails the handshake and nothing is read); at most
+``ingest.max_connections`` open connections (more are closed at once); a started message must complete within
+``ingest.message_deadline_s`` (a slow sender is cut off, whatever its byte rate); partial frames held over all
+connections are bounded by ``ingest.max_buffered_bytes`` (a connection that would exceed it is cut off).
 An idle connection is closed after ``ingest.read_timeout_s``; a sender that disconnects mid-message loses only
 that unacknowledged message (it was never ACKed, so it resends). Logs carry control ids and counts, never
 patient identifiers; the Prometheus metrics (:class:`vigil.metrics.IngestMetrics`, ``protocol="hl7"``) carry
@@ -31,6 +36,7 @@ from vigil.ingest.ack import build_ack, reason_code
 from vigil.ingest.hl7_oru import ParsedOru, decode_text, parse_oru, redact
 from vigil.ingest.mllp import Frame, Framer, Garbage, Oversize, frame
 from vigil.ingest.publish import EdgeListener, Publisher, dead_letter, serve_until_signalled
+from vigil.ingest.security import BufferBudget, server_ssl_context
 from vigil.metrics import IngestMetrics
 
 __all__ = ["Hl7Listener", "serve_hl7", "SOURCE", "PROTOCOL"]
@@ -52,6 +58,8 @@ class Hl7Listener(EdgeListener):
         super().__init__(settings, publisher, metrics)
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self.ssl = server_ssl_context(self.cfg.tls)
+        self.budget = BufferBudget(self.cfg.max_buffered_bytes)  # partial frames over all connections
 
     @property
     def port(self) -> int:
@@ -64,10 +72,13 @@ class Hl7Listener(EdgeListener):
     async def start(self, port: int | None = None) -> Hl7Listener:
         await self._open()
         self._server = await asyncio.start_server(
-            self._handle, self.cfg.host, self.cfg.hl7_port if port is None else port, limit=_READ
-        )
+            self._handle, self.cfg.host, self.cfg.hl7_port if port is None else port, limit=_READ, ssl=self.ssl,
+            ssl_handshake_timeout=self.cfg.message_deadline_s if self.ssl else None,
+        )  # fmt: skip
         self._serving(True)
-        log.info("MLLP listener on %s:%d", self.cfg.host, self.port)
+        mode = ("TLS + client certificates" if self.cfg.tls.client_cafile else "TLS") if self.ssl else "plain TCP"
+        log.info("MLLP listener on %s:%d (%s, at most %d connections)", self.cfg.host, self.port, mode,
+                 self.cfg.max_connections)  # fmt: skip
         return self
 
     async def stop(self) -> None:
@@ -82,19 +93,40 @@ class Hl7Listener(EdgeListener):
         await self._close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._conns) >= self.cfg.max_connections:  # over the limit: closed before anything is read
+            self.stats.add("connections_refused")
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._conns.add(task)
         self.stats.add("connections")
         open_conns = self.metrics.connections.labels(PROTOCOL)
         open_conns.inc()
+        # asyncio's socket transport reads up to 256 KiB per recv on top of the reader's 2 x _READ: bound it, so
+        # a connection holds at most ~3 x _READ in asyncio buffers (the rest of the memory bound is self.budget)
+        if hasattr(writer.transport, "max_size"):
+            writer.transport.max_size = _READ  # type: ignore[attr-defined]
         framer = Framer(self.cfg.max_message_bytes)
+        held = 0  # bytes of this connection reserved in self.budget
+        started: float | None = None  # monotonic time the unfinished message began (None: between messages)
+        deadline = self.cfg.message_deadline_s
         try:
             while True:
+                wait = self.cfg.read_timeout_s if started is None else deadline - (time.monotonic() - started)
                 try:
-                    data = await asyncio.wait_for(reader.read(_READ), self.cfg.read_timeout_s)
+                    if wait <= 0:
+                        raise TimeoutError
+                    data = await asyncio.wait_for(reader.read(_READ), wait)
                 except TimeoutError:
-                    self.stats.add("idle_timeouts")
+                    if started is None:
+                        self.stats.add("idle_timeouts")
+                    else:  # a slow sender: the message did not complete within the deadline
+                        self.stats.add("deadline_exceeded")
+                        log.info("MLLP message not complete within %.0f s (%d bytes held): connection cut",
+                                 deadline, framer.held)  # fmt: skip
                     break
                 if not data:
                     if framer.in_frame:
@@ -102,7 +134,21 @@ class Hl7Listener(EdgeListener):
                         log.info("sender disconnected mid-message (%d bytes discarded)", framer.pending)
                     break
                 received = time.perf_counter()  # every message completed by this read was received now
-                for item in framer.feed(data):
+                items = framer.feed(data)
+                now_held = framer.held
+                if now_held > held and not self.budget.take(now_held - held):
+                    self.stats.add("buffer_budget_exceeded")
+                    log.warning("partial MLLP frames over ingest.max_buffered_bytes=%d: connection cut",
+                                self.budget.limit)  # fmt: skip
+                    break
+                if now_held < held:
+                    self.budget.give(held - now_held)
+                held = now_held
+                if not (framer.in_frame or held):
+                    started = None
+                elif started is None or any(not isinstance(it, Garbage) for it in items):
+                    started = time.monotonic()  # a new message began (the previous one completed in this read)
+                for item in items:
                     reply = await self.process(item)
                     if reply is not None:
                         writer.write(frame(reply))
@@ -110,7 +156,10 @@ class Hl7Listener(EdgeListener):
                         self.metrics.message_seconds.labels(PROTOCOL).observe(time.perf_counter() - received)
         except (ConnectionError, OSError):
             self.stats.add("connection_errors")
+        except asyncio.CancelledError:  # stop(): the connection is closed below; the task ends normally
+            self.stats.add("closed_at_stop")
         finally:
+            self.budget.give(held)
             open_conns.dec()
             writer.close()
             with contextlib.suppress(Exception):

@@ -113,11 +113,12 @@ def destination_name(url: str) -> str:
 
 def delivery_headers(secret: bytes, body: bytes, alert_id: str, now: float | None = None) -> dict[str, str]:
     """Headers of one attempt: JSON content type, idempotency key, HMAC signature, timestamp, alert id."""
+    t = int(time.time() if now is None else now)
     return {
         "Content-Type": "application/json",
         "Idempotency-Key": alert_id,
-        SIGNATURE_HEADER: signature_header(secret, body),
-        "X-Vigil-Timestamp": str(int(time.time() if now is None else now)),
+        SIGNATURE_HEADER: signature_header(secret, body, t),  # signs t and the body together
+        "X-Vigil-Timestamp": str(t),
         "X-Vigil-Alert-Id": alert_id,
     }
 

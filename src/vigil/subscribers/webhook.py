@@ -2,7 +2,7 @@
 
 Each alert is POSTed as the exact JSON bytes of the ``alerts`` record with ``Content-Type: application/json``,
 ``Idempotency-Key`` and ``X-Vigil-Alert-Id`` (the deterministic ``alert_id``), ``X-Vigil-Timestamp`` (Unix
-seconds of the attempt) and ``X-Vigil-Signature: sha256=<hex HMAC-SHA256(secret, body)>``
+seconds of the attempt) and ``X-Vigil-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." + body)>``
 (:mod:`vigil.subscribers.signing`).
 
 **Receiving.** Read the raw body bytes; reject unless ``verify_signature(secret, body, header)`` holds

@@ -79,6 +79,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
         store="memory://",
         datadir=tempfile.mkdtemp(prefix="vigil-faust-"),
         web_host=settings.web_host,
+        web_bind=settings.web_host,  # Faust binds web_bind (default 0.0.0.0), not web_host: bind exactly this
         web_port=web_port,
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
@@ -119,14 +120,19 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
 async def _hot_swap(engine: Engine, settings: Settings, value: bytes) -> None:
     """Apply a ``model-updates`` event: ``promote``/``rollback`` load, check (feature-schema hash, canary
     rows against the card) and atomically switch the serving version of a model; ``shadow`` starts scoring
-    a candidate beside the live models (to ``scores-shadow``); ``unshadow`` stops it. A bad update is
-    refused and logged; the models in use keep serving."""
+    a candidate beside the live models (to ``scores-shadow``); ``unshadow`` stops it. A ``promote`` /
+    ``rollback`` is applied only for a version the registry records as promoted through the gate (or forced
+    with a reason) or rolled back to (:meth:`vigil.registry.Registry.update_refusal`). A bad update is refused
+    and logged; the models in use keep serving."""
     try:
         msg = orjson.loads(value)
         action = msg.get("action", "promote")
         if action not in ("promote", "rollback", "shadow", "unshadow"):
             raise ValueError(f"unknown action {action!r}")
         spec = f"{msg['name']}:{msg['version']}"
+        refusal = Registry(settings.models_dir).update_refusal(str(msg["name"]), str(msg["version"]), action)
+        if refusal is not None:
+            raise PermissionError(refusal)
         if action == "unshadow":
             new = None
         else:
@@ -170,7 +176,15 @@ async def _hot_swap(engine: Engine, settings: Settings, value: bytes) -> None:
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run the worker until SIGTERM/SIGINT (blocking)."""
+    """Run the worker until SIGTERM/SIGINT (blocking). Refuses the public development pseudonym key unless
+    ``dev_mode`` is set."""
+    from vigil.errors import ConfigError
+    from vigil.ingest.security import require_production_key
+
+    try:
+        require_production_key(settings)
+    except ConfigError as exc:
+        raise SystemExit(f"vigil worker: {exc}") from None
     app, _engine = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
