@@ -1,0 +1,196 @@
+"""What a dead letter of a rejected HL7 v2 message may keep: an ALLOW-LIST projection, never the message.
+
+A dead letter must let an integration engineer find the original message and see what was wrong with it, and
+must never carry a patient identifier (issue 14 item 5). Removing the segments known to carry identifiers (a
+deny-list) fails on what nobody listed: a name in an NTE, a phone number in an OBX-5 string, an MRN in OBR-3.
+So the dead letter keeps only fields named here, each checked against a pattern, and nothing else:
+
+* per message: the segment names in order (``MSH PID PV1 OBR OBX ...``), MSH-3/MSH-4 (sending application
+  and facility), MSH-7 (message time), MSH-9 (type), MSH-10 (control id, to find the message in the sender's
+  log), MSH-12 (version), EVN-1; PV1-2 (patient class) and PV1-3.1..3 (ward, room, bed: locations, not
+  people);
+* per OBX: OBX-1 (set id), OBX-2 (value type), OBX-3.1 / OBX-3.3 (code, coding system; OBX-3.2 only when
+  it is an ``MDC_*`` reference id), OBX-5 only when the type is NM/SN and it reads as a number, OBX-6.1/6.2
+  (unit), OBX-11 (status), OBX-14 (observation time);
+* per OBR: OBR-4.1 / OBR-4.3 (the universal service code) and OBR-7.
+
+Every kept value must match a narrow pattern (codes, numbers, times) or it is replaced by ``"<n chars>"``:
+a name planted in MSH-10 does not survive either. PID, PD1, NK1, PV2, NTE, GT1, IN1, ... contribute their
+segment name only. The projection works on text, so unparseable input is projected too.
+
+:func:`scrub` removes from an error message every value of the message that the projection did not keep
+(the errors quote offending values, e.g. ``OBX-5 value 'DOE' is not a number``).
+
+>>> p = orjson.loads(project(b"MSH|^~\\\\&|MON|ICU|||20260101||ORU^R01|C1|P|2.6\\rPID|||MRN-1||DOE^JOHN\\r"
+...                         b"OBX|1|NM|8867-4^HR^LN||88|/min|||||F"))
+>>> p["segments"], p["msh"]["control_id"], p["obx"][0]["value"]
+(['MSH', 'PID', 'OBX'], 'C1', '88')
+>>> "MRN-1" in str(p) or "DOE" in str(p)
+False
+>>> scrub("OBX 1: value 'DOE' is not a number", b"MSH|^~\\\\&|A\\rPID|||X||DOE^J")
+"OBX 1: value '<redacted>' is not a number"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["project", "project_segment", "scrub", "FORMAT"]
+
+FORMAT = "hl7v2-allowlist/1"  # the "format" of the projection (a consumer can tell it from a raw message)
+_CODE = re.compile(r"^[A-Za-z0-9_.\-:/%\[\]{}*+' ]{1,64}$")  # codes, units, ids, versions (no ^|~&\ )
+_MDC = re.compile(r"^MDC_[A-Z0-9_]{1,60}$")
+_TIME = re.compile(r"^[0-9]{4,14}(\.[0-9]{1,4})?([+-][0-9]{4})?$")
+_NUMBER = re.compile(r"^(<=|>=|<|>|=)?\^?[+-]?[0-9]{1,12}(\.[0-9]{1,8})?$")
+_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_MAX_SEGMENTS = 2000
+_MAX_OBX = 50  # a dead letter keeps at most this many OBX projections (the count is kept)
+
+
+def _keep(value: str, pattern: re.Pattern[str]) -> str | None:
+    if not value:
+        return None
+    return value if pattern.match(value) else f"<{len(value)} chars>"
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return text.replace("\r\n", "\r").replace("\n", "\r").strip("\r \t\x00")
+
+
+class _Seg:
+    """One segment split by the message's separators (field n = HL7 field n; MSH counted as HL7 does)."""
+
+    def __init__(self, text: str, fs: str, cs: str) -> None:
+        self.name = text[:3]
+        parts = text.split(fs)
+        self.fields = [self.name, fs, *parts[1:]] if self.name == "MSH" else parts
+        self.cs = cs
+
+    def get(self, n: int, comp: int = 1) -> str:
+        if n >= len(self.fields):
+            return ""
+        value = self.fields[n].split("~", 1)[0]
+        if self.name == "MSH" and n <= 2:
+            return value
+        comps = value.split(self.cs)
+        return comps[comp - 1].strip() if comp <= len(comps) else ""
+
+
+def _separators(text: str) -> tuple[str, str]:
+    if text.startswith("MSH") and len(text) >= 5:
+        fs = text[3]
+        cs = text[4] if len(text) > 4 and text[4] != fs else "^"
+        return fs, cs
+    return "|", "^"
+
+
+def _segments(raw: bytes) -> list[_Seg]:
+    text = _decode(raw)
+    fs, cs = _separators(text)
+    return [_Seg(s, fs, cs) for s in text.split("\r")[:_MAX_SEGMENTS] if s]
+
+
+def _obx(seg: _Seg) -> dict[str, Any]:
+    vtype = seg.get(2)
+    value = None
+    if vtype in ("NM", "SN"):
+        v = seg.get(5) if vtype == "NM" else seg.fields[5] if len(seg.fields) > 5 else ""
+        value = v if v and _NUMBER.match(v) else (f"<{len(v)} chars>" if v else None)
+    name = seg.get(3, 2)
+    d = {
+        "set_id": _keep(seg.get(1), _CODE), "value_type": _keep(vtype, _CODE), "code": _keep(seg.get(3, 1), _CODE),
+        "code_name": name if _MDC.match(name) else None, "system": _keep(seg.get(3, 3), _CODE), "value": value,
+        "unit": _keep(seg.get(6, 1), _CODE), "unit_alt": _keep(seg.get(6, 2), _CODE),
+        "status": _keep(seg.get(11), _CODE), "time": _keep(seg.get(14), _TIME),
+    }  # fmt: skip
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def project_segment(segment: str) -> bytes:
+    """The projection of one OBX segment (text) as JSON bytes (what a per-OBX dead letter keeps)."""
+    segs = _segments(segment.encode("utf-8"))
+    obx = [_obx(s) for s in segs if s.name == "OBX"]
+    return orjson.dumps({"format": FORMAT, "segments": [s.name for s in segs], "obx": obx})
+
+
+def project(raw: bytes) -> bytes:
+    """The allow-list projection of a (possibly unparseable) HL7 v2 message, as JSON bytes."""
+    segs = _segments(raw)
+    out: dict[str, Any] = {
+        "format": FORMAT, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+        "segments": [s.name if _NAME.match(s.name) else "?" for s in segs],
+    }  # fmt: skip
+    if not segs or segs[0].name != "MSH":
+        return orjson.dumps(out)
+    msh = segs[0]
+    kept = {
+        "sending_application": _keep(msh.get(3), _CODE), "sending_facility": _keep(msh.get(4), _CODE),
+        "time": _keep(msh.get(7), _TIME),
+        "type": "^".join(x for x in (_keep(msh.get(9, 1), _CODE), _keep(msh.get(9, 2), _CODE)) if x) or None,
+        "control_id": _keep(msh.get(10), _CODE), "version": _keep(msh.get(12), _CODE),
+    }  # fmt: skip
+    out["msh"] = {k: v for k, v in kept.items() if v is not None}
+    for s in segs:
+        if s.name == "EVN" and s.get(1):
+            out["evn_type"] = _keep(s.get(1), _CODE)
+        elif s.name == "PV1" and "pv1" not in out:
+            loc = {"class": _keep(s.get(2), _CODE), "ward": _keep(s.get(3, 1), _CODE),
+                   "room": _keep(s.get(3, 2), _CODE), "bed": _keep(s.get(3, 3), _CODE)}  # fmt: skip
+            out["pv1"] = {k: v for k, v in loc.items() if v is not None}
+        elif s.name == "OBR" and "obr" not in out:
+            obr = {"service": _keep(s.get(4, 1), _CODE), "system": _keep(s.get(4, 3), _CODE),
+                   "time": _keep(s.get(7), _TIME)}  # fmt: skip
+            out["obr"] = {k: v for k, v in obr.items() if v is not None}
+    obx = [s for s in segs if s.name == "OBX"]
+    out["obx_count"] = len(obx)
+    out["obx"] = [_obx(s) for s in obx[:_MAX_OBX]]
+    return orjson.dumps(out)
+
+
+def _kept_strings(projection: bytes) -> set[str]:
+    found: set[str] = set()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str):
+            found.add(v)
+            found.update(v.split("^"))
+
+    walk(orjson.loads(projection))
+    return found
+
+
+def scrub(detail: str, raw: bytes) -> str:
+    """``detail`` without any value of ``raw`` (every field, component and sub-component of every segment)
+    that the projection does not keep; values shorter than 3 characters are left (``M``, ``1``, ``NM``)."""
+    kept = _kept_strings(project(raw))
+    values: set[str] = set()
+    for seg in _segments(raw):
+        for fld in seg.fields[1:]:
+            for rep in fld.split("~"):
+                for comp in rep.split(seg.cs):
+                    for sub in comp.split("&"):
+                        sub = sub.strip()
+                        if len(sub) >= 3 and sub not in kept:
+                            values.add(sub)
+                    if len(comp.strip()) >= 3 and comp.strip() not in kept:
+                        values.add(comp.strip())
+                if len(rep.strip()) >= 3 and rep.strip() not in kept:
+                    values.add(rep.strip())
+    for v in sorted(values, key=len, reverse=True):
+        if v in detail:
+            detail = detail.replace(v, "<redacted>")
+    return detail
