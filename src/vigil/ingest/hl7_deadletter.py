@@ -14,9 +14,10 @@ So the dead letter keeps only fields named here, each checked against a pattern,
   (unit), OBX-11 (status), OBX-14 (observation time);
 * per OBR: OBR-4.1 / OBR-4.3 (the universal service code) and OBR-7.
 
-Every kept value must match a narrow pattern (codes, numbers, times) or it is replaced by ``"<n chars>"``:
-a name planted in MSH-10 does not survive either. PID, PD1, NK1, PV2, NTE, GT1, IN1, ... contribute their
-segment name only. The projection works on text, so unparseable input is projected too.
+Every kept value must match a narrow pattern (codes, numbers, times) or it is replaced by ``"<n chars>"``,
+and a kept value that also occurs in a field that is not kept (an MRN used as MSH-10, a birth date sent as an
+OBX-5 number) is replaced too. PID, PD1, NK1, PV2, NTE, GT1, IN1, ... contribute their segment name only.
+The projection works on text, so unparseable input is projected too.
 
 :func:`scrub` removes from an error message every value of the message that the projection did not keep
 (the errors quote offending values, e.g. ``OBX-5 value 'DOE' is not a number``).
@@ -48,7 +49,9 @@ _TIME = re.compile(r"^[0-9]{4,14}(\.[0-9]{1,4})?([+-][0-9]{4})?$")
 _NUMBER = re.compile(r"^(<=|>=|<|>|=)?\^?[+-]?[0-9]{1,12}(\.[0-9]{1,8})?$")
 _NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _MAX_SEGMENTS = 2000
-_MAX_OBX = 50  # a dead letter keeps at most this many OBX projections (the count is kept)
+_SUBSTRING = 6  # a sensitive value this long is found inside others too (a birth date in a time); shorter: whole
+_MAX_OBX = 50
+_TOKENS = re.compile(r"[^A-Za-z0-9]+")  # a dead letter keeps at most this many OBX projections (the count is kept)
 
 
 def _keep(value: str, pattern: re.Pattern[str]) -> str | None:
@@ -114,22 +117,64 @@ def _obx(seg: _Seg) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def project_segment(segment: str) -> bytes:
-    """The projection of one OBX segment (text) as JSON bytes (what a per-OBX dead letter keeps)."""
+def project_segment(segment: str, raw: bytes) -> bytes:
+    """The projection of one OBX segment (text) of message ``raw`` as JSON bytes (what a per-OBX dead letter
+    keeps); a value that also occurs in a field of ``raw`` that is not kept is dropped."""
     segs = _segments(segment.encode("utf-8"))
     obx = [_obx(s) for s in segs if s.name == "OBX"]
-    return orjson.dumps({"format": FORMAT, "segments": [s.name for s in segs], "obx": obx})
+    out = {"format": FORMAT, "segments": [s.name for s in segs], "obx": obx}
+    return orjson.dumps(_drop_sensitive(out, _sensitive(_segments(raw))))
+
+
+# the fields whose values a projection may keep, per segment (everything else is "sensitive")
+_KEPT_FIELDS = {"MSH": {1, 2, 3, 4, 7, 9, 10, 12}, "EVN": {1}, "PV1": {2, 3}, "OBR": {4, 7},
+                "OBX": {1, 2, 3, 5, 6, 11, 14}}  # fmt: skip
+
+
+def _values(seg: _Seg, fields: set[int] | None, keep: bool) -> set[str]:
+    """Every value (whole field, repetition, component, sub-component; >= 3 characters) of the fields of
+    ``seg`` that are in ``fields`` (``keep``) or not in them (not ``keep``)."""
+    out: set[str] = set()
+    for n, fld in enumerate(seg.fields):
+        if n == 0 or (fields is not None and (n in fields) != keep):
+            continue
+        for rep in fld.split("~"):
+            for comp in rep.split(seg.cs):
+                out.update(x.strip() for x in (rep, comp, *comp.split("&")))
+    return {v for v in out if len(v) >= 3}
+
+
+def _sensitive(segs: list[_Seg]) -> set[str]:
+    found: set[str] = set()
+    for s in segs:
+        found |= _values(s, _KEPT_FIELDS.get(s.name, set()), keep=False)
+    return found
+
+
+def _drop_sensitive(v: Any, sensitive: set[str]) -> Any:
+    if isinstance(v, dict):
+        return {k: _drop_sensitive(x, sensitive) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_drop_sensitive(x, sensitive) for x in v]
+    if isinstance(v, str) and (any(len(x) >= _SUBSTRING and x in v for x in sensitive)
+                               or not sensitive.isdisjoint(_TOKENS.split(v))):  # fmt: skip
+        return f"<{len(v)} chars>"
+    return v
 
 
 def project(raw: bytes) -> bytes:
     """The allow-list projection of a (possibly unparseable) HL7 v2 message, as JSON bytes."""
     segs = _segments(raw)
+    return orjson.dumps(_drop_sensitive(_project(raw, segs), _sensitive(segs)))
+
+
+def _project(raw: bytes, segs: list[_Seg]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "format": FORMAT, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
         "segments": [s.name if _NAME.match(s.name) else "?" for s in segs],
     }  # fmt: skip
     if not segs or segs[0].name != "MSH":
-        return orjson.dumps(out)
+        return out
     msh = segs[0]
     kept = {
         "sending_application": _keep(msh.get(3), _CODE), "sending_facility": _keep(msh.get(4), _CODE),
@@ -152,7 +197,7 @@ def project(raw: bytes) -> bytes:
     obx = [s for s in segs if s.name == "OBX"]
     out["obx_count"] = len(obx)
     out["obx"] = [_obx(s) for s in obx[:_MAX_OBX]]
-    return orjson.dumps(out)
+    return out
 
 
 def _kept_strings(projection: bytes) -> set[str]:
@@ -179,18 +224,11 @@ def scrub(detail: str, raw: bytes) -> str:
     kept = _kept_strings(project(raw))
     values: set[str] = set()
     for seg in _segments(raw):
-        for fld in seg.fields[1:]:
-            for rep in fld.split("~"):
-                for comp in rep.split(seg.cs):
-                    for sub in comp.split("&"):
-                        sub = sub.strip()
-                        if len(sub) >= 3 and sub not in kept:
-                            values.add(sub)
-                    if len(comp.strip()) >= 3 and comp.strip() not in kept:
-                        values.add(comp.strip())
-                if len(rep.strip()) >= 3 and rep.strip() not in kept:
-                    values.add(rep.strip())
+        values |= {v for v in _values(seg, None, keep=True) if v not in kept}
     for v in sorted(values, key=len, reverse=True):
         if v in detail:
-            detail = detail.replace(v, "<redacted>")
+            if len(v) >= _SUBSTRING:
+                detail = detail.replace(v, "<redacted>")
+            else:
+                detail = re.sub(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", "<redacted>", detail)
     return detail

@@ -195,7 +195,7 @@ class Hl7Listener(EdgeListener):
         else:
             parsed.errors = [dataclasses.replace(e, invalid=self._safe(e.invalid, data)) for e in parsed.errors]
             recs += [(self.publisher.topic(ev.stream), ev.key, ev.value) for ev in parsed.events]
-            recs += [dead_letter(self.settings, e.invalid, raw=project_segment(e.segment), key=key, source=SOURCE)
+            recs += [dead_letter(self.settings, e.invalid, raw=project_segment(e.segment, data), key=key, source=SOURCE)
                      for e in parsed.errors]  # fmt: skip
         try:
             await self.publisher.send(recs)
