@@ -395,3 +395,34 @@ def test_adt_then_bed_orus_are_scored_in_the_right_ward_transfer_moves_discharge
     # rows 0, 1 closed in ICU-A; row 2 (14:00-15:00) is closed after the 14:30 transfer, row 3 in WARD-B; the
     # discharge (16:30) closes the stay in row 4, which the worker does not score (it was not complete)
     assert ward == {0: "ICU-A", 1: "ICU-A", 2: "WARD-B", 3: "WARD-B"}
+
+
+# ------------------------------------------------------------------------------------------------ worker
+def test_worker_a13_cancel_discharge_withdraws_a_discharge_in_its_grace_period() -> None:
+    """An admit (A13, cancels discharge) of the same stay (admit_time = the stay's admission) after a discharge
+    that is still in its grace period keeps the stay open; an admit with another admission time does not."""
+    from vigil.config import load_settings
+    from vigil.worker.batch import InEvent, Processor
+    from vigil.worker.engine import load_scorers
+
+    t0, hour = datetime(2026, 1, 1, tzinfo=UTC).timestamp(), 3600.0
+    s = load_settings(None, state={"discharge_grace_s": 3600, "admit_grace_s": 60})
+
+    def adt_ev(p: str, t_h: float, kind: str, seq: int, admit_h: float = 0.0) -> InEvent:
+        ev = records.AdtEvent(p, "hl7/ADT", seq, t0 + t_h * hour, kind, "W1", "3", None, t0 + admit_h * hour,
+                              None, None, None)  # fmt: skip
+        return InEvent(ev, "adt", 0, t0)
+
+    def hr(p: str, t_h: float, seq: int) -> InEvent:
+        return InEvent(records.Observation(p, "mon", seq, t0 + t_h * hour, 0, 80.0, "vital"), "vitals", 0, t0)
+
+    proc = Processor(s, load_scorers(s))
+    for p in ("pt-a13", "pt-new"):
+        proc.process([adt_ev(p, 0, "admit", 1), hr(p, 0.5, 2), hr(p, 1.5, 3), adt_ev(p, 2.2, "discharge", 4)])
+    proc.process([adt_ev("pt-a13", 2.4, "admit", 5, admit_h=0.0),  # A13: the same stay
+                  adt_ev("pt-new", 2.4, "admit", 5, admit_h=2.4)])  # another admission: the discharge stands
+    proc.finalize_due(now=time.time() + 2 * 3600)
+    assert proc.states[0]["pt-a13"].discharged is False and proc.states[0]["pt-a13"].discharge_time is None
+    assert proc.states[0]["pt-new"].discharged is True
+    out = proc.process([hr("pt-a13", 3.5, 6)])
+    assert [orjson.loads(v)["row"] for _, v in out.scores] == [1, 2]  # the stay goes on: rows 1, 2 closed, scored
