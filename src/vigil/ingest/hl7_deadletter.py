@@ -35,12 +35,13 @@ False
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from typing import Any
 
 import orjson
 
-__all__ = ["project", "project_segment", "scrub", "FORMAT"]
+__all__ = ["project", "project_segment", "scrub", "FORMAT", "silence_hl7_library_logs"]
 
 FORMAT = "hl7v2-allowlist/1"  # the "format" of the projection (a consumer can tell it from a raw message)
 _CODE = re.compile(r"^[A-Za-z0-9_.\-:/%\[\]{}*+' ]{1,64}$")  # codes, units, ids, versions (no ^|~&\ )
@@ -52,6 +53,18 @@ _MAX_SEGMENTS = 2000
 _SUBSTRING = 6  # a sensitive value this long is found inside others too (a birth date in a time); shorter: whole
 _MAX_OBX = 50
 _TOKENS = re.compile(r"[^A-Za-z0-9]+")  # a dead letter keeps at most this many OBX projections (the count is kept)
+
+
+def silence_hl7_library_logs() -> None:
+    """python-hl7 logs the raw field value when it cannot unescape or decode one ("Error unescaping value
+    [<value>]" — a name, an MRN, a birth date) under loggers named after its source files; those loggers are
+    disabled so that no patient data reaches the listener's log (the message is answered and dead-lettered
+    as usual)."""
+    import hl7.containers
+    import hl7.util
+
+    for mod in (hl7.util, hl7.containers):
+        logging.getLogger(mod.__file__).disabled = True
 
 
 def _keep(value: str, pattern: re.Pattern[str]) -> str | None:
@@ -232,3 +245,6 @@ def scrub(detail: str, raw: bytes) -> str:
             else:
                 detail = re.sub(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", "<redacted>", detail)
     return detail
+
+
+silence_hl7_library_logs()
