@@ -263,6 +263,30 @@ def test_far_future_times_get_AE_and_a_dead_letter(ingest_env) -> None:  # type:
     asyncio.run(main())
 
 
+def test_adt_when_the_broker_does_not_acknowledge_gets_AR_and_changes_no_census(ingest_env, caplog) -> None:  # type: ignore[no-untyped-def]
+    from vigil.ingest.publish import Publisher
+
+    class DownPublisher(Publisher):
+        async def send(self, recs):  # type: ignore[no-untyped-def]
+            raise TimeoutError("broker down")
+
+    s = _env(ingest_env)
+    caplog.set_level(logging.INFO, logger="vigil")
+
+    async def main() -> None:
+        listener = await Hl7Listener(s, publisher=DownPublisher(s)).start()
+        try:
+            (ack,) = await exchange(listener.port, [frame(adt("A01", "MRN-ADT-1", "20260101120000+0000", "W^1^2"))])
+        finally:
+            await listener.stop()
+        assert msa(ack) == "AR" and "207^" in errs(ack)[0] and "resend" in errs(ack)[0]
+        assert listener.census.occupant("W", "1", "2", datetime(2026, 1, 1, 13, tzinfo=UTC).timestamp()) is None
+
+    asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "not acknowledged" in r.getMessage()]
+    assert len(lines) == 1 and "MRN-ADT-1" not in lines[0] and "<9 chars>" in lines[0]  # MSH-10 = the MRN
+
+
 PLANTED = ("MRN-PLANT-4711", "PLANTSURNAME", "PLANTGIVEN", "555-867-5309", "19470815", "V-PLANT-9")
 
 

@@ -31,6 +31,8 @@ import logging
 import re
 import time
 
+import orjson
+
 from vigil import records
 from vigil.config import Settings
 from vigil.ingest.ack import build_ack, reason_code
@@ -202,7 +204,7 @@ class Hl7Listener(EdgeListener):
         except Exception as exc:  # noqa: BLE001 - the sender must hear AR and resend; never AA
             self.stats.add("broker_failures")
             self.metrics.messages.labels(PROTOCOL, "AR").inc()
-            log.warning("message %s not acknowledged by the broker (%s): answered AR", parsed.control_id[:40],
+            log.warning("message %s not acknowledged by the broker (%s): answered AR", _log_id(data),
                         type(exc).__name__)  # fmt: skip
             detail = "the broker did not acknowledge the events in time; nothing was accepted, resend later"
             return self._ack(parsed, "AR", parsed.control_id or _control_id(data), [("", "207", detail)])
@@ -232,7 +234,7 @@ class Hl7Listener(EdgeListener):
         except Exception as exc:  # noqa: BLE001 - the sender must hear AR and resend; never AA
             self.stats.add("broker_failures")
             self.metrics.messages.labels(PROTOCOL, "AR").inc()
-            log.warning("ADT message %s not acknowledged by the broker (%s): answered AR", parsed.control_id[:40],
+            log.warning("ADT message %s not acknowledged by the broker (%s): answered AR", _log_id(data),
                         type(exc).__name__)  # fmt: skip
             detail = "the broker did not acknowledge the event in time; nothing was accepted, resend later"
             return self._ack(parsed, "AR", parsed.control_id or _control_id(data), [("", "207", detail)])
@@ -292,6 +294,13 @@ def _summary(parsed: ParsedOru) -> str | None:
     if parsed.errors:
         text += f", {len(parsed.errors)} rejected (dead-lettered; resending is safe)"
     return text
+
+
+def _log_id(raw: bytes) -> str:
+    """The control id as a log line may show it: as the dead-letter projection keeps it (``<n chars>`` when
+    it does not match the id pattern or also occurs in an identifying field, e.g. an MRN used as MSH-10)."""
+    msh = orjson.loads(redact(raw[:65536])).get("msh", {})
+    return str(msh.get("control_id", "?"))[:40]
 
 
 def _control_id(raw: bytes) -> str:
