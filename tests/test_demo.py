@@ -25,6 +25,7 @@ def test_demo_ends_with_a_summary_of_what_crossed_the_broker() -> None:
     assert {"malformed_json", "missing_field", "unknown_code", "implausible_value", "naive_timestamp"} <= set(
         summary["dead_letter_reasons"])  # fmt: skip
     assert summary["late_events"] == 0 and summary["metrics_endpoint_ok"]
+    assert summary["hl7_bed_association"] == ["AA", "AA", "AA", "AE"]  # ADT^A01, 2 bed ORU, 1 ORU for an empty bed
     for key in ("alerts", "events_per_s", "latency_p50_s", "latency_p99_s"):
         assert summary[key] is not None
     # the demand job's round: every ward x resource x horizon of the default settings

@@ -31,6 +31,20 @@ DATA = Path(__file__).parent / "data" / "hl7"
 KEY = "test-pseudonym-key"  # conftest.INGEST_KEY: the key the ingest_env settings use
 
 
+@pytest.fixture
+def ingest_env(ingest_env):  # type: ignore[no-untyped-def]
+    """conftest's ``ingest_env`` with ``time_window.mode=replay``: these messages are dated 2026-01-01 and
+    would otherwise be refused as implausible (time_out_of_range) by the live window."""
+    from vigil.config import TimeWindowSettings
+
+    def make(**ingest: object):  # type: ignore[no-untyped-def]
+        s = ingest_env(**ingest)
+        s.time_window = TimeWindowSettings(mode="replay")
+        return s
+
+    return make
+
+
 async def exchange(port: int, chunks: list[bytes], n_acks: int = 1, timeout: float = 15.0) -> list[hl7.Message]:
     """Send ``chunks`` (with a pause between them, so they arrive as separate reads) and read ``n_acks`` ACKs."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -77,13 +91,15 @@ def test_public_samples_through_the_socket(ingest_env, conforms) -> None:  # typ
         try:
             payload = b"".join(frame((DATA / n).read_bytes()) for n in names)
             acks = await exchange(listener.port, [payload], n_acks=len(names))
-            assert [msa(a) for a in acks] == ["AA", "AR", "AA", "AA", "AR"]
+            # Mindray: PID-3 empty, bed ICU^^5 with no ADT for it -> AE unknown bed; the ADT^A04 is accepted
+            assert [msa(a) for a in acks] == ["AA", "AE", "AA", "AA", "AA"]
             assert [str(a.extract_field("MSA", 1, 2, 1, 1)) for a in acks] == [
                 "202506100151270003", "23545", "MSG00005", "CNTRL-3456", "12334456778890"]
-            assert "PID-3" in errs(acks[1])[0] and "200^" in errs(acks[4])[0]
+            assert "PV1^1^3" in errs(acks[1])[0] and "unknown or empty bed" in errs(acks[1])[0]
             vitals = await read_at_least(s, s.topic("vitals"), 8)
             labs = await read_at_least(s, s.topic("labs"), 1)
-            dead = await read_at_least(s, s.topic("dead-letter"), 2)
+            dead = await read_at_least(s, s.topic("dead-letter"), 1)
+            adt = await read_at_least(s, s.topic("adt"), 1)
         finally:
             await listener.stop()
         comen = patient_key("10006", None, KEY).encode()
@@ -94,12 +110,18 @@ def test_public_samples_through_the_socket(ingest_env, conforms) -> None:  # typ
         lab = orjson.loads(labs[0].value)
         assert (lab["code"], lab["value"], lab["time"]) == ("2345-7", 95.0, "2026-07-01T12:00:00+00:00")
         assert labs[0].key == patient_key("100GEJ", None, KEY).encode()
-        for rec in dead:
-            d = orjson.loads(rec.value)
-            raw = base64.b64decode(d["raw_b64"]).decode()
-            assert d["source_topic"] == "hl7-mllp" and "JOHN SMITH" not in raw and "PID" not in raw
+        assert len(dead) == 1
+        d = orjson.loads(dead[0].value)
+        raw = base64.b64decode(d["raw_b64"]).decode()
+        assert d["source_topic"] == "hl7-mllp" and d["reason"] == "unknown_bed" and "JOHN SMITH" not in raw
+        assert orjson.loads(raw)["pv1"] == {"class": "I", "ward": "ICU", "bed": "5"}
+        a = orjson.loads(adt[0].value)
+        assert (a["kind"], a["trigger"], a["patient_class"], a["time"]) == ("admit", "A04", "O",
+                                                                            "2006-07-05T00:00:00+00:00")
+        assert adt[0].key == patient_key("0000112234", None, KEY).encode()
+        assert "age" not in a and a["sex"] == "U"  # PID-7 10131113 (year 1013) is no plausible age; PID-8 "1"
         assert listener.stats.counts["ignored_unmapped_code"] == 7
-        conforms(s, {"vitals": vitals, "labs": labs, "dead-letter": dead})
+        conforms(s, {"vitals": vitals, "labs": labs, "dead-letter": dead, "adt": adt})
 
     asyncio.run(main())
 
@@ -298,7 +320,7 @@ def test_metrics_count_outcomes_and_carry_no_identifiers(ingest_env) -> None:  #
 def test_ingest_hl7_command_serves_metrics(ingest_env) -> None:  # type: ignore[no-untyped-def]
     """`vigil ingest hl7 --port 0 --metrics-port 0` as a process: ACKs over MLLP, counts on /metrics."""
     s = ingest_env()
-    env = {**os.environ, "VIGIL_PSEUDONYM_KEY": KEY}
+    env = {**os.environ, "VIGIL_PSEUDONYM_KEY": KEY, "VIGIL_TIME_WINDOW__MODE": "replay"}
     cmd = [sys.executable, "-m", "vigil", "--bootstrap", s.kafka.bootstrap_servers or "", "--topic-prefix",
            s.topic_prefix, "ingest", "hl7", "--port", "0", "--metrics-port", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

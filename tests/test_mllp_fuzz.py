@@ -100,7 +100,8 @@ def servers(broker: str) -> Iterator[tuple[Hl7Listener, FhirServer]]:  # type: i
     from vigil.config import load_settings
 
     s = load_settings(None, topic_prefix=f"t{uuid.uuid4().hex[:10]}-", kafka={"bootstrap_servers": broker},
-                      ingest={"hl7_port": 0, "fhir_port": 0, "max_message_bytes": LIMIT, "read_timeout_s": 3})
+                      ingest={"hl7_port": 0, "fhir_port": 0, "max_message_bytes": LIMIT, "read_timeout_s": 3},
+                      time_window={"mode": "replay"})  # VALID is dated 2026-01-01  # fmt: skip
     asyncio.run(create_topics(s.kafka.client_kwargs(), load_catalog(s.streams_dir), s.topic_prefix, 1))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)

@@ -337,6 +337,19 @@ class IngestSettings(BaseModel):
     max_buffered_bytes: int = Field(
         default=32 * 1_048_576, ge=1024, description="bytes of unfinished messages held (MLLP frames, FHIR bodies)"
     )
+    # HL7 ADT and bed association (vigil.ingest.hl7_adt, vigil.ingest.census)
+    bed_association: bool = Field(
+        default=True, description="attribute an ORU without PID-3 to the occupant of its PV1-3 bed (ADT census)"
+    )
+    census_lookback_s: float = Field(
+        default=30 * 86400.0, gt=0.0, description="on start, the census reads the adt topic back this far"
+    )
+    census_catchup_s: float = Field(
+        default=30.0, ge=0.0, description="on start, wait at most this long for the census to read the adt topic"
+    )
+    ward_units: dict[str, str] = Field(
+        default_factory=dict, description="PV1-3.1 point of care -> ICU unit (MICU, SICU, ...) for ADT events"
+    )
 
 
 class Settings(BaseSettings):

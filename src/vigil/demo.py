@@ -176,6 +176,12 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
         metrics_text = procs[0].metrics_text()
         demand, verified = await _demand_round(settings)
         _print_demand(demand)
+        from vigil.ingest.demo_hl7 import bed_association_demo
+
+        hl7_beds = await bed_association_demo(settings)  # ADT^A01 + ORU without PID-3 over MLLP
+        print(f"demo: HL7 over MLLP: ADT^A01 to bed DEMO-ICU^1^4, then ORU without PID-3 for that bed and one for "
+              f"an empty bed: ACKs {hl7_beds['acks']}, {hl7_beds['events']} observations attributed to "
+              f"{hl7_beds['patient']}", flush=True)  # fmt: skip
     finally:
         for tail in tails.values():
             await tail.stop()
@@ -211,6 +217,7 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
         "demand_wards": sorted({f["ward"] for f in demand}),
         "capacity_alerts": sum(1 for f in demand if f["kind"] == "capacity_alert" and f["event"] == "raised"),
         "demand_verified_review_12h": verified,
+        "hl7_bed_association": hl7_beds["acks"],
         "wall_s": round(time.time() - t0, 2),
     }
 

@@ -35,6 +35,7 @@ REASONS: tuple[str, ...] = (
     "processing_error",  # a valid event whose processing raised: quarantined, the rest goes on
     "wrong_partition",  # the record's key belongs to another partition (a foreign partitioner)
     "oversize",  # a record larger than the configured bound
+    "unknown_bed",  # an observation without a patient id whose bed has no occupant in the ADT census
 )
 
 

@@ -1,4 +1,9 @@
-"""``vigil ingest hl7``: an asyncio MLLP listener for ORU^R01, answering each message with an HL7 ACK.
+"""``vigil ingest hl7``: an asyncio MLLP listener for ORU^R01 and ADT, answering each message with an HL7 ACK.
+
+ADT messages (:mod:`vigil.ingest.hl7_adt`) become ``adt`` events; the listener's bed census
+(:mod:`vigil.ingest.census`: its own ADT plus the ``adt`` topic) attributes an ORU without PID-3 to the
+occupant of its PV1-3 bed (``ingest.bed_association``). Without ``ingest.site_timezone`` the listener says
+so at start-up, and every AE caused by a time without an offset says so too.
 
 Per connection: reads are de-framed incrementally (:class:`vigil.ingest.mllp.Framer`: partial frames across
 reads, several frames per read, garbage between frames, a size limit); messages of one connection are handled
@@ -26,13 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
 
+import orjson
+
 from vigil import records
 from vigil.config import Settings
 from vigil.ingest.ack import build_ack, reason_code
+from vigil.ingest.census import AdtTopicFeed, BedCensus
+from vigil.ingest.hl7_adt import ParsedAdt, message_type, parse_adt
+from vigil.ingest.hl7_deadletter import project_segment, scrub
 from vigil.ingest.hl7_oru import ParsedOru, decode_text, parse_oru, redact
 from vigil.ingest.mllp import Frame, Framer, Garbage, Oversize, frame
 from vigil.ingest.publish import EdgeListener, Publisher, dead_letter, serve_until_signalled
@@ -60,6 +71,8 @@ class Hl7Listener(EdgeListener):
         self._conns: set[asyncio.Task[None]] = set()
         self.ssl = server_ssl_context(self.cfg.tls)
         self.budget = BufferBudget(self.cfg.max_buffered_bytes)  # partial frames over all connections
+        self.census = BedCensus(self.cfg.census_lookback_s)
+        self._census_feed: AdtTopicFeed | None = None
 
     @property
     def port(self) -> int:
@@ -69,8 +82,20 @@ class Hl7Listener(EdgeListener):
     def address(self) -> str:
         return f"{self.cfg.host}:{self.port}"
 
+    async def _start_feeds(self) -> None:
+        """The start-up notices and the bed census (message dispatch; see the module docstring)."""
+        if self.zone is None:
+            log.warning("ingest.site_timezone is not set: HL7 times without a UTC offset are refused (AE, "
+                        "naive_timestamp); set it (e.g. VIGIL_INGEST__SITE_TIMEZONE=Europe/Berlin) if senders "
+                        "send local times")  # fmt: skip
+        if self.cfg.bed_association:
+            self._census_feed = await AdtTopicFeed(self.settings, self.census).start()
+        else:
+            log.info("bed association is off (ingest.bed_association): an ORU without PID-3 is rejected")
+
     async def start(self, port: int | None = None) -> Hl7Listener:
         await self._open()
+        await self._start_feeds()
         self._server = await asyncio.start_server(
             self._handle, self.cfg.host, self.cfg.hl7_port if port is None else port, limit=_READ, ssl=self.ssl,
             ssl_handshake_timeout=self.cfg.message_deadline_s if self.ssl else None,
@@ -83,6 +108,9 @@ class Hl7Listener(EdgeListener):
 
     async def stop(self) -> None:
         self._serving(False)
+        if self._census_feed is not None:
+            await self._census_feed.stop()
+            self._census_feed = None
         if self._server is not None:
             self._server.close()
             for task in list(self._conns):
@@ -174,7 +202,7 @@ class Hl7Listener(EdgeListener):
         if isinstance(item, Garbage):
             self.stats.add("garbage_chunks")
             inv = records.Invalid("bad_type", "MLLPFramingError", f"{len(item.data)} bytes outside an MLLP frame")
-            await self._dead_letter_only(inv, redact(item.data) or None)
+            await self._dead_letter_only(inv, redact(item.data))
             return None
         control_id = _control_id(item.head)
         detail = f"message of at least {item.size} bytes exceeds ingest.max_message_bytes={self.cfg.max_message_bytes}"
@@ -192,24 +220,40 @@ class Hl7Listener(EdgeListener):
         except Exception as exc:  # noqa: BLE001 - never let the broker take the listener down
             log.warning("dead letter not acknowledged by the broker: %s", type(exc).__name__)
 
+    def _locate(self, ward: str, room: str, bed: str, t: float) -> str | None:
+        return self.census.occupant(ward, room, bed, t)
+
+    def _safe(self, inv: records.Invalid, data: bytes) -> records.Invalid:
+        """``inv`` with every value of the message that a dead letter may not keep removed from its detail."""
+        detail = scrub(inv.detail, data)
+        if inv.reason == "naive_timestamp" and self.zone is None and "site_timezone" not in detail:
+            detail += " (ingest.site_timezone is not set on this listener)"
+        return records.Invalid(inv.reason, inv.error_type, detail, inv.field)
+
     async def handle_message(self, data: bytes) -> bytes:
-        """Parse, publish (events + dead letters, acks=all), then build the ACK."""
+        """Parse, publish (events + dead letters, acks=all), then build the ACK. ADT goes to :meth:`handle_adt`."""
         secret = self.settings.pseudonym_key.get_secret_value()
-        parsed = parse_oru(data, secret=secret, zone=self.zone, max_obx=self.cfg.max_obx, codes=self.codes)
+        if message_type(decode_text(data[:4096]))[0] == "ADT":
+            return await self.handle_adt(data, secret)
+        parsed = parse_oru(data, secret=secret, zone=self.zone, max_obx=self.cfg.max_obx, codes=self.codes,
+                           window=self.settings.time_window,
+                           locate=self._locate if self.cfg.bed_association else None)  # fmt: skip
         key = parsed.patient.encode() if parsed.patient else None
         recs = []
         if parsed.reject is not None:
+            parsed.reject = self._safe(parsed.reject, data)
             recs.append(dead_letter(self.settings, parsed.reject, raw=redact(data), key=key, source=SOURCE))
         else:
+            parsed.errors = [dataclasses.replace(e, invalid=self._safe(e.invalid, data)) for e in parsed.errors]
             recs += [(self.publisher.topic(ev.stream), ev.key, ev.value) for ev in parsed.events]
-            recs += [dead_letter(self.settings, e.invalid, raw=e.segment.encode(), key=key, source=SOURCE)
+            recs += [dead_letter(self.settings, e.invalid, raw=project_segment(e.segment, data), key=key, source=SOURCE)
                      for e in parsed.errors]  # fmt: skip
         try:
             await self.publisher.send(recs)
         except Exception as exc:  # noqa: BLE001 - the sender must hear AR and resend; never AA
             self.stats.add("broker_failures")
             self.metrics.messages.labels(PROTOCOL, "AR").inc()
-            log.warning("message %s not acknowledged by the broker (%s): answered AR", parsed.control_id[:40],
+            log.warning("message %s not acknowledged by the broker (%s): answered AR", _log_id(data),
                         type(exc).__name__)  # fmt: skip
             detail = "the broker did not acknowledge the events in time; nothing was accepted, resend later"
             return self._ack(parsed, "AR", parsed.control_id or _control_id(data), [("", "207", detail)])
@@ -224,6 +268,47 @@ class Hl7Listener(EdgeListener):
         return self._ack(parsed, parsed.ack_code, parsed.control_id or _control_id(data), _errors(parsed),
                          summary=_summary(parsed))  # fmt: skip
 
+    async def handle_adt(self, data: bytes, secret: str) -> bytes:
+        """One ADT message: the ``adt`` event (or its dead letter) acknowledged by the broker, then the census
+        updated and the ACK built."""
+        parsed = parse_adt(decode_text(data), secret=secret, zone=self.zone, window=self.settings.time_window,
+                           ward_units=self.cfg.ward_units)  # fmt: skip
+        key = parsed.patient.encode() if parsed.patient else None
+        recs = []
+        if parsed.reject is not None:
+            parsed.reject = self._safe(parsed.reject, data)
+            recs.append(dead_letter(self.settings, parsed.reject, raw=redact(data), key=key, source=SOURCE))
+        elif parsed.event is not None:
+            recs.append((self.publisher.topic("adt"), parsed.event.key, parsed.event.value))
+        try:
+            await self.publisher.send(recs)
+        except Exception as exc:  # noqa: BLE001 - the sender must hear AR and resend; never AA
+            self.stats.add("broker_failures")
+            self.metrics.messages.labels(PROTOCOL, "AR").inc()
+            log.warning("ADT message %s not acknowledged by the broker (%s): answered AR", _log_id(data),
+                        type(exc).__name__)  # fmt: skip
+            detail = "the broker did not acknowledge the event in time; nothing was accepted, resend later"
+            return self._ack(parsed, "AR", parsed.control_id or _control_id(data), [("", "207", detail)])
+        code = parsed.ack_code
+        self.stats.add(f"ack_{code}")
+        self.metrics.messages.labels(PROTOCOL, code).inc()
+        if parsed.adt is not None:
+            self.census.apply(parsed.adt, parsed.room)
+            self.stats.add("adt_events")
+            summary = f"ADT^{parsed.trigger} accepted ({parsed.adt.kind})"
+        elif parsed.ignored is not None:
+            self.stats.add(f"ignored_{parsed.ignored}")
+            summary = f"ADT^{parsed.trigger[:8]} is not used by vigil (ignored)"
+        else:
+            summary = None
+        errors: list[tuple[str, str, str]] = []
+        if parsed.reject is not None:
+            self.stats.add("dead_letters")
+            self.metrics.dead_lettered(PROTOCOL, [parsed.reject.reason])
+            fld = parsed.reject.field or ""
+            errors = [(fld.replace("-", "^1^") if "-" in fld else fld, parsed.reject_code, parsed.reject.detail)]
+        return self._ack(parsed, code, parsed.control_id or _control_id(data), errors, summary=summary)
+
     def _count(self, parsed: ParsedOru) -> None:
         """Metrics of a message whose records the broker acknowledged (labels: ACK code, reasons; no content)."""
         m = self.metrics
@@ -236,7 +321,7 @@ class Hl7Listener(EdgeListener):
         m.observations.labels(PROTOCOL, "ignored").inc(sum(parsed.ignored.values()))
         m.dead_lettered(PROTOCOL, [e.invalid.reason for e in parsed.errors])
 
-    def _ack(self, parsed: ParsedOru | None, code: str, control_id: str, errors: list[tuple[str, str, str]],
+    def _ack(self, parsed: ParsedOru | ParsedAdt | None, code: str, control_id: str, errors: list[tuple[str, str, str]],
              summary: str | None = None) -> bytes:  # fmt: skip
         message = parsed.message if parsed is not None else None
         return build_ack(message, code, control_id, errors, app=self.cfg.sending_application,
@@ -260,6 +345,13 @@ def _summary(parsed: ParsedOru) -> str | None:
     if parsed.errors:
         text += f", {len(parsed.errors)} rejected (dead-lettered; resending is safe)"
     return text
+
+
+def _log_id(raw: bytes) -> str:
+    """The control id as a log line may show it: as the dead-letter projection keeps it (``<n chars>`` when
+    it does not match the id pattern or also occurs in an identifying field, e.g. an MRN used as MSH-10)."""
+    msh = orjson.loads(redact(raw[:65536])).get("msh", {})
+    return str(msh.get("control_id", "?"))[:40]
 
 
 def _control_id(raw: bytes) -> str:

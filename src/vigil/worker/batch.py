@@ -257,6 +257,8 @@ class Processor:
             # ADT
             assert isinstance(ev, AdtEvent)
             if ev.kind == "admit":
+                if st.discharge_time is not None and ev.admit_time == st.admit_time and ev.time >= st.discharge_time:
+                    st.discharge_time = st.discharge_seen = None  # the same stay re-admitted (HL7 A13 cancel discharge)
                 st.set_context(ev)
                 admit_time = ev.admit_time if ev.admit_time is not None else ev.time
                 if not st.from_admit:
