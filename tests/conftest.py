@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from vigil.broker import EmbeddedBroker
 from vigil.config import Settings, load_settings
@@ -17,6 +18,11 @@ from vigil.config import Settings, load_settings
 # Development mode for every Settings and every worker / listener process the tests start: they may use the
 # public development pseudonym key (production refuses it, see vigil.ingest.security.require_production_key).
 os.environ.setdefault("VIGIL_DEV_MODE", "1")
+
+# CI runs on 2 shared cores: an example that takes longer than hypothesis' default 200 ms deadline is load, not
+# a defect (the fuzz tests assert behaviour, never speed).
+hypothesis_settings.register_profile("vigil", deadline=None)
+hypothesis_settings.load_profile("vigil")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "physionet2019_sample.tar.gz"

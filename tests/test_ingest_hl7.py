@@ -335,7 +335,11 @@ def test_ingest_hl7_command_serves_metrics(ingest_env) -> None:  # type: ignore[
         msg = oru("CLI-1", ["OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||77|264864|||||F"], pid="MRN-CLI-5")
         (ack,) = asyncio.run(exchange(int(m.group(1)), [frame(msg)]))
         assert msa(ack) == "AA"
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()  # noqa: S310
+        # the handler records its timing after the ACK is on the wire: read /metrics until it has (bounded)
+        until, text = time.monotonic() + 10, ""
+        while time.monotonic() < until and 'vigil_ingest_message_seconds_count{protocol="hl7"} 1.0' not in text:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()  # noqa: S310
+            time.sleep(0.05)
         assert 'vigil_ingest_messages_total{outcome="AA",protocol="hl7"} 1.0' in text
         assert 'vigil_ingest_observations_total{outcome="published",protocol="hl7"} 1.0' in text
         assert 'vigil_ingest_up{protocol="hl7"} 1.0' in text
