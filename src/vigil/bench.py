@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     logdir = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
     results: dict[str, Any] = {}
     with EmbeddedBroker(log_path=logdir / "broker.log") as b:
-        s = load_settings(None, kafka={"bootstrap_servers": b.bootstrap}, topic_prefix=f"b{uuid.uuid4().hex[:6]}-")
+        s = load_settings(None, kafka={"bootstrap_servers": b.bootstrap}, topic_prefix=f"b{uuid.uuid4().hex[:6]}-",
+                          time_window={"mode": "replay"})  # replayed history: vigil.timewindow
         t = time.perf_counter()
         total = asyncio.run(_preload(s, args.data, args.stays))
         results["preload"] = {"events": total, "stays": args.stays, "seconds": round(time.perf_counter() - t, 2)}

@@ -42,6 +42,12 @@ class WorkerProcess:
             "VIGIL_LOG_LEVEL": s.log_level,
             "PYTHONUNBUFFERED": "1",
         }
+        tw = s.time_window  # plausible event times: replayed history needs mode=replay (vigil.timewindow)
+        env.update({"VIGIL_TIME_WINDOW__MODE": tw.mode, "VIGIL_TIME_WINDOW__MAX_FUTURE_S": str(tw.max_future_s),
+                    "VIGIL_TIME_WINDOW__MAX_PAST_S": str(tw.max_past_s),
+                    "VIGIL_TIME_WINDOW__ADMIT_MARGIN_S": str(tw.admit_margin_s)})  # fmt: skip
+        if tw.replay_shift_s is not None:
+            env["VIGIL_TIME_WINDOW__REPLAY_SHIFT_S"] = str(tw.replay_shift_s)
         env.update(self.extra_env)
         return env
 
