@@ -121,8 +121,12 @@ class Intake:
         self.window = settings.time_window
         self._partitions_of = partitions_of
         self._parts: dict[str, tuple[float, int | None]] = {}  # topic -> (checked at, partition count)
-        self._key_part: dict[tuple[bytes, int], int] = {}
+        self._key_parts: dict[int, dict[bytes, int]] = {}  # partition count -> key -> partition (murmur2)
+        self._key_part: dict[bytes, int] = {}
+        self._key_n = 0
         self._logged: set[str] = set()  # key hashes already logged as re-routed
+        self._bounds_at = -1.0
+        self._bounds = (0.0, 0.0)
 
     def _n_partitions(self, topic: str, now: float) -> int | None:
         hit = self._parts.get(topic)
@@ -147,11 +151,14 @@ class Intake:
                 n = self._n_partitions(tp.topic, now)
                 if n:
                     key = r.key if r.key is not None else ev.patient.encode()  # type: ignore[union-attr]
-                    want = self._key_part.get((key, n))
+                    if n != self._key_n:  # a topic with another partition count: a cache per count
+                        self._key_part = self._key_parts.setdefault(n, {})
+                        self._key_n = n
+                    want = self._key_part.get(key)
                     if want is None:
                         if len(self._key_part) >= _KEY_CACHE:
                             self._key_part.clear()
-                        want = self._key_part[(key, n)] = partition_for(key, n)
+                        want = self._key_part[key] = partition_for(key, n)
                     if want != tp.partition:
                         side.reroutes.append(Reroute(tp.topic, want, r.key, raw, (tp.topic, tp.partition, r.offset),
                                                      stream))  # fmt: skip
@@ -161,15 +168,18 @@ class Intake:
                             log.warning("key %s read from %s[%d] belongs to partition %d of %d (a producer with a "
                                         "non-murmur2 partitioner?): re-routed", tag, tp.topic, tp.partition, want, n)
                         return None
-                reason = check_time(ev.time, now=now, window=self.window)  # type: ignore[union-attr]
-                fld = "at" if type(ev) is AckEvent else "time"
-                if reason is None and type(ev) is AdtEvent and ev.admit_time is not None:
-                    if ev.admit_time > bounds(now, self.window)[1]:
-                        reason = check_time(ev.admit_time, now=now, window=self.window)
-                        fld = "admit_time"
-                if reason is None:
+                if self._bounds_at != now:  # the window, once per batch (the hot path: two comparisons)
+                    self._bounds_at, self._bounds = now, bounds(now, self.window)
+                lo, hi = self._bounds
+                t = ev.time  # type: ignore[union-attr]
+                adm = ev.admit_time if type(ev) is AdtEvent else None
+                if lo <= t <= hi and (adm is None or adm <= hi):
                     return ev
-                inv = Invalid("time_out_of_range", "TimeOutOfRange", reason, fld)
+                fld = "at" if type(ev) is AckEvent else "time"
+                reason = check_time(t, now=now, window=self.window)
+                if reason is None:
+                    reason, fld = check_time(adm, now=now, window=self.window), "admit_time"  # type: ignore[arg-type]
+                inv = Invalid("time_out_of_range", "TimeOutOfRange", reason or "event time out of range", fld)
         side.dead.append(self.dead_letter(inv, tp.topic, tp.partition, r.offset, raw, r.key, now, stream))
         k = (stream, inv.reason)
         side.invalid[k] = side.invalid.get(k, 0) + 1
