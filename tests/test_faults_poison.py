@@ -355,3 +355,31 @@ def test_a_dead_letter_the_broker_refuses_falls_back_then_is_counted_never_raise
     assert (side.fallbacks, side.failures) == (1, 1)
     assert m.dead_letter_failures._value.get() == 1 and m.dead_letter_fallbacks._value.get() == 1  # noqa: SLF001
     assert len(asyncio.run(read_topic(s, s.topic("dead-letter"), quiet_s=1.0))) == 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+def test_an_observation_far_before_its_admit_is_dead_lettered_even_when_it_waited_for_the_admit(settings_factory
+                                                                                              ) -> None:  # fmt: skip
+    """A heart rate dated 2000-01-01 arrives (with a good one) before the patient's admit, in an earlier batch:
+    both wait for the admit; when it comes, the far-past one is dead-lettered with its coordinates and the good
+    one is applied (in-process, the worker's own Processor)."""
+    from vigil.records import encode_adt
+    from vigil.variables import VAR_INDEX
+
+    s = settings_factory()
+    proc = Processor(s, load_scorers(s))
+    key = b"pt-wait"
+    past = decode(hr(key, 5, "2000-01-01T00:00:00+00:00", 83.0), "vitals", key)
+    good = decode(hr(key, 6, "2026-03-01T01:10:00+00:00", 80.0), "vitals", key)
+    first = proc.process([InEvent(past, "vitals", 2, 0.0, 17), InEvent(good, "vitals", 2, 0.0, 18)])  # type: ignore[arg-type]
+    assert first.dead == [] and len(proc.states[2]["pt-wait"].pending) == 2
+    admit = decode(encode_adt(patient="pt-wait", source="adt", seq=1, time=datetime(2026, 3, 1, 1, tzinfo=UTC),
+                              kind="admit", admit_time=datetime(2026, 3, 1, tzinfo=UTC)), "adt", key)  # fmt: skip
+    second = proc.process([InEvent(admit, "adt", 2, 0.0, 3)])  # type: ignore[arg-type]
+    assert [(d.reason, d.topic, d.partition, d.offset) for d in second.dead] == [
+        ("time_out_of_range", s.topic("vitals"), 2, 17)
+    ]
+    rec = orjson.loads(second.dead[0].value)
+    assert rec["content"]["seq"] == 5 and "before the patient's admission" in rec["detail"]
+    st = proc.states[2]["pt-wait"]
+    assert st.pending == [] and st.last_value[VAR_INDEX["HR"]] == 80.0

@@ -82,6 +82,8 @@ class Processor:
         self.drift: dict[tuple[str, str], DriftMonitor | None] = {}  # (model, version) -> monitor
         self._acks: list[tuple[PatientState, Decision]] = []  # acknowledgements applied in this batch
         self._dead: list[DeadLetter] = []  # events quarantined in this batch
+        # (patient, source, seq) -> (topic, partition, offset) of observations waiting for their admit
+        self._pending_at: dict[tuple[str, str, int], tuple[str, int, int]] = {}
         self.states: dict[int, dict[str, PatientState]] = {}
         self.watermark: dict[int, float] = {}  # max event time seen per partition
         # partition -> patients waiting for a grace period: observations without an admit yet, or a discharge
@@ -277,6 +279,9 @@ class Processor:
                             st.pending_since = time.time()
                             self._waiting.setdefault(ie.partition, set()).add(st.patient)
                         st.pending.append(ev)
+                        if len(self._pending_at) >= 100_000:
+                            self._pending_at.clear()  # coordinates only (dead letters would say offset 0)
+                        self._pending_at[(st.patient, ev.source, ev.seq)] = (ie.topic, ie.partition, ie.offset)
                         continue
                     k = st.row_of(ev.time)
                     if k > st.row:
@@ -291,6 +296,7 @@ class Processor:
                     admit_time = ev.admit_time if ev.admit_time is not None else ev.time
                     if not st.from_admit:
                         st.anchor(admit_time, math.floor((ev.time - admit_time) / HOUR), from_admit=True)
+                        self._screen_pending(st, admit_time, ie.partition, now)
                         self._flush_pending(st, snaps if row_mode else None, ie.broker_ts, max_gap)
                 elif ev.kind == "transfer":
                     st.set_context(ev)
@@ -305,6 +311,23 @@ class Processor:
                 snaps.append(st.snapshot(lst[-1].broker_ts, partial=True))
                 st.last_score_time = st.last_event_time
         return st
+
+    def _screen_pending(self, st: PatientState, admit_time: float, partition: int, now: float) -> None:
+        """Observations that waited for this admit (an earlier batch) and lie before it minus the margin:
+        dead-lettered (time_out_of_range) instead of being written into the rows."""
+        tw = self.settings.time_window
+        keep: list[Observation] = []
+        for o in st.pending:
+            at = self._pending_at.pop((st.patient, o.source, o.seq), None)
+            reason = check_time(o.time, now=now, window=tw, admit_time=admit_time) if o.time < admit_time else None
+            if reason is None:
+                keep.append(o)
+                continue
+            topic, part, off = at if at is not None else ("vitals" if o.kind == "vital" else "labs", partition, -1)
+            if at is None:
+                reason += " (offset unknown: the event was restored from the changelog)"
+            self._quarantine(InEvent(o, topic, part, 0.0, off), "time_out_of_range", "TimeOutOfRange", reason, "time")
+        st.pending = keep
 
     def _quarantine(self, ie: InEvent, reason: str, error_type: str, detail: str, fld: str | None = None) -> None:
         """Dead-letter one decoded event (its coordinates and an allow-listed projection; no patient data)."""
@@ -347,9 +370,10 @@ class Processor:
         if math.isfinite(first):
             st.anchor(first, 0, from_admit=False)
 
-    @staticmethod
-    def _flush_pending(st: PatientState, snaps: list[Snapshot] | None, ts: float, max_gap: int) -> None:
+    def _flush_pending(self, st: PatientState, snaps: list[Snapshot] | None, ts: float, max_gap: int) -> None:
         pending, st.pending = sorted(st.pending, key=lambda o: o.time), []
+        for o in pending:
+            self._pending_at.pop((st.patient, o.source, o.seq), None)
         st.pending_since = None
         for obs in pending:
             k = st.row_of(obs.time)
