@@ -383,3 +383,57 @@ def test_an_observation_far_before_its_admit_is_dead_lettered_even_when_it_waite
     assert rec["content"]["seq"] == 5 and "before the patient's admission" in rec["detail"]
     st = proc.states[2]["pt-wait"]
     assert st.pending == [] and st.last_value[VAR_INDEX["HR"]] == 80.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+class _FailsOnHr222:
+    """The real scorer, except that it raises for any row whose last heart rate is 222/min: a stand-in for a
+    model bug that one patient's data triggers (the real features and the real ONNX Runtime for everyone else)."""
+
+    def __init__(self, real: Any) -> None:
+        from vigil.features import FEATURE_NAMES
+
+        self._real = real
+        self._hr = list(FEATURE_NAMES).index("HR_locf")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def predict(self, x: Any, seq: Any = None) -> Any:
+        if (x[:, self._hr] == 222.0).any():
+            raise FloatingPointError("model bug")
+        return self._real.predict(x, seq)
+
+
+def test_a_scoring_exception_for_one_patient_quarantines_only_that_patient(settings_factory, sample_path) -> None:  # type: ignore[no-untyped-def]
+    """Batch scoring raises because of one patient's row: every other patient is scored exactly as without that
+    patient; that patient's events of the batch are dead-lettered once each (processing_error, 'scoring raised
+    ...', never the exception's message) and its rows scored in the batch are exactly those it gets alone."""
+    s = settings_factory()
+    s = s.model_copy(update={"state": s.state.model_copy(update={"discharge_grace_s": 0.0, "admit_grace_s": 60.0})})
+    per = stays(sample_path, 3, s)
+    keys = list(per)
+    bad = keys[1]
+    spike = hr(bad, 900_100, (admit_time(per[bad]) + timedelta(hours=2, minutes=30)).isoformat(), 222.0)
+    batch = [e for k in keys for e in per[k]] + [("vitals", bad, spike)]
+
+    def run(scorers: list[Any], only: Any = None) -> Any:
+        ies = [InEvent(decode(v, st, k), st, 0, 0.0, i) for i, (st, k, v) in enumerate(batch) if only is None
+               or only(k)]  # type: ignore[arg-type]  # fmt: skip
+        out = Processor(s, scorers).process(ies)  # one batch
+        return out, {(r["patient"], r["row"]): r["risk"] for r in (orjson.loads(v) for _, v in out.scores)}
+
+    real = load_scorers(s)
+    flaky = [_FailsOnHr222(sc) for sc in real]
+    out, got = run(flaky)
+    _, clean = run(real, lambda k: k != bad)
+    _, alone = run(flaky, lambda k: k == bad)
+    assert len(clean) > 50
+    assert {k: v for k, v in got.items() if k[0] != bad.decode()} == pytest.approx(clean, abs=1e-6)
+    assert {k: v for k, v in got.items() if k[0] == bad.decode()} == pytest.approx(alone, abs=1e-6)
+    assert len(alone) <= 1  # at most the row its discharge closes (no 222 in it); the others are not scored
+    assert len(out.dead) == len(per[bad]) + 1 and {d.reason for d in out.dead} == {"processing_error"}
+    assert len({d.offset for d in out.dead}) == len(out.dead)  # each event once
+    rec = orjson.loads(out.dead[0].value)
+    assert rec["error_type"] == "FloatingPointError" and rec["detail"].startswith("scoring raised FloatingPointError")
+    assert "model bug" not in rec["detail"]  # the exception's message is never copied

@@ -82,6 +82,7 @@ class Processor:
         self.drift: dict[tuple[str, str], DriftMonitor | None] = {}  # (model, version) -> monitor
         self._acks: list[tuple[PatientState, Decision]] = []  # acknowledgements applied in this batch
         self._dead: list[DeadLetter] = []  # events quarantined in this batch
+        self._quarantined = set()
         # (patient, source, seq) -> (topic, partition, offset) of observations waiting for their admit
         self._pending_at: dict[tuple[str, str, int], tuple[str, int, int]] = {}
         self.states: dict[int, dict[str, PatientState]] = {}
@@ -121,6 +122,7 @@ class Processor:
         snaps: list[Snapshot] = []
         touched: list[tuple[int, PatientState]] = []
         self._dead = out.dead
+        self._quarantined: set[str] = set()  # patients whose events of this batch were quarantined by scoring
         for patient, lst in by_patient.items():
             lst.sort(key=_sort_key)
             p = lst[0].partition
@@ -151,7 +153,7 @@ class Processor:
             out.alert_labels.append((d.kind, "info", st.ward or "unknown"))
         self._acks = []
 
-        self._finalize_discharges(time.time(), out, touched)
+        self._finalize_discharges(time.time(), out, touched, by_patient)
         return out
 
     def finalize_due(self, now: float | None = None) -> Outputs:
@@ -160,7 +162,8 @@ class Processor:
         self._finalize_discharges(time.time() if now is None else now, out, [])
         return out
 
-    def _finalize_discharges(self, now: float, out: Outputs, touched: list[tuple[int, PatientState]]) -> None:
+    def _finalize_discharges(self, now: float, out: Outputs, touched: list[tuple[int, PatientState]],
+                             by_patient: dict[str, list[InEvent]] | None = None) -> None:  # fmt: skip
         """Patients past a grace period: anchor those whose admit never came (and score their rows);
         close the last rows of the discharged (their record stays, closed, for ``closed_keep_s``). Then
         write the changelog of every touched state."""
@@ -194,7 +197,7 @@ class Processor:
                 waiting.discard(patient)
                 done.append((p, st))
         if snaps:
-            self._score_safe(snaps, {id(st): st for _, st in done}, out, {})
+            self._score_safe(snaps, {id(st): st for _, st in done}, out, by_patient or {})
         written: set[int] = set()
         for p, st in touched + done:
             if id(st) in written:
@@ -347,15 +350,21 @@ class Processor:
         self._dead.append(DeadLetter(key if len(key) <= deadletters.MAX_KEY else None, value, reason, topic,
                                      ie.partition, max(0, ie.offset), stream=ie.topic))  # fmt: skip
 
-    def _quarantine_error(self, ie: InEvent, exc: BaseException, where: str = "processing") -> None:
+    def _quarantine_error(self, ie: InEvent, exc: BaseException, where: str = "processing", log_it: bool = True
+                          ) -> None:  # fmt: skip
         """An exception while processing one event: dead letter (processing_error), one log line (the
         pseudonym's hash at most; the exception's type and where it was raised, never its message)."""
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ is not None else None
         at = f" in {frame.name} ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame is not None else ""
-        detail = f"{where} raised {type(exc).__name__}{at}; the event is quarantined, the patient's others go on"
+        if where == "scoring":
+            detail = (f"scoring raised {type(exc).__name__}{at}; the patient's rows closed by this batch are not "
+                      "scored (the event is in its state), every other patient is")  # fmt: skip
+        else:
+            detail = f"{where} raised {type(exc).__name__}{at}; the event is quarantined, the patient's others go on"
         self._quarantine(ie, "processing_error", type(exc).__name__, detail)
-        log.error("quarantined an event of %s[%d]@%d (patient key %s): %s", ie.topic, ie.partition, ie.offset,
-                  deadletters.key_hash(ie.event.patient.encode()), detail)  # fmt: skip
+        if log_it:
+            log.error("quarantined an event of %s[%d]@%d (patient key %s): %s", ie.topic, ie.partition, ie.offset,
+                      deadletters.key_hash(ie.event.patient.encode()), detail)  # fmt: skip
 
     def _reopen(self, closed: PatientState, partition: int) -> PatientState:
         st = PatientState(closed.patient)
@@ -400,10 +409,12 @@ class Processor:
                     tmp = Outputs()
                     self._score(group, by_state, tmp)
                 except Exception as exc:  # noqa: BLE001
-                    evs = by_patient.get(patient, [])
-                    for ie in evs:
-                        self._quarantine_error(ie, exc, where="scoring")
-                    if not evs:
+                    evs = [] if patient in self._quarantined else by_patient.get(patient, [])
+                    if evs:
+                        self._quarantined.add(patient)
+                    for i, ie in enumerate(evs):  # one log line for the patient
+                        self._quarantine_error(ie, exc, where="scoring", log_it=i == 0)
+                    if patient not in self._quarantined:
                         log.error("scoring raised %s for patient key %s outside a batch (rows not scored)",
                                   type(exc).__name__, deadletters.key_hash(patient.encode()))  # fmt: skip
                     continue
