@@ -473,7 +473,7 @@ def test_dead_letter_keeps_reason_detail_and_field(obs_event: Factory) -> None:
     assert rec["detail"] == inv.detail
 
 
-PLANTED = ("MRN-4417-0092", "Jonathan Q. Publicfigure", "+1-555-0100-337")
+PLANTED = ("MRN-4417-0092", "Jonathan Q. Publicfigure", "+1-555-0100-337", "44170092")
 
 
 @pytest.mark.parametrize("raw", [
@@ -491,6 +491,8 @@ PLANTED = ("MRN-4417-0092", "Jonathan Q. Publicfigure", "+1-555-0100-337")
     b'MRN-4417-0092 Jonathan Q. Publicfigure +1-555-0100-337',
     b'{"v":1,"source":"s","seq":4,"patient":"MRN-4417-0092","time":"2026-01-01T00:00:00Z","system":"LOINC",'
     b'"code":"8867-4","value":80,"unit":"/min"}',  # key_mismatch: the detail would name the patient
+    b'{"v":1,"source":"s","seq":5,"patient":"p","time":"2026-01-01T00:00:00Z","system":"LOINC",'
+    b'"code":"8867-4","value":44170092,"unit":"/min"}',  # a numeric MRN as the value: implausible_value
 ])  # fmt: skip
 def test_dead_letter_never_copies_planted_identifiers(raw: bytes) -> None:
     for stream in ("vitals", "adt", "alert-acks"):

@@ -12,10 +12,10 @@ send. So a dead letter keeps:
   keep), otherwise it is replaced by a generic sentence;
 * ``content``: an **allow-listed projection** of a JSON object in vigil's input schema — only the
   non-identifying fields of :data:`ALLOWED`, each only when its value passes a strict check (a known
-  code, a known unit, a number, an ISO 8601 time, an enum). Free text, unknown keys, ``patient``,
-  ``source``, ``bed``, ``age``, ``sex`` are never copied: ``withheld`` lists the schema fields that were
-  present but not copied and ``unknown_fields`` counts the other keys (their names are not kept either:
-  a key can itself be an identifier);
+  code, a known unit, a number — a ``value`` at most :data:`MAX_VALUE` in magnitude —, an ISO 8601
+  time, an enum). Free text, unknown keys, ``patient``, ``source``, ``bed``, ``age``, ``sex`` are never
+  copied: ``withheld`` lists the schema fields that were present but not copied and ``unknown_fields``
+  counts the other keys (their names are not kept either: a key can itself be an identifier);
 * ``key_b64``: the Kafka key (the pseudonymised patient id, as on the input topic), when at most
   :data:`MAX_KEY` bytes;
 * ``raw_b64``: only for callers that pass ``keep_raw=True`` because they already reduced the payload to
@@ -57,6 +57,7 @@ MAX_DETAIL = 300
 MAX_KEY = 256
 MAX_RAW_PREFIX = 4096
 MAX_PARSE_BYTES = 64 * 1024  # a larger value is never parsed for a projection (size and hash only)
+MAX_VALUE = 1e5  # a larger `value` is withheld (it could be an id); ranges.csv's largest canonical bound is 30,000
 _MAX_NAME = 64
 
 # Every field name of vigil's input schemas (vitals/labs, adt, alert-acks): a present field that is not
@@ -114,8 +115,8 @@ def project(d: dict[str, Any]) -> tuple[dict[str, Any], list[str], int]:
         ok = False
         if name in ("v", "seq"):
             ok = type(v) is int and -(2**63) <= v <= 2**63
-        elif name == "value":
-            ok = v is None or _number(v)
+        elif name == "value":  # a measurement; a long number (an MRN, a phone) is withheld
+            ok = v is None or (_number(v) and abs(v) <= MAX_VALUE)  # type: ignore[arg-type]
         elif name == "kind":
             ok = v in _KINDS if type(v) is str else False
         elif name == "action":
