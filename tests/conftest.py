@@ -51,6 +51,9 @@ def settings_factory(broker: str) -> Callable[..., Settings]:
             "group_id": f"g{tag}",
             "kafka": {"bootstrap_servers": broker},
             "web_port": 0,
+            # the bundled PhysioNet data is replayed from 2026-01-01: historical, so the plausible-time window
+            # runs in replay mode (the future bound still applies; vigil.timewindow)
+            "time_window": {"mode": "replay"},
         }
         base.update(overrides)
         return load_settings(None, **base)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import pickle
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vigil import deadletters
 from vigil.codes import SYSTEM_ALIASES, Normaliser, normaliser, read_table
 from vigil.errors import REASONS, ConfigError, InvalidEvent, ModelError, VigilError
 from vigil.records import (
@@ -446,16 +448,19 @@ def test_decode_never_raises_on_mutated_events(
 # ---------------------------------------------------------------------------------------- dead letters
 @FAST
 @given(raw=st.none() | st.binary(max_size=300), key=st.none() | st.binary(max_size=40))
-def test_dead_letter_round_trips_raw_bytes(raw: bytes | None, key: bytes | None) -> None:
+def test_dead_letter_is_bounded_and_keeps_only_coordinates_hash_and_key(raw: bytes | None, key: bytes | None) -> None:
     inv = decode(raw, "labs", key)
     if not isinstance(inv, Invalid):
         inv = Invalid("bad_type", "Test", "synthetic")
-    rec = orjson.loads(dead_letter_record(inv, topic="t-labs", partition=2, offset=99, raw=raw, key=key,
-                                          received_at=1767243600.5))  # fmt: skip
-    assert (None if rec["raw_b64"] is None else base64.b64decode(rec["raw_b64"])) == raw
+    out = dead_letter_record(inv, topic="t-labs", partition=2, offset=99, raw=raw, key=key, received_at=1767243600.5)
+    rec = orjson.loads(out)
+    assert len(out) <= deadletters.MAX_RECORD_BYTES and rec["raw_b64"] is None  # never the raw bytes
+    assert rec["size"] == (None if raw is None else len(raw))
+    assert rec["sha256"] == (None if raw is None else hashlib.sha256(raw).hexdigest())
     assert (None if rec["key_b64"] is None else base64.b64decode(rec["key_b64"])) == key
+    assert set(rec["content"] or {}) <= set(deadletters.ALLOWED)
     coords = (rec["v"], rec["reason"], rec["source_topic"], rec["partition"], rec["offset"])
-    assert coords == (1, inv.reason, "t-labs", 2, 99)
+    assert coords == (2, inv.reason, "t-labs", 2, 99)
     assert datetime.fromisoformat(rec["received_at"]) == datetime(2026, 1, 1, 5, 0, 0, 500000, tzinfo=UTC)
 
 
@@ -466,6 +471,59 @@ def test_dead_letter_keeps_reason_detail_and_field(obs_event: Factory) -> None:
                                           received_at=0.0))  # fmt: skip
     assert (rec["reason"], rec["field"], rec["error_type"]) == ("naive_timestamp", "time", "InvalidEvent")
     assert rec["detail"] == inv.detail
+
+
+PLANTED = ("MRN-4417-0092", "Jonathan Q. Publicfigure", "+1-555-0100-337", "44170092")
+
+
+@pytest.mark.parametrize("raw", [
+    # a valid event with identifiers in extra fields and in `source`
+    b'{"v":1,"source":"+1-555-0100-337","seq":1,"patient":"MRN-4417-0092","time":"2026-01-01T00:00:00Z",'
+    b'"system":"LOINC","code":"8867-4","value":80,"unit":"/min","name":"Jonathan Q. Publicfigure",'
+    b'"MRN-4417-0092":"Jonathan Q. Publicfigure"}',
+    # invalid: the identifiers sit where a code, a unit, a value and a time should be
+    b'{"v":1,"source":"s","seq":2,"patient":"p","time":"Jonathan Q. Publicfigure","system":"LOINC",'
+    b'"code":"MRN-4417-0092","value":"+1-555-0100-337","unit":"MRN-4417-0092"}',
+    b'{"v":1,"source":"s","seq":3,"patient":"p","time":"2026-01-01T00:00:00Z","system":"MRN-4417-0092",'
+    b'"code":"8867-4","value":80,"unit":"Jonathan Q. Publicfigure"}',
+    b'{"v":"MRN-4417-0092","patient":"Jonathan Q. Publicfigure"}',
+    b'["MRN-4417-0092", "Jonathan Q. Publicfigure", "+1-555-0100-337"]',
+    b'MRN-4417-0092 Jonathan Q. Publicfigure +1-555-0100-337',
+    b'{"v":1,"source":"s","seq":4,"patient":"MRN-4417-0092","time":"2026-01-01T00:00:00Z","system":"LOINC",'
+    b'"code":"8867-4","value":80,"unit":"/min"}',  # key_mismatch: the detail would name the patient
+    b'{"v":1,"source":"s","seq":5,"patient":"p","time":"2026-01-01T00:00:00Z","system":"LOINC",'
+    b'"code":"8867-4","value":44170092,"unit":"/min"}',  # a numeric MRN as the value: implausible_value
+])  # fmt: skip
+def test_dead_letter_never_copies_planted_identifiers(raw: bytes) -> None:
+    for stream in ("vitals", "adt", "alert-acks"):
+        inv = decode(raw, stream, KEY)
+        if not isinstance(inv, Invalid):
+            inv = Invalid("bad_type", "Test", f"synthetic {raw[:60]!r}")
+        out = dead_letter_record(inv, topic="t-vitals", partition=0, offset=1, raw=raw, key=KEY, received_at=0.0)
+        text = out.decode()
+        assert not any(p in text for p in PLANTED), (stream, text)
+        assert orjson.loads(out)["sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+def test_dead_letter_projection_keeps_what_explains_the_rejection(obs_event: Factory) -> None:
+    raw = obs_event(value=900)
+    inv = decode(raw, "vitals", KEY)
+    assert isinstance(inv, Invalid) and inv.reason == "implausible_value"
+    rec = orjson.loads(dead_letter_record(inv, topic="vitals", partition=0, offset=0, raw=raw, key=KEY,
+                                          received_at=0.0))  # fmt: skip
+    assert rec["content"]["value"] == 900 and rec["content"]["code"] and rec["detail"] == inv.detail
+    assert "patient" in rec["withheld"] and "source" in rec["withheld"] and "patient" not in rec["content"]
+
+
+def test_dead_letter_of_a_huge_record_stays_small() -> None:
+    raw = b'{"v":1,"pad":"' + b"x" * 900_000 + b'"}'
+    out = dead_letter_record(Invalid("oversize", "OversizeRecord", "too big"), topic="t-vitals", partition=0,
+                             offset=3, raw=raw, key=b"k" * 10_000, received_at=0.0)  # fmt: skip
+    rec = orjson.loads(out)
+    assert len(out) < 1024 and rec["size"] == len(raw) and rec["key_b64"] is None and rec["content"] is None
+    edge = dead_letter_record(Invalid("bad_type", "X", "y"), topic="hl7-mllp", partition=0, offset=0, raw=raw,
+                              key=None, received_at=0.0, keep_raw=True)  # fmt: skip
+    assert len(edge) <= deadletters.MAX_RECORD_BYTES and orjson.loads(edge)["raw_truncated"] is True
 
 
 # ------------------------------------------------------------------------------------------ the tables

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {}
     with EmbeddedBroker(log_path=logdir / "broker.log") as b:
         s = load_settings(None, kafka={"bootstrap_servers": b.bootstrap}, topic_prefix=f"b{uuid.uuid4().hex[:6]}-",
-                          dev_mode=True)  # fmt: skip
+                          dev_mode=True, time_window={"mode": "replay"})  # replayed history: vigil.timewindow
         t = time.perf_counter()
         total = asyncio.run(_preload(s, args.data, args.stays))
         results["preload"] = {"events": total, "stays": args.stays, "seconds": round(time.perf_counter() - t, 2)}

@@ -107,6 +107,9 @@ class StateSettings(BaseModel):
     # most reorder_max_hold_s wall seconds (bounded latency if a topic lags). See worker/reorder.py.
     reorder_min_hold_s: float = 0.5
     reorder_max_hold_s: float = 10.0
+    # TEST ONLY, off by default: processing an event whose seq equals this raises (a RuntimeError inside the
+    # worker's per-event processing), to prove the per-patient quarantine (tests/test_faults_poison.py).
+    fault_inject_seq: int | None = None
 
 
 class TimeWindowSettings(BaseModel):

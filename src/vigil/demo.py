@@ -237,6 +237,7 @@ def run_demo(settings: Settings, data: Path | None = None, limit: int | None = N
             settings.topic_prefix = settings.topic_prefix or f"vigil-demo-{uuid.uuid4().hex[:8]}-"
             print(f"demo: using Kafka at {settings.kafka.bootstrap_servers} with prefix {settings.topic_prefix}")
         settings.group_id = f"vigil-demo-{uuid.uuid4().hex[:8]}"
+        settings.time_window.mode = "replay"  # replayed history (2026-01-01 on): no past bound; the future one holds
         summary = asyncio.run(_demo(settings, data, limit, workers, logdir))
     print(f"demo: logs in {logdir}", flush=True)
     ok = summary["scores"] >= summary["rows_expected"] and summary["dead_letters"] >= len(BAD_EVENTS)

@@ -92,6 +92,22 @@ class WorkerMetrics:
             f"{p}_ward_events", "Valid events applied, by the patient's ward ('unknown' before an admit): "
             "a ward whose feed goes silent is a clinical risk", ["ward"], registry=r,
         )  # fmt: skip
+        # integrity (issue 14): records that did not become state, each counted where it went
+        self.rerouted = Counter(
+            f"{p}_rerouted_events", "Records found on a partition their key does not hash to (a producer with a "
+            "non-murmur2 partitioner), re-produced to the right partition", ["topic"], registry=r,
+        )  # fmt: skip
+        self.quarantined = Counter(
+            f"{p}_quarantined_events", "Valid events whose processing raised: dead-lettered (processing_error), "
+            "the patient's other events and every other patient go on", ["topic"], registry=r,
+        )  # fmt: skip
+        self.dead_letter_fallbacks = Counter(
+            f"{p}_dead_letter_fallbacks", "Dead letters the broker refused, replaced by their minimal form", registry=r
+        )
+        self.dead_letter_failures = Counter(
+            f"{p}_dead_letter_failures", "Dead letters refused even in minimal form (logged with the original's "
+            "topic, partition and offset; the original stays on its topic)", registry=r,
+        )  # fmt: skip
 
 
 class DemandMetrics:

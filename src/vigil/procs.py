@@ -18,7 +18,8 @@ __all__ = ["WorkerProcess"]
 
 
 class WorkerProcess:
-    """A ``vigil worker`` subprocess configured from ``settings`` through the environment."""
+    """A ``vigil worker`` subprocess configured from ``settings`` through the environment (time window: replay
+    mode unless ``settings.time_window.mode`` was set explicitly)."""
 
     def __init__(self, settings: Settings, log_path: Path | None = None, extra_env: dict[str, str] | None = None):
         self.settings = settings
@@ -44,6 +45,15 @@ class WorkerProcess:
         }
         if s.dev_mode:  # the demo, tests and benchmarks: the development pseudonym key is allowed
             env["VIGIL_DEV_MODE"] = "1"
+        # plausible event times (vigil.timewindow): these workers run the demo, tests and benchmarks on replayed
+        # history (dated 2026-01-01 on), so replay mode unless the settings chose a mode explicitly
+        tw = s.time_window
+        mode = tw.mode if "mode" in tw.model_fields_set else "replay"
+        env.update({"VIGIL_TIME_WINDOW__MODE": mode, "VIGIL_TIME_WINDOW__MAX_FUTURE_S": str(tw.max_future_s),
+                    "VIGIL_TIME_WINDOW__MAX_PAST_S": str(tw.max_past_s),
+                    "VIGIL_TIME_WINDOW__ADMIT_MARGIN_S": str(tw.admit_margin_s)})  # fmt: skip
+        if tw.replay_shift_s is not None:
+            env["VIGIL_TIME_WINDOW__REPLAY_SHIFT_S"] = str(tw.replay_shift_s)
         env.update(self.extra_env)
         return env
 

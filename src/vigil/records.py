@@ -19,7 +19,7 @@ ranges come from the data tables (:mod:`vigil.codes`); values are converted to t
 
 :func:`decode` never raises: it returns an :class:`Observation`, an :class:`AdtEvent` or an
 :class:`Invalid` (errors are values on the hot path); :func:`dead_letter_record` turns an
-:class:`Invalid` into the dead-letter topic's value, keeping the original bytes.
+:class:`Invalid` into the dead-letter topic's value (bounded, allow-listed: :mod:`vigil.deadletters`).
 
 >>> raw = encode_observation(patient="pt-1", source="m", seq=1, time=datetime(2026, 1, 1, tzinfo=UTC),
 ...                          system="LOINC", code="8310-5", value=100.4, unit="[degF]")
@@ -35,11 +35,10 @@ ranges come from the data tables (:mod:`vigil.codes`); values are converted to t
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime  # noqa: F401 - UTC: used by the module doctest
 from typing import Any
 
 import orjson
@@ -335,20 +334,23 @@ def encode_adt(
 
 def dead_letter_record(
     inv: Invalid, *, topic: str, partition: int, offset: int, raw: bytes | None, key: bytes | None,
-    received_at: float,
+    received_at: float, keep_raw: bool = False,
 ) -> bytes:  # fmt: skip
-    """The dead-letter value: the reason plus everything needed to find and replay the original.
+    """The dead-letter value: the reason, the original's coordinates, size and SHA-256, and only an
+    allow-listed projection of its content (:mod:`vigil.deadletters`; never patient data, never more than
+    :data:`vigil.deadletters.MAX_RECORD_BYTES`). The original stays findable on ``topic`` at
+    ``partition``/``offset`` and is identified by the hash. ``keep_raw``: the caller already reduced
+    ``raw`` to an allow-list (the edge listeners); a bounded prefix of it is kept as ``raw_b64``.
 
     >>> inv = decode(b"{oops", "vitals")
     >>> rec = orjson.loads(dead_letter_record(inv, topic="vitals", partition=3, offset=17, raw=b"{oops",
     ...                                       key=b"pt-1", received_at=0.0))
-    >>> rec["reason"], base64.b64decode(rec["raw_b64"]), rec["received_at"]
-    ('malformed_json', b'{oops', '1970-01-01T00:00:00+00:00')
+    >>> rec["reason"], rec["size"], rec["sha256"][:12], rec["raw_b64"], rec["received_at"]
+    ('malformed_json', 5, '935aaf3a54c0', None, '1970-01-01T00:00:00+00:00')
     """
-    return orjson.dumps({
-        "v": 1, "reason": inv.reason, "error_type": inv.error_type, "detail": inv.detail, "field": inv.field,
-        "source_topic": topic, "partition": partition, "offset": offset,
-        "raw_b64": base64.b64encode(raw).decode("ascii") if raw is not None else None,
-        "key_b64": base64.b64encode(key).decode("ascii") if key is not None else None,
-        "received_at": datetime.fromtimestamp(received_at, UTC).isoformat(),
-    })  # fmt: skip
+    from vigil import deadletters
+
+    return deadletters.build(
+        reason=inv.reason, error_type=inv.error_type, detail=inv.detail, field=inv.field, topic=topic,
+        partition=partition, offset=offset, received_at=received_at, raw=raw, key=key, keep_raw=keep_raw,
+    )  # fmt: skip

@@ -45,9 +45,10 @@ def dead_letter(settings: Settings, inv: records.Invalid, *, raw: bytes | None, 
                 source: str) -> Record:  # fmt: skip
     """A dead-letter record for an input rejected at the edge: ``source_topic`` names the ingest path
     (``hl7-mllp`` | ``fhir-http``), partition and offset are 0 (it never was on a topic). ``raw`` must already
-    be free of patient identifiers (:func:`vigil.ingest.hl7_oru.redact`)."""
+    be free of patient identifiers (:func:`vigil.ingest.hl7_oru.redact`): a bounded prefix of it is kept
+    (``keep_raw``), with its size and hash, beside the allow-listed projection (:mod:`vigil.deadletters`)."""
     value = records.dead_letter_record(inv, topic=source, partition=0, offset=0, raw=raw, key=key,
-                                       received_at=time.time())  # fmt: skip
+                                       received_at=time.time(), keep_raw=True)  # fmt: skip
     return settings.topic("dead-letter"), key, value
 
 

@@ -7,8 +7,10 @@ model is one ONNX Runtime call per batch.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from vigil import deadletters
 from vigil.config import Settings
 from vigil.drift import DriftMonitor
 from vigil.features import FEATURE_NAMES, featurize, sequence
@@ -24,9 +27,13 @@ from vigil.policy import AlertPolicy, Decision
 from vigil.records import AckEvent, AdtEvent, Observation
 from vigil.scoring import Scorer
 from vigil.state import HOUR, PatientState, Snapshot, event_uid, stack_snapshots
+from vigil.timewindow import check_time
+from vigil.worker.intake import DeadLetter
 from vigil.worker.outputs import ack_record, alert_records, iso, news2_decisions, score_record
 
 __all__ = ["Processor", "Outputs", "InEvent", "iso"]
+
+log = logging.getLogger(__name__)
 
 # Order of kinds at the same event time: admit first, discharge last.
 _ORDER = {"admit": 0, "transfer": 2, "ack": 2, "discharge": 3}
@@ -59,6 +66,7 @@ class Outputs:
     featurize_s: float = 0.0
     inference_s: dict[str, float] = field(default_factory=dict)
     alert_labels: list[tuple[str, str, str]] = field(default_factory=list)  # (type, severity, ward)
+    dead: list[DeadLetter] = field(default_factory=list)  # quarantined events (processing_error, time_out_of_range)
 
 
 class Processor:
@@ -73,6 +81,10 @@ class Processor:
         self.policy = AlertPolicy(settings.alerts)
         self.drift: dict[tuple[str, str], DriftMonitor | None] = {}  # (model, version) -> monitor
         self._acks: list[tuple[PatientState, Decision]] = []  # acknowledgements applied in this batch
+        self._dead: list[DeadLetter] = []  # events quarantined in this batch
+        self._quarantined = set()
+        # (patient, source, seq) -> (topic, partition, offset) of observations waiting for their admit
+        self._pending_at: dict[tuple[str, str, int], tuple[str, int, int]] = {}
         self.states: dict[int, dict[str, PatientState]] = {}
         self.watermark: dict[int, float] = {}  # max event time seen per partition
         # partition -> patients waiting for a grace period: observations without an admit yet, or a discharge
@@ -109,6 +121,8 @@ class Processor:
 
         snaps: list[Snapshot] = []
         touched: list[tuple[int, PatientState]] = []
+        self._dead = out.dead
+        self._quarantined: set[str] = set()  # patients whose events of this batch were quarantined by scoring
         for patient, lst in by_patient.items():
             lst.sort(key=_sort_key)
             p = lst[0].partition
@@ -116,7 +130,12 @@ class Processor:
             st = part.get(patient)
             if st is None:
                 st = part[patient] = PatientState(patient)
-            st = self._apply(st, lst, snaps, counts)
+            try:
+                st = self._apply(st, lst, snaps, counts)
+            except Exception as exc:  # noqa: BLE001 - outside the per-event guard: quarantine the patient's batch
+                for ie in lst:
+                    self._quarantine_error(ie, exc)
+                st = part.get(patient, st)
             wards = counts.setdefault("ward_events", {})
             wards[st.ward or "unknown"] = wards.get(st.ward or "unknown", 0) + len(lst)
             wm = self.watermark.get(p, -math.inf)
@@ -124,7 +143,7 @@ class Processor:
                 self.watermark[p] = st.last_event_time
             touched.append((p, st))
 
-        self._score(snaps, by_state={id(st): st for _, st in touched}, out=out)
+        self._score_safe(snaps, {id(st): st for _, st in touched}, out, by_patient)
         for st, d in self._acks:
             entry = st.alerts[d.key]
             raised_at = (entry.get("ids") or {}).get(d.episode, entry.get("last"))
@@ -134,7 +153,7 @@ class Processor:
             out.alert_labels.append((d.kind, "info", st.ward or "unknown"))
         self._acks = []
 
-        self._finalize_discharges(time.time(), out, touched)
+        self._finalize_discharges(time.time(), out, touched, by_patient)
         return out
 
     def finalize_due(self, now: float | None = None) -> Outputs:
@@ -143,7 +162,8 @@ class Processor:
         self._finalize_discharges(time.time() if now is None else now, out, [])
         return out
 
-    def _finalize_discharges(self, now: float, out: Outputs, touched: list[tuple[int, PatientState]]) -> None:
+    def _finalize_discharges(self, now: float, out: Outputs, touched: list[tuple[int, PatientState]],
+                             by_patient: dict[str, list[InEvent]] | None = None) -> None:  # fmt: skip
         """Patients past a grace period: anchor those whose admit never came (and score their rows);
         close the last rows of the discharged (their record stays, closed, for ``closed_keep_s``). Then
         write the changelog of every touched state."""
@@ -177,9 +197,7 @@ class Processor:
                 waiting.discard(patient)
                 done.append((p, st))
         if snaps:
-            extra = Outputs()
-            self._score(snaps, by_state={id(st): st for _, st in done}, out=extra)
-            _merge(out, extra)
+            self._score_safe(snaps, {id(st): st for _, st in done}, out, by_patient or {})
         written: set[int] = set()
         for p, st in touched + done:
             if id(st) in written:
@@ -218,63 +236,138 @@ class Processor:
         row_mode = cfg.scoring.mode == "row"
         dups, late = counts["duplicates"], counts["late"]
         now = time.time()
+        fault = cfg.state.fault_inject_seq
+        margin = cfg.time_window.admit_margin_s
+        # the earliest admission known for this patient: its state's, or an admit in this very batch (sorted
+        # by time, a far-past event would otherwise come before its admit and wait in `pending`)
+        admits = [ie.event.admit_time for ie in lst if type(ie.event) is AdtEvent and ie.event.kind == "admit"
+                  and ie.event.admit_time is not None]  # fmt: skip
+        if st.from_admit and st.admit_time is not None:
+            admits.append(st.admit_time)
+        earliest = min(admits) - margin if admits else -math.inf
         for ie in lst:
             ev = ie.event
-            if type(ev) is AckEvent:  # idempotent (re-applying an ack changes nothing): no de-duplication
-                d = self.policy.ack(st.alerts, ev.alert_id, by=ev.by, at=ev.time, action=ev.action)
-                if d is None:
-                    counts.setdefault("acks_unmatched", 0)
-                    counts["acks_unmatched"] += 1
-                else:
-                    self._acks.append((st, d))
-                continue
-            if st.discharged:
-                if ev.time <= (st.discharge_time or -math.inf):  # a straggler or duplicate of a closed stay
-                    late[ie.topic] = late.get(ie.topic, 0) + 1
+            try:  # errors are values: an event whose processing raises is quarantined, the others go on
+                if fault is not None and ev.seq == fault:
+                    raise RuntimeError("fault injected (state.fault_inject_seq, test only)")  # noqa: TRY301
+                if type(ev) is not AckEvent and ev.time < earliest:
+                    reason = check_time(ev.time, now=now, window=cfg.time_window, admit_time=earliest + margin)
+                    if reason is not None:
+                        self._quarantine(ie, "time_out_of_range", "TimeOutOfRange", reason, "time")
+                        continue
+                if type(ev) is AckEvent:  # idempotent (re-applying an ack changes nothing): no de-duplication
+                    d = self.policy.ack(st.alerts, ev.alert_id, by=ev.by, at=ev.time, action=ev.action)
+                    if d is None:
+                        counts.setdefault("acks_unmatched", 0)
+                        counts["acks_unmatched"] += 1
+                    else:
+                        self._acks.append((st, d))
                     continue
-                st = self._reopen(st, ie.partition)  # a new stay after the discharge
-            if st.is_duplicate(event_uid(ev.source, ev.seq), window):
-                dups[ie.topic] = dups.get(ie.topic, 0) + 1
-                continue
-            if ev.time > st.last_event_time:
-                st.last_event_time = ev.time
-            st.last_wall = now
-            if type(ev) is Observation:
-                if not st.anchored:
-                    if st.first_event_time is None or ev.time < st.first_event_time:
-                        st.first_event_time = ev.time
-                    if st.pending_since is None:
-                        st.pending_since = time.time()
-                        self._waiting.setdefault(ie.partition, set()).add(st.patient)
-                    st.pending.append(ev)
+                if st.discharged:
+                    if ev.time <= (st.discharge_time or -math.inf):  # a straggler or duplicate of a closed stay
+                        late[ie.topic] = late.get(ie.topic, 0) + 1
+                        continue
+                    st = self._reopen(st, ie.partition)  # a new stay after the discharge
+                if st.is_duplicate(event_uid(ev.source, ev.seq), window):
+                    dups[ie.topic] = dups.get(ie.topic, 0) + 1
                     continue
-                k = st.row_of(ev.time)
-                if k > st.row:
-                    st.advance_to(k, max_gap, ie.broker_ts, snaps if row_mode else None)
-                if st.observe(ev):
-                    late[ie.topic] = late.get(ie.topic, 0) + 1
-                continue
-            # ADT
-            assert isinstance(ev, AdtEvent)
-            if ev.kind == "admit":
-                if st.discharge_time is not None and ev.admit_time == st.admit_time and ev.time >= st.discharge_time:
-                    st.discharge_time = st.discharge_seen = None  # the same stay re-admitted (HL7 A13 cancel discharge)
-                st.set_context(ev)
-                admit_time = ev.admit_time if ev.admit_time is not None else ev.time
-                if not st.from_admit:
-                    st.anchor(admit_time, math.floor((ev.time - admit_time) / HOUR), from_admit=True)
-                    self._flush_pending(st, snaps if row_mode else None, ie.broker_ts, max_gap)
-            elif ev.kind == "transfer":
-                st.set_context(ev)
-            else:  # discharge: finalised (rows closed, state evicted) after the grace period
-                st.discharge_time = ev.time
-                st.discharge_seen = time.time()
-                self._waiting.setdefault(ie.partition, set()).add(st.patient)
+                if ev.time > st.last_event_time:
+                    st.last_event_time = ev.time
+                st.last_wall = now
+                if type(ev) is Observation:
+                    if not st.anchored:
+                        if st.first_event_time is None or ev.time < st.first_event_time:
+                            st.first_event_time = ev.time
+                        if st.pending_since is None:
+                            st.pending_since = time.time()
+                            self._waiting.setdefault(ie.partition, set()).add(st.patient)
+                        st.pending.append(ev)
+                        if len(self._pending_at) >= 100_000:
+                            self._pending_at.clear()  # coordinates only (dead letters would say offset 0)
+                        self._pending_at[(st.patient, ev.source, ev.seq)] = (ie.topic, ie.partition, ie.offset)
+                        continue
+                    k = st.row_of(ev.time)
+                    if k > st.row:
+                        st.advance_to(k, max_gap, ie.broker_ts, snaps if row_mode else None)
+                    if st.observe(ev):
+                        late[ie.topic] = late.get(ie.topic, 0) + 1
+                    continue
+                # ADT
+                assert isinstance(ev, AdtEvent)
+                if ev.kind == "admit":
+                    if (st.discharge_time is not None and ev.admit_time == st.admit_time
+                            and ev.time >= st.discharge_time):  # the same stay re-admitted (HL7 A13 cancel discharge)
+                        st.discharge_time = st.discharge_seen = None
+                    st.set_context(ev)
+                    admit_time = ev.admit_time if ev.admit_time is not None else ev.time
+                    if not st.from_admit:
+                        st.anchor(admit_time, math.floor((ev.time - admit_time) / HOUR), from_admit=True)
+                        self._screen_pending(st, admit_time, ie.partition, now)
+                        self._flush_pending(st, snaps if row_mode else None, ie.broker_ts, max_gap)
+                elif ev.kind == "transfer":
+                    st.set_context(ev)
+                else:  # discharge: finalised (rows closed, state evicted) after the grace period
+                    st.discharge_time = ev.time
+                    st.discharge_seen = time.time()
+                    self._waiting.setdefault(ie.partition, set()).add(st.patient)
+            except Exception as exc:  # noqa: BLE001
+                self._quarantine_error(ie, exc)
         if not row_mode and st.anchored and st.discharge_time is None:
             if st.last_event_time - st.last_score_time >= cfg.scoring.min_interval_s:
                 snaps.append(st.snapshot(lst[-1].broker_ts, partial=True))
                 st.last_score_time = st.last_event_time
         return st
+
+    def _screen_pending(self, st: PatientState, admit_time: float, partition: int, now: float) -> None:
+        """Observations that waited for this admit (an earlier batch) and lie before it minus the margin:
+        dead-lettered (time_out_of_range) instead of being written into the rows."""
+        tw = self.settings.time_window
+        keep: list[Observation] = []
+        for o in st.pending:
+            at = self._pending_at.pop((st.patient, o.source, o.seq), None)
+            reason = check_time(o.time, now=now, window=tw, admit_time=admit_time) if o.time < admit_time else None
+            if reason is None:
+                keep.append(o)
+                continue
+            topic, part, off = at if at is not None else ("vitals" if o.kind == "vital" else "labs", partition, -1)
+            if at is None:
+                reason += " (offset unknown: the event was restored from the changelog)"
+            self._quarantine(InEvent(o, topic, part, 0.0, off), "time_out_of_range", "TimeOutOfRange", reason, "time")
+        st.pending = keep
+
+    def _quarantine(self, ie: InEvent, reason: str, error_type: str, detail: str, fld: str | None = None) -> None:
+        """Dead-letter one decoded event (its coordinates and an allow-listed projection; no patient data)."""
+        ev = ie.event
+        content: dict[str, Any] = {"kind": ev.kind, "seq": ev.seq}
+        try:
+            content["time"] = iso(ev.time)
+        except (OverflowError, ValueError, OSError):
+            pass
+        if type(ev) is Observation:
+            content["value"] = ev.value
+        topic = self.settings.topic(ie.topic)
+        key = ev.patient.encode()
+        value = deadletters.build(reason=reason, error_type=error_type, detail=detail, field=fld, topic=topic,
+                                  partition=ie.partition, offset=ie.offset, received_at=time.time(),
+                                  key=key, content=content)  # fmt: skip
+        self._dead.append(DeadLetter(key if len(key) <= deadletters.MAX_KEY else None, value, reason, topic,
+                                     ie.partition, max(0, ie.offset), stream=ie.topic))  # fmt: skip
+
+    def _quarantine_error(self, ie: InEvent, exc: BaseException, where: str = "processing", log_it: bool = True
+                          ) -> None:  # fmt: skip
+        """An exception while processing one event: dead letter (processing_error), one log line (the
+        pseudonym's hash at most; the exception's type and where it was raised, never its message)."""
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ is not None else None
+        at = f" in {frame.name} ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame is not None else ""
+        if where == "scoring":
+            detail = (f"scoring raised {type(exc).__name__}{at}; the patient's rows closed by this batch are not "
+                      "scored (the event is in its state), every other patient is")  # fmt: skip
+        else:
+            detail = f"{where} raised {type(exc).__name__}{at}; the event is quarantined, the patient's others go on"
+        self._quarantine(ie, "processing_error", type(exc).__name__, detail)
+        if log_it:
+            log.error("quarantined an event of %s[%d]@%d (patient key %s): %s", ie.topic, ie.partition, ie.offset,
+                      deadletters.key_hash(ie.event.patient.encode()), detail)  # fmt: skip
 
     def _reopen(self, closed: PatientState, partition: int) -> PatientState:
         st = PatientState(closed.patient)
@@ -289,9 +382,10 @@ class Processor:
         if math.isfinite(first):
             st.anchor(first, 0, from_admit=False)
 
-    @staticmethod
-    def _flush_pending(st: PatientState, snaps: list[Snapshot] | None, ts: float, max_gap: int) -> None:
+    def _flush_pending(self, st: PatientState, snaps: list[Snapshot] | None, ts: float, max_gap: int) -> None:
         pending, st.pending = sorted(st.pending, key=lambda o: o.time), []
+        for o in pending:
+            self._pending_at.pop((st.patient, o.source, o.seq), None)
         st.pending_since = None
         for obs in pending:
             k = st.row_of(obs.time)
@@ -300,6 +394,37 @@ class Processor:
             st.observe(obs)
 
     # -- scoring -------------------------------------------------------------------------------
+    def _score_safe(self, snaps: list[Snapshot], by_state: dict[int, PatientState], out: Outputs,
+                    by_patient: dict[str, list[InEvent]]) -> None:  # fmt: skip
+        """Score ``snaps`` into ``out``; if that raises, score patient by patient and quarantine the events of
+        the batch of each patient whose scoring raises (every other patient is scored)."""
+        if not snaps:
+            return
+        try:
+            tmp = Outputs()
+            self._score(snaps, by_state, tmp)
+        except Exception:  # noqa: BLE001
+            groups: dict[str, list[Snapshot]] = {}
+            for sn in snaps:
+                groups.setdefault(sn.patient, []).append(sn)
+            for patient, group in groups.items():
+                try:
+                    tmp = Outputs()
+                    self._score(group, by_state, tmp)
+                except Exception as exc:  # noqa: BLE001
+                    evs = [] if patient in self._quarantined else by_patient.get(patient, [])
+                    if evs:
+                        self._quarantined.add(patient)
+                    for i, ie in enumerate(evs):  # one log line for the patient
+                        self._quarantine_error(ie, exc, where="scoring", log_it=i == 0)
+                    if patient not in self._quarantined:
+                        log.error("scoring raised %s for patient key %s outside a batch (rows not scored)",
+                                  type(exc).__name__, deadletters.key_hash(patient.encode()))  # fmt: skip
+                    continue
+                _merge(out, tmp)
+            return
+        _merge(out, tmp)
+
     def _score(self, snaps: list[Snapshot], by_state: dict[int, PatientState], out: Outputs) -> None:
         if not snaps:
             return
@@ -384,6 +509,8 @@ class Processor:
         return self.drift[key]
 
 def _merge(out: Outputs, extra: Outputs) -> None:
+    for name, arr in extra.risks.items():
+        out.risks[name] = np.concatenate([out.risks[name], arr]) if name in out.risks else arr
     out.scores += extra.scores
     out.shadow_scores += extra.shadow_scores
     out.drift += extra.drift

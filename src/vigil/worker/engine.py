@@ -3,7 +3,9 @@
 Delivery guarantee (per batch):
 
 1. ``getmany`` fetches up to ``max_batch`` records from the assigned partitions of vitals/labs/adt.
-2. Records are decoded and validated; invalid ones become dead-letter records (never dropped).
+2. Records are screened (:mod:`vigil.worker.intake`): oversize, invalid or implausibly timed ones become
+   bounded dead-letter records, ones on a partition their key does not hash to are re-routed (never
+   dropped, never an exception).
 3. :class:`~vigil.worker.batch.Processor` updates patient state and scores closed rows.
 4. Scores, alerts, dead letters and the new state of every touched patient (changelog, compacted,
    same partition number as the input) are produced with ``acks=all`` and **all acknowledgements are
@@ -35,11 +37,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 
 from vigil.config import Settings
 from vigil.metrics import WorkerMetrics
-from vigil.records import Invalid, dead_letter_record, decode
 from vigil.registry import Registry
 from vigil.scoring import Scorer
 from vigil.state import PatientState
 from vigil.worker.batch import InEvent, Outputs, Processor
+from vigil.worker.intake import Intake, Side
 from vigil.worker.reorder import ReorderBuffer
 
 __all__ = ["Engine", "INPUT_TOPICS", "load_scorers"]
@@ -96,6 +98,7 @@ class Engine:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._owned: set[int] = set()
+        self.intake = Intake(settings, self.metrics, self._partitions_of)  # errors are values: worker/intake.py
         self.reorder = ReorderBuffer(settings.state.reorder_min_hold_s, settings.state.reorder_max_hold_s)
         self._tp_time: dict[TopicPartition, float] = {}  # newest event time fetched per input partition
         self.fatal: BaseException | None = None
@@ -197,9 +200,8 @@ class Engine:
         t0 = time.perf_counter()
         m = self.metrics
         events: list[InEvent] = []
-        dead: list[tuple[bytes | None, bytes]] = []
+        side = Side()  # dead letters and re-routes (worker/intake.py)
         kinds: dict[tuple[str, str], int] = {}
-        invalid: dict[tuple[str, str], int] = {}
         now = time.time()
         n = 0
         for tp, records in batch.items():
@@ -208,12 +210,8 @@ class Engine:
             n += len(records)
             newest = self._tp_time.get(tp, -math.inf)
             for r in records:
-                ev = decode(r.value, name, r.key)
-                if type(ev) is Invalid:
-                    dead.append((r.key, dead_letter_record(
-                        ev, topic=tp.topic, partition=tp.partition, offset=r.offset, raw=r.value, key=r.key,
-                        received_at=now)))  # fmt: skip
-                    invalid[(name, ev.reason)] = invalid.get((name, ev.reason), 0) + 1
+                ev = self.intake.screen(r, tp, name, now, side)
+                if ev is None:  # dead-lettered or re-routed
                     continue
                 events.append(InEvent(ev, name, tp.partition, r.timestamp / 1000.0, r.offset))  # type: ignore[arg-type]
                 if ev.time > newest:  # type: ignore[union-attr]
@@ -229,18 +227,22 @@ class Engine:
             for (topic, kind), c in kinds.items():
                 m.events.labels(topic, kind).inc(c)
         due = self.reorder.release(math.inf if flush else now, await self._watermarks())
-        if not due and not dead and not self._commit_pending():
+        if not due and not side and not self._commit_pending():
             return
         out = self.processor.process(due)
-        await self._emit(out, dead)
+        side.dead += out.dead  # quarantined events (processing_error, time_out_of_range)
+        await self._emit(out, side)
         await self._commit()
         # after the commit: what is durable
-        self.events_done += len(due) + len(dead)
-        for (topic, reason), c in invalid.items():
-            m.invalid.labels(topic, reason).inc(c)
-            m.dead_letters.labels(reason).inc(c)
+        self.events_done += len(due) + len(side.dead) - len(out.dead) + len(side.reroutes)
+        self.intake.count(side)
         self._count(out)
         m.batch_seconds.observe(time.perf_counter() - t0)
+
+    def _partitions_of(self, topic: str) -> int | None:
+        """Partition count of ``topic`` from the consumer's metadata (None when not known yet)."""
+        parts = self._consumer.partitions_for_topic(topic) if self._consumer is not None else None
+        return len(parts) if parts else None
 
     async def _watermarks(self) -> dict[int, tuple[float, float]]:
         """Per input partition: (event-time watermark, fresh_since). The watermark is the min over
@@ -319,13 +321,13 @@ class Engine:
             m.drift_events.inc()
         m.patients.set(self.processor.patients())
 
-    async def _emit(self, out: Outputs, dead: list[tuple[bytes | None, bytes]]) -> None:
+    async def _emit(self, out: Outputs, side: Side | None = None) -> None:
         assert self._producer is not None
         s, p = self.settings, self._producer
+        if side:  # dead letters and re-routes first, each failure handled (worker/intake.py)
+            await self.intake.produce(p, side)
         futs = []
-        scores_t, alerts_t, dlq_t, log_t = (
-            s.topic("scores"), s.topic("alerts"), s.topic("dead-letter"), s.topic(CHANGELOG)
-        )
+        scores_t, alerts_t, log_t = s.topic("scores"), s.topic("alerts"), s.topic(CHANGELOG)
         for key, value in out.scores:
             futs.append(await p.send(scores_t, value, key=key.encode()))
         n_scores = len(futs)
@@ -337,8 +339,6 @@ class Engine:
                 futs.append(await p.send(shadow_t, value, key=key.encode()))
         for key, value in out.alerts:
             futs.append(await p.send(alerts_t, value, key=key.encode()))
-        for raw_key, value in dead:
-            futs.append(await p.send(dlq_t, value, key=raw_key))
         for part, key, value in out.changelog:
             futs.append(await p.send(log_t, value, key=key.encode(), partition=part))
         if futs:
@@ -359,7 +359,7 @@ class Engine:
         out.changelog += tombstones
         out.counts["evicted"] = reasons
         if out.changelog:
-            await self._emit(out, [])
+            await self._emit(out)
             self._count(out)
         for tp in self._consumer.assignment():
             hw = self._consumer.highwater(tp)
