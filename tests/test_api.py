@@ -211,8 +211,10 @@ def test_ack_publishes_once_and_is_idempotent(api_settings: Settings) -> None:
                        "audit_id": audit_id("alert_ack", "alert-a", "acknowledged")}  # fmt: skip
         again = ack("alert-a", {"by": "someone-else", "action": "acknowledged"})
         assert (again.status_code, again.json()) == (200, res)  # the first result; nothing new
-        treated = ack("alert-a-esc", {"by": "dr-3", "action": "treated"})
-        assert treated.status_code == 200 and treated.json()["action"] == "treated"
+        treated = ack("alert-a-esc", {"by": "dr-3", "action": "treated"})  # an escalation: its episode
+        assert treated.status_code == 200 and (treated.json()["alert_id"], treated.json()["action"]) == (
+            "alert-a", "treated")
+        assert ack("alert-a", {"by": "dr-4", "action": "treated"}).json() == treated.json()
         open_alert = requests.get(url + "/alerts", headers=AUTH, timeout=10).json()["alerts"][0]
         assert [a["action"] for a in open_alert["acknowledgements"]] == ["acknowledged", "treated"]
         # refusals publish nothing
@@ -228,14 +230,14 @@ def test_ack_publishes_once_and_is_idempotent(api_settings: Settings) -> None:
         assert r.status_code == 413 and "error" in r.json()
     acks, audit = read_topic_sync(s, "alert-acks"), read_topic_sync(s, "audit")
     assert [(a["alert_id"], a["action"], a["by"], a["patient"]) for a in acks] == [
-        ("alert-a", "acknowledged", "rn-ward1-07", pa), ("alert-a-esc", "treated", "dr-3", pa)]
+        ("alert-a", "acknowledged", "rn-ward1-07", pa), ("alert-a", "treated", "dr-3", pa)]
     for a in acks:
         jsonschema.Draft202012Validator(schema_for("alert-acks", s.streams_dir)).validate(a)
         ev = decode(orjson.dumps(a), "alert-acks", pa.encode())
         assert isinstance(ev, AckEvent) and ev.alert_id == a["alert_id"]
     assert [(e["kind"], e["who"], e["subject"], e["details"]["action"], e["details"]["ward"]) for e in audit] == [
         ("alert_ack", "rn-ward1-07", "alert:alert-a", "acknowledged", "W1"),
-        ("alert_ack", "dr-3", "alert:alert-a-esc", "treated", "W1")]
+        ("alert_ack", "dr-3", "alert:alert-a", "treated", "W1")]
     for e in audit:
         jsonschema.Draft202012Validator(schema_for("audit", s.streams_dir)).validate(e)
 

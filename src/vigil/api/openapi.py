@@ -119,7 +119,8 @@ def _schemas() -> dict[str, Any]:
             "required": ["ack_id", "alert_id", "patient", "action", "by", "at", "audit_id"],
             "properties": {
                 "ack_id": {"type": "string", "description": "deterministic: the same alert and action, the same id"},
-                "alert_id": {"type": "string"}, "patient": {"type": "string"},
+                "alert_id": {"type": "string", "description": "the acknowledged episode (its raising alert's id)"},
+                "patient": {"type": "string"},
                 "action": {"type": "string", "enum": list(ACK_ACTIONS)}, "by": {"type": "string"},
                 "at": {"type": "string", "description": "when it was first recorded (ISO 8601)"},
                 "audit_id": {"type": "string", "description": "the audit entry of this acknowledgement"},
@@ -170,7 +171,8 @@ def document() -> dict[str, Any]:
             "/alerts/{alert_id}/ack": {"post": {
                 "operationId": "ackAlert",
                 "summary": "Acknowledge an alert: one alert-acks record and one audit entry per alert and action",
-                "parameters": [_param("alert_id", "path", ID_PATTERN, "the alert's id (or its episode's)")],
+                "parameters": [_param("alert_id", "path", ID_PATTERN,
+                                      "an alert's id; an escalation's id acknowledges its episode (raising alert)")],
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref("AckRequest")}}},
                 "responses": {

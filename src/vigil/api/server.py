@@ -5,8 +5,9 @@ consumer) up to the end offsets found at start, then binds exactly ``api.host:ap
 Every route but ``/healthz``, ``/openapi.json`` and ``/metrics`` needs ``Authorization: Bearer <token>`` whose
 SHA-256 is in ``api.tokens_sha256``; a refused request gets 401 with ``WWW-Authenticate`` before its body is read.
 
-An acknowledgement publishes one ``alert-acks`` record (key: the patient pseudonym) and one ``audit`` entry; the
-same alert and action again returns the first result and publishes nothing (the view remembers both topics,
+An acknowledgement publishes one ``alert-acks`` record (key: the patient pseudonym) and one ``audit`` entry for the
+alert's episode (the raising alert's id, the one the worker accepts; an escalation's id acknowledges its episode);
+the same episode and action again returns the first result and publishes nothing (the view remembers both topics,
 so this holds across restarts too). No access log: request paths carry pseudonyms.
 """
 
@@ -297,10 +298,10 @@ class ApiServer:
         where = self.view.find_alert(alert)
         if where is None:
             return _error(404, "no such alert")
-        patient, episode = where
+        patient, episode = where  # an escalation's id acknowledges its episode: the worker knows raised alerts
         async with self._ack_lock:
             try:
-                result = await self._record_ack(alert, patient, episode, body["by"], body["action"])
+                result = await self._record_ack(episode, patient, body["by"], body["action"])
             except (TimeoutError, Exception) as exc:  # noqa: BLE001 - any broker failure: retryable 503
                 log.warning("api: publishing an acknowledgement failed (%s)", type(exc).__name__)
                 return _error(503, "the broker did not acknowledge in time; retry (acknowledgements are idempotent)")
@@ -312,7 +313,9 @@ class ApiServer:
         await asyncio.wait_for(fut, self.cfg.publish_timeout_s)
         self.metrics.published.labels(topic).inc()
 
-    async def _record_ack(self, alert: str, patient: str, episode: str, by: str, action: str) -> dict[str, Any]:
+    async def _record_ack(self, alert: str, patient: str, by: str, action: str) -> dict[str, Any]:
+        """Publish the acknowledgement of the episode ``alert`` (its raising alert's id) and its audit entry,
+        each unless the view has already seen it; the result of the first acknowledgement of alert and action."""
         rec = self.view.recorded_ack(alert, action)
         if rec is None:
             now = time.time()
@@ -324,8 +327,8 @@ class ApiServer:
             p = self.view.patient(patient) or {}
             entry = audit_record(
                 "alert_ack", who=rec["by"], at=_posix(rec["at"]), subject=f"alert:{alert}", patient=patient,
-                details={"alert_id": alert, "episode_id": episode, "action": rec["action"],
-                         "alert_type": self.view.alert_type(patient, episode), "ward": p.get("ward")},
+                details={"alert_id": alert, "action": rec["action"], "alert_type": self.view.alert_type(patient, alert),
+                         "ward": p.get("ward")},
                 audit_id=aid,
             )  # fmt: skip
             await self._publish("audit", f"alert:{alert}", entry)
