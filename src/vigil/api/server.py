@@ -264,7 +264,8 @@ class ApiServer:
         return web.json_response({"count": len(alerts), "alerts": alerts}, dumps=_dumps)
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "caught_up": self.caught_up, "patients": self.view.patients})
+        return web.json_response({"status": "ok", "caught_up": self.caught_up, "patients": self.view.patients},
+                                 dumps=_dumps)
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(document(), dumps=_dumps)
