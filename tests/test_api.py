@@ -331,3 +331,56 @@ def test_cli_hash_token_and_refusal_without_tokens() -> None:
     assert r.exit_code == 1 and "needs at least one token" in r.output
     r = runner.invoke(cli, ["api"], env={"VIGIL_API__TOKENS_SHA256": '["not-a-digest"]'})
     assert r.exit_code == 1 and "not SHA-256 hex digests" in r.output
+
+
+def test_an_ack_through_the_api_reaches_the_worker(settings_factory: Callable[..., Settings],
+                                                   topics_factory: Callable[..., list[str]], sample_path: Any,
+                                                   tmp_path: Any) -> None:  # fmt: skip
+    """The real worker raises alerts from replayed sample stays; the API shows them, a clinician acknowledges one
+    through it, and the worker records that acknowledgement (its ``acknowledged`` alert for the episode)."""
+    from vigil.physionet import iter_stays
+    from vigil.privacy import pseudonymise
+    from vigil.procs import WorkerProcess
+    from vigil.replay import stay_events
+
+    alert_env = {"VIGIL_ALERTS__MODEL_RISK__RAISE_AT": "0.45", "VIGIL_ALERTS__MODEL_RISK__REFRACTORY_H": "0"}
+    s = settings_factory(api={"port": 0, "tokens_sha256": [hash_token(TOKEN)]})
+    topics_factory(s, 2)
+    events: list[tuple[str, str, bytes]] = []
+    for i, stay in enumerate(iter_stays(sample_path, limit=8)):
+        patient = pseudonymise(stay.stay_id, s.pseudonym_key.get_secret_value())
+        evs = list(stay_events(stay, patient=patient, anchor=T0, source="test-feed", ward=f"W{i % 2}", bed=str(i)))
+        events += [(stream, patient, value) for stream, _t, value in evs[: len(evs) // 2]]  # still admitted
+    with serving(s) as (url, _), WorkerProcess(s, log_path=tmp_path / "worker.log", extra_env=alert_env) as w:
+        w.wait_ready()
+        produce(s, events)
+        alerts = until(lambda: requests.get(url + "/alerts", headers=AUTH, timeout=10).json()["alerts"],
+                       lambda a: len(a) > 0, timeout_s=90)  # fmt: skip
+        first = alerts[0]
+        r = requests.post(f"{url}/alerts/{first['alert_id']}/ack", headers=AUTH,
+                          json={"by": "rn-w0-1", "action": "acknowledged"}, timeout=10)  # fmt: skip
+        assert r.status_code == 200
+        tail = asyncio.run(_worker_ack(s, first["alert_id"]))
+        assert tail["ack"]["by"] == "rn-w0-1" and tail["ack"]["action"] == "acknowledged"
+        assert tail["patient"] == first["patient"]
+        mine = until(lambda: requests.get(f"{url}/patients/{first['patient']}", headers=AUTH, timeout=10).json(),
+                     lambda p: any(a["alert_id"] == first["alert_id"] for a in p["open_alerts"]))  # fmt: skip
+        ep = next(a for a in mine["open_alerts"] if a["alert_id"] == first["alert_id"])
+        assert [(a["action"], a["by"]) for a in ep["acknowledgements"]] == [("acknowledged", "rn-w0-1")]
+        assert w.stop() == 0
+
+
+async def _worker_ack(s: Settings, episode: str) -> dict[str, Any]:
+    from vigil.kafka_io import TopicTail
+
+    tail = await TopicTail(s, s.topic("alerts")).start()
+    try:
+        def acked(recs: list[Any]) -> bool:
+            return any((d := orjson.loads(r.value))["event"] == "acknowledged" and d["episode_id"] == episode
+                       for r in recs)  # fmt: skip
+
+        recs = await tail.wait_for(acked, 60)
+    finally:
+        await tail.stop()
+    return next(d for r in recs if (d := orjson.loads(r.value))["event"] == "acknowledged"
+                and d["episode_id"] == episode)  # fmt: skip
