@@ -117,7 +117,7 @@ class ApiServer:
                 self.view.apply_alert(doc)
             elif topic == "audit":
                 self.view.apply_audit(doc)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one unreadable record never stops the view: skipped, counted
             self._skip(topic, type(exc).__name__, rec)
 
     def _skip(self, topic: str, reason: str, rec: Any) -> None:

@@ -27,7 +27,9 @@ from typing import Any
 
 from vigil.records import AckEvent, AdtEvent
 
-__all__ = ["View", "PatientView", "ack_key"]
+__all__ = ["View", "PatientView", "ack_key", "MAX_OPEN_PER_PATIENT"]
+
+MAX_OPEN_PER_PATIENT = 32  # open alert episodes kept per patient
 
 
 def ack_key(alert_id: str, action: str) -> tuple[str, str]:
@@ -166,6 +168,8 @@ class View:
                 self._remember(self._alert_index, episode, (patient, episode))
             ep = p.alerts.setdefault(episode, {"alert_id": episode, "patient": patient, "type": rec.get("type"),
                                                "raised_at": rec.get("time"), "acknowledgements": []})  # fmt: skip
+            while len(p.alerts) > MAX_OPEN_PER_PATIENT:  # never resolved (a lost resolution): oldest first out
+                p.alerts.pop(next(iter(p.alerts)))
             n2 = rec.get("news2")
             ep.update(latest_alert_id=aid, event=event, severity=rec.get("severity"), ward=p.ward, bed=p.bed,
                       time=rec.get("time"), score=_num(rec.get("score")), threshold=_num(rec.get("threshold")),
