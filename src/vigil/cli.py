@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from vigil.commands.alerts import alerts as alerts_group
+from vigil.commands.api import api as api_group
 from vigil.commands.common import settings_of
 from vigil.commands.demand import demand as demand_group
 from vigil.commands.demand import demand_backtest
@@ -295,7 +296,7 @@ def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: st
 
 
 
-for _group in (ingest_group, alerts_group, demand_group, models_group):
+for _group in (ingest_group, alerts_group, demand_group, models_group, api_group):
     cli.add_command(_group)
 
 

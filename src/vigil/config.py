@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = [
     "KafkaSettings", "ScoringSettings", "StateSettings", "TimeWindowSettings", "AlertSettings",
     "RuleSettings", "DriftSettings", "RegistrySettings", "WebhookSettings", "DemandSettings", "DemandResource",
-    "IngestSettings", "EdgeTlsSettings", "Settings", "load_settings", "DEV_PSEUDONYM_KEY",
+    "IngestSettings", "EdgeTlsSettings", "ApiSettings", "Settings", "load_settings", "DEV_PSEUDONYM_KEY",
 ]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -355,6 +355,19 @@ class IngestSettings(BaseModel):
     )
 
 
+class ApiSettings(BaseModel):
+    """``vigil api``: the clinicians' HTTP API (docs/api.md). Bearer tokens are stored only as SHA-256 hex digests
+    (``vigil api hash-token``); the API keeps the latest state of at most ``max_patients`` patients in memory."""
+
+    host: str = Field(default="127.0.0.1", description="address the API binds to (exactly this one)")
+    port: int = Field(default=8090, ge=0, le=65535, description="HTTP port (0 = a free one)")
+    tokens_sha256: list[SecretStr] = Field(default_factory=list, description="SHA-256 hex of each accepted token")
+    max_patients: int = Field(default=20_000, ge=1, description="patients kept in memory (least recent evicted)")
+    max_alerts: int = Field(default=200_000, ge=1, description="alerts and acknowledgements remembered")
+    catch_up_timeout_s: float = Field(default=300.0, gt=0.0, description="bound on reading the topics at start")
+    publish_timeout_s: float = Field(default=10.0, gt=0.0, description="bound on the broker's acks for an ack")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIGIL_", env_nested_delimiter="__", extra="ignore", env_file=None
@@ -370,6 +383,7 @@ class Settings(BaseSettings):
     demand: DemandSettings = Field(default_factory=DemandSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     time_window: TimeWindowSettings = Field(default_factory=TimeWindowSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     pseudonym_key: SecretStr = SecretStr(DEV_PSEUDONYM_KEY)  # HMAC key for patient pseudonyms
     # Development mode (VIGIL_DEV_MODE=1): the only way `vigil worker` / `vigil ingest` start with the public
     # development pseudonym key above (the demo, tests and benchmarks set it). See vigil.ingest.security.
