@@ -92,6 +92,9 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
     assert summary["model"] == line["model"] and summary["threshold"] == ref.threshold
     metrics = json.loads((site["root"] / "eval" / "metrics.json").read_text())
     assert metrics["model"]["threshold"] == ref.threshold
+    assert metrics["model"]["onset_probability"]["horizon_h"] == 12  # the site's calibration, evaluated
+    assert 0 <= metrics["model"]["onset_probability"]["ece"] <= 1
+    assert metrics["alerting"]["model_risk"]["alerts"] >= 0 and metrics["model"]["name"] == "sepsis-gbm"
     pred = site["root"] / "pred"
     res = CliRunner().invoke(cli, ["predict", "--input", str(site["data"]), "--output", str(pred), "--model",
                                    line["model"], "--limit", "3"], env=env)  # fmt: skip
@@ -106,7 +109,7 @@ def test_unlabelled_onboarding_moves_only_the_level_and_marks_the_calibration(si
     ref, base = reg.get(line["model"]), reg.get("sepsis-gbm:1")
     assert line["adaptation"].startswith("none") and ref.card["onboarding"]["site_sample"]["labels_used"] is False
     assert ref.card["canary"]["probabilities"] == pytest.approx(base.card["canary"]["probabilities"], abs=1e-6)
-    assert ref.card["onboarding"]["calibration"]["site_validated"] is False
+    assert ref.card["onboarding"]["calibration"]["site_validated"] is False and ref.threshold == base.threshold
     cal = Calibration.load(ref.path / CALIBRATION_FILE)
     assert (cal.model, cal.version) == (ref.name, ref.version) and cal.meta["site_validated"] is False
     # label-free choice: the lowest level of the grid whose replayed burden stays within 0.3 x (1 - 0.1)

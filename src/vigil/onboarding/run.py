@@ -13,9 +13,8 @@ From the site's own silent-mode sample (PhysioNet-format stays):
    (:mod:`vigil.onboarding.levels`) and the onset-probability calibration (``demand_calibration.json``, the code
    of ``vigil demand calibrate``);
    **unlabelled** (``--unlabelled``; labels, if the file has them, are read only to report on ``check``): the base
-   graph unchanged, the alert level at which the site's own scores on the fit stays give the budgeted alert
-   rate, the threshold by quantile matching, and the base version's calibration copied, marked not
-   site-validated;
+   graph and threshold unchanged, the alert level at which the site's own scores on the fit stays give the
+   budgeted alert rate, and the base version's calibration copied, marked not site-validated;
 3. a new version is registered (ONNX checked against the framework within 1e-4; a card naming the site sample,
    the base version, what was adapted and the site metrics) and put through the promotion gate against the base
    **on the check stays** (:mod:`vigil.gate`'s checks and rule); the report compares base and onboarded there.
@@ -43,6 +42,7 @@ from vigil.errors import ConfigError, ModelError
 from vigil.evaluation.metrics import auroc
 from vigil.evaluation.report import jsonable
 from vigil.onboarding import levels as lv
+from vigil.onboarding.onset import onset_ece
 from vigil.onboarding.sample import SiteSplit, sample_sha256, split_site
 from vigil.registry import ModelRef, Registry
 
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["OnboardOptions", "onboard", "site_sample_mask", "onset_ece", "PARITY_TOL"]
 
 PARITY_TOL = 1e-4
-ONSET_H = 12
 
 
 @dataclass(frozen=True)
@@ -99,25 +98,6 @@ def _features(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def _labels(df: pd.DataFrame) -> np.ndarray:
     return df["SepsisLabel"].to_numpy(dtype=np.float64, na_value=0.0).astype(np.int8)
-
-
-def onset_ece(probs: np.ndarray, labels: np.ndarray, stay_start: np.ndarray, ref: ModelRef) -> dict[str, Any] | None:
-    """ECE (10 equal-count bins) of ``ref``'s onset probability (its ``demand_calibration.json`` map at 12 h) on
-    rows not yet septic, against onset within 12 h; None when the version has no usable map."""
-    from vigil.demand.calibration import CALIBRATION_FILE, Calibration, reliability
-    from vigil.demand.labels import onset_within, stay_index
-
-    path = ref.path / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    cal = Calibration.load(path)
-    if ONSET_H not in cal.sepsis:
-        return None
-    at_risk, y = onset_within(stay_index(stay_start, labels), ONSET_H)
-    p = cal.sepsis[ONSET_H](np.asarray(probs, np.float64)[at_risk])
-    r = reliability(p, y[at_risk].astype(np.float64))
-    return {"ece": r["ece"], "mean_predicted": r["mean_predicted"], "observed": r["observed"], "rows": r["rows"],
-            "horizon_h": ONSET_H}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ adaptation
@@ -381,6 +361,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         if labelled:
             y_fix = _labels(fix_df)
             thr, u_thr = lv.site_threshold(p_fix, y_fix, s_fix)
+            quantile = None
             pts = lv.replay_levels(p_fix, s_fix, policy, grid, y_fix)
             chosen = lv.choose_level_labelled(pts, opts.budget, opts.headroom)
             rule = (f"highest normalized utility of risk >= level among levels with <= "
@@ -388,16 +369,18 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
                     f"stays (budget {opts.budget:g}, headroom {opts.headroom:g})")  # fmt: skip
             thr_rule = f"maximises normalized utility on the site's {adapted.fit_on} stays"
         else:
+            # the threshold (what utility and PredictedLabel read) stays the base's: without labels nothing says
+            # where the site's utility peaks (matching the base's training alert rate instead moved it the wrong
+            # way at a site with fewer septic stays: docs/evaluation/onboarding.md)
             rate = (base.card.get("reference") or {}).get("alert_rate")
-            thr = lv.quantile_threshold(p_fix, float(rate)) if rate else base.threshold
-            u_thr = None
+            thr, u_thr = base.threshold, None
             pts = lv.replay_levels(p_fix, s_fix, policy, grid)
             chosen = lv.choose_level_unlabelled(pts, opts.budget, opts.headroom)
             rule = (f"lowest level with <= {opts.budget * (1 - opts.headroom):.3g} alerts per patient-day on the "
                     f"site's own scores of its fit stays (budget {opts.budget:g}, headroom {opts.headroom:g}); "
                     "no label read")
-            thr_rule = ("label-free: the site score flagging the share of rows the base flagged on its training rows "
-                        f"at its threshold ({rate})" if rate else "the base version's threshold (no reference rate)")
+            thr_rule = f"the base version's ({base.name}:{base.version}) threshold, kept: no site label to move it"
+            quantile = lv.quantile_threshold(p_fix, float(rate)) if rate else None
         if chosen is None:
             raise ConfigError(f"no alert level keeps the site within {opts.budget:g} alerts per patient-day "
                               f"(levels tried: {[round(p.level, 4) for p in pts]})")  # fmt: skip
@@ -441,7 +424,9 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             "split": {"seed": opts.seed, "fractions": {"train": sp.fractions[0], "tune": sp.fractions[1],
                                                        "check": sp.fractions[2]}, "by": "patient", **counts},
             "adapted": adapted.kind, "adaptation": adapted.details, "fit_on": adapted.fit_on,
-            "threshold_utility_fit": u_thr, "levels_tried": [p.as_dict() for p in pts],
+            "threshold_utility_fit": u_thr,
+            **({} if labelled else {"threshold_by_quantile_matching_not_used": quantile}),
+            "levels_tried": [p.as_dict() for p in pts],
             "calibration": {"site_validated": labelled,
                             "fitted_on": f"site {adapted.fit_on} stays" if labelled
                             else f"copied from {base.name}:{base.version} (not site-validated)"},
