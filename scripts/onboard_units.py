@@ -93,9 +93,10 @@ def main() -> None:
                                                 "validation": base.card["metrics"]["validation"],
                                                 "test": base.card["metrics"]["test"]}}  # fmt: skip
     specs = {"base": f"{base_name}:1"}
-    for mode in ("labelled", "unlabelled"):
+    for mode in ("labelled", "labelled_early", "unlabelled"):
         t = time.perf_counter()
         opts = OnboardOptions(budget=a.budget, unlabelled=mode == "unlabelled", seed=a.seed, threads=a.threads,
+                              level_by="early" if mode == "labelled_early" else "utility",
                               name=f"{base_name}-at-{site_unit.lower()}", out=a.work / f"report-{mode}")  # fmt: skip
         s = onboard(settings, sample_path, f"{base_name}:1", opts)
         timings[f"onboard_{mode}_s"] = time.perf_counter() - t

@@ -172,4 +172,5 @@ def test_level_grid_is_scale_free_and_the_labelled_choice_respects_the_budget() 
     pts = [levels.LevelPoint(0.1, 0.5, 0.9, 0.5, 0.1), levels.LevelPoint(0.2, 0.17, 0.7, 0.4, 0.2),
            levels.LevelPoint(0.3, 0.1, 0.6, 0.45, 0.3)]  # fmt: skip
     assert levels.choose_level_labelled(pts, 0.2).level == 0.3  # highest utility within 0.18
+    assert levels.choose_level_labelled(pts, 0.2, by="early").level == 0.2  # most septic stays alerted early
     assert levels.choose_level_labelled(pts, 0.05) is None

@@ -27,6 +27,9 @@ from vigil.commands.common import settings_of
               help="Share of the sample's stays held back for the report and the gate.")
 @click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
               help="Choose the level within budget x (1 - headroom): the burden is estimated on a sample.")
+@click.option("--level-by", type=click.Choice(["utility", "early"]), default="utility", show_default=True,
+              help="Labelled: the alert level within the budget maximises the normalized utility, or the share of "
+                   "septic stays alerted before onset (as vigil evaluate --policy-sweep).")
 @click.option("--name", default=None, help="Registry name of the new version (default: the base's).")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for LightGBM and ONNX Runtime.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -34,8 +37,8 @@ from vigil.commands.common import settings_of
 @click.option("--promote", is_flag=True, help="Make the new version serve if it passed the gate.")
 @click.pass_context
 def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unlabelled: bool,
-            sample_frac: float | None, seed: int, check_frac: float, headroom: float, name: str | None, threads: int,
-            out: Path | None, promote: bool) -> None:  # fmt: skip
+            sample_frac: float | None, seed: int, check_frac: float, headroom: float, level_by: str, name: str | None,
+            threads: int, out: Path | None, promote: bool) -> None:  # fmt: skip
     """A new site in one step: adapt (labelled: recalibration layer or continued boosting, chosen by measurement),
     calibrate, pick the alert level for the budget, register a new version, gate it against the base on the
     site's held-back stays and report. The last line printed is JSON with "model": "NAME:VERSION"."""
@@ -44,7 +47,8 @@ def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unl
     from vigil.onboarding.run import onboard as run_onboard
 
     opts = OnboardOptions(budget=budget, unlabelled=unlabelled, seed=seed, check_frac=check_frac, headroom=headroom,
-                          sample_frac=sample_frac, name=name, threads=max(1, threads), out=out, promote=promote)
+                          sample_frac=sample_frac, level_by=level_by, name=name, threads=max(1, threads), out=out,
+                          promote=promote)  # fmt: skip
     try:
         summary = run_onboard(settings_of(ctx), data, base, opts)
     except ImportError as exc:  # pragma: no cover - depends on the extra

@@ -6,8 +6,8 @@ scale-free: the score quantiles giving row alert rates from 0.1 % to 30 % on the
 scores sit low, e.g. after site recalibration, gets as fine a grid as one whose scores sit high).
 
 * labelled (:func:`choose_level_labelled`): among levels whose alerts per patient-day stay within
-  ``budget x (1 - headroom)``, the one with the highest normalized utility of ``score >= level``; ties go to the
-  lower burden;
+  ``budget x (1 - headroom)``, the one with the highest normalized utility of ``score >= level`` (or, with
+  ``by="early"``, the highest share of septic stays alerted before onset); ties go to the lower burden;
 * label-free (:func:`choose_level_unlabelled`): the lowest level whose alerts per patient-day stay within
   ``budget x (1 - headroom)``: the site's own score distribution gives the budgeted alert rate, no label used;
 * threshold, label-free (:func:`quantile_threshold`): the site score at which the same share of rows is flagged
@@ -86,13 +86,17 @@ def replay_levels(scores: np.ndarray, stay_start: np.ndarray, policy: AlertSetti
     return out
 
 
-def choose_level_labelled(points: list[LevelPoint], budget: float, headroom: float = 0.1) -> LevelPoint | None:
-    """Highest utility within ``budget x (1 - headroom)``; ties to the lower burden."""
+def choose_level_labelled(points: list[LevelPoint], budget: float, headroom: float = 0.1,
+                          by: str = "utility") -> LevelPoint | None:  # fmt: skip
+    """Highest utility (``by="early"``: highest share of septic stays alerted before onset, the criterion of
+    ``vigil evaluate --policy-sweep``) within ``budget x (1 - headroom)``; ties to the lower burden."""
+    if by not in ("utility", "early"):
+        raise ValueError(f"by must be utility or early, got {by!r}")
     cap = budget * (1 - headroom)
-    ok = [p for p in points if p.burden <= cap and p.utility is not None]
+    ok = [p for p in points if p.burden <= cap and getattr(p, by) is not None]
     if not ok:
         return None
-    return max(ok, key=lambda p: (round(p.utility or 0.0, 6), -p.burden))
+    return max(ok, key=lambda p: (round(getattr(p, by) or 0.0, 6), -p.burden))
 
 
 def choose_level_unlabelled(points: list[LevelPoint], budget: float, headroom: float = 0.1) -> LevelPoint | None:

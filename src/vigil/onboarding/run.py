@@ -64,6 +64,7 @@ class OnboardOptions:
     check_frac: float = 0.3
     tune_share: float = 0.3
     headroom: float = 0.1
+    level_by: str = "utility"  # labelled: the level maximises "utility" or "early" (share alerted before onset)
     min_gain: float = 0.01  # utility the site trees must gain on tune over the recalibration layer
     sample_frac: float | None = None  # use only this seeded share of the file's stays as the site sample
     name: str | None = None  # registry name of the new version (default: the base's)
@@ -363,8 +364,10 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             thr, u_thr = lv.site_threshold(p_fix, y_fix, s_fix)
             quantile = None
             pts = lv.replay_levels(p_fix, s_fix, policy, grid, y_fix)
-            chosen = lv.choose_level_labelled(pts, opts.budget, opts.headroom)
-            rule = (f"highest normalized utility of risk >= level among levels with <= "
+            chosen = lv.choose_level_labelled(pts, opts.budget, opts.headroom, opts.level_by)
+            crit = "normalized utility of risk >= level" if opts.level_by == "utility" else (
+                "share of septic stays alerted before onset")
+            rule = (f"highest {crit} among levels with <= "
                     f"{opts.budget * (1 - opts.headroom):.3g} alerts per patient-day on the site's {adapted.fit_on} "
                     f"stays (budget {opts.budget:g}, headroom {opts.headroom:g})")  # fmt: skip
             thr_rule = f"maximises normalized utility on the site's {adapted.fit_on} stays"
