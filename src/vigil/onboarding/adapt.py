@@ -63,18 +63,33 @@ def fit_recalibration(p: np.ndarray, y: np.ndarray, positive_weight: float | Non
     pos = float(yy.sum())
     w_pos = (yy.size - pos) / max(pos, 1.0) if positive_weight is None else float(positive_weight)
     w = np.where(yy > 0, w_pos, 1.0)
+    w = w / w.sum()
     x = np.column_stack([z, np.ones_like(z)])
-    beta = np.array([1.0, 0.0])
     prior = np.array([1.0, 0.0])
-    reg = np.diag([l2 * w.sum(), 0.0])
-    for _ in range(50):
+    reg = np.diag([l2, 0.0])
+
+    def loss(beta: np.ndarray) -> float:
+        m = x @ beta  # weighted log-loss, written with logaddexp: finite for any margin
+        return float(np.sum(w * (np.logaddexp(0.0, m) - yy * m)) + 0.5 * (beta - prior) @ reg @ (beta - prior))
+
+    beta = prior.copy()
+    cur = loss(beta)
+    for _ in range(100):  # Newton's method with backtracking: the loss never increases
         mu = _sigmoid(x @ beta)
         grad = x.T @ (w * (mu - yy)) + reg @ (beta - prior)
-        hess = (x * (w * mu * (1 - mu))[:, None]).T @ x + reg + 1e-9 * np.eye(2)
+        hess = (x * (w * mu * (1 - mu))[:, None]).T @ x + reg + 1e-12 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        beta = beta - step
-        if float(np.max(np.abs(step))) < 1e-10:
+        t = 1.0
+        while t > 1e-8 and loss(beta - t * step) > cur:
+            t *= 0.5
+        if t <= 1e-8:
             break
+        beta = beta - t * step
+        new = loss(beta)
+        if cur - new < 1e-14:
+            cur = new
+            break
+        cur = new
     return Recalibration(float(beta[0]), float(beta[1]), round(w_pos, 4))
 
 
