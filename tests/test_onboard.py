@@ -174,3 +174,29 @@ def test_level_grid_is_scale_free_and_the_labelled_choice_respects_the_budget() 
     assert levels.choose_level_labelled(pts, 0.2).level == 0.3  # highest utility within 0.18
     assert levels.choose_level_labelled(pts, 0.2, by="early").level == 0.2  # most septic stays alerted early
     assert levels.choose_level_labelled(pts, 0.05) is None
+
+
+def test_abstention_cutoffs_come_from_the_reference_and_confident_alerts_exclude_indeterminate_rows() -> None:
+    from vigil.evaluation.abstention import HOURS_SENTINEL, evaluate_abstention, fit_abstention
+    from vigil.features import FEATURE_NAMES
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, len(FEATURE_NAMES))).astype(np.float32)
+    hs = [i for i, n in enumerate(FEATURE_NAMES) if n.endswith("_hours_since")]
+    x[:, hs] = np.where(rng.random((5000, len(hs))) < 0.7, 1.0, HOURS_SENTINEL)  # ~70 % of variables seen
+    ab = fit_abstention(x, q=0.05)
+    share = float(ab.indeterminate(x).mean())
+    assert 0.0 < share <= 0.10 + 1e-9  # at most the two 5 % tails of the reference
+    far = x[:10].copy()
+    far[:, hs] = HOURS_SENTINEL  # nothing measured for 72 h: indeterminate
+    assert ab.indeterminate(far).all()
+    y = np.zeros(20, np.int8)
+    y[15:] = 1
+    starts = np.zeros(20, bool)
+    starts[[0, 10]] = True
+    alerts = np.zeros(20, bool)
+    alerts[[2, 11]] = True
+    ind = np.zeros(20, bool)
+    ind[2] = True  # the non-septic stay's alert was indeterminate
+    r = evaluate_abstention(alerts, ind, y, starts)
+    assert (r["all"]["ppv_stay"], r["confident"]["ppv_stay"], r["share_alerts_indeterminate"]) == (0.5, 1.0, 0.5)
