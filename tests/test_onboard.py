@@ -45,7 +45,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> dict[st
 
 def _run(site: dict[str, Path], *args: str) -> tuple[dict, str]:
     env = {"VIGIL_MODELS_DIR": str(site["registry"])}
-    res = CliRunner().invoke(cli, ["onboard", "--data", str(site["data"]), "--seed", "3", *args], env=env)
+    res = CliRunner().invoke(cli, ["onboard", "--data", str(site["data"]), "--model", "sepsis-gbm:1", "--seed", "3",
+                                   *args], env=env)  # fmt: skip
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout.strip().splitlines()[-1]), res.stdout
 
@@ -81,7 +82,7 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
     assert (out / "report.md").read_text().count("sepsis-gbm:") >= 2
     report = json.loads((out / "report.json").read_text())
     assert report["check"]["onboarded"]["threshold"] == ref.threshold
-    assert reg.serving() == {"sepsis-gbm": "1"}  # registered, not serving (no --promote)
+    assert reg.serving()["sepsis-gbm"] != ref.version  # registered, not serving (no --promote)
 
     # `vigil evaluate` and `vigil predict` read the site's threshold and level from the card
     env = {"VIGIL_MODELS_DIR": str(site["registry"])}
@@ -104,9 +105,15 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
 
 
 def test_unlabelled_onboarding_moves_only_the_level_and_marks_the_calibration(site: dict[str, Path]) -> None:
-    line, _ = _run(site, "--unlabelled", "--budget", "0.3", "--out", str(site["root"] / "report-unlabelled"))
+    line, _ = _run(site, "--unlabelled", "--budget", "0.3", "--sample-frac", "0.9", "--promote", "--out",
+                   str(site["root"] / "report-unlabelled"))  # fmt: skip
     reg = Registry(site["registry"])
     ref, base = reg.get(line["model"]), reg.get("sepsis-gbm:1")
+    sample = ref.card["onboarding"]["site_sample"]
+    assert sample["sample_frac"] == 0.9 and sample["stays"] == 180  # a seeded 90 % of the 200 stays
+    # the gate passed (same graph and threshold), so --promote made it serve, with the gate in the history
+    assert line["gate_passed"] is True and line["promoted"] == ref.version
+    assert reg.serving()["sepsis-gbm"] == ref.version and reg.history("sepsis-gbm")[-1]["gate"]["passed"] is True
     assert line["adaptation"].startswith("none") and ref.card["onboarding"]["site_sample"]["labels_used"] is False
     assert ref.card["canary"]["probabilities"] == pytest.approx(base.card["canary"]["probabilities"], abs=1e-6)
     assert ref.card["onboarding"]["calibration"]["site_validated"] is False and ref.threshold == base.threshold
