@@ -420,6 +420,10 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             "limitations": str(base.card.get("limitations", "")) + " Onboarded at one site from a sample of its"
             " stays: the threshold, alert level and calibration are that site's (see onboarding).",
         })  # fmt: skip
+        training = dict(card.get("training") or {})
+        training["architecture"] = (f"{training.get('architecture', '')}; then site onboarding from "
+                                    f"{base.name}:{base.version}: {adapted.kind}")  # fmt: skip
+        card["training"] = training
         card["onboarding"] = {
             "base": f"{base.name}:{base.version}", "mode": "labelled" if labelled else "unlabelled",
             "site_sample": {"file": data.name, "sha256": sha, "stays": int(df["patient_id"].nunique()),
