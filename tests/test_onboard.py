@@ -134,6 +134,14 @@ def test_labelled_onboarding_refuses_a_sample_without_labels(site: dict[str, Pat
     pd.read_parquet(site["data"]).drop(columns=["SepsisLabel"]).to_parquet(bare)
     res = CliRunner().invoke(cli, ["onboard", "--data", str(bare)], env={"VIGIL_MODELS_DIR": str(site["registry"])})
     assert res.exit_code != 0 and "--unlabelled" in res.output
+    # label-free onboarding needs no label at all: the gate checks that it loads, the report has burden only
+    res = CliRunner().invoke(cli, ["onboard", "--data", str(bare), "--model", "sepsis-gbm:1", "--unlabelled", "--out",
+                                   str(site["root"] / "report-bare")], env={"VIGIL_MODELS_DIR": str(site["registry"])})
+    assert res.exit_code == 0, res.output
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert line["gate_passed"] is True and set(line["check"]["onboarded"]) == {"alerts_per_patient_day"}
+    card = Registry(site["registry"]).get(line["model"]).card
+    assert "no labels at the site" in card["onboarding"]["gate"]["notes"][0]
 
 
 def _toy(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
