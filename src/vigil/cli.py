@@ -20,6 +20,7 @@ from vigil.commands.demand import demand as demand_group
 from vigil.commands.demand import demand_backtest
 from vigil.commands.ingest import ingest as ingest_group
 from vigil.commands.models import models as models_group
+from vigil.commands.onboard import onboard as onboard_command
 from vigil.config import load_settings
 
 __all__ = ["main"]
@@ -296,7 +297,7 @@ def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: st
 
 
 
-for _group in (ingest_group, alerts_group, demand_group, models_group, api_group):
+for _group in (ingest_group, alerts_group, demand_group, models_group, api_group, onboard_command):
     cli.add_command(_group)
 
 

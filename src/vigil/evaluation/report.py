@@ -276,8 +276,13 @@ def evaluate(ref: ModelRef, sel: Selection, sc: Scored, policy: AlertSettings) -
         g: {k: _subgroup(sc, stays, model_alerts, pred, m) for k, m in groups.items()}
         for g, groups in subgroup_masks(sc.static).items()
     }
+    from vigil.onboarding.onset import onset_ece
+
+    model_block = _model_block(ref, sc, pred)
+    # the calibration of the onset probability alerts quote (the version's own map; a site's after vigil onboard)
+    model_block["onset_probability"] = onset_ece(sc.probs, sc.labels, sc.stay_start, ref)
     metrics = {
-        "model": _model_block(ref, sc, pred),
+        "model": model_block,
         "data": _data_block(sel, sc, stays),
         "alerting": {
             "policy": policy.model_dump(),

@@ -1,0 +1,491 @@
+"""``vigil onboard``: a new hospital in one measured, reversible step.
+
+From the site's own silent-mode sample (PhysioNet-format stays):
+
+1. the sample is named by its sha256 and split by patient (:mod:`vigil.onboarding.sample`): ``train`` and
+   ``tune`` stays adapt, ``check`` stays are held back for the report and the gate;
+2. **labelled**: two adaptations of the base model are fitted on ``train`` (:mod:`vigil.onboarding.adapt`:
+   a logistic recalibration layer on the base logit, and continued boosting from the base margin) and the one
+   with the higher normalized utility on ``tune`` (each at its own best threshold there) is kept; the
+   recalibration layer unless the site trees gain more than ``min_gain``. Then, on the stays the kept model did not
+   train on (the recalibration layer: all fit stays, refitted; the site trees: ``tune``): the threshold with the
+   highest utility, the alert level with the highest utility within the budget
+   (:mod:`vigil.onboarding.levels`) and the onset-probability calibration (``demand_calibration.json``, the code
+   of ``vigil demand calibrate``);
+   **unlabelled** (``--unlabelled``; labels, if the file has them, are read only to report on ``check``): the base
+   graph and threshold unchanged, the alert level at which the site's own scores on the fit stays give the
+   budgeted alert rate, and the base version's calibration copied, marked not site-validated;
+3. a new version is registered (ONNX checked against the framework within 1e-4; a card naming the site sample,
+   the base version, what was adapted and the site metrics) and put through the promotion gate against the base
+   **on the check stays** (:mod:`vigil.gate`'s checks and rule); the report compares base and onboarded there.
+
+Nothing serves until promoted (``promote=True`` does it when the gate passed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vigil.config import REPO_ROOT, AlertSettings, Settings
+from vigil.errors import ConfigError, ModelError
+from vigil.evaluation.metrics import auroc
+from vigil.evaluation.report import jsonable
+from vigil.onboarding import levels as lv
+from vigil.onboarding.onset import onset_ece
+from vigil.onboarding.sample import SiteSplit, sample_sha256, split_site
+from vigil.registry import ModelRef, Registry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from vigil.scoring import Scorer
+
+__all__ = ["OnboardOptions", "onboard", "site_sample_mask", "onset_ece", "PARITY_TOL"]
+
+PARITY_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class OnboardOptions:
+    budget: float = 0.2  # alerts per patient-day
+    unlabelled: bool = False
+    seed: int = 7
+    check_frac: float = 0.3
+    tune_share: float = 0.3
+    headroom: float = 0.1
+    level_by: str = "utility"  # labelled: the level maximises "utility" or "early" (share alerted before onset)
+    min_gain: float = 0.01  # utility the site trees must gain on tune over the recalibration layer
+    sample_frac: float | None = None  # use only this seeded share of the file's stays as the site sample
+    name: str | None = None  # registry name of the new version (default: the base's)
+    threads: int = 1
+    out: Path | None = None  # report folder (default reports/onboard-<name>-<version>)
+    promote: bool = False
+
+
+def site_sample_mask(patient_ids: np.ndarray, frac: float, seed: int) -> np.ndarray:
+    """Rows of the seeded ``frac`` of the stays that ``--sample-frac`` keeps (the rest is never read)."""
+    from vigil.training.data import split_by_patient
+
+    return split_by_patient(patient_ids, seed, (frac, 0.0, 1.0 - frac))["train"]
+
+
+def _utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _features(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    from vigil.features import FEATURE_NAMES, featurize, frame_chunks
+
+    stay_start, chunks = frame_chunks(df)
+    x = np.empty((stay_start.shape[0], len(FEATURE_NAMES)), dtype=np.float32)
+    for a, b, inp in chunks:
+        x[a:b] = featurize(inp)
+    stay_start = stay_start.copy()
+    if stay_start.size:
+        stay_start[0] = True
+    return x, stay_start
+
+
+def _labels(df: pd.DataFrame) -> np.ndarray:
+    return df["SepsisLabel"].to_numpy(dtype=np.float64, na_value=0.0).astype(np.int8)
+
+
+# ------------------------------------------------------------------------------------------------ adaptation
+@dataclass
+class _Adapted:
+    kind: str  # "recalibration", "continued_boosting" or "none"
+    proto: Any
+    native: Any  # callable (p_base, x) -> probabilities, the parity reference (None: the base graph unchanged)
+    fit_on: str  # which stays fix the threshold, level and calibration
+    details: dict[str, Any]
+
+
+def _utility_at_best(p: np.ndarray, y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    return lv.site_threshold(p, y, s)
+
+
+def _adapt_labelled(base: ModelRef, sp: SiteSplit, p_base: dict[str, np.ndarray], opts: OnboardOptions,
+                    doc: str) -> _Adapted:  # fmt: skip
+    import onnx
+
+    from vigil.features import FEATURE_NAMES
+    from vigil.onboarding import adapt
+
+    xs = {k: _features(getattr(sp, k)) for k in ("train", "tune")}
+    ys = {k: _labels(getattr(sp, k)) for k in ("train", "tune")}
+    pw = float(((base.card.get("training") or {}).get("class_weight") or {}).get("1", 0)) or None
+    # (b) recalibration layer, fitted on train, judged on tune
+    rec = adapt.fit_recalibration(p_base["train"], ys["train"], positive_weight=pw)
+    p_rec = rec(p_base["tune"])
+    # (a) continued boosting from the base margin, early-stopped on tune
+    boost = adapt.fit_boost(xs["train"][0], ys["train"].astype(np.float32), p_base["train"], xs["tune"][0],
+                            ys["tune"].astype(np.float32), p_base["tune"], seed=opts.seed, threads=opts.threads)
+    p_boost = boost(p_base["tune"], xs["tune"][0])
+    s_tune = xs["tune"][1]
+    thr_r, u_r = _utility_at_best(p_rec, ys["tune"], s_tune)
+    thr_b, u_b = _utility_at_best(p_boost, ys["tune"], s_tune)
+    compared = {
+        "on": "tune stays (utility at each candidate's best threshold there)",
+        "recalibration": {"utility": u_r, "auroc": auroc(ys["tune"], p_rec), "threshold": thr_r},
+        "continued_boosting": {"utility": u_b, "auroc": auroc(ys["tune"], p_boost), "threshold": thr_b,
+                               "rounds": boost.rounds},
+        "rule": f"continued boosting only if it gains more than {opts.min_gain:g} utility on tune",
+    }  # fmt: skip
+    base_proto = onnx.load(str(base.onnx_path))
+    n = len(FEATURE_NAMES)
+    if np.isfinite(u_b) and np.isfinite(u_r) and u_b > u_r + opts.min_gain:
+        proto = adapt.boosted_onnx(base_proto, boost, n, doc)
+        details = {"compared": compared, "site_trees": boost.info, "base_margin": "init_score = logit(base risk)"}
+        return _Adapted("continued_boosting", proto, boost, "tune", details)
+    # keep the recalibration layer, refitted on every fit stay (2 parameters)
+    p_fit = np.concatenate([p_base["train"], p_base["tune"]])
+    rec = adapt.fit_recalibration(p_fit, np.concatenate([ys["train"], ys["tune"]]), positive_weight=pw)
+    proto = adapt.recalibrated_onnx(base_proto, rec, n, doc)
+    details = {"compared": compared, "layer": {"a": rec.a, "b": rec.b, "positive_weight": rec.positive_weight,
+                                               "form": "sigmoid(a * logit(base risk) + b)"}}  # fmt: skip
+    return _Adapted("recalibration", proto, lambda p, _x: rec(p), "fit", details)
+
+
+# ------------------------------------------------------------------------------------------------ registration
+def _next_version(root: Path, name: str) -> str:
+    base = Path(root) / name
+    have = [p.name for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
+    return str(max((int(v) for v in have if v.isdigit()), default=0) + 1)
+
+
+def _onnx_probs(proto_path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(proto_path), providers=["CPUExecutionProvider"])
+    if not x.shape[0]:
+        return np.zeros(0, np.float32)
+    return np.asarray(sess.run(["probability"], {"features": np.ascontiguousarray(x, np.float32)})[0]).reshape(-1)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _copy_calibration(base: ModelRef, target: Path, name: str, version: str) -> Path | None:
+    """The base version's demand calibration relabelled for ``name:version`` (the graph is the base's)."""
+    from vigil.demand.calibration import CALIBRATION_FILE, Calibration
+
+    src = base.path / CALIBRATION_FILE
+    if not src.is_file():
+        return None
+    cal = Calibration.load(src)
+    meta = {**cal.meta, "site_validated": False,
+            "copied_from": f"{base.name}:{base.version} (label-free onboarding: same graph, not refitted on site data)"}
+    return replace(cal, model=name, version=version, meta=meta).save(target / CALIBRATION_FILE)
+
+
+# ------------------------------------------------------------------------------------------------ the report
+def _evaluate(ref: ModelRef, scorer: Scorer, df: pd.DataFrame, source: str, policy: AlertSettings,
+              labelled: bool) -> dict[str, Any]:  # fmt: skip
+    """Headline numbers of one version on the check stays (the alerting as the worker would raise it)."""
+    from vigil.evaluation.report import evaluate, score_rows
+    from vigil.evaluation.selection import Selection
+
+    if not labelled:
+        from vigil.offline import score_frame
+
+        probs, stay_start = score_frame(scorer, df)
+        pts = lv.replay_levels(probs, stay_start, policy, np.array([ref.alert_level]))
+        return {"model": f"{ref.name}:{ref.version}", "threshold": ref.threshold, "alert_level": ref.alert_level,
+                "alerts_per_patient_day": pts[0].burden}  # fmt: skip
+    sel = Selection(df=df, source=source, split="site-check", training_data=False)
+    sc = score_rows(scorer, df)
+    m = evaluate(ref, sel, sc, policy).metrics
+    a = m["alerting"]["model_risk"]
+    return {
+        "model": f"{ref.name}:{ref.version}", "threshold": ref.threshold, "alert_level": ref.alert_level,
+        "utility": m["model"]["utility"], "auroc": m["model"]["auroc"], "auprc": m["model"]["auprc"],
+        "alerts_per_patient_day": a["alerts_per_patient_day"],
+        "share_septic_alerted_early": a["share_septic_alerted_early"],
+        "septic_stays_evaluable": a["septic_stays_evaluable"], "median_lead_h": a["lead_time_h"]["median"],
+        "ppv_stay": a["ppv_stay"], "onset_probability": onset_ece(sc.probs, sc.labels, sc.stay_start, ref),
+        "subgroups_unit": {k: {"utility": v["utility"], "alerts_per_patient_day": v["alerts_per_patient_day"],
+                               "share_septic_alerted_early": v["share_septic_alerted_early"]}
+                           for k, v in m["subgroups"].get("unit", {}).items()},
+    }  # fmt: skip
+
+
+def _gate(reg: Registry, cand: ModelRef, base: ModelRef, check: pd.DataFrame, data_name: str, settings: Settings,
+          labelled: bool) -> Any:  # fmt: skip
+    """The promotion gate's checks and rule (:mod:`vigil.gate`), base vs candidate on the check stays."""
+    from vigil.gate import GateData, GateResult, demand_calibration_problem, load_checked, score_model, verdict
+
+    mu, ma = settings.registry.margin_utility, settings.registry.margin_auroc
+    common: dict[str, Any] = {"candidate": f"{cand.name}:{cand.version}", "serving": f"{base.name}:{base.version}",
+                              "margin_utility": mu, "margin_auroc": ma}  # fmt: skip
+    septic = check.groupby("patient_id", sort=False)["SepsisLabel"].max() if "SepsisLabel" in check else None
+    desc = GateData(path=f"{data_name} (site sample, held-back check stays)", subset="site check split",
+                    rows=len(check), stays=int(check["patient_id"].nunique()),
+                    septic_stays=int(septic.sum()) if septic is not None else 0,
+                    positive_rows=int(check["SepsisLabel"].sum()) if septic is not None else 0)  # fmt: skip
+    try:
+        cs = load_checked(cand)
+    except ModelError as exc:
+        return GateResult(False, reasons=(f"the candidate cannot serve: {exc}",), data=desc, **common)
+    if not labelled:
+        note = ("no labels at the site: the metric comparison cannot be made (the candidate loads and reproduces its "
+                "card)")
+        return GateResult(True, reasons=(), notes=(note,), data=desc, **common)
+    cm = score_model(cs, check)
+    bm = score_model(load_checked(base), check)
+    reasons = verdict(cm, bm, margin_utility=mu, margin_auroc=ma)
+    problem = demand_calibration_problem(cand)
+    if problem:
+        reasons.append(problem)
+    return GateResult(not reasons, reasons=tuple(reasons), candidate_metrics=cm, serving_metrics=bm, data=desc,
+                      **common)  # fmt: skip
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "-"
+    if pct:
+        return f"{100 * x:.1f} %"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _markdown(summary: dict[str, Any], gate_text: str) -> str:
+    b, o = summary["check"]["base"], summary["check"]["onboarded"]
+    s = summary["sample"]
+    lines = [
+        f"# Site onboarding: {summary['model']} from {summary['base']}",
+        "",
+        f"Site sample `{s['file']}` (sha256 `{s['sha256'][:16]}...`), split by patient with seed {s['seed']}: "
+        f"{s['split']['train']['stays']} train, {s['split']['tune']['stays']} tune, {s['split']['check']['stays']} "
+        f"check stays ({s['split']['check']['septic_stays']} septic). Mode: **{summary['mode']}**; adaptation: "
+        f"**{summary['adaptation']}**; budget {summary['budget']:g} alerts per patient-day (chosen within "
+        f"{summary['budget'] * (1 - summary['headroom']):.3g}).",
+        "",
+        "Held-back check stays (never used to fit anything):",
+        "",
+        "| | threshold | alert level | utility | AUROC | alerts / patient-day | septic alerted before onset | "
+        "median lead h | PPV (stays) | onset-probability ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in (("base " + b["model"], b), ("onboarded " + o["model"], o)):
+        ece = (r.get("onset_probability") or {}).get("ece")
+        lines.append(f"| {label} | {_fmt(r['threshold'])} | {_fmt(r['alert_level'])} | {_fmt(r.get('utility'))} | "
+                     f"{_fmt(r.get('auroc'))} | {_fmt(r.get('alerts_per_patient_day'))} | "
+                     f"{_fmt(r.get('share_septic_alerted_early'), True)} | {_fmt(r.get('median_lead_h'))} | "
+                     f"{_fmt(r.get('ppv_stay'), True)} | {_fmt(ece)} |")  # fmt: skip
+    lines += ["", f"Calibration of the onset probability: {summary['calibration']}", "",
+              "## Promotion gate (against the base, on the check stays)", "", "```", gate_text, "```", "",
+              "## How the adaptation was chosen", "", "```json",
+              json.dumps(jsonable(summary["adapted"]), indent=2), "```", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def onboard(settings: Settings, data: Path, base_spec: str | None = None,
+            opts: OnboardOptions | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run the onboarding (module docstring); returns the summary (``model``: the new ``NAME:VERSION``)."""
+    import onnx
+
+    from vigil.features import FEATURE_NAMES
+    from vigil.offline import score_frame
+    from vigil.scoring import Scorer, canary_inputs
+    from vigil.training.data import load_training_frame
+    from vigil.training.trainer import DRIFT_FEATURES, reference_bins
+
+    opts = opts or OnboardOptions()
+    t0 = time.perf_counter()
+    data = Path(data)
+    if not data.exists():
+        raise ConfigError(f"site sample {data} not found")
+    reg = Registry(settings.models_dir)
+    base = reg.get(base_spec or next(iter(reg.serving()), ""))
+    if base.card.get("input", {}).get("sequence") or "sequence_schema" in base.card:
+        raise ConfigError(f"{base.name}:{base.version} reads an hourly sequence: onboarding supports feature-vector "
+                          "models (logreg, mlp, gbm)")  # fmt: skip
+    df = load_training_frame(data)
+    if opts.sample_frac is not None:
+        df = df[site_sample_mask(df["patient_id"].to_numpy(), opts.sample_frac, opts.seed)].reset_index(drop=True)
+    has_labels = "SepsisLabel" in df.columns and df["SepsisLabel"].notna().all()
+    if not opts.unlabelled and not has_labels:
+        raise ConfigError(f"{data.name} has no SepsisLabel column: onboard it with --unlabelled")
+    labelled = not opts.unlabelled
+    sp = split_site(df, opts.seed, opts.check_frac, opts.tune_share)
+    counts = sp.counts()
+    if labelled and min(counts[k]["septic_stays"] for k in ("train", "tune", "check")) < 3:
+        raise ConfigError(f"the site sample has too few septic stays to adapt and check on ({counts}); collect more "
+                          "stays or onboard with --unlabelled")  # fmt: skip
+    base_scorer = Scorer(base, threads=opts.threads)
+    p_base, starts = {}, {}
+    for k in ("train", "tune"):
+        p_base[k], starts[k] = score_frame(base_scorer, getattr(sp, k))
+    name = opts.name or base.name
+    version = _next_version(reg.root, name)
+    doc = f"{name} v{version}: {base.name}:{base.version} onboarded at a site"
+
+    if labelled:
+        adapted = _adapt_labelled(base, sp, p_base, opts, doc)
+    else:
+        adapted = _Adapted("none (label-free: level and threshold only)", onnx.load(str(base.onnx_path)), None, "fit",
+                           {"graph": f"the base graph of {base.name}:{base.version}, unchanged"})  # fmt: skip
+
+    target = reg.root / name / version
+    target.mkdir(parents=True, exist_ok=False)
+    try:
+        onnx.save(adapted.proto, str(target / "model.onnx"))
+        # parity with the framework on held-back rows before anything else
+        x_check, _ = _features(sp.check.iloc[: min(len(sp.check), 20_000)])
+        diff = 0.0
+        if adapted.native is not None and x_check.shape[0]:
+            pb = base_scorer.predict(x_check)
+            diff = float(np.max(np.abs(adapted.native(pb, x_check) - _onnx_probs(target / "model.onnx", x_check))))
+            if not diff <= PARITY_TOL:
+                raise ModelError(f"the onboarded graph differs from its framework by {diff:.3g} (> {PARITY_TOL})")
+        # scores of the new graph on the stays that fix its threshold, level and calibration
+        fix_df = sp.tune if adapted.fit_on == "tune" else sp.fit
+        x_fix, s_fix = _features(fix_df)
+        p_fix = _onnx_probs(target / "model.onnx", x_fix)
+        policy = settings.alerts
+        grid = lv.level_grid(p_fix)
+        if labelled:
+            y_fix = _labels(fix_df)
+            thr, u_thr = lv.site_threshold(p_fix, y_fix, s_fix)
+            quantile = None
+            pts = lv.replay_levels(p_fix, s_fix, policy, grid, y_fix)
+            chosen = lv.choose_level_labelled(pts, opts.budget, opts.headroom, opts.level_by)
+            crit = "normalized utility of risk >= level" if opts.level_by == "utility" else (
+                "share of septic stays alerted before onset")
+            rule = (f"highest {crit} among levels with <= "
+                    f"{opts.budget * (1 - opts.headroom):.3g} alerts per patient-day on the site's {adapted.fit_on} "
+                    f"stays (budget {opts.budget:g}, headroom {opts.headroom:g})")  # fmt: skip
+            thr_rule = f"maximises normalized utility on the site's {adapted.fit_on} stays"
+        else:
+            # the threshold (what utility and PredictedLabel read) stays the base's: without labels nothing says
+            # where the site's utility peaks (matching the base's training alert rate instead moved it the wrong
+            # way at a site with fewer septic stays: docs/evaluation/onboarding.md)
+            rate = (base.card.get("reference") or {}).get("alert_rate")
+            thr, u_thr = base.threshold, None
+            pts = lv.replay_levels(p_fix, s_fix, policy, grid)
+            chosen = lv.choose_level_unlabelled(pts, opts.budget, opts.headroom)
+            rule = (f"lowest level with <= {opts.budget * (1 - opts.headroom):.3g} alerts per patient-day on the "
+                    f"site's own scores of its fit stays (budget {opts.budget:g}, headroom {opts.headroom:g}); "
+                    "no label read")
+            thr_rule = f"the base version's ({base.name}:{base.version}) threshold, kept: no site label to move it"
+            quantile = lv.quantile_threshold(p_fix, float(rate)) if rate else None
+        if chosen is None:
+            raise ConfigError(f"no alert level keeps the site within {opts.budget:g} alerts per patient-day "
+                              f"(levels tried: {[round(p.level, 4) for p in pts]})")  # fmt: skip
+        mr = policy.model_risk
+        cx, _ = canary_inputs()
+        canary = _onnx_probs(target / "model.onnx", cx)
+        col = {n: i for i, n in enumerate(FEATURE_NAMES)}
+        x_fit_all = x_fix if adapted.fit_on == "fit" else _features(sp.fit)[0]
+        p_fit_all = p_fix if adapted.fit_on == "fit" else _onnx_probs(target / "model.onnx", x_fit_all)
+        sha = sample_sha256(data)
+        card = copy.deepcopy(base.card)
+        for k in ("evaluation", "alert_policy", "metrics"):
+            card.pop(k, None)
+        card.update({
+            "name": name, "version": version, "created_at": _utc(),
+            "output": {"name": "probability", "kind": "probability"},
+            "threshold": round(float(thr), 6), "threshold_rule": thr_rule,
+            "alert_policy": {
+                "raise_at": chosen.level,
+                "rule": (f"model_risk raised when risk >= raise_at (persistence {mr.persistence}, clear below "
+                         f"{'0.8 x raise_at' if mr.clear_below is None else mr.clear_below}, refractory "
+                         f"{mr.refractory_h:g} h)"),
+                "chosen_by": f"vigil onboard: {rule}",
+                "site": chosen.as_dict(),
+            },
+            "canary": {"probabilities": [round(float(p), 7) for p in canary], "tolerance": 1e-4},
+            "parity": {"reference": "lightgbm" if adapted.kind == "continued_boosting" else "numpy",
+                       "max_abs_diff": diff, "rows": int(x_check.shape[0]), "tolerance": PARITY_TOL},
+            "reference": {
+                "split": "site fit stays",
+                "features": {f: reference_bins(x_fit_all[:, col[f]]) for f in DRIFT_FEATURES},
+                "score": reference_bins(p_fit_all), "alert_rate": round(float((p_fit_all >= thr).mean()), 4),
+            },
+            "limitations": str(base.card.get("limitations", "")) + " Onboarded at one site from a sample of its"
+            " stays: the threshold, alert level and calibration are that site's (see onboarding).",
+        })  # fmt: skip
+        training = dict(card.get("training") or {})
+        training["architecture"] = (f"{training.get('architecture', '')}; then site onboarding from "
+                                    f"{base.name}:{base.version}: {adapted.kind}")  # fmt: skip
+        card["training"] = training
+        card["onboarding"] = {
+            "base": f"{base.name}:{base.version}", "mode": "labelled" if labelled else "unlabelled",
+            "site_sample": {"file": data.name, "sha256": sha, "stays": int(df["patient_id"].nunique()),
+                            "rows": len(df), "sample_frac": opts.sample_frac, "labels_used": labelled},
+            "split": {"seed": opts.seed, "fractions": {"train": sp.fractions[0], "tune": sp.fractions[1],
+                                                       "check": sp.fractions[2]}, "by": "patient", **counts},
+            "adapted": adapted.kind, "adaptation": adapted.details, "fit_on": adapted.fit_on,
+            "threshold_utility_fit": u_thr,
+            **({} if labelled else {"threshold_by_quantile_matching_not_used": quantile}),
+            "levels_tried": [p.as_dict() for p in pts],
+            "calibration": {"site_validated": labelled,
+                            "fitted_on": f"site {adapted.fit_on} stays" if labelled
+                            else f"copied from {base.name}:{base.version} (not site-validated)"},
+        }  # fmt: skip
+        _write_json(target / "card.json", card)
+        ref = reg.get(f"{name}:{version}")
+        if labelled:
+            from vigil.demand.fitting import calibrate_version
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"site-{adapted.fit_on}.parquet"
+                fix_df.to_parquet(path)
+                calibrate_version(ref, path, split="all", threads=opts.threads)
+        else:
+            _copy_calibration(base, target, name, version)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+    # held-back check stays: report and gate
+    check_labelled = has_labels
+    new_scorer = Scorer(ref, threads=opts.threads)
+    rep_base = _evaluate(base, base_scorer, sp.check, data.name, policy, check_labelled)
+    rep_new = _evaluate(ref, new_scorer, sp.check, data.name, policy, check_labelled)
+    gate = _gate(reg, ref, base, sp.check, data.name, settings, check_labelled)
+    card = json.loads((target / "card.json").read_text())
+    card["onboarding"]["site_metrics"] = {"check": {"base": rep_base, "onboarded": rep_new}}
+    card["onboarding"]["gate"] = gate.as_dict()
+    card["metrics"] = {"site_check": {k: rep_new.get(k) for k in ("auroc", "auprc", "utility")}}
+    _write_json(target / "card.json", card)
+    promoted = None
+    if opts.promote and gate.passed:
+        line = None if name == base.name else base.name
+        entry = reg.switch(name, version, "promote", expect_from=reg.serving().get(line or name), replaces=line,
+                           reason="vigil onboard (gate on the site's check stays)", gate=gate.as_dict())  # fmt: skip
+        promoted = entry["to_version"]
+    summary = {
+        "model": f"{name}:{version}", "base": f"{base.name}:{base.version}",
+        "mode": "labelled" if labelled else "unlabelled", "adaptation": adapted.kind, "budget": opts.budget,
+        "headroom": opts.headroom, "threshold": card["threshold"], "alert_level": chosen.level,
+        "sample": {"file": data.name, "sha256": sha, "seed": opts.seed, "split": counts},
+        "calibration": ("site isotonic map fitted on the site's " + adapted.fit_on + " stays" if labelled
+                        else f"not site-validated (copied from {base.name}:{base.version})"),
+        "adapted": adapted.details,
+        "check": {"base": rep_base, "onboarded": rep_new},
+        "gate": {"passed": gate.passed, "reasons": list(gate.reasons)}, "promoted": promoted,
+    }  # fmt: skip
+    out = Path(opts.out) if opts.out else REPO_ROOT / "reports" / f"onboard-{name}-{version}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(_markdown(summary, gate.report()), encoding="utf-8")
+    summary["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    _write_json(out / "report.json", {**summary, "gate_detail": gate.as_dict()})
+    summary["report"] = str(out / "report.md")
+    return jsonable(summary)
+

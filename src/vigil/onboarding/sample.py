@@ -1,0 +1,74 @@
+"""The site's sample: its identity (sha256) and its seeded split by patient.
+
+``fit`` stays adapt the model (``train``: the site trees / recalibration layer; ``tune``: early stopping, the
+choice between the two adaptations, and for the site trees their calibration and levels) and ``check`` stays
+are held back: the report and the promotion gate read them only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vigil.training.data import split_by_patient
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["sample_sha256", "SiteSplit", "split_site"]
+
+
+def sample_sha256(path: Path) -> str:
+    """sha256 of the file, or of a directory's ``.psv`` files (relative name and bytes, in name order)."""
+    h = hashlib.sha256()
+    p = Path(path)
+    if p.is_dir():
+        for f in sorted(p.rglob("*.psv")):
+            h.update(str(f.relative_to(p)).encode() + b"\0")
+            h.update(f.read_bytes())
+    else:
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class SiteSplit:
+    train: pd.DataFrame
+    tune: pd.DataFrame
+    check: pd.DataFrame
+    seed: int
+    fractions: tuple[float, float, float]
+
+    @property
+    def fit(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.concat([self.train, self.tune], ignore_index=True)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for k in ("train", "tune", "check"):
+            df = getattr(self, k)
+            septic = df.groupby("patient_id", sort=False)["SepsisLabel"].max() if "SepsisLabel" in df else None
+            out[k] = {"stays": int(df["patient_id"].nunique()), "rows": len(df),
+                      "septic_stays": int(septic.sum()) if septic is not None else 0}  # fmt: skip
+        return out
+
+
+def split_site(df: pd.DataFrame, seed: int, check_frac: float = 0.3, tune_share: float = 0.3) -> SiteSplit:
+    """Seeded split by patient: ``check_frac`` of the stays held back, the rest ``train`` / ``tune``
+    (``tune_share`` of them tune)."""
+    fit = 1.0 - check_frac
+    fr = (fit * (1 - tune_share), fit * tune_share, check_frac)
+    m = split_by_patient(df["patient_id"].to_numpy(), seed, fr)
+
+    def part(mask: np.ndarray) -> pd.DataFrame:
+        return df[mask].reset_index(drop=True)
+
+    return SiteSplit(part(m["train"]), part(m["validation"]), part(m["test"]), seed, fr)

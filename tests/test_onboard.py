@@ -1,0 +1,217 @@
+"""`vigil onboard` end to end on the bundled sample with real LightGBM, onnxmltools and ONNX Runtime, in a
+temporary registry: a labelled and a label-free onboarding register new versions whose cards name the site
+sample, the base and what was adapted; the gate ran against the base on the held-back stays; `vigil evaluate`
+and `vigil predict` then use the site's threshold and level; the adapted graphs reproduce their framework."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vigil.cli import cli
+from vigil.demand.calibration import CALIBRATION_FILE, Calibration
+from vigil.registry import Registry
+from vigil.scoring import Scorer
+
+lgb = pytest.importorskip("lightgbm", reason="the [train] extra is part of `make test` (make install-train)")
+ort = pytest.importorskip("onnxruntime")
+
+from vigil.onboarding import adapt, levels  # noqa: E402  (after the skip)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> dict[str, Path]:
+    """A registry with a small LightGBM base (serving, with its demand calibration) and the sample as parquet."""
+    from vigil.training import trainer
+    from vigil.training.data import load_training_frame
+    from vigil.training.gbm import GbmHyper
+
+    root = tmp_path_factory.mktemp("onboard")
+    data = root / "site.parquet"
+    load_training_frame(sample_path).to_parquet(data)
+    reg = root / "registry"
+    ds = trainer.prepare(data, seed=7, with_sequence=False)
+    hyper = GbmHyper(num_leaves=7, min_child_samples=20, max_rounds=60, patience=20)
+    path = trainer.train_family(ds, "gbm", reg, name="sepsis-gbm", members=1, gbm=hyper)
+    trainer.calibrate_demand(path, data)
+    Registry(reg)._write_serving({"sepsis-gbm": "1"})
+    return {"root": root, "data": data, "registry": reg}
+
+
+def _run(site: dict[str, Path], *args: str) -> tuple[dict, str]:
+    env = {"VIGIL_MODELS_DIR": str(site["registry"])}
+    res = CliRunner().invoke(cli, ["onboard", "--data", str(site["data"]), "--model", "sepsis-gbm:1", "--seed", "3",
+                                   *args], env=env)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout.strip().splitlines()[-1]), res.stdout
+
+
+def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path]) -> None:
+    out = site["root"] / "report-labelled"
+    line, _ = _run(site, "--out", str(out))
+    assert line["base"] == "sepsis-gbm:1" and line["mode"] == "labelled"
+    reg = Registry(site["registry"])
+    ref = reg.get(line["model"])
+    assert ref.name == "sepsis-gbm" and ref.version == reg.versions("sepsis-gbm")[-1] != "1"  # the next version
+    ob = ref.card["onboarding"]
+    assert ob["base"] == "sepsis-gbm:1" and ob["mode"] == "labelled"
+    assert ob["site_sample"]["sha256"] == hashlib.sha256(site["data"].read_bytes()).hexdigest()
+    assert ob["adapted"] in ("recalibration", "continued_boosting") and line["adaptation"] == ob["adapted"]
+    compared = ob["adaptation"]["compared"]
+    assert set(compared) >= {"recalibration", "continued_boosting"}
+    assert ob["calibration"]["site_validated"] is True
+    # the gate compared base and candidate on the held-back check stays, which nothing was fitted on
+    gate = ob["gate"]
+    assert gate["serving"] == "sepsis-gbm:1" and gate["candidate"] == line["model"]
+    assert gate["data"]["stays"] == ob["split"]["check"]["stays"] > 0
+    assert gate["passed"] == line["gate_passed"]
+    assert {gate["candidate_metrics"]["model"], gate["serving_metrics"]["model"]} == {line["model"], "sepsis-gbm:1"}
+    # the level is within the budget on the stays it was fitted on, and the card serves it
+    assert ref.alert_level == ref.card["alert_policy"]["raise_at"] == line["alert_level"]
+    assert ref.card["alert_policy"]["site"]["burden"] <= 0.2 * 0.9
+    cal = Calibration.load(ref.path / CALIBRATION_FILE)
+    assert (cal.model, cal.version) == (ref.name, ref.version) and 12 in cal.sepsis
+    sc = Scorer(ref)
+    sc.check_canary()
+    assert sc.onset_probability(0.5) is not None
+    assert (out / "report.md").read_text().count("sepsis-gbm:") >= 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["check"]["onboarded"]["threshold"] == ref.threshold
+    assert reg.serving()["sepsis-gbm"] != ref.version  # registered, not serving (no --promote)
+
+    # `vigil evaluate` and `vigil predict` read the site's threshold and level from the card
+    env = {"VIGIL_MODELS_DIR": str(site["registry"])}
+    res = CliRunner().invoke(cli, ["evaluate", "--model", line["model"], "--data", str(site["data"]), "--limit", "30",
+                                   "--out", str(site["root"] / "eval")], env=env)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["model"] == line["model"] and summary["threshold"] == ref.threshold
+    metrics = json.loads((site["root"] / "eval" / "metrics.json").read_text())
+    assert metrics["model"]["threshold"] == ref.threshold
+    assert metrics["model"]["onset_probability"]["horizon_h"] == 12  # the site's calibration, evaluated
+    assert 0 <= metrics["model"]["onset_probability"]["ece"] <= 1
+    assert metrics["alerting"]["model_risk"]["alerts"] >= 0 and metrics["model"]["name"] == "sepsis-gbm"
+    pred = site["root"] / "pred"
+    res = CliRunner().invoke(cli, ["predict", "--input", str(site["data"]), "--output", str(pred), "--model",
+                                   line["model"], "--limit", "3"], env=env)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = [r.split("|") for f in sorted(pred.glob("*.psv")) for r in f.read_text().splitlines()[1:]]
+    assert rows and all(int(lab) == int(float(p) >= ref.threshold) for p, lab in rows)
+
+
+def test_unlabelled_onboarding_moves_only_the_level_and_marks_the_calibration(site: dict[str, Path]) -> None:
+    line, _ = _run(site, "--unlabelled", "--budget", "0.3", "--sample-frac", "0.9", "--promote", "--out",
+                   str(site["root"] / "report-unlabelled"))  # fmt: skip
+    reg = Registry(site["registry"])
+    ref, base = reg.get(line["model"]), reg.get("sepsis-gbm:1")
+    sample = ref.card["onboarding"]["site_sample"]
+    assert sample["sample_frac"] == 0.9 and sample["stays"] == 180  # a seeded 90 % of the 200 stays
+    # the gate passed (same graph and threshold), so --promote made it serve, with the gate in the history
+    assert line["gate_passed"] is True and line["promoted"] == ref.version
+    assert reg.serving()["sepsis-gbm"] == ref.version and reg.history("sepsis-gbm")[-1]["gate"]["passed"] is True
+    assert line["adaptation"].startswith("none") and ref.card["onboarding"]["site_sample"]["labels_used"] is False
+    assert ref.card["canary"]["probabilities"] == pytest.approx(base.card["canary"]["probabilities"], abs=1e-6)
+    assert ref.card["onboarding"]["calibration"]["site_validated"] is False and ref.threshold == base.threshold
+    cal = Calibration.load(ref.path / CALIBRATION_FILE)
+    assert (cal.model, cal.version) == (ref.name, ref.version) and cal.meta["site_validated"] is False
+    # label-free choice: the lowest level of the grid whose replayed burden stays within 0.3 x (1 - 0.1)
+    tried = ref.card["onboarding"]["levels_tried"]
+    assert all(p["utility"] is None for p in tried)
+    within = [p["level"] for p in tried if p["burden"] <= 0.27]
+    assert ref.alert_level == min(within)
+    assert ref.card["onboarding"]["gate"]["passed"] is True  # loads and reproduces its card
+
+
+def test_labelled_onboarding_refuses_a_sample_without_labels(site: dict[str, Path]) -> None:
+    import pandas as pd
+
+    bare = site["root"] / "nolabels.parquet"
+    pd.read_parquet(site["data"]).drop(columns=["SepsisLabel"]).to_parquet(bare)
+    res = CliRunner().invoke(cli, ["onboard", "--data", str(bare)], env={"VIGIL_MODELS_DIR": str(site["registry"])})
+    assert res.exit_code != 0 and "--unlabelled" in res.output
+    # label-free onboarding needs no label at all: the gate checks that it loads, the report has burden only
+    res = CliRunner().invoke(cli, ["onboard", "--data", str(bare), "--model", "sepsis-gbm:1", "--unlabelled", "--out",
+                                   str(site["root"] / "report-bare")], env={"VIGIL_MODELS_DIR": str(site["registry"])})
+    assert res.exit_code == 0, res.output
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert line["gate_passed"] is True and set(line["check"]["onboarded"]) == {"alerts_per_patient_day"}
+    card = Registry(site["registry"]).get(line["model"]).card
+    assert "no labels at the site" in card["onboarding"]["gate"]["notes"][0]
+
+
+def _toy(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3000, 5)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + rng.normal(scale=0.7, size=3000) > 0.8).astype(np.float32)
+    return x, y, 1 / (1 + np.exp(-(x[:, 0] - 1.0)))
+
+
+def test_the_adapted_graphs_reproduce_their_framework_within_1e_4() -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    # a base graph: probability = sigmoid(features[:, 0] - 1)
+    nodes = [helper.make_node("Gather", ["features", "i0"], ["f0"], axis=1),
+             helper.make_node("Sub", ["f0", "one"], ["z"]), helper.make_node("Sigmoid", ["z"], ["probability"])]
+    g = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 5])],
+                          [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [None, 1])],
+                          initializer=[helper.make_tensor("i0", TensorProto.INT64, [1], [0]),
+                                       helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])  # fmt: skip
+    base = helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)])
+    base.ir_version = 8
+    onnx.checker.check_model(base)
+    x, y, p = _toy(0)
+    rec = adapt.fit_recalibration(p, y)
+    boost = adapt.fit_boost(x[:2000], y[:2000], p[:2000], x[2000:], y[2000:], p[2000:], seed=1,
+                            h=adapt.BoostHyper(min_child_samples=20, max_rounds=80, patience=20))  # fmt: skip
+    assert boost.rounds >= 1
+    for proto, native in ((adapt.recalibrated_onnx(base, rec, 5), rec(p)),
+                          (adapt.boosted_onnx(base, boost, 5), boost(p, x))):  # fmt: skip
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = sess.run(["probability"], {"features": x})[0].reshape(-1)
+        assert float(np.max(np.abs(got - native))) < 1e-4
+    # the site trees learned the interaction the base lacks: the boosted model ranks the held-out rows better
+    from vigil.evaluation.metrics import auroc
+
+    assert auroc(y[2000:], boost(p[2000:], x[2000:])) > auroc(y[2000:], p[2000:]) + 0.02
+
+
+def test_level_grid_is_scale_free_and_the_labelled_choice_respects_the_budget() -> None:
+    s = np.linspace(0.0, 0.01, 1000)  # a low-lying score scale still gets distinct levels
+    assert levels.level_grid(s).size > 20
+    pts = [levels.LevelPoint(0.1, 0.5, 0.9, 0.5, 0.1), levels.LevelPoint(0.2, 0.17, 0.7, 0.4, 0.2),
+           levels.LevelPoint(0.3, 0.1, 0.6, 0.45, 0.3)]  # fmt: skip
+    assert levels.choose_level_labelled(pts, 0.2).level == 0.3  # highest utility within 0.18
+    assert levels.choose_level_labelled(pts, 0.2, by="early").level == 0.2  # most septic stays alerted early
+    assert levels.choose_level_labelled(pts, 0.05) is None
+
+
+def test_abstention_cutoffs_come_from_the_reference_and_confident_alerts_exclude_indeterminate_rows() -> None:
+    from vigil.evaluation.abstention import HOURS_SENTINEL, evaluate_abstention, fit_abstention
+    from vigil.features import FEATURE_NAMES
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, len(FEATURE_NAMES))).astype(np.float32)
+    hs = [i for i, n in enumerate(FEATURE_NAMES) if n.endswith("_hours_since")]
+    x[:, hs] = np.where(rng.random((5000, len(hs))) < 0.7, 1.0, HOURS_SENTINEL)  # ~70 % of variables seen
+    ab = fit_abstention(x, q=0.05)
+    share = float(ab.indeterminate(x).mean())
+    assert 0.0 < share <= 0.10 + 1e-9  # at most the two 5 % tails of the reference
+    far = x[:10].copy()
+    far[:, hs] = HOURS_SENTINEL  # nothing measured for 72 h: indeterminate
+    assert ab.indeterminate(far).all()
+    y = np.zeros(20, np.int8)
+    y[15:] = 1
+    starts = np.zeros(20, bool)
+    starts[[0, 10]] = True
+    alerts = np.zeros(20, bool)
+    alerts[[2, 11]] = True
+    ind = np.zeros(20, bool)
+    ind[2] = True  # the non-septic stay's alert was indeterminate
+    r = evaluate_abstention(alerts, ind, y, starts)
+    assert (r["all"]["ppv_stay"], r["confident"]["ppv_stay"], r["share_alerts_indeterminate"]) == (0.5, 1.0, 0.5)
