@@ -80,6 +80,9 @@ class WorkerMetrics:
         self.reorder_paused = Gauge(
             f"{p}_reorder_paused_inputs", "Input topic-partitions paused because ahead in event time", registry=r
         )
+        self.reorder_pauses = Counter(
+            f"{p}_reorder_pauses", "Input topic-partitions paused because ahead in event time", ["topic"], registry=r
+        )
         self.reorder_stalled = Counter(
             f"{p}_reorder_stalled_inputs",
             "Input topic-partitions that stopped holding the others back after making no fetch progress",

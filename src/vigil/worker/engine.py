@@ -284,6 +284,8 @@ class Engine:
             c.resume(*resume)
         if pause := pl.pause - paused:
             c.pause(*pause)
+            for tp in pause:
+                self.metrics.reorder_pauses.labels(self._topic_names.get(tp.topic, tp.topic)).inc()
         self.metrics.reorder_paused.set(len(pl.pause))
         self.metrics.reorder_held.set(self.reorder.held)
         return pl.watermarks
