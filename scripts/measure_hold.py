@@ -2,10 +2,10 @@
 
 For each ``--holds`` value: a private embedded broker, fresh topics, one `vigil worker` with
 ``VIGIL_STATE__REORDER_MIN_HOLD_S`` set, and ``--stays`` replayed stays offered at ``--rate`` events/s
-(one producer, events in event-time order across the three topics). ``--labs-delay-ms`` D sends every labs
-record D ms after its turn — an independent lab feed lagging the monitors by D — which is what the minimum
-hold is for. Prints, per hold: scores, rows expected, late events, latency p50/p99 (broker timestamp of
-the triggering event -> score emitted).
+(one producer, events in event-time order across the three topics). ``--labs-delay-ms`` D sends every
+labs record D x rate records after its turn (D ms when the producer keeps the rate): an independent lab
+feed lagging the monitors by D, which is what the minimum hold is for. Prints, per hold: scores, rows
+expected, late events, latency p50/p99 (broker timestamp of the triggering event -> score emitted).
 
     PYTHONPATH=src python scripts/measure_hold.py --holds 0,0.1,0.25,0.5 --rate 5000 [--labs-delay-ms 50]
 """
@@ -37,25 +37,21 @@ def _sum(text: str, name: str) -> float:
 
 
 async def _offer(s: Settings, events: list[tuple[str, float, bytes, bytes]], rate: float, labs_delay: float) -> None:
+    # every labs record goes out ``labs_delay * rate`` records after its turn (a deterministic lag that does
+    # not depend on how busy the machine is), the others at their turn; record i is due at i / rate
+    shift = round(labs_delay * rate)
+    order = sorted(range(len(events)), key=lambda i: i + shift + 0.5 if events[i][0] == "labs" else i)
     p = AIOKafkaProducer(acks="all", linger_ms=2, **s.kafka.client_kwargs())
     await p.start()
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Future] = []  # type: ignore[type-arg]
-
-    async def later(topic: str, key: bytes, value: bytes, at: float) -> None:
-        await asyncio.sleep(max(0.0, at - loop.time()))
-        await (await p.send(topic, value, key=key))
-
     try:
         t0 = loop.time()
-        for i, (stream, _t, key, value) in enumerate(events):
-            due = t0 + i / rate
-            if (d := due - loop.time()) > 0:
+        for n, i in enumerate(order):
+            stream, _t, key, value = events[i]
+            if (d := t0 + n / rate - loop.time()) > 0:
                 await asyncio.sleep(d)
-            if stream == "labs" and labs_delay > 0:
-                pending.append(asyncio.ensure_future(later(s.topic(stream), key, value, due + labs_delay)))
-            else:
-                pending.append(await p.send(s.topic(stream), value, key=key))
+            pending.append(await p.send(s.topic(stream), value, key=key))
         await asyncio.gather(*pending)
     finally:
         await p.stop()
