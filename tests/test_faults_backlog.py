@@ -50,9 +50,9 @@ def expected(sample_path: Path) -> dict[tuple[str, int], float]:
     return out
 
 
-def _scores(s: Settings, want: int, timeout_s: float = 60.0) -> list[dict]:  # type: ignore[type-arg]
-    """Score records on the topic once ``want`` distinct score ids are there (or at the timeout), after a
-    quiet second (anything emitted twice would arrive then)."""
+def _scores(s: Settings, want: int, timeout_s: float = 60.0, quiet_s: float = 1.0) -> list[dict]:  # type: ignore[type-arg]
+    """Score records on the topic once ``want`` distinct score ids are there (or at the timeout), after
+    ``quiet_s`` (anything emitted twice would arrive then)."""
 
     async def go() -> list[dict]:  # type: ignore[type-arg]
         tail = await TopicTail(s, s.topic("scores")).start()
@@ -60,8 +60,9 @@ def _scores(s: Settings, want: int, timeout_s: float = 60.0) -> list[dict]:  # t
             with contextlib.suppress(TimeoutError):  # the caller's assertion reports what is missing
                 await tail.wait_for(lambda rs: len({orjson.loads(r.value)["score_id"] for r in rs}) >= want,
                                     timeout_s)  # fmt: skip
-            await asyncio.sleep(1.0)
-            await tail.poll()
+            if quiet_s:
+                await asyncio.sleep(quiet_s)
+                await tail.poll()
             return [orjson.loads(r.value) for r in tail.records]
         finally:
             await tail.stop()
@@ -121,10 +122,10 @@ def test_sigkill_mid_backlog_then_restart_scores_every_row_once(settings_factory
     first = WorkerProcess(s, log_path=tmp_path / "w1.log", extra_env=PACING).start()
     try:
         first.wait_ready()
-        part = _scores(s, len(expected) // 3)
-        assert len(expected) // 3 <= len({d["score_id"] for d in part}) < len(expected), "not mid-stream"
+        part = _scores(s, len(expected) // 3, quiet_s=0)
     finally:
         first.kill()  # SIGKILL: no final commit, no clean leave
+    assert len(expected) // 3 <= len({d["score_id"] for d in part}) < len(expected), "not mid-stream"
     with WorkerProcess(s, log_path=tmp_path / "w2.log", extra_env=PACING) as w:
         w.wait_ready()
         recs = _scores(s, len(expected), timeout_s=90)
@@ -142,7 +143,7 @@ def test_broker_frozen_mid_backlog_then_resumed(sample_path, topics_factory, exp
         _backlog(s, topics_factory, sample_path)
         with WorkerProcess(s, log_path=tmp_path / "worker.log", extra_env=PACING) as w:
             w.wait_ready()
-            part = _scores(s, len(expected) // 4, timeout_s=60)
+            part = _scores(s, len(expected) // 4, timeout_s=60, quiet_s=0)
             assert len({d["score_id"] for d in part}) < len(expected), "not mid-stream"
             pid = b._proc.pid  # type: ignore[union-attr]  # noqa: SLF001
             import os
