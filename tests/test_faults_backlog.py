@@ -24,7 +24,7 @@ from vigil.procs import WorkerProcess
 from vigil.replay import replay
 
 pytestmark = pytest.mark.broker
-STAYS = 120
+STAYS = 100
 PARTITIONS = 4
 # Tight pacing, so that pausing and resuming happens all the time, and no minimum hold: ordering must come
 # from the event-time watermark alone. (Before pacing, a wall-clock maximum hold released held chunks
@@ -116,7 +116,12 @@ def test_backlog_larger_than_every_hold_bound_loses_nothing(settings_factory, to
 
 def test_sigkill_mid_backlog_then_restart_scores_every_row_once(settings_factory, topics_factory, sample_path,
                                                                 expected, tmp_path):  # fmt: skip
-    """Held events' offsets are not committed: a worker killed while pacing holds events loses none."""
+    """Held events' offsets are not committed: a worker killed while pacing holds events loses none.
+
+    Not asserted here: ``vigil_late_events_total``. The batch in flight at the kill is delivered again, and
+    the Processor counts a re-delivered event of a stay it had already closed as late (see
+    tests/test_state.py), so a kill right after a discharge can count a few late events without any row
+    or value being lost — the exact scores below are the outcome that matters."""
     s = settings_factory()
     _backlog(s, topics_factory, sample_path)
     first = WorkerProcess(s, log_path=tmp_path / "w1.log", extra_env=PACING).start()
@@ -132,7 +137,9 @@ def test_sigkill_mid_backlog_then_restart_scores_every_row_once(settings_factory
         metrics = w.metrics_text()
         assert w.stop() == 0, (tmp_path / "w2.log").read_text()[-3000:]
     _assert_exact(expected, recs)
-    _check_metrics(metrics)
+    print("late after the restart:", _metric(metrics, "vigil_late_events_total"))
+    assert _metric(metrics, "vigil_reorder_stalled_inputs_total") == 0
+    assert _metric(metrics, "vigil_reorder_pauses_total") > 0
 
 
 def test_broker_frozen_mid_backlog_then_resumed(sample_path, topics_factory, expected, tmp_path):
