@@ -67,7 +67,10 @@ def main() -> None:
                 time.sleep(2.0)
                 assert w.proc is not None and w.proc.poll() is None, "worker died"
                 peak = max(peak, _rss_kb(w.proc.pid, "VmRSS"))
-                text = w.metrics_text()
+                try:
+                    text = w.metrics_text()
+                except OSError:  # TimeoutError too: the worker's loop is busy; ask again
+                    continue
                 scored = _sum(text, "vigil_scores_total")
                 if scored != last:
                     last, last_change = scored, time.monotonic()
