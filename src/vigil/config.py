@@ -103,10 +103,18 @@ class StateSettings(BaseModel):
     discharge_grace_s: float = 0.0
     # Events wait in a reorder buffer until the partition's event-time watermark (over vitals, labs
     # and adt; a caught-up topic does not hold the others back) passes them, so cross-topic skew never
-    # closes a row early: at least reorder_min_hold_s (events in flight from independent feeds) and at
-    # most reorder_max_hold_s wall seconds (bounded latency if a topic lags). See worker/reorder.py.
+    # closes a row early, and at least reorder_min_hold_s (events in flight from independent live
+    # feeds). There is no wall-clock maximum hold: consumption is paced in event time instead — an
+    # input topic-partition more than reorder_slack_s (event time) ahead of its partition's watermark,
+    # or ahead at all while the partition holds more than reorder_max_held events, is paused until the
+    # watermark catches up. Held memory per partition <= reorder_max_held + one fetch per input
+    # topic-partition. The only wall-clock escape is reorder_stall_s: an input that is behind, not
+    # paused and makes no fetch progress that long stops holding the others back (counted in
+    # vigil_reorder_stalled_inputs_total, logged). See worker/reorder.py and docs/integrity.md.
     reorder_min_hold_s: float = 0.5
-    reorder_max_hold_s: float = 10.0
+    reorder_slack_s: float = 600.0
+    reorder_max_held: int = 50_000
+    reorder_stall_s: float = 30.0
     # TEST ONLY, off by default: processing an event whose seq equals this raises (a RuntimeError inside the
     # worker's per-event processing), to prove the per-patient quarantine (tests/test_faults_poison.py).
     fault_inject_seq: int | None = None

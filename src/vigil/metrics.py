@@ -75,6 +75,19 @@ class WorkerMetrics:
         self.commit_failures = Counter(
             f"{p}_commit_failures", "Batches whose offset commit failed (re-delivered)", registry=r
         )
+        # event-time pacing (worker/reorder.py): held events, paused inputs, stalled-input escapes
+        self.reorder_held = Gauge(f"{p}_reorder_held_events", "Events held in the reorder buffer", registry=r)
+        self.reorder_paused = Gauge(
+            f"{p}_reorder_paused_inputs", "Input topic-partitions paused because ahead in event time", registry=r
+        )
+        self.reorder_pauses = Counter(
+            f"{p}_reorder_pauses", "Input topic-partitions paused because ahead in event time", ["topic"], registry=r
+        )
+        self.reorder_stalled = Counter(
+            f"{p}_reorder_stalled_inputs",
+            "Input topic-partitions that stopped holding the others back after making no fetch progress",
+            ["topic"], registry=r,
+        )  # fmt: skip
         self.up = Gauge(f"{p}_worker_up", "1 while the worker's consume loop runs", registry=r)
         self.ack_seconds = Histogram(
             f"{p}_alert_ack_seconds", "Time from an alert being raised to its first acknowledgement (event time)",

@@ -42,7 +42,7 @@ from vigil.scoring import Scorer
 from vigil.state import PatientState
 from vigil.worker.batch import InEvent, Outputs, Processor
 from vigil.worker.intake import Intake, Side
-from vigil.worker.reorder import ReorderBuffer
+from vigil.worker.reorder import Input, Progress, ReorderBuffer, plan
 
 __all__ = ["Engine", "INPUT_TOPICS", "load_scorers"]
 
@@ -99,7 +99,8 @@ class Engine:
         self._stopping = asyncio.Event()
         self._owned: set[int] = set()
         self.intake = Intake(settings, self.metrics, self._partitions_of)  # errors are values: worker/intake.py
-        self.reorder = ReorderBuffer(settings.state.reorder_min_hold_s, settings.state.reorder_max_hold_s)
+        self.reorder = ReorderBuffer(settings.state.reorder_min_hold_s)
+        self._progress = Progress(settings.state.reorder_stall_s)  # stalled inputs (the only wall-clock escape)
         self._tp_time: dict[TopicPartition, float] = {}  # newest event time fetched per input partition
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
@@ -245,30 +246,51 @@ class Engine:
         return len(parts) if parts else None
 
     async def _watermarks(self) -> dict[int, tuple[float, float]]:
-        """Per input partition: (event-time watermark, fresh_since). The watermark is the min over
-        vitals/labs/adt of the newest event time fetched, a caught-up topic-partition (position at its
-        high watermark) counting as +infinity; fresh_since is the oldest last-poll time among the
-        caught-up ones (their "caught up" is only known as of that poll)."""
+        """Per input partition: (event-time watermark, fresh_since), and pace the consumer: pause the
+        topic-partitions that run ahead of their partition's watermark, resume the others (see
+        :func:`vigil.worker.reorder.plan`). The watermark is the min over the input topics of the newest
+        event time fetched, a caught-up topic-partition (position at its high watermark) or a stalled one
+        not counting; fresh_since is the oldest last-poll time among the caught-up ones (their "caught
+        up" is only known as of that poll)."""
         assert self._consumer is not None
-        marks: dict[int, tuple[float, float]] = {}
-        for tp in self._consumer.assignment():
-            hw = self._consumer.highwater(tp)
+        c, st, now = self._consumer, self.settings.state, time.time()
+        paused = c.paused()
+        inputs: list[Input] = []
+        for tp in c.assignment():
+            hw = c.highwater(tp)
             pos = self._next_offsets.get(tp)
             if pos is None and hw is not None:
                 try:
-                    pos = await self._consumer.position(tp)
+                    pos = await c.position(tp)
                 except IllegalStateError:
                     pos = None
                 if pos is not None:
                     self._next_offsets[tp] = pos
-            mark, fresh = marks.get(tp.partition, (math.inf, math.inf))
-            if hw is not None and pos is not None and pos >= hw:
-                polled = self._consumer.last_poll_timestamp(tp)
-                fresh = min(fresh, polled / 1000.0 if polled is not None else -math.inf)
-            else:
-                mark = min(mark, self._tp_time.get(tp, -math.inf))
-            marks[tp.partition] = (mark, fresh)
-        return marks
+            caught_up = hw is not None and pos is not None and pos >= hw
+            was_stalled = tp in self._progress.stalled
+            if self._progress.update(tp, pos, not caught_up and tp not in paused, now):
+                topic = self._topic_names.get(tp.topic, tp.topic)
+                self.metrics.reorder_stalled.labels(topic).inc()
+                log.warning("input %s partition %d made no fetch progress for %.0f s (position %s, high "
+                            "watermark %s): no longer holding the other topics back; its events for rows "
+                            "already closed will count as late", topic, tp.partition, st.reorder_stall_s,
+                            pos, hw)  # fmt: skip
+            elif was_stalled and tp not in self._progress.stalled:
+                log.info("input %s partition %d progresses again", tp.topic, tp.partition)
+            polled = c.last_poll_timestamp(tp)
+            inputs.append(Input(tp, tp.partition, self._tp_time.get(tp, -math.inf), caught_up,
+                                polled / 1000.0 if polled is not None else -math.inf,
+                                tp in self._progress.stalled))  # fmt: skip
+        pl = plan(inputs, self.reorder.held_by_partition(), st.reorder_slack_s, st.reorder_max_held)
+        if resume := paused - pl.pause:
+            c.resume(*resume)
+        if pause := pl.pause - paused:
+            c.pause(*pause)
+            for tp in pause:
+                self.metrics.reorder_pauses.labels(self._topic_names.get(tp.topic, tp.topic)).inc()
+        self.metrics.reorder_paused.set(len(pl.pause))
+        self.metrics.reorder_held.set(self.reorder.held)
+        return pl.watermarks
 
     def _commit_offsets(self) -> dict[TopicPartition, int]:
         """Per partition: the next offset, or the lowest offset still held in the reorder buffer."""
@@ -391,11 +413,13 @@ class Engine:
             gone = self._owned - parts
             new = parts - self._owned
             self.processor.drop_partitions(gone)
-            self.reorder.drop_partitions(gone)
-            for tp in [tp for tp in self._next_offsets if tp.partition in gone]:
-                del self._next_offsets[tp]
-                self._committed.pop(tp, None)
-                self._tp_time.pop(tp, None)
+            # aiokafka starts every assigned partition afresh (unpaused, at its committed offset, which is
+            # at or before the lowest offset held): what the buffer holds is fetched again, so forget it
+            self.reorder.drop_partitions(self._owned | parts)
+            self._progress.clear()
+            self._next_offsets.clear()
+            self._committed.clear()
+            self._tp_time.clear()
             if new:
                 restored = await self._restore(sorted(new))
                 for p in new:

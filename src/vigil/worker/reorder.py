@@ -1,24 +1,40 @@
-"""An event-time reorder buffer in front of the state, driven by per-partition watermarks.
+"""Event-time ordering in front of the state: a reorder buffer released by per-partition watermarks,
+and **pacing** (pausing the input topic-partitions that run ahead) so that ordering holds under any backlog.
 
 Vitals, labs and ADT arrive on three co-partitioned topics. A fetch can deliver one topic's events
 for hour *k+1* before another topic's events for hour *k* (and a discharge before the last vitals);
 since a row is closed by the first event of a later hour, applying events as fetched would score
 rows before all of their data arrived.
 
-So events are held per partition *p* until the partition's **watermark** passes them. The watermark
-is the minimum over the three topic-partitions of *p* of the newest event time fetched from it — or
-+infinity for a topic-partition that is caught up (nothing more on the broker), so a sparse or idle
-topic never stalls the others. "Caught up" is only as fresh as the last fetch response, so a chunk
+**Watermark.** Events are held per partition *p* until the partition's watermark passes them. The
+watermark is the minimum over the input topic-partitions of *p* of the newest event time fetched from
+it — or +infinity for a topic-partition that is caught up (nothing more on the broker), so a sparse or
+idle topic never stalls the others. "Caught up" is only as fresh as the last fetch response, so a chunk
 is released only once every caught-up topic-partition of its partition has been polled after the
-chunk arrived (``fresh_since``): data produced before the chunk was fetched is then visible.
-Every event is also held at least ``min_hold_s`` (for events still in
-flight from independent feeds) and at most ``max_hold_s`` (a bound on added latency when a lagging
-topic stalls). Beyond that, an event for a closed row counts as late.
+chunk arrived (``fresh_since``): data produced before the chunk was fetched is then visible. Every
+event is also held at least ``min_hold_s`` (events still in flight from independent live feeds).
+There is **no wall-clock maximum hold**: a held event leaves only when the watermark passes it, however
+long a backlog takes, so fetch speed can never reorder events.
+
+**Pacing** (:func:`plan`, as Kafka Streams' and Flink's watermark alignment do). On a backlog the
+sparse ``adt`` topic is fetched hundreds of event-hours ahead of ``vitals``/``labs``. A topic-partition
+that is not caught up and whose newest fetched event time is more than ``slack_s`` ahead of its
+partition's watermark is paused
+(``consumer.pause``) and resumed once the watermark catches up; when a partition holds more than
+``max_held`` events, every topic-partition of it that is ahead of the watermark at all is paused too.
+The topic-partitions that define the watermark are never paused, so it always advances. Memory held
+per partition is therefore at most ``max_held`` plus one fetch per topic-partition
+(``max_partition_fetch_bytes``) — see docs/integrity.md.
+
+**Stalled inputs** (:class:`Progress`). The only wall-clock escape: a topic-partition that is behind its
+broker high watermark, not paused, and whose position has not advanced for ``stall_s`` stops holding the
+others back (it no longer counts in the watermark) — counted (``vigil_reorder_stalled_inputs_total``) and
+logged, never silent. Its events that arrive afterwards for rows already closed count as late.
 
 Offsets of held events are not committed (:meth:`ReorderBuffer.min_offsets`): after a crash they are
 consumed again, so holding never loses an event.
 
->>> buf = ReorderBuffer(min_hold_s=0.5, max_hold_s=10.0)
+>>> buf = ReorderBuffer(min_hold_s=0.5)
 >>> from types import SimpleNamespace as E
 >>> buf.add([E(partition=0, topic="vitals", offset=7, event=E(time=100.0))], now=0.0)
 >>> buf.release(now=1.0, watermarks={0: (99.0, 1.0)}), buf.held
@@ -32,11 +48,11 @@ consumed again, so holding never loses an event.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ReorderBuffer"]
+__all__ = ["Input", "Plan", "Progress", "ReorderBuffer", "plan"]
 
 
 @dataclass(slots=True)
@@ -62,10 +78,10 @@ def _chunk(arrived: float, events: list[Any]) -> _Chunk:
 
 
 class ReorderBuffer:
-    def __init__(self, min_hold_s: float, max_hold_s: float) -> None:
+    def __init__(self, min_hold_s: float) -> None:
         self.min_hold_s = min_hold_s
-        self.max_hold_s = max_hold_s
         self._q: dict[int, list[_Chunk]] = {}
+        self._held: dict[int, int] = {}  # partition -> events held
         self.held = 0
 
     def add(self, events: list[Any], now: float) -> None:
@@ -75,7 +91,11 @@ class ReorderBuffer:
             by_part.setdefault(ie.partition, []).append(ie)
         for p, evs in by_part.items():
             self._q.setdefault(p, []).append(_chunk(now, evs))
+            self._held[p] = self._held.get(p, 0) + len(evs)
         self.held += len(events)
+
+    def held_by_partition(self) -> dict[int, int]:
+        return dict(self._held)
 
     def release(self, now: float, watermarks: dict[int, tuple[float, float]]) -> list[Any]:
         """Events that can no longer be overtaken by an earlier event of their partition.
@@ -83,8 +103,8 @@ class ReorderBuffer:
         A chunk is *eligible* once held ``min_hold_s`` and fetched before the caught-up topics were
         last polled. The partition's bound is the lowest of its watermark and the earliest event time
         in a chunk that is not eligible yet; eligible events at or below the bound are released.
-        Chunks held ``max_hold_s`` are released whole (bounded latency). ``watermarks``: partition ->
-        (event-time watermark, fresh_since wall time); ``now=inf`` releases everything.
+        ``watermarks``: partition -> (event-time watermark, fresh_since wall time); ``now=inf`` with
+        infinite watermarks releases everything (shutdown).
         """
         out: list[Any] = []
         for p, chunks in self._q.items():
@@ -93,25 +113,26 @@ class ReorderBuffer:
             wm, fresh = watermarks.get(p, (-math.inf, -math.inf))
             eligible, young = [], []
             for c in chunks:
-                age = now - c.arrived
-                if age >= self.max_hold_s:
-                    out += c.events
-                elif age >= self.min_hold_s and c.arrived <= fresh:
+                if now - c.arrived >= self.min_hold_s and c.arrived <= fresh:
                     eligible.append(c)
                 else:
                     young.append(c)
             bound = min([wm, *(c.min_time for c in young)])
             kept: list[_Chunk] = []
+            n = 0
             for c in eligible:
                 if c.max_time <= bound:
                     out += c.events
+                    n += len(c.events)
                 elif c.min_time > bound:
                     kept.append(c)
                 else:  # split: release what is safe, keep the rest (its offsets stay uncommitted)
                     go = [ie for ie in c.events if ie.event.time <= bound]
                     out += go
+                    n += len(go)
                     kept.append(_chunk(c.arrived, [ie for ie in c.events if ie.event.time > bound]))
             self._q[p] = sorted(kept + young, key=lambda c: c.arrived)
+            self._held[p] -= n
         self.held -= len(out)
         return out
 
@@ -128,5 +149,85 @@ class ReorderBuffer:
     def drop_partitions(self, parts: Iterable[int]) -> None:
         for p in parts:
             q = self._q.pop(p, None)
+            self._held.pop(p, None)
             if q:
                 self.held -= sum(len(c.events) for c in q)
+
+
+# -- pacing ----------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Input:
+    """What the engine knows about one input topic-partition when it plans."""
+
+    key: Hashable  # the consumer's TopicPartition
+    partition: int
+    newest: float  # newest event time fetched from it (-inf: nothing yet)
+    caught_up: bool  # position at its high watermark (as of ``polled``)
+    polled: float = -math.inf  # wall time of its last fetch response
+    stalled: bool = False  # behind, fetchable, no progress for stall_s (see Progress)
+
+
+@dataclass(slots=True)
+class Plan:
+    watermarks: dict[int, tuple[float, float]]  # partition -> (event-time watermark, fresh_since)
+    pause: set[Hashable]  # topic-partitions to pause (every other one runs)
+
+
+def plan(inputs: Iterable[Input], held: dict[int, int], slack_s: float, max_held: int) -> Plan:
+    """Watermarks per partition and the topic-partitions to pause.
+
+    Watermark: min of ``newest`` over the topic-partitions that are neither caught up nor stalled
+    (+inf if none); fresh_since: the oldest ``polled`` among the caught-up ones. Pause: a
+    topic-partition that is not caught up and whose ``newest`` is more than ``slack_s`` ahead of its
+    partition's watermark, or ahead at all when the partition holds more than ``max_held`` events.
+    Those at the watermark are never paused, so the watermark always advances while input flows; a
+    caught-up one is never paused either (nothing more to fetch, and its polls keep fresh_since fresh).
+    """
+    by_part: dict[int, list[Input]] = {}
+    for i in inputs:
+        by_part.setdefault(i.partition, []).append(i)
+    marks: dict[int, tuple[float, float]] = {}
+    pause: set[Hashable] = set()
+    for p, ins in by_part.items():
+        wm, fresh = math.inf, math.inf
+        for i in ins:
+            if i.caught_up:
+                fresh = min(fresh, i.polled)
+            elif not i.stalled:
+                wm = min(wm, i.newest)
+        marks[p] = (wm, fresh)
+        limit = wm if held.get(p, 0) > max_held else wm + slack_s
+        for i in ins:
+            if not i.caught_up and i.newest > limit:
+                pause.add(i.key)
+    return Plan(marks, pause)
+
+
+class Progress:
+    """Per topic-partition fetch progress, to tell a stalled input from one that is merely paced.
+
+    ``update`` returns the keys that became stalled (behind, not paused, position unchanged for
+    ``stall_s``) and those that recovered; :attr:`stalled` is the current set.
+    """
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self._since: dict[Hashable, tuple[int | None, float | None]] = {}  # key -> (position, waiting since)
+        self.stalled: set[Hashable] = set()
+
+    def update(self, key: Hashable, position: int | None, waiting: bool, now: float) -> bool:
+        """Record ``key``'s position; ``waiting``: behind and fetchable (not caught up, not paused).
+        Returns True if the key is newly stalled."""
+        pos, since = self._since.get(key, (None, None))
+        if not waiting or since is None or position != pos:  # the clock starts when it starts waiting
+            self._since[key] = (position, now if waiting else None)
+            self.stalled.discard(key)
+            return False
+        if now - since >= self.stall_s and key not in self.stalled:
+            self.stalled.add(key)
+            return True
+        return False
+
+    def clear(self) -> None:
+        self._since.clear()
+        self.stalled.clear()
