@@ -1,7 +1,7 @@
 """Offline check of the live alert-budget controller (docs/alert-budget.md): set A stays admitted one after the
 other over ``--days`` days into two wards, replayed through the worker's own Processor (no broker) in batches of
-one event-time hour, once with the controller off and once on. Prints, per ward, the model-risk alerts raised
-per patient-day overall and over the last half of the run, and the controller's moves.
+one event-time hour, once with the controller off and once on. Prints, per ward, the model-risk alerts (raised or
+escalated) per patient-day overall and over the last half of the run, and the controller's moves.
 
     PYTHONPATH=src .venv/bin/python scripts/budget_sim.py --stays 2000 --days 30 --raise-at 0.1
 """
@@ -76,7 +76,7 @@ def main() -> None:
                 rows[(r["ward"], late)] = rows.get((r["ward"], late), 0) + 1
             for _, v in out.alerts:
                 a = orjson.loads(v)
-                if a["type"] == "model_risk" and a["event"] == "raised":
+                if a["type"] == "model_risk" and a["event"] in ("raised", "escalated"):
                     late = datetime.fromisoformat(a["time"]).timestamp() >= half
                     raised[(a["ward"], late)] = raised.get((a["ward"], late), 0) + 1
         for ward in ("W0", "W1"):

@@ -2,8 +2,9 @@
 near a target by moving that group's alert level, in small steps, within bounds the site sets.
 
 Per group (``alerts.budget.group_by``: the patient's ward or unit; patients without one are not controlled)
-the controller counts, in a sliding event-time window of ``window_h`` hours, the model-risk alerts *raised*
-(by the primary model, the first serving one) and the exposure (patient-hours: one per hourly row scored, one
+the controller counts, in a sliding event-time window of ``window_h`` hours, the model-risk alerts that go out
+(raised or escalated, by the primary model, the first serving one: as ``vigil evaluate`` counts alerts per
+patient-day for the card's budget) and the exposure (patient-hours: one per hourly row scored, one
 per new row hour in ``interval`` scoring mode). When the group has at least ``min_patient_days`` of exposure at
 its current level and ``interval_min`` event-time minutes have passed since it was last evaluated, the
 observed rate (alerts per patient-day) is compared with ``target_per_patient_day``:
@@ -145,9 +146,9 @@ class BudgetController:
 
     def observe_row(self, group: str, t: float, base_level: float, *, patient: str, row: int, partial: bool,
                     raised: bool) -> None:  # fmt: skip
-        """One scored row of a patient in ``group`` at event time ``t``; ``raised``: the primary model raised a
-        model-risk alert on it; ``base_level``: the level in force without the controller (used when the group
-        is new)."""
+        """One scored row of a patient in ``group`` at event time ``t``; ``raised``: a model-risk alert of the
+        primary model went out on it (raised or escalated); ``base_level``: the level in force without the
+        controller (used when the group is new)."""
         g = self.groups.get(group)
         if g is None:
             g = self.groups[group] = _Group(min(self.hi, max(self.lo, float(base_level))))
@@ -183,8 +184,8 @@ class BudgetController:
 
     def observe_scored(self, snaps: list[Any], raised: set[int], rule: Any, card_level: float) -> None:
         """Every row of a scored batch (:class:`vigil.state.Snapshot`); ``raised``: the indices of the rows on which
-        the primary model raised a model-risk alert; ``rule``: :meth:`vigil.policy.AlertPolicy.rule` and
-        ``card_level`` its model's alert level (the level in force of a new group)."""
+        a model-risk alert of the primary model went out (raised or escalated); ``rule``:
+        :meth:`vigil.policy.AlertPolicy.rule` and ``card_level`` its model's alert level (the level of a new group)."""
         for i, sn in enumerate(snaps):
             group = self.group_of(sn.ward, sn.unit)
             if group is None:

@@ -487,7 +487,7 @@ class Processor:
                 out.alert_labels.append(labels)
         if self.budget is not None and self.scorers:
             raised = {i for i, sc, d, _, _ in fired if sc is self.scorers[0] and d.kind == "model_risk"
-                      and d.event == "raised"}  # fmt: skip
+                      and d.event in ("raised", "escalated")}  # fmt: skip
             self.budget.observe_scored(snaps, raised, self.policy.rule, self.scorers[0].alert_level)
 
     def high_risk_by_ward(self) -> dict[str, int]:
