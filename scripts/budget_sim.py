@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.2)
     ap.add_argument("--min-level", type=float, default=0.05)
     ap.add_argument("--max-level", type=float, default=0.9)
+    ap.add_argument("--window-h", type=float, default=24.0)
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--only-on", action="store_true", help="skip the run with the controller off")
     args = ap.parse_args()
     events: list[tuple[float, str, bytes, bytes]] = []
     gap = args.days * 24.0 / args.stays
@@ -47,10 +50,11 @@ def main() -> None:
     events.sort(key=lambda e: e[0])
     print(f"{args.stays} stays, {len(events)} events over {args.days} days")
     half = (ANCHOR + timedelta(days=args.days / 2)).timestamp()
-    for enabled in (False, True):
+    for enabled in (True,) if args.only_on else (False, True):
         alerts: dict[str, dict] = {}
         cfg = {"alerts": {"budget": {"enabled": enabled, "min_level": args.min_level, "max_level": args.max_level,
-                                     "target_per_patient_day": args.target}},
+                                     "target_per_patient_day": args.target, "window_h": args.window_h,
+                                     "alpha": args.alpha}},
                "time_window": {"mode": "replay"}, "drift": {"enabled": False}}  # fmt: skip
         if args.raise_at is not None:
             cfg["alerts"]["model_risk"] = {"raise_at": args.raise_at}
