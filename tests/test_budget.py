@@ -9,6 +9,7 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -141,6 +142,21 @@ def test_the_policy_raises_at_the_level_the_controller_sets() -> None:
     assert pol.step(st, "model_risk", "m", 0.45, 0.0, 0, threshold=0.3, ward="W1") == []
     [d] = pol.step(st, "model_risk", "m", 0.48, H, 1, threshold=0.3, ward="W1")
     assert (d.event, d.raise_at) == ("raised", 0.47)
+
+
+def test_a_new_primary_model_restarts_every_group_from_its_configured_level() -> None:
+    pol = AlertPolicy(AlertSettings())
+
+    def Snap(ward: str, row: int) -> SimpleNamespace:  # noqa: N802 - the fields of vigil.state.Snapshot it reads
+        return SimpleNamespace(ward=ward, unit=None, row=row, row_time=row * H, patient="p", partial=False)
+
+    c = _ctrl(pol)
+    c.observe_scored([Snap("W1", 0)], set(), pol.rule, 0.40, "m:1")
+    pol.set_level("W1", 0.45)  # as a move would
+    c.groups["W1"].level = 0.45
+    assert pol.rule("model_risk", "W1").raise_at == 0.45
+    c.observe_scored([Snap("W1", 1)], set(), pol.rule, 0.35, "m:2")  # a new version, its own card level
+    assert c.level("W1") == 0.35 and pol.rule("model_risk", "W1").raise_at == 0.35
 
 
 def test_settings_off_by_default_and_bounds_required() -> None:

@@ -93,7 +93,7 @@ class LevelSink(Protocol):
 
     levels: dict[str, float]
 
-    def set_level(self, scope: str, level: float) -> None: ...
+    def set_level(self, scope: str, level: float | None) -> None: ...
 
 
 class _Levels:
@@ -102,8 +102,11 @@ class _Levels:
     def __init__(self) -> None:
         self.levels: dict[str, float] = {}
 
-    def set_level(self, scope: str, level: float) -> None:
-        self.levels[scope] = level
+    def set_level(self, scope: str, level: float | None) -> None:
+        if level is None:
+            self.levels.pop(scope, None)
+        else:
+            self.levels[scope] = level
 
 
 @dataclass(slots=True)
@@ -132,6 +135,7 @@ class BudgetController:
         self.groups: dict[str, _Group] = {}
         self._last_row: dict[str, int] = {}  # interval mode: the row hour last counted per patient (memory only)
         self._only = set(settings.groups)
+        self._model: str | None = None
         log.info("alert budget controller on: %s level moved in [%.3f, %.3f] by %.3f toward %.3f model-risk alerts "
                  "per patient-day (state rebuilt at start: every group starts from its configured level)",
                  settings.group_by, self.lo, self.hi, settings.step, settings.target_per_patient_day)  # fmt: skip
@@ -182,10 +186,16 @@ class BudgetController:
             return
         b.append([hour, float(raised), hours])
 
-    def observe_scored(self, snaps: list[Any], raised: set[int], rule: Any, card_level: float) -> None:
+    def observe_scored(self, snaps: list[Any], raised: set[int], rule: Any, card_level: float,
+                       model: str = "") -> None:  # fmt: skip
         """Every row of a scored batch (:class:`vigil.state.Snapshot`); ``raised``: the indices of the rows on which
         a model-risk alert of the primary model went out (raised or escalated); ``rule``:
-        :meth:`vigil.policy.AlertPolicy.rule` and ``card_level`` its model's alert level (the level of a new group)."""
+        :meth:`vigil.policy.AlertPolicy.rule` and ``card_level`` its model's alert level (the level of a new group);
+        ``model``: the primary model's NAME:VERSION (a new one has its own risk scale: every group restarts)."""
+        if model != self._model:
+            if self._model is not None:
+                self.reset(f"primary model changed {self._model} -> {model}")
+            self._model = model
         for i, sn in enumerate(snaps):
             group = self.group_of(sn.ward, sn.unit)
             if group is None:
@@ -240,6 +250,14 @@ class BudgetController:
                     self.metrics.budget_moves.labels(name, "up" if want > 0 else "down").inc()
             self._export(name, g)
         return moves
+
+    def reset(self, why: str) -> None:
+        """Forget every group: each restarts from its configured level (the policy's live levels removed)."""
+        log.warning("alert budget: %s: every %s restarts from its configured level", why, self.settings.group_by)
+        for name in self.groups:
+            self.sink.set_level(name, None)
+        self.groups.clear()
+        self._last_row.clear()
 
     def _export(self, name: str, g: _Group) -> None:
         m = self.metrics

@@ -80,10 +80,14 @@ class AlertPolicy:
         self._rule = lru_cache(maxsize=1024)(self._resolve)
         self.levels: dict[str, float] = {}  # ward/unit -> model_risk raise_at set live (vigil.budget)
 
-    def set_level(self, scope: str, level: float) -> None:
+    def set_level(self, scope: str, level: float | None) -> None:
         """The model-risk level of a ward or unit, set live by the alert-budget controller (:mod:`vigil.budget`):
-        it replaces the rule's ``raise_at`` for that scope (over the overrides, the site's and the card's)."""
-        self.levels[scope] = level
+        it replaces the rule's ``raise_at`` for that scope (over the overrides, the site's and the card's).
+        None: back to the configured level."""
+        if level is None:
+            self.levels.pop(scope, None)
+        else:
+            self.levels[scope] = level
         self._rule.cache_clear()
 
     def rule(self, kind: str, ward: str | None = None, unit: str | None = None) -> RuleSettings:

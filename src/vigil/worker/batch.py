@@ -488,7 +488,8 @@ class Processor:
         if self.budget is not None and self.scorers:
             raised = {i for i, sc, d, _, _ in fired if sc is self.scorers[0] and d.kind == "model_risk"
                       and d.event in ("raised", "escalated")}  # fmt: skip
-            self.budget.observe_scored(snaps, raised, self.policy.rule, self.scorers[0].alert_level)
+            sc0 = self.scorers[0]
+            self.budget.observe_scored(snaps, raised, self.policy.rule, sc0.alert_level, f"{sc0.name}:{sc0.version}")
 
     def high_risk_by_ward(self) -> dict[str, int]:
         """Patients in care with a model-risk alert raised and not yet cleared, per ward (counts only)."""
