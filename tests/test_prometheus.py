@@ -115,7 +115,9 @@ def live(broker: str, sample_path: Path, tmp_path_factory: pytest.TempPathFactor
                       web_port=0)  # fmt: skip
     asyncio.run(create_topics(s.kafka.client_kwargs(), load_catalog(s.streams_dir), s.topic_prefix, 2))
     wlog = tmp / "worker.log"
-    worker = WorkerProcess(s, log_path=wlog, extra_env={"VIGIL_DRIFT__MIN_ROWS": "50"}).start()
+    budget = {"VIGIL_ALERTS__BUDGET__ENABLED": "true", "VIGIL_ALERTS__BUDGET__MIN_LEVEL": "0.1",
+              "VIGIL_ALERTS__BUDGET__MAX_LEVEL": "0.9", "VIGIL_ALERTS__BUDGET__MIN_PATIENT_DAYS": "1"}  # its panel
+    worker = WorkerProcess(s, log_path=wlog, extra_env={"VIGIL_DRIFT__MIN_ROWS": "50", **budget}).start()
     demand_port = free_port()  # the resource-demand job, scraped as job vigil-demand
     demand_env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker, "VIGIL_TOPIC_PREFIX": s.topic_prefix,
                   "VIGIL_DEMAND__BEDS": json.dumps({"ICU-GEN": 14, "ICU-MED": 14, "ICU-SURG": 14})}  # fmt: skip

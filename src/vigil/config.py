@@ -20,6 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from vigil.budget import BudgetSettings
+
 __all__ = [
     "KafkaSettings", "ScoringSettings", "StateSettings", "TimeWindowSettings", "AlertSettings",
     "RuleSettings", "DriftSettings", "RegistrySettings", "WebhookSettings", "DemandSettings", "DemandResource",
@@ -182,6 +184,7 @@ class AlertSettings(BaseModel):
     ack_suppress_h: float = Field(4.0, ge=0)  # an acknowledgement silences new alerts of its type this long
     # ward or ICU unit -> alert type -> rule fields to override, e.g. {"W3": {"news2_emergency": {"enabled": true}}}
     overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)  # live alert-budget controller (vigil.budget)
 
     @model_validator(mode="before")
     @classmethod

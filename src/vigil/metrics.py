@@ -121,6 +121,15 @@ class WorkerMetrics:
             f"{p}_dead_letter_failures", "Dead letters refused even in minimal form (logged with the original's "
             "topic, partition and offset; the original stays on its topic)", registry=r,
         )  # fmt: skip
+        # the live alert-budget controller (vigil.budget; alerts.budget.enabled): group = a ward or ICU unit
+        self.alert_level = Gauge(f"{p}_alert_level", "Model-risk alert level in force, set by the alert-budget "
+                                 "controller", ["group"], registry=r)  # fmt: skip
+        self.budget_rate = Gauge(f"{p}_alert_budget_rate", "Model-risk alerts per patient-day at the group's level "
+                                 "(the controller's last evaluation)", ["group"], registry=r)  # fmt: skip
+        self.budget_pinned = Gauge(f"{p}_alert_budget_pinned", "1 while the controller holds a group at a bound "
+                                   "with its rate still off target", ["group"], registry=r)  # fmt: skip
+        self.budget_moves = Counter(f"{p}_alert_budget_moves", "Level moves by the alert-budget controller",
+                                    ["group", "direction"], registry=r)  # fmt: skip
 
 
 class DemandMetrics:

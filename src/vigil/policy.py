@@ -78,6 +78,17 @@ class AlertPolicy:
     def __init__(self, settings: AlertSettings) -> None:
         self.settings = settings
         self._rule = lru_cache(maxsize=1024)(self._resolve)
+        self.levels: dict[str, float] = {}  # ward/unit -> model_risk raise_at set live (vigil.budget)
+
+    def set_level(self, scope: str, level: float | None) -> None:
+        """The model-risk level of a ward or unit, set live by the alert-budget controller (:mod:`vigil.budget`):
+        it replaces the rule's ``raise_at`` for that scope (over the overrides, the site's and the card's).
+        None: back to the configured level."""
+        if level is None:
+            self.levels.pop(scope, None)
+        else:
+            self.levels[scope] = level
+        self._rule.cache_clear()
 
     def rule(self, kind: str, ward: str | None = None, unit: str | None = None) -> RuleSettings:
         """The rule for ``kind`` with the unit's, then the ward's overrides applied."""
@@ -89,6 +100,9 @@ class AlertPolicy:
         for scope in (unit, ward):
             if scope is not None and scope in self.settings.overrides:
                 patch.update(self.settings.overrides[scope].get(kind, {}))
+        for scope in (unit, ward) if kind == "model_risk" and self.levels else ():
+            if scope is not None and scope in self.levels:
+                patch["raise_at"] = self.levels[scope]
         return base.model_copy(update=patch) if patch else base
 
     def step(

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from vigil import deadletters
+from vigil.budget import budget_controller
 from vigil.config import Settings
 from vigil.drift import DriftMonitor
 from vigil.features import FEATURE_NAMES, featurize, sequence
@@ -79,6 +80,7 @@ class Processor:
         # never alerted on.
         self.shadows: list[Scorer] = shadows if shadows is not None else []
         self.policy = AlertPolicy(settings.alerts)
+        self.budget = budget_controller(settings.alerts.budget, self.policy)  # None unless alerts.budget.enabled
         self.drift: dict[tuple[str, str], DriftMonitor | None] = {}  # (model, version) -> monitor
         self._acks: list[tuple[PatientState, Decision]] = []  # acknowledgements applied in this batch
         self._dead: list[DeadLetter] = []  # events quarantined in this batch
@@ -154,6 +156,8 @@ class Processor:
         self._acks = []
 
         self._finalize_discharges(time.time(), out, touched, by_patient)
+        if self.budget is not None:  # moves apply from the next batch on
+            self.budget.update()
         return out
 
     def finalize_due(self, now: float | None = None) -> Outputs:
@@ -481,6 +485,11 @@ class Processor:
                 out.alerts.append((patient, orjson.dumps(rec)))
                 out.alert_trigger_ts.append(trigger_ts)
                 out.alert_labels.append(labels)
+        if self.budget is not None and self.scorers:
+            raised = {i for i, sc, d, _, _ in fired if sc is self.scorers[0] and d.kind == "model_risk"
+                      and d.event in ("raised", "escalated")}  # fmt: skip
+            sc0 = self.scorers[0]
+            self.budget.observe_scored(snaps, raised, self.policy.rule, sc0.alert_level, f"{sc0.name}:{sc0.version}")
 
     def high_risk_by_ward(self) -> dict[str, int]:
         """Patients in care with a model-risk alert raised and not yet cleared, per ward (counts only)."""

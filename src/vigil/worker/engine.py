@@ -93,6 +93,8 @@ class Engine:
         self.scorers = scorers if scorers is not None else load_scorers(settings)
         self.shadows: list[Scorer] = load_shadows(settings)
         self.processor = Processor(settings, self.scorers, self.shadows)
+        if self.processor.budget is not None:
+            self.processor.budget.metrics = self.metrics
         self._high_risk_wards: set[str] = set()
         self._topic_names = {settings.topic(t): t for t in INPUT_TOPICS}
         self._lock = asyncio.Lock()
