@@ -52,8 +52,11 @@ def _models_announce(ctx: click.Context, event: dict[str, object]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @click.pass_context
 def models_list(ctx: click.Context, as_json: bool) -> None:
-    """One line per model version (* = serving): family, threshold, validation and test utility/AUROC."""
+    """One line per model version (* = serving): family, alert level in force (LEVEL: the level alerts are raised
+    at on this site, vigil.levels; + = some wards/units override it), the card's operating threshold (THRESH,
+    where its metrics are reported), validation and test utility/AUROC."""
     from vigil.errors import ModelError
+    from vigil.levels import levels_for_card
     from vigil.registry import Registry, summary_row
 
     reg = Registry(_models_root(ctx))
@@ -62,7 +65,12 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
     for name in reg.names():
         for version in reg.versions(name):
             try:
-                rows.append(summary_row(reg.get(f"{name}:{version}"), serving.get(name) == version))
+                ref = reg.get(f"{name}:{version}")
+                row = summary_row(ref, serving.get(name) == version)
+                levels = levels_for_card(settings_of(ctx).alerts, ref.card)  # the level alerts are raised at
+                row["alert_level"] = levels[0].value
+                row["alert_levels"] = [lv.to_dict() for lv in levels]
+                rows.append(row)
             except ModelError as exc:
                 click.echo(f"skipping {name}:{version}: {exc}", err=True)
     if as_json:
@@ -72,12 +80,13 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
     def num(x: object) -> str:
         return f"{x:.4f}" if isinstance(x, float) else "-"
 
-    click.echo(f"{'NAME':<20} {'VERSION':>7} S {'CREATED':<20} {'FAMILY':<24} {'THRESH':>6} {'VAL_UTIL':>8} "
-               f"{'VAL_AUROC':>9} {'TEST_UTIL':>9} {'TEST_AUROC':>10}")  # fmt: skip
+    click.echo(f"{'NAME':<20} {'VERSION':>7} S {'CREATED':<20} {'FAMILY':<24} {'LEVEL':>7} {'THRESH':>6} "
+               f"{'VAL_UTIL':>8} {'VAL_AUROC':>9} {'TEST_UTIL':>9} {'TEST_AUROC':>10}")  # fmt: skip
     for r in rows:
         v, t = r["validation"], r["test"]
+        level = f"{r['alert_level']:g}" + ("+" if len(r["alert_levels"]) > 1 else "")
         click.echo(f"{r['name']:<20} {r['version']:>7} {'*' if r['serving'] else ' '} {r['created_at'] or '-':<20} "
-                   f"{r['family']:<24} {r['threshold']:>6g} {num(v['utility']):>8} {num(v['auroc']):>9} "
+                   f"{r['family']:<24} {level:>7} {r['threshold']:>6g} {num(v['utility']):>8} {num(v['auroc']):>9} "
                    f"{num(t['utility']):>9} {num(t['auroc']):>10}")  # fmt: skip
 
 
@@ -86,7 +95,9 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the model card as JSON.")
 @click.pass_context
 def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
-    """A readable summary of a model card (NAME alone: the serving version, else the newest)."""
+    """A readable summary of a model card (NAME alone: the serving version, else the newest), with the alert
+    level in force on this site and per ward/unit override (vigil.levels)."""
+    from vigil.levels import levels_for_card
     from vigil.registry import Registry, describe_card
 
     reg = Registry(_models_root(ctx))
@@ -96,6 +107,9 @@ def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
         click.echo(json.dumps(ref.card, indent=2))
     else:
         click.echo(describe_card(ref, serving=reg.serving().get(ref.name) == ref.version))
+        for lv in levels_for_card(settings_of(ctx).alerts, ref.card):
+            where = "on this site" if lv.scope == "site" else f"on {lv.scope}"
+            click.echo(f"alert level in force {where}: {lv.value:g} ({lv.source})")
 
 
 @models.command("promote")
