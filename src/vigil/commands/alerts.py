@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 import click
@@ -82,5 +83,5 @@ def alerts_webhook(ctx: click.Context, url: str, group: str | None, name: str | 
             from prometheus_client import start_http_server
 
             server, _ = start_http_server(metrics_port, addr=s.web_host, registry=fwd.metrics.registry)
-            click.echo(f"metrics on http://{s.web_host}:{server.server_port}/metrics", err=True)
+            logging.getLogger("vigil.commands").info("metrics on http://%s:%d/metrics", s.web_host, server.server_port)
         asyncio.run(run_until_signalled(fwd.run))
