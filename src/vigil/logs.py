@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,13 +35,14 @@ from typing import Any
 
 __all__ = [
     "LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "TextFormatter", "logging_config", "setup_logging", "trace",
-    "new_trace_id", "current_trace_id",
+    "new_trace_id", "current_trace_id", "request_id",
 ]  # fmt: skip
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TRACE: ContextVar[str | None] = ContextVar("vigil_trace_id", default=None)
 # LogRecord attributes that are not "extra" fields
 _STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "trace_id"}
@@ -49,6 +51,18 @@ _STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"me
 def new_trace_id() -> str:
     """A fresh random trace id (32 hex digits, W3C trace-context size)."""
     return uuid.uuid4().hex
+
+
+def request_id(header: str | None) -> str:
+    """The caller's ``X-Request-Id`` when it is a plain token (1-128 of ``[A-Za-z0-9._:-]``), else a new id: a
+    header value is never logged unchecked.
+
+    >>> request_id("abc-123"), len(request_id("bad id\\n")), len(request_id(None))
+    ('abc-123', 32, 32)
+    """
+    if header and _REQUEST_ID_OK.fullmatch(header):
+        return header
+    return new_trace_id()
 
 
 def current_trace_id() -> str | None:
