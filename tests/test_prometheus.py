@@ -406,7 +406,7 @@ def test_grafana_files_are_provisionable() -> None:
         for p in d["panels"]:
             assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, (path.name, p["title"])
             assert p["targets"], (path.name, p["title"])
-    assert {"vigil-clinical", "vigil-pipeline", "vigil-model"} <= uids
+    assert {"vigil-clinical", "vigil-pipeline", "vigil-model", "vigil-ward"} <= uids
 
 
 # -- a look: the panels drawn from the same live queries ----------------------------------------------
