@@ -68,6 +68,7 @@ def test_version() -> None:
         (["topics", "docs"], {"VIGIL_LOG_LEVEL": "loud"}, 1, "log_level: Input should be"),
         (["topics", "docs"], {"VIGIL_SCORING__MODEE": "row"}, 1, "scoring.modee (did you mean scoring.mode?)"),
         (["models", "show", "no-such-model:1"], {}, 1, "model 'no-such-model:1' not found"),
+        (["api", "--port", "0"], {"VIGIL_API__TOKEN": ""}, 1, "vigil api needs a bearer token"),
     ],
 )
 def test_every_user_error_is_one_line_and_a_non_zero_exit(args, env, code, needle) -> None:

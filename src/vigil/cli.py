@@ -298,6 +298,22 @@ def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: st
 
 
 
+@cli.command()
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=None,
+              help="HTTP port (default api.port; 0 = a free one).")
+@click.pass_context
+def api(ctx: click.Context, port: int | None) -> None:
+    """The HTTP API (bearer token VIGIL_API__TOKEN): current risk and NEWS2 per pseudonymised patient and per
+    ward, open alerts, acknowledge an alert (published to alert-acks, audited); OpenAPI at /openapi.json."""
+    from vigil.api.server import serve_api
+    from vigil.subscribers.runner import run_until_signalled
+
+    s = _settings(ctx)
+    if port is not None:
+        s.api.port = port
+    asyncio.run(run_until_signalled(lambda stop: serve_api(s, stop)))
+
+
 for _group in (ingest_group, alerts_group, demand_group, models_group):
     cli.add_command(_group)
 

@@ -33,7 +33,7 @@ from vigil.settings_check import nearest, unknown_env, unknown_keys
 __all__ = [
     "KafkaSettings", "ScoringSettings", "StateSettings", "TimeWindowSettings", "AlertSettings",
     "RuleSettings", "DriftSettings", "RegistrySettings", "WebhookSettings", "DemandSettings", "DemandResource",
-    "IngestSettings", "Settings", "SettingsError", "load_settings",
+    "IngestSettings", "ApiSettings", "Settings", "SettingsError", "load_settings",
 ]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -338,6 +338,15 @@ class IngestSettings(BaseModel):
     )
 
 
+class ApiSettings(BaseModel):
+    """``vigil api``: the clinician/integration HTTP API (:mod:`vigil.api.server`), bearer-token protected."""
+
+    host: str = Field(default="127.0.0.1", description="address the API binds to")
+    port: int = Field(default=8088, ge=0, le=65535, description="HTTP port (0 = a free one)")
+    token: SecretStr | None = Field(default=None, description="bearer token every request must carry; None = refuse")
+    max_patients: int = Field(default=100_000, ge=1, description="patients held in the API's read model")
+
+
 class Settings(BaseSettings):
     """Every setting of vigil. Sources, lowest first: defaults, ``KAFKA_BOOTSTRAP_SERVERS`` (for
     ``kafka.bootstrap_servers`` only), the settings file (YAML or JSON; :func:`load_settings`), ``VIGIL_*``
@@ -358,6 +367,7 @@ class Settings(BaseSettings):
     demand: DemandSettings = Field(default_factory=DemandSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     time_window: TimeWindowSettings = Field(default_factory=TimeWindowSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     pseudonym_key: SecretStr = SecretStr("vigil-dev-key-change-me")  # HMAC key for patient pseudonyms
     topic_prefix: str = ""  # prepended to every catalogue topic (tests use a unique prefix each)
     group_id: str = "vigil-worker"

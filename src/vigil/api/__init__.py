@@ -1,0 +1,1 @@
+"""``vigil api``: a small HTTP API for clinical surfaces (see :mod:`vigil.api.server`)."""
