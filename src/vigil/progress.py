@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["progress", "Progress"]
+__all__ = ["progress", "Progress", "iterate"]
 
 log = logging.getLogger("vigil.progress")
 
@@ -85,3 +85,11 @@ def progress(total: int | None, desc: str, *, unit: str = "it", interval_s: floa
         yield p
     finally:
         p.close()
+
+
+def iterate(items: Iterable[Any], total: int | None, desc: str, *, unit: str = "it") -> Iterator[Any]:
+    """``items`` with :func:`progress` counting each one."""
+    with progress(total, desc, unit=unit) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
