@@ -119,8 +119,9 @@ def test_prometheus_finds_every_vigil_service_by_dns_on_the_port_it_serves() -> 
             want = _metrics_port(services[name]) or 6066
             assert port == want, (job, name, port, want)
     scraped = {n for t in found.values() for n, _ in t}
-    for name, svc in services.items():  # every long-running vigil service is scraped
-        if svc.get("image", "").startswith("vigil-worker") and svc.get("restart") == "unless-stopped":
+    for name, svc in services.items():  # every long-running vigil service that has metrics is scraped
+        serves = name.startswith("worker-") or _metrics_port(svc) is not None
+        if svc.get("image", "").startswith("vigil-worker") and svc.get("restart") == "unless-stopped" and serves:
             assert name in scraped, name
     assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
@@ -137,7 +138,9 @@ def test_each_service_checks_its_own_health_endpoint() -> None:
             continue
         test = " ".join(hc["test"])
         port = _metrics_port(svc)
-        if port is None:
+        if name == "api":
+            assert "127.0.0.1:8088/healthz" in test and svc["entrypoint"][-2:] == ["--port", "8088"]
+        elif port is None:
             assert "127.0.0.1:6066/healthz" in test, name  # a worker: /healthz on its web port
         else:
             assert f"127.0.0.1:{port}/metrics" in test and "6066" not in test, name
