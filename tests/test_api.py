@@ -35,7 +35,8 @@ def _score(patient: str, ward: str, h: int, risk: float) -> dict[str, Any]:
     return {"v": 1, "score_id": f"s-{patient}-{h}", "patient": patient, "ward": ward, "bed": "1", "unit": "MICU",
             "time": T.format(h=h), "row": h, "partial": False,
             "model": {"name": "sepsis-gbm", "version": "1", "provider": "CPUExecutionProvider"},
-            "risk": risk, "threshold": 0.55, "above_threshold": risk >= 0.55, "news2": {"total": 3 + h, "parts": {}},
+            "risk": risk, "threshold": 0.55, "above_threshold": risk >= 0.55,
+            "news2": {"total": 3 + h, "parts": {"resp": h}},
             "emitted_at": T.format(h=h), "trigger_time": T.format(h=h)}  # fmt: skip
 
 
@@ -96,8 +97,8 @@ def test_api_reads_acknowledges_idempotently_and_audits(api_env: Settings) -> No
                                     and b["patients"][0]["scores"][0]["row"] == 3)  # fmt: skip
                 assert [p["patient"] for p in ward["patients"]] == ["pt-a1", "pt-b2"]  # highest risk first
                 top = ward["patients"][0]["scores"][0]
-                got = (top["risk"], top["alert_level"], top["above_alert_level"], top["news2"])
-                assert got == (0.71, 0.55, True, 6)
+                got = (top["risk"], top["alert_level"], top["above_alert_level"], top["news2"], top["news2_parts"])
+                assert got == (0.71, 0.55, True, 6, {"resp": 3})
                 alerts = await _until(http, f"{base}/v1/alerts", lambda b: len(b["alerts"]) == 1)
                 assert alerts["alerts"][0]["alert_id"] == "al-1"  # al-2's episode was resolved
                 async with http.get(f"{base}/v1/patients/pt-zz") as r:

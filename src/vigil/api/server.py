@@ -237,7 +237,8 @@ def openapi() -> dict[str, Any]:
         "model": {"type": "string"}, "version": {"type": ["string", "null"]}, "time": {"type": ["string", "null"]},
         "row": {"type": ["integer", "null"]}, "partial": {"type": "boolean"},
         "risk": {"type": ["number", "null"]}, "alert_level": {"type": ["number", "null"]},
-        "above_alert_level": {"type": ["boolean", "null"]}, "news2": {"type": ["integer", "null"]}}}  # fmt: skip
+        "above_alert_level": {"type": ["boolean", "null"]}, "news2": {"type": ["integer", "null"]},
+        "news2_parts": {"type": ["object", "null"], "additionalProperties": {"type": "integer"}}}}  # fmt: skip
     patient = {"type": "object", "required": ["patient", "scores", "open_alerts"], "properties": {
         "patient": {"type": "string"}, "ward": {"type": ["string", "null"]}, "bed": {"type": ["string", "null"]},
         "unit": {"type": ["string", "null"]}, "scores": {"type": "array", "items": ref("Score")},

@@ -44,7 +44,8 @@ class View:
             "model": model, "version": (rec.get("model") or {}).get("version"), "time": rec.get("time"),
             "row": rec.get("row"), "partial": rec.get("partial", False), "risk": rec.get("risk"),
             "alert_level": rec.get("threshold"), "above_alert_level": rec.get("above_threshold"),
-            "news2": news2.get("total") if isinstance(news2, dict) else None, "_key": key,
+            "news2": news2.get("total") if isinstance(news2, dict) else None,
+            "news2_parts": news2.get("parts") if isinstance(news2, dict) else None, "_key": key,
         }  # fmt: skip
         self.where[patient] = {"ward": rec.get("ward"), "bed": rec.get("bed"), "unit": rec.get("unit")}
         if len(self.scores) > self.max_patients:  # bounded: the oldest patients go first
