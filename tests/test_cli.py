@@ -65,6 +65,7 @@ def test_version() -> None:
         (["--log-level", "LOUD", "topics", "docs"], {}, 2, "Invalid value for '--log-level': 'LOUD'"),
         (["--log-format", "xml", "topics", "docs"], {}, 2, "Invalid value for '--log-format'"),
         (["topics", "dcs"], {}, 2, "No such command 'dcs'"),
+        (["alerts", "tail", "--type", "modelrisk"], {}, 2, "Invalid value for '--type': 'modelrisk'"),
         (["topics", "docs"], {"VIGIL_LOG_LEVEL": "loud"}, 1, "log_level: Input should be"),
         (["topics", "docs"], {"VIGIL_SCORING__MODEE": "row"}, 1, "scoring.modee (did you mean scoring.mode?)"),
         (["models", "show", "no-such-model:1"], {}, 1, "model 'no-such-model:1' not found"),

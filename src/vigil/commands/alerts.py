@@ -9,6 +9,7 @@ import sys
 import click
 
 from vigil.commands.common import VigilErrorsAsClick, settings_of
+from vigil.config import RULE_DEFAULTS
 
 
 @click.group()
@@ -19,7 +20,8 @@ def alerts() -> None:
 @alerts.command("tail")
 @click.option("--ward", "wards", multiple=True, help="Only this ward (repeatable; case-insensitive).")
 @click.option("--severity", "severities", multiple=True, help="Only this severity: low, medium, high, emergency.")
-@click.option("--type", "types", multiple=True, help="Only this alert type, e.g. model_risk, news2_emergency.")
+@click.option("--type", "types", multiple=True, type=click.Choice(sorted(RULE_DEFAULTS), case_sensitive=False),
+              help="Only this alert type (repeatable).")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest retained alert (default: new alerts).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many alerts.")
 @click.option("--json", "as_json", is_flag=True, help="Print each alert's raw JSON (one per line).")
