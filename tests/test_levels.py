@@ -117,3 +117,19 @@ def test_the_serving_cards_level_is_its_alert_policy_not_its_operating_threshold
         ref = reg.get(f"{name}:{version}")
         policy = ref.card.get("alert_policy") or {}
         assert ref.alert_level == float(policy.get("raise_at", ref.threshold))
+
+
+def test_the_model_dashboard_draws_the_serving_models_level_in_force() -> None:
+    from vigil.config import Settings
+    from vigil.levels import levels_for_card
+
+    board = json.loads((REPO_ROOT / "dashboards" / "grafana" / "model.json").read_text())
+    panel = next(p for p in board["panels"] if p["title"].startswith("Risk score distribution"))
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    lines = {float(s["value"]) for s in steps if s["value"] is not None}
+    reg = Registry(REPO_ROOT / "models")
+    alerts = Settings().alerts  # the shipped defaults
+    want = {levels_for_card(alerts, ref.card)[0].value for ref in reg.serving_refs()}
+    assert lines == want
+    for ref in reg.serving_refs():
+        assert f"{ref.name} v{ref.version}: {levels_for_card(alerts, ref.card)[0].value:g}" in panel["description"]
