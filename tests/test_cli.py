@@ -97,3 +97,10 @@ def test_log_format_json_applies_to_every_logger(tmp_path) -> None:
     recs = [json.loads(line) for line in res.stderr.splitlines()]
     assert [(r["logger"], r["level"], r["message"]) for r in recs] == [
         ("faust.worker", "WARNING", "from faust"), ("vigil.x", "INFO", "from vigil")]
+
+
+def test_an_unreachable_broker_is_one_error_line_not_a_traceback() -> None:
+    res = _vigil("--bootstrap", "127.0.0.1:1", "topics", "create")
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error: ")]
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert len(errors) == 1 and "KafkaConnectionError" in errors[0] and "Unable to bootstrap" in errors[0]

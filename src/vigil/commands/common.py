@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -44,12 +45,18 @@ class VigilGroup(click.Group):
     (settings, model, data, registry) raised by a command or by loading the settings."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from aiokafka.errors import KafkaError
+
         from vigil.errors import VigilError
 
         try:
             return super().invoke(ctx)
         except VigilError as exc:
             raise click.ClickException(str(exc)) from exc
+        except (KafkaError, OSError, TimeoutError) as exc:  # the environment: broker unreachable, a file, a port
+            logging.getLogger("vigil.cli").debug("command failed", exc_info=True)  # the traceback at DEBUG
+            text, name = one_line(str(exc)), type(exc).__name__
+            raise click.ClickException(text if text.startswith(name) else f"{name}: {text}") from exc
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
