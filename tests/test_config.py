@@ -69,6 +69,9 @@ def test_unknown_environment_variables_are_refused(monkeypatch: pytest.MonkeyPat
     msg = str(err.value)
     assert "VIGIL_SCORING__MODEE: scoring.modee (did you mean scoring.mode?)" in msg
     assert "VIGIL_GRUOP_ID: gruop_id (did you mean group_id?)" in msg
+    monkeypatch.delenv("VIGIL_SCORING__MODEE")
+    with pytest.raises(ValueError, match=r"VIGIL_GRUOP_ID: gruop_id \(did you mean group_id\?\)"):
+        Settings()  # constructed directly, too
 
 
 def test_unknown_override_and_unknown_keyword_are_refused() -> None:

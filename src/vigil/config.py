@@ -416,6 +416,9 @@ class Settings(BaseSettings):
             unknown = unknown_keys(data, cls)
             if unknown:
                 raise ValueError("unknown setting " + "; unknown setting ".join(unknown))
+        env = unknown_env(os.environ, cls)  # a top-level VIGIL_* typo never reaches the data: checked here
+        if env:
+            raise ValueError("environment " + "; environment ".join(env))
         return data
 
     def topic(self, name: str) -> str:
