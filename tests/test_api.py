@@ -100,6 +100,8 @@ def test_api_reads_acknowledges_idempotently_and_audits(api_env: Settings) -> No
                 got = (top["risk"], top["alert_level"], top["above_alert_level"], top["news2"], top["news2_parts"])
                 assert got == (0.71, 0.55, True, 6, {"resp": 3})
                 alerts = await _until(http, f"{base}/v1/alerts", lambda b: len(b["alerts"]) == 1)
+                async with http.get(f"{base}/healthz") as r:
+                    assert r.status == 200 and await r.json() == {"ok": True, "patients": 3, "open_alerts": 1}
                 assert alerts["alerts"][0]["alert_id"] == "al-1"  # al-2's episode was resolved
                 async with http.get(f"{base}/v1/patients/pt-zz") as r:
                     assert r.status == 404

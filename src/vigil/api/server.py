@@ -156,7 +156,13 @@ class ApiServer:
 
     # ------------------------------------------------------------------------------------------ handlers
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json({"ok": True})
+        """503 when the topic reader stopped (the answers would go stale)."""
+        task = self._consumer_task
+        if task is not None and task.done():
+            exc = None if task.cancelled() else task.exception()
+            return _json({"ok": False, "error": f"topic reader stopped: {type(exc).__name__ if exc else 'cancelled'}"},
+                         503)  # fmt: skip
+        return _json({"ok": True, "patients": len(self.view.scores), "open_alerts": len(self.view.open)})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi())
