@@ -26,6 +26,7 @@ import json
 import logging
 import logging.config
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,6 +88,22 @@ class _TraceFilter(logging.Filter):
         return True
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (not the stream of the moment it was
+    configured): a test runner's or a daemon's replaced stderr never leaves a handler on a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # logging assigns it; the live sys.stderr is always used
+        pass
+
+
 class TextFormatter(logging.Formatter):
     """``time LEVEL logger: message [trace=...]`` on one line (a traceback follows on its own lines)."""
 
@@ -135,8 +152,7 @@ def logging_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
         "filters": {"trace": {"()": _TraceFilter}},
         "formatters": {"vigil": {"()": formatter}},
         "handlers": {
-            "default": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "vigil",
-                        "filters": ["trace"], "level": level},  # fmt: skip
+            "default": {"()": StderrHandler, "formatter": "vigil", "filters": ["trace"], "level": level},
         },
         "root": {"level": level, "handlers": ["default"]},
         "loggers": {name: {"level": logging.getLevelName(quiet)} for name in ("aiokafka", "kafka")},
