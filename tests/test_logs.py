@@ -8,23 +8,22 @@ import contextlib
 import io
 import json
 import logging
-import logging.config
 
 import aiohttp
 import pytest
 
 from vigil.ingest.server_fhir import FhirServer
-from vigil.logs import logging_config, trace
+from vigil.logs import StderrHandler, logging_config, setup_logging, trace
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_one_format_for_vigil_faust_and_libraries(fmt: str) -> None:
     stream = io.StringIO()
-    cfg = logging_config("INFO", fmt)
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     try:
-        logging.config.dictConfig(cfg)
+        setup_logging("INFO", fmt)  # the CLI's set-up (adds one handler; never closes others, e.g. pytest's)
+        root.handlers[:] = [h for h in root.handlers if isinstance(h, StderrHandler)]  # only ours, for the count
         with contextlib.redirect_stderr(stream):  # the handler writes to the stderr of the moment of emit
             with trace("t-1"):
                 for name in ("vigil.worker", "faust.worker", "mode.services", "aiohttp.access"):
@@ -64,3 +63,13 @@ def test_fhir_listener_echoes_a_request_id_and_replaces_an_unsafe_one(ingest_env
     echoed, replaced, fresh = asyncio.run(main())
     assert echoed == "req-42.a"
     assert len(replaced) == 32 and replaced != "has space" and len(fresh) == 32 and fresh != replaced
+
+
+def test_the_faust_config_is_one_stderr_handler_with_the_chosen_formatter() -> None:
+    cfg = logging_config("debug", "json")
+    assert cfg["root"] == {"level": "DEBUG", "handlers": ["default"]}
+    assert cfg["handlers"]["default"]["()"] is StderrHandler
+    assert cfg["formatters"]["vigil"]["()"].__name__ == "JsonFormatter"
+    assert cfg["loggers"]["aiokafka"]["level"] == "WARNING"  # chatty clients stay at WARNING or above
+    with pytest.raises(ValueError, match="log format must be one of text, json"):
+        logging_config("INFO", "xml")

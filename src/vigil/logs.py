@@ -160,5 +160,20 @@ def logging_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Configure the root logger (replacing its handlers) with :func:`logging_config`."""
-    logging.config.dictConfig(logging_config(level, fmt))
+    """The CLI's logging: :func:`logging_config`'s handler on the root logger, replacing an earlier one of ours.
+
+    Not through :func:`logging.config.dictConfig`, which flushes and closes every handler of the process (a test
+    runner's capture files included); handlers others installed stay. (The Faust worker passes
+    :func:`logging_config` to mode, which configures a fresh process with it.)"""
+    cfg = logging_config(level, fmt)
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+        root.removeHandler(h)
+    handler = StderrHandler()
+    handler.setLevel(cfg["handlers"]["default"]["level"])
+    handler.setFormatter(cfg["formatters"]["vigil"]["()"]())
+    handler.addFilter(_TraceFilter())
+    root.addHandler(handler)
+    root.setLevel(cfg["root"]["level"])
+    for name, conf in cfg["loggers"].items():
+        logging.getLogger(name).setLevel(conf["level"])
