@@ -6,16 +6,20 @@ STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-train install-prometheus train demo test lint bench ci clean topics-doc
+.PHONY: help install install-train install-prometheus lock train demo test lint bench ci clean topics-doc
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Every dependency, direct and transitive, at the version in constraints.txt (the lock file, generated from
+# pyproject.toml by `make lock`): a fresh install gets the versions the tests ran with, not the newest of the day.
+LOCK := constraints.txt
+
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install vigil with the test tools
@@ -28,10 +32,20 @@ $(TRAIN_STAMP): $(STAMP)
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libgomp1; }
-	$(BIN)/pip install -q -e '.[dev,train]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[dev,train]'
 	@touch $(TRAIN_STAMP)
 
 install-train: $(TRAIN_STAMP) ## Add the trainer extra (TensorFlow, tf2onnx, LightGBM, onnxmltools) to .venv
+
+# Refresh the lock after changing dependencies in pyproject.toml (uv is installed into .venv for this only);
+# commit constraints.txt. Resolved for Linux (the deployment platform), Python 3.11, every extra.
+lock: $(STAMP) ## Regenerate constraints.txt (the lock file) from pyproject.toml with `uv pip compile`
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra train --python-version 3.11 --python-platform linux \
+	  --no-header --quiet -o $(LOCK).new
+	{ echo "# The lock file: every dependency of vigil (main, [dev], [train]) at one version; \`make install\` uses it"; \
+	  echo "# (pip install -c constraints.txt -e .[dev]). Refresh: make lock (uv pip compile pyproject.toml ...)."; \
+	  cat $(LOCK).new; } > $(LOCK) && rm -f $(LOCK).new
 
 # Debian's prometheus package ships /usr/bin/prometheus and /usr/bin/promtool (tests/test_prometheus.py).
 # Skipped when promtool is on PATH. Without systemd (containers) nothing is started; where systemd runs, the

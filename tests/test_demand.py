@@ -376,6 +376,9 @@ def test_job_logic_event_time_rounds_alerts_and_metrics() -> None:
     job = DemandJob(s, cal, emit_history=True)
     out = job.process(_inputs())
     assert job.process(_late()) == []  # applied at once (behind the clock) and ignored by the census
+    late = sum(job.metrics.registry.get_sample_value("vigil_demand_late_events_total", {"topic": t}) or 0
+               for t in ("adt", "scores", "alerts", "alert-acks"))  # fmt: skip
+    assert late == len(_late())  # counted (and logged at the next round), never silent
     times = sorted({r["time"] for _, r in out})
     assert times == [iso(_at(h).timestamp()) for h in (1, 2, 3)]
     last = [r for _, r in out if r["time"] == times[-1]]

@@ -64,6 +64,74 @@ class Live:
     settings: Settings
     start: float
     metrics_text: str
+    logs: dict[str, Path]
+
+
+# A bedside gateway's messages: accepted (AA), partly invalid (AE: dead letters) and not HL7 at all (AR). The
+# patient's MRN and name must appear in no log (the listener runs at DEBUG).
+MRN, NAME = "MRN-LIVE-93817", "PRIVATE^PATIENTNAME"
+
+
+def _oru(control: str, obx: list[str]) -> bytes:
+    segs = [f"MSH|^~\\&|MON|ICU|VIGIL|H|20260101120000+0000||ORU^R01^ORU_R01|{control}|P|2.6",
+            f"PID|||{MRN}^^^H^MR||{NAME}", "PV1||I|ICU^1^4" + "|" * 16 + "V-LIVE-1",
+            "OBR|1|||182777000^monitoring of patient^SCT|||20260101120000+0000", *obx]  # fmt: skip
+    return "\r".join(segs).encode() + b"\r"
+
+
+async def _hl7_traffic(port: int) -> None:
+    from vigil.ingest.mllp import Framer, frame
+
+    hr = "OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||{v}|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F"
+    msgs = [_oru("LIVE-OK", [hr.format(v=88)]),
+            _oru("LIVE-AE", [hr.format(v=90), "OBX|2|NM|150344^MDC_TEMP^MDC||370|268192^MDC_DIM_DEGC^MDC|||||F"]),
+            f"not HL7, but it names {MRN}".encode()]  # fmt: skip
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        framer, acks = Framer(), []
+        for m in msgs:
+            writer.write(frame(m))
+            await writer.drain()
+            while len(acks) < msgs.index(m) + 1:
+                data = await asyncio.wait_for(reader.read(65536), 15)
+                assert data, "the listener closed the connection"
+                acks += framer.feed(data)
+    finally:
+        writer.close()
+
+
+class _Receiver:
+    """The clinical endpoint: 400 to the first alert (permanent: dead-lettered), 503 once to the next (retried),
+    then 200."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.calls = 0
+        me = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                me.calls += 1
+                self.send_response(400 if me.calls == 1 else 503 if me.calls == 2 else 200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> _Receiver:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _wait(pred, timeout_s: float, what: str, log: Path | None = None) -> None:  # type: ignore[no-untyped-def]
@@ -124,14 +192,31 @@ def live(broker: str, sample_path: Path, tmp_path_factory: pytest.TempPathFactor
     dlog = tmp / "demand.log"
     demand = subprocess.Popen([sys.executable, "-m", "vigil", "demand", "run", "--metrics-port", str(demand_port)],
                               env=demand_env, stdout=dlog.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    # an HL7 listener (scraped as vigil-ingest) and the alert webhook forwarder (vigil-webhook) to a receiver
+    # that refuses the first alert for good (dead-lettered), fails the next attempt once (retried), then accepts
+    common = ["--log-format", "json", "--log-level", "DEBUG", "--bootstrap", broker, "--topic-prefix", s.topic_prefix]
+    ingest_port, webhook_port = free_port(), free_port()
+    ilog, hlog = tmp / "ingest.log", tmp / "webhook.log"
+    ingest = subprocess.Popen([sys.executable, "-m", "vigil", *common, "ingest", "hl7", "--port", "0",
+                               "--metrics-port", str(ingest_port)], env={**os.environ, "VIGIL_PSEUDONYM_KEY": "k"},
+                              stdout=subprocess.PIPE, stderr=ilog.open("wb"), text=True)  # fmt: skip
+    receiver = _Receiver().start()
+    hook_env = {**os.environ, "VIGIL_WEBHOOK__SECRET": "live-secret", "VIGIL_WEBHOOK__BACKOFF_BASE_S": "0.05",
+                "VIGIL_WEBHOOK__BACKOFF_MAX_S": "0.2"}  # fmt: skip
+    webhook = subprocess.Popen([sys.executable, "-m", "vigil", *common, "alerts", "webhook", receiver.url, "--name",
+                                "live", "--from-beginning", "--metrics-port", str(webhook_port)], env=hook_env,
+                               stdout=subprocess.DEVNULL, stderr=hlog.open("wb"))  # fmt: skip
     port = free_port()
+
+    def job(name: str, target_port: int) -> dict:  # type: ignore[type-arg]
+        return {"job_name": name, "metrics_path": "/metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}
+
     cfg = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in sorted((PROM_DIR / "rules").glob("*.yml"))],
-        "scrape_configs": [{"job_name": "vigil-worker", "metrics_path": "/metrics",
-                            "static_configs": [{"targets": [f"127.0.0.1:{worker.web_port}"]}]},
-                           {"job_name": "vigil-demand", "metrics_path": "/metrics",
-                            "static_configs": [{"targets": [f"127.0.0.1:{demand_port}"]}]}],
+        "scrape_configs": [job("vigil-worker", worker.web_port), job("vigil-demand", demand_port),
+                           job("vigil-ingest", ingest_port), job("vigil-webhook", webhook_port)],
     }  # fmt: skip
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     plog = tmp / "prometheus.log"
@@ -156,6 +241,11 @@ def live(broker: str, sample_path: Path, tmp_path_factory: pytest.TempPathFactor
 
         asyncio.run(bad())
         asyncio.run(_acknowledge_first_alert(s))
+        mllp = ingest.stdout.readline().strip()  # type: ignore[union-attr]
+        asyncio.run(_hl7_traffic(int(mllp.rsplit(":", 1)[1])))
+        _wait(lambda: _has(url, "vigil_webhook_dead_lettered_total") and _has(url, "vigil_webhook_retries_total")
+              and _has(url, "vigil_webhook_delivered_total > 0") and _has(url, "vigil_ingest_dead_letters_total"),
+              60, "alert deliveries (one dead-lettered, one retried) and ingest dead letters", hlog)  # fmt: skip
         _wait(lambda: _has(url, "sum(vigil_scores_total) > 500") and _has(url, "vigil_drift_psi")
               and _has(url, "vigil_dead_letters_total") and _has(url, "vigil_alert_ack_seconds_count > 0"), 60,
               "scores, drift PSI, dead letters and an acknowledgement", wlog)  # fmt: skip
@@ -164,8 +254,15 @@ def live(broker: str, sample_path: Path, tmp_path_factory: pytest.TempPathFactor
         _wait(lambda: _has(url, "vigil_demand_expected") and _has(url, "vigil_demand_ward_free_beds"), 60,
               "resource-demand forecasts", dlog)  # fmt: skip
         time.sleep(3)  # a few more scrapes after the last output
-        yield Live(url, worker, s, start, worker.metrics_text())
+        yield Live(url, worker, s, start, worker.metrics_text(), {"ingest": ilog, "webhook": hlog, "worker": wlog})
     finally:
+        for p in (ingest, webhook):
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        receiver.stop()
         proc.terminate()
         try:
             proc.wait(10)
@@ -311,7 +408,7 @@ def test_grafana_files_are_provisionable() -> None:
         for p in d["panels"]:
             assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, (path.name, p["title"])
             assert p["targets"], (path.name, p["title"])
-    assert {"vigil-clinical", "vigil-pipeline", "vigil-model"} <= uids
+    assert {"vigil-clinical", "vigil-pipeline", "vigil-model", "vigil-ward"} <= uids
 
 
 # -- a look: the panels drawn from the same live queries ----------------------------------------------
@@ -323,3 +420,21 @@ def test_render_dashboards_to_png(live: Live, tmp_path: Path) -> None:
     assert {p.name for p in written} == {f"{p.stem}.png" for p in dr.DASHBOARDS.glob("*.json")}
     for p in written:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 20_000, p
+
+
+# -- logs: one format, no patient data ----------------------------------------------------------------
+
+
+def test_live_logs_are_one_json_format_and_carry_no_patient_data(live: Live) -> None:
+    """The listener (DEBUG) and the forwarder ran with --log-format json: every line is one JSON record, Faust's
+    and aiohttp's included; neither they nor the worker wrote the MRN or the name of the HL7 messages."""
+    for name in ("ingest", "webhook"):
+        lines = [ln for ln in live.logs[name].read_text().splitlines() if ln.strip()]
+        assert lines, name
+        recs = [json.loads(ln) for ln in lines]  # raises on a line in another format
+        assert all({"time", "level", "logger", "message"} <= set(r) for r in recs), name
+    assert any(r["logger"].startswith("vigil.ingest") for r in map(json.loads, live.logs["ingest"].read_text()
+                                                                    .splitlines()))  # fmt: skip
+    for name, path in live.logs.items():
+        text = path.read_text()
+        assert MRN not in text and "PATIENTNAME" not in text, name

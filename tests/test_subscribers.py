@@ -240,7 +240,7 @@ def test_tail_line_format_shortens_the_pseudonym() -> None:
     line = format_alert(a)
     assert line.startswith("2026-03-01 03:00:00+00:00  EMERGENCY  news2_emergency ")
     assert "ICU-MED/7" in line and "pt a3f9c2d1 " in line and a["patient"] not in line
-    assert "score 0.610 >= 0.300" in line and "NEWS2 8" in line and line.endswith("(row 3)")
+    assert "score 0.610 >= level 0.300" in line and "NEWS2 8" in line and line.endswith("(row 3)")
     assert "score -" in format_alert({"type": "new_kind", "score": None})  # future alert kinds still print
     assert AlertFilter.of(types=["NEWS2_emergency"]).matches(a) and not AlertFilter.of(severities=["high"]).matches(a)
 

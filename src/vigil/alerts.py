@@ -58,18 +58,18 @@ def alert_message(
     >>> d = Decision("raised", "model_risk", "model_risk:m", "high", 0.71, 0.58, 12, 0.0, "12")
     >>> alert_message(d, risk=0.71, threshold=0.58, news2={"total": 6, "parts": {}},
     ...               factors=[{"text": "temperature 39.2 °C, up from 37.1 5 h ago"}])
-    'Sepsis risk 0.710 (threshold 0.580); NEWS2 6. Top factors: temperature 39.2 °C, up from 37.1 5 h ago'
+    'Sepsis risk 0.710 (alert level 0.580); NEWS2 6. Top factors: temperature 39.2 °C, up from 37.1 5 h ago'
     >>> alert_message(d, risk=0.71, threshold=0.58, news2={"total": 6, "parts": {}}, factors=[], onset=(12, 0.094))
-    'Sepsis risk 0.710 (threshold 0.580; ~9 % chance of sepsis onset within 12 h); NEWS2 6'
+    'Sepsis risk 0.710 (alert level 0.580; ~9 % chance of sepsis onset within 12 h); NEWS2 6'
     """
     label = _LABELS.get(d.kind, d.kind)
     if d.event == "resolved":
-        return f"{label} resolved: {d.value:.3g} below the clear level"
+        return f"{label} resolved: {d.value:.3g} below the clear level (alert level {d.raise_at:.3g})"
     prefix = "Escalation: " if d.event == "escalated" else ""
     if d.kind == "model_risk":
         why = "; ".join(f["text"] for f in factors)
         tail = f". Top factors: {why}" if why else ""
-        level = f"alert level {d.raise_at:.3f}" if d.raise_at != threshold else f"threshold {threshold:.3f}"
+        level = f"alert level {d.raise_at:.3f}"  # the level in force (vigil.levels), never the card's threshold
         if onset is not None:
             pct = 100 * onset[1]
             level += f"; ~{pct:.0f} % chance of sepsis onset within {onset[0]} h" if pct >= 1 else (

@@ -1,4 +1,30 @@
-"""The append-only audit trail (topic ``audit``, streams/schemas/audit.schema.json): who did what to what, when.
+"""Audit: what was done, by whom, when — two append-only records.
+
+* :func:`record` / :func:`read` / :func:`verify`: ``audit.jsonl`` in the model registry folder, hash-chained
+  (model promotions, refused promotions, rollbacks; written by ``vigil models``).
+* :func:`audit_record` / :func:`audit_id`: values of the ``audit`` topic (alert acknowledgements through
+  ``vigil api``; schema streams/schemas/audit.schema.json).
+
+An append-only audit trail: ``audit.jsonl`` in the model registry folder (``models_dir``), one JSON object
+per line, for the acts a hospital must be able to account for: model promotions (forced ones with the
+reason and what was skipped), rollbacks, and (where they exist) alert acknowledgements and overrides.
+
+Each entry: ``at`` (UTC, ISO 8601), ``action``, ``subject`` (e.g. ``sepsis-gbm:2``), ``actor`` (the OS user
+running the command, or a named API user), ``reason``, ``details`` and ``prev`` — the SHA-256 of the previous
+line (``None`` for the first), so an edited or deleted line breaks the chain (:func:`verify`). Entries are
+appended under an exclusive lock and fsynced. No patient identifier is written (subjects are models,
+pseudonymised patients or alert ids).
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> e = record(d, "promote", "m:2", reason="emergency", actor="rn-7", details={"forced": True})
+>>> e["action"], e["subject"], e["prev"] is None
+('promote', 'm:2', True)
+>>> _ = record(d, "rollback", "m:1", actor="rn-7")
+>>> [x["action"] for x in read(d)], verify(d)
+(['promote', 'rollback'], None)
+
+The append-only audit trail (topic ``audit``, streams/schemas/audit.schema.json): who did what to what, when.
 
 ``who`` is a role or a pseudonymised staff id (never a name); ``patient`` only ever a pseudonym. ``audit_id`` is
 deterministic, so recording the same action twice yields the same id and readers de-duplicate on it.
@@ -13,11 +39,79 @@ True
 
 from __future__ import annotations
 
+import fcntl
+import getpass
 import hashlib
+import json
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-__all__ = ["AUDIT_KINDS", "audit_id", "audit_record"]
+__all__ = ['AUDIT_FILE', 'record', 'read', 'verify', 'actor', 'AUDIT_KINDS', 'audit_id', 'audit_record']
+
+AUDIT_FILE = "audit.jsonl"
+
+
+def actor() -> str:
+    """Who runs this command: the OS login name (uid:N where there is none)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return f"uid:{os.getuid()}"
+
+
+def record(folder: str | os.PathLike[str], action: str, subject: str, *, reason: str | None = None,
+           actor: str | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Append one entry to ``folder/audit.jsonl`` and return it."""
+    path = Path(folder) / AUDIT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    who = actor if actor is not None else globals()["actor"]()
+    with path.open("a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.seek(0)
+            last = b""
+            for line in fh:
+                if line.strip():
+                    last = line.rstrip(b"\n")
+            entry = {
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"), "action": action, "subject": subject,
+                "actor": who, "reason": reason, "details": details or {},
+                "prev": hashlib.sha256(last).hexdigest() if last else None,
+            }  # fmt: skip
+            fh.seek(0, os.SEEK_END)
+            fh.write(json.dumps(entry, sort_keys=True, default=str).encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return entry
+
+
+def read(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every entry, oldest first (none when there is no trail yet)."""
+    path = Path(folder) / AUDIT_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def verify(folder: str | os.PathLike[str]) -> str | None:
+    """None when the chain is intact, else where it breaks (an edited, inserted or deleted line)."""
+    path = Path(folder) / AUDIT_FILE
+    if not path.exists():
+        return None
+    prev: str | None = None
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        if entry.get("prev") != prev:
+            return f"{path}: line {n} does not follow line {n - 1} (edited, inserted or deleted entries)"
+        prev = hashlib.sha256(line).hexdigest()
+    return None
+
 
 AUDIT_KINDS = ("alert_ack", "model_promote", "model_rollback", "config_override")
 

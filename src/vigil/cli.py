@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 import time
@@ -13,44 +12,48 @@ from pathlib import Path
 
 import click
 
+from vigil import __version__
 from vigil.commands.alerts import alerts as alerts_group
 from vigil.commands.api import api as api_group
-from vigil.commands.common import settings_of
+from vigil.commands.common import VigilGroup, settings_of
 from vigil.commands.demand import demand as demand_group
 from vigil.commands.demand import demand_backtest
 from vigil.commands.ingest import ingest as ingest_group
 from vigil.commands.models import models as models_group
 from vigil.commands.onboard import onboard as onboard_command
 from vigil.config import load_settings
+from vigil.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 
 __all__ = ["main"]
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 _settings = settings_of
 
 
-@click.group()
+@click.group(cls=VigilGroup)
+@click.version_option(__version__, "--version", "-V", prog_name="vigil", message="%(prog)s %(version)s")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML/JSON settings file (environment variables VIGIL_* override it).")
 @click.option("--bootstrap", default=None, help="Kafka bootstrap servers (else KAFKA_BOOTSTRAP_SERVERS).")
 @click.option("--topic-prefix", default=None, help="Prefix for every catalogue topic.")
-@click.option("--log-level", default=None)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
+              help="Log level (default: the log_level setting, INFO).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False), default=None,
+              help="text: one line per record; json: one JSON object per line (vigil and Faust alike).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, bootstrap: str | None, topic_prefix: str | None,
-        log_level: str | None) -> None:  # fmt: skip
+        log_level: str | None, log_format: str | None) -> None:  # fmt: skip
     """vigil: real-time clinical deterioration monitoring on Kafka."""
     overrides: dict[str, object] = {}
     if bootstrap:
         overrides["kafka"] = {"bootstrap_servers": bootstrap}
     if topic_prefix is not None:
         overrides["topic_prefix"] = topic_prefix
-    settings = load_settings(config_path, **overrides)
     if log_level:
-        settings.log_level = log_level
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+        overrides["log_level"] = log_level.upper()
+    if log_format:
+        overrides["log_format"] = log_format.lower()
+    settings = load_settings(config_path, **overrides)
+    setup_logging(settings.log_level, settings.log_format)
     ctx.obj = {"settings": settings}
 
 
@@ -114,7 +117,7 @@ def worker(ctx: click.Context, group: str | None, web_port: int | None) -> None:
         s.group_id = group
     if web_port is not None:
         s.web_port = web_port
-    run_worker(s, loglevel=s.log_level.lower())
+    run_worker(s, loglevel=s.log_level.lower())  # the same log format (vigil.logs.logging_config)
 
 
 @cli.command()

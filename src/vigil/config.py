@@ -14,18 +14,28 @@ printed (:meth:`Settings.redacted`).
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from vigil.budget import BudgetSettings
+from vigil.errors import ConfigError
+from vigil.settings_check import nearest, unknown_env, unknown_keys
 
 __all__ = [
     "KafkaSettings", "ScoringSettings", "StateSettings", "TimeWindowSettings", "AlertSettings",
     "RuleSettings", "DriftSettings", "RegistrySettings", "WebhookSettings", "DemandSettings", "DemandResource",
-    "IngestSettings", "EdgeTlsSettings", "ApiSettings", "Settings", "load_settings", "DEV_PSEUDONYM_KEY",
+    "IngestSettings", "EdgeTlsSettings", "ApiSettings", "Settings", "SettingsError", "load_settings",
+    "DEV_PSEUDONYM_KEY",
 ]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -195,6 +205,27 @@ class AlertSettings(BaseModel):
                 if isinstance(data.get(kind), dict):
                     data[kind] = {**defaults, **data[kind]}
         return data
+
+    @model_validator(mode="after")
+    def _overrides_name_rules(self) -> AlertSettings:
+        """Each override names an alert type and rule fields that exist (a typo never falls back silently)."""
+        problems = []
+        for scope, kinds in self.overrides.items():
+            for kind, fields in kinds.items():
+                if kind not in RULE_DEFAULTS:
+                    hint = nearest(kind, RULE_DEFAULTS)
+                    problems.append(f"overrides.{scope}.{kind}: no such alert type"
+                                    + (f" (did you mean {hint}?)" if hint else ""))  # fmt: skip
+                    continue
+                for name in fields:
+                    if name not in RuleSettings.model_fields:
+                        hint = nearest(name, RuleSettings.model_fields)
+                        problems.append(f"overrides.{scope}.{kind}.{name}: no such rule field"
+                                        + (f" (did you mean {hint}?)" if hint else ""))  # fmt: skip
+                RuleSettings(**{**RULE_DEFAULTS[kind], **fields})  # values valid too
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class DriftSettings(BaseModel):
@@ -380,8 +411,13 @@ class ApiSettings(BaseModel):
 
 
 class Settings(BaseSettings):
+    """Every setting of vigil. Sources, lowest first: defaults, ``KAFKA_BOOTSTRAP_SERVERS`` (for
+    ``kafka.bootstrap_servers`` only), the settings file (YAML or JSON; :func:`load_settings`), ``VIGIL_*``
+    environment variables (nested with ``__``), then keyword arguments. A key that names no field, at any
+    depth and from any source, is an error that names its path and the nearest valid name."""
+
     model_config = SettingsConfigDict(
-        env_prefix="VIGIL_", env_nested_delimiter="__", extra="ignore", env_file=None
+        env_prefix="VIGIL_", env_nested_delimiter="__", extra="forbid", env_file=None
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -410,7 +446,15 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     max_batch: int = 5000
     fetch_timeout_ms: int = 100
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"  # one format for vigil and Faust (vigil.logs)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            return value.upper() if info.field_name == "log_level" else value.lower()
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -421,7 +465,27 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, file_secret_settings)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, file_secret_settings]
+        path = _CONFIG_FILE.get()
+        if path is not None:
+            if path.suffix.lower() == ".json":
+                sources.append(JsonConfigSettingsSource(settings_cls, json_file=path))
+            else:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        sources.append(_KafkaBootstrapSource(settings_cls))
+        return tuple(sources)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = unknown_keys(data, cls)
+            if unknown:
+                raise ValueError("unknown setting " + "; unknown setting ".join(unknown))
+        env = unknown_env(os.environ, cls)  # a top-level VIGIL_* typo never reaches the data: checked here
+        if env:
+            raise ValueError("environment " + "; environment ".join(env))
+        return data
 
     def topic(self, name: str) -> str:
         """The broker-side name of catalogue topic ``name``."""
@@ -432,28 +496,79 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")  # SecretStr dumps as '**********'
 
 
+class SettingsError(ConfigError, ValueError):
+    """Settings that cannot be used: an unknown key (with the nearest valid name) or an invalid value. The
+    message is one line and never shows a secret's value."""
+
+
+class _KafkaBootstrapSource(PydanticBaseSettingsSource):
+    """``KAFKA_BOOTSTRAP_SERVERS`` (no prefix), the standard way to point a client at a cluster: the lowest
+    source, so the file, ``VIGIL_KAFKA__BOOTSTRAP_SERVERS`` and ``--bootstrap`` all beat it."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        value = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        return {"kafka": {"bootstrap_servers": value}} if value else {}
+
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("vigil_config_file", default=None)
+_SECRET_WORDS = ("password", "secret", "key", "token")
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Settings from ``path`` (YAML or JSON, optional), then the environment, then ``overrides``."""
-    data: dict[str, Any] = {}
+    """Settings from ``path`` (YAML or JSON, optional; else ``$VIGIL_CONFIG``), then the environment, then
+    ``overrides`` (nested dicts merge into the file's and the environment's values).
+
+    Raises :class:`SettingsError` (one line) for a key that names no setting, in the file, in a ``VIGIL_*``
+    variable or in ``overrides``, with the nearest valid name, and for an invalid value."""
     path = path or os.environ.get("VIGIL_CONFIG")
-    if path:
-        import yaml
+    file = Path(path) if path else None
+    problems: list[str] = []
+    if file is not None:
+        if not file.is_file():
+            raise SettingsError(f"settings file {file} not found")
+        data = _read_file(file)
+        problems += [f"{file}: unknown setting {m}" for m in unknown_keys(data, Settings)]
+    problems += [f"environment {m}" for m in unknown_env(os.environ, Settings)]
+    problems += [f"override: unknown setting {m}" for m in unknown_keys(overrides, Settings)]
+    if problems:
+        raise SettingsError("; ".join(problems))
+    token = _CONFIG_FILE.set(file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc, file)) from None
+    finally:
+        _CONFIG_FILE.reset(token)
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    env = Settings()  # environment only
-    merged = _deep_merge(data, env.model_dump(exclude_unset=True))
-    merged = _deep_merge(merged, overrides)
-    settings = Settings(**merged)
-    if not settings.kafka.bootstrap_servers and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        settings.kafka.bootstrap_servers = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-    return settings
+
+def _read_file(file: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(file.read_text()) or {}  # JSON is YAML
+    except (OSError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())
+        raise SettingsError(f"settings file {file} cannot be read: {detail}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {file} must hold a mapping of settings, not {type(data).__name__}")
+    return data
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def _one_line(exc: ValidationError, file: Path | None) -> str:
+    """A validation error as one line: ``settings: path: message (got value)``; secrets never shown."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = " ".join(str(err["msg"]).split()).removeprefix("Value error, ")
+        value = err.get("input")
+        shown = ""
+        secret = any(w in loc.lower() for w in _SECRET_WORDS)
+        if not secret and isinstance(value, str | int | float | bool) and len(str(value)) <= 80:
+            shown = f" (got {value!r})"
+        parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}")
+    where = f"settings ({file}, environment)" if file else "settings (environment)"
+    return f"invalid {where}: " + "; ".join(parts)
+

@@ -180,6 +180,11 @@ class DemandMetrics:
                                      "interval", [*fc, "level"], registry=r)  # fmt: skip
         self.evictions = Counter(f"{p}_evictions", "Census and score entries evicted", ["reason"], registry=r)
         self.up = Gauge(f"{p}_up", "1 while the demand job's consume loop runs", registry=r)
+        self.caught_up = Gauge(f"{p}_caught_up", "1 once every record that existed at start is processed",
+                               registry=r)
+        self.late = Counter(f"{p}_late_events", "Events older than a forecast round already computed: applied "
+                            "to the state, but the rounds before them were computed without them", ["topic"],
+                            registry=r)  # fmt: skip
 
 
 class IngestMetrics:

@@ -23,9 +23,13 @@ __all__ = ["score_frame"]
 
 def score_frame(scorer: Scorer, df: pd.DataFrame, chunk_rows: int = 131_072) -> tuple[np.ndarray, np.ndarray]:
     """(probability float32 [N], stay_start bool [N]) for every row of ``df`` (sorted by stay, then hour)."""
+    from vigil.progress import progress
+
     stay_start, chunks = frame_chunks(df, chunk_rows)
     probs = np.empty(stay_start.shape[0], dtype=np.float32)
-    for a, b, inp in chunks:
-        seq = sequence(inp) if scorer.needs_sequence else None
-        probs[a:b] = scorer.predict(featurize(inp), seq)
+    with progress(int(stay_start.shape[0]), f"score {scorer.name}:{scorer.version}", unit="row") as bar:
+        for a, b, inp in chunks:
+            seq = sequence(inp) if scorer.needs_sequence else None
+            probs[a:b] = scorer.predict(featurize(inp), seq)
+            bar.update(b - a)
     return probs, stay_start

@@ -66,11 +66,15 @@ def predict_dir(settings: Settings, data: Path, out: Path, model: str | None = N
     out.mkdir(parents=True, exist_ok=True)
     key = settings.pseudonym_key.get_secret_value()
     proc = _offline(settings, model)
+    from vigil.progress import progress
+
     n = 0
-    for stay in iter_stays(data, limit=limit):
-        risks, thr = predict_stay(proc, stay, key)
-        proc.states.clear()  # stays are independent: keep memory flat
-        lines = ["PredictedProbability|PredictedLabel"] + [f"{p:.6f}|{int(p >= thr)}" for p in risks]
-        (out / f"{stay.stay_id}.psv").write_text("\n".join(lines) + "\n")
-        n += 1
+    with progress(limit, "predict", unit="stay") as bar:
+        for stay in iter_stays(data, limit=limit):
+            risks, thr = predict_stay(proc, stay, key)
+            proc.states.clear()  # stays are independent: keep memory flat
+            lines = ["PredictedProbability|PredictedLabel"] + [f"{p:.6f}|{int(p >= thr)}" for p in risks]
+            (out / f"{stay.stay_id}.psv").write_text("\n".join(lines) + "\n")
+            n += 1
+            bar.update(1)
     return n

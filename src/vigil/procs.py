@@ -41,6 +41,7 @@ class WorkerProcess:
             "VIGIL_SCORING__MIN_INTERVAL_S": str(s.scoring.min_interval_s),
             "VIGIL_MAX_BATCH": str(s.max_batch),
             "VIGIL_LOG_LEVEL": s.log_level,
+            "VIGIL_LOG_FORMAT": s.log_format,
             "PYTHONUNBUFFERED": "1",
         }
         if s.dev_mode:  # the demo, tests and benchmarks: the development pseudonym key is allowed

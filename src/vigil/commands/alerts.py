@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 import click
 
 from vigil.commands.common import VigilErrorsAsClick, settings_of
+from vigil.config import RULE_DEFAULTS
 
 
 @click.group()
@@ -18,7 +20,8 @@ def alerts() -> None:
 @alerts.command("tail")
 @click.option("--ward", "wards", multiple=True, help="Only this ward (repeatable; case-insensitive).")
 @click.option("--severity", "severities", multiple=True, help="Only this severity: low, medium, high, emergency.")
-@click.option("--type", "types", multiple=True, help="Only this alert type, e.g. model_risk, news2_emergency.")
+@click.option("--type", "types", multiple=True, type=click.Choice(sorted(RULE_DEFAULTS), case_sensitive=False),
+              help="Only this alert type (repeatable).")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest retained alert (default: new alerts).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many alerts.")
 @click.option("--json", "as_json", is_flag=True, help="Print each alert's raw JSON (one per line).")
@@ -82,5 +85,5 @@ def alerts_webhook(ctx: click.Context, url: str, group: str | None, name: str | 
             from prometheus_client import start_http_server
 
             server, _ = start_http_server(metrics_port, addr=s.web_host, registry=fwd.metrics.registry)
-            click.echo(f"metrics on http://{s.web_host}:{server.server_port}/metrics", err=True)
+            logging.getLogger("vigil.commands").info("metrics on http://%s:%d/metrics", s.web_host, server.server_port)
         asyncio.run(run_until_signalled(fwd.run))

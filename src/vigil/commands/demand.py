@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def demand_run(ctx: click.Context, model: str | None, calibration_path: Path | N
             from prometheus_client import start_http_server
 
             server, _ = start_http_server(metrics_port, addr=s.web_host, registry=job.metrics.registry)
-            click.echo(f"metrics on http://{s.web_host}:{server.server_port}/metrics", err=True)
+            logging.getLogger("vigil.commands").info("metrics on http://%s:%d/metrics", s.web_host, server.server_port)
         n = asyncio.run(run_until_signalled(job.run))
     click.echo(json.dumps({"records": n}), err=True)
 

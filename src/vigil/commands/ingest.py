@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import click
@@ -31,7 +32,7 @@ def _metrics(s: Settings, metrics_port: int | None) -> IngestMetrics:
         from prometheus_client import start_http_server
 
         server, _ = start_http_server(metrics_port, addr=s.web_host, registry=metrics.registry)
-        click.echo(f"metrics on http://{s.web_host}:{server.server_port}/metrics", err=True)
+        logging.getLogger("vigil.commands").info("metrics on http://%s:%d/metrics", s.web_host, server.server_port)
     return metrics
 
 

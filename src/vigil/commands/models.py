@@ -52,8 +52,11 @@ def _models_announce(ctx: click.Context, event: dict[str, object]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @click.pass_context
 def models_list(ctx: click.Context, as_json: bool) -> None:
-    """One line per model version (* = serving): family, threshold, validation and test utility/AUROC."""
+    """One line per model version (* = serving): family, alert level in force (LEVEL: the level alerts are raised
+    at on this site, vigil.levels; + = some wards/units override it), the card's operating threshold (THRESH,
+    where its metrics are reported), validation and test utility/AUROC."""
     from vigil.errors import ModelError
+    from vigil.levels import levels_for_card
     from vigil.registry import Registry, summary_row
 
     reg = Registry(_models_root(ctx))
@@ -62,7 +65,12 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
     for name in reg.names():
         for version in reg.versions(name):
             try:
-                rows.append(summary_row(reg.get(f"{name}:{version}"), serving.get(name) == version))
+                ref = reg.get(f"{name}:{version}")
+                row = summary_row(ref, serving.get(name) == version)
+                levels = levels_for_card(settings_of(ctx).alerts, ref.card)  # the level alerts are raised at
+                row["alert_level"] = levels[0].value
+                row["alert_levels"] = [lv.to_dict() for lv in levels]
+                rows.append(row)
             except ModelError as exc:
                 click.echo(f"skipping {name}:{version}: {exc}", err=True)
     if as_json:
@@ -72,12 +80,13 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
     def num(x: object) -> str:
         return f"{x:.4f}" if isinstance(x, float) else "-"
 
-    click.echo(f"{'NAME':<20} {'VERSION':>7} S {'CREATED':<20} {'FAMILY':<24} {'THRESH':>6} {'VAL_UTIL':>8} "
-               f"{'VAL_AUROC':>9} {'TEST_UTIL':>9} {'TEST_AUROC':>10}")  # fmt: skip
+    click.echo(f"{'NAME':<20} {'VERSION':>7} S {'CREATED':<20} {'FAMILY':<24} {'LEVEL':>7} {'THRESH':>6} "
+               f"{'VAL_UTIL':>8} {'VAL_AUROC':>9} {'TEST_UTIL':>9} {'TEST_AUROC':>10}")  # fmt: skip
     for r in rows:
         v, t = r["validation"], r["test"]
+        level = f"{r['alert_level']:g}" + ("+" if len(r["alert_levels"]) > 1 else "")
         click.echo(f"{r['name']:<20} {r['version']:>7} {'*' if r['serving'] else ' '} {r['created_at'] or '-':<20} "
-                   f"{r['family']:<24} {r['threshold']:>6g} {num(v['utility']):>8} {num(v['auroc']):>9} "
+                   f"{r['family']:<24} {level:>7} {r['threshold']:>6g} {num(v['utility']):>8} {num(v['auroc']):>9} "
                    f"{num(t['utility']):>9} {num(t['auroc']):>10}")  # fmt: skip
 
 
@@ -86,7 +95,9 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the model card as JSON.")
 @click.pass_context
 def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
-    """A readable summary of a model card (NAME alone: the serving version, else the newest)."""
+    """A readable summary of a model card (NAME alone: the serving version, else the newest), with the alert
+    level in force on this site and per ward/unit override (vigil.levels)."""
+    from vigil.levels import levels_for_card
     from vigil.registry import Registry, describe_card
 
     reg = Registry(_models_root(ctx))
@@ -96,6 +107,9 @@ def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
         click.echo(json.dumps(ref.card, indent=2))
     else:
         click.echo(describe_card(ref, serving=reg.serving().get(ref.name) == ref.version))
+        for lv in levels_for_card(settings_of(ctx).alerts, ref.card):
+            where = "on this site" if lv.scope == "site" else f"on {lv.scope}"
+            click.echo(f"alert level in force {where}: {lv.value:g} ({lv.source})")
 
 
 @models.command("promote")
@@ -109,7 +123,8 @@ def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
               help="Allowed AUROC drop (default: settings).")
 @click.option("--force", is_flag=True,
               help="Skip the metric comparison (the model must still load; the demand-calibration check still "
-                   "applies, see --no-demand-check); needs --reason.")
+                   "applies, see --no-demand-check; no gate data needed); needs --reason, recorded in the "
+                   "registry's audit.jsonl.")
 @click.option("--no-demand-check", "skip_demand", is_flag=True,
               help="Skip only the check that the candidate's folder has its own demand_calibration.json: the "
                    "demand job (vigil demand run) will then have no calibration for this version and refuses to "
@@ -126,6 +141,7 @@ def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_util
                    replaces: str | None, notify: bool | None) -> None:  # fmt: skip
     """Promote a version through the gate: it must not be worse than the serving version on the same data,
     and it must have its demand calibration (demand_calibration.json, written by `vigil train`)."""
+    from vigil import audit
     from vigil.gate import run_gate
     from vigil.registry import Registry, update_event
 
@@ -147,10 +163,17 @@ def models_promote(ctx: click.Context, spec: str, data: Path | None, margin_util
         result = run_gate(reg, spec, data or s.registry.gate_data, margin_utility=mu, margin_auroc=ma, force=force,
                           against=replaces, demand_check=not skip_demand)  # fmt: skip
         if not result.passed:
-            raise click.ClickException(f"{spec} not promoted\n{result.report()}")
+            click.echo(result.report(), err=True)  # the table that explains the one-line error below
+            audit.record(reg.root, "promote-refused", spec, reason=reason,
+                         details={"forced": force, "reasons": list(result.reasons)})  # fmt: skip
+            raise click.ClickException(f"{spec} not promoted: {'; '.join(result.reasons)}")
         click.echo(result.report())
         entry = reg.switch(name, version, "promote", expect_from=result.serving_version, forced=force,
                            reason=reason, gate=result.as_dict(), replaces=replaces)  # fmt: skip
+        gate = "skipped (forced)" if force else "passed"
+        audit.record(reg.root, "promote", spec, reason=reason,
+                     details={"forced": force, "from_version": entry["from_version"], "replaces": replaces,
+                              "gate": gate, "notes": list(result.notes)})  # fmt: skip
     was = f"{replaces}:{entry['from_version']}" if replaces else (entry["from_version"] or "(none)")
     click.echo(f"promoted {name}: {was} -> {version} ({reg.root / 'serving.json'}; history {reg.history_path})")
     if notify:
@@ -170,6 +193,7 @@ def models_rollback(ctx: click.Context, name: str, to_version: str | None, reaso
     """Return NAME to the version served before (the emergency path: no metric gate, but it must load; a
     missing demand calibration only warns). A line that took over from another (promote --replaces) with no
     earlier version of its own hands back to that line's version."""
+    from vigil import audit
     from vigil.errors import VigilError
     from vigil.gate import demand_calibration_problem, load_checked
     from vigil.registry import Registry, update_event
@@ -196,8 +220,32 @@ def models_rollback(ctx: click.Context, name: str, to_version: str | None, reaso
         click.echo(f"warning: rolling back anyway, but {problem}", err=True)
     with VigilErrorsAsClick():
         reg.switch(line, target, "rollback", expect_from=current, reason=reason, replaces=replaces)
+    audit.record(reg.root, "rollback", f"{line}:{target}", reason=reason,
+                 details={"from": f"{name}:{current}", "demand_calibration": problem or "ok"})
     was = f"{name}:{current} -> {line}:{target}, the line it replaced" if replaces else f"{name}: {current} -> {target}"
     click.echo(f"rolled back {was} ({reg.root / 'serving.json'}; history {reg.history_path})")
     if notify:
         _models_announce(ctx, update_event(line, target, "rollback", from_version=current, reason=reason,
                                            replaces=replaces))  # fmt: skip
+
+
+@models.command("audit")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as a JSON array.")
+@click.pass_context
+def models_audit(ctx: click.Context, as_json: bool) -> None:
+    """The registry's append-only audit trail (audit.jsonl): promotions (forced ones with their reason),
+    refused promotions and rollbacks, who and when; exits 1 if the hash chain is broken."""
+    from vigil import audit
+
+    root = _models_root(ctx)
+    entries = audit.read(root)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+    else:
+        for e in entries:
+            forced = " FORCED" if (e.get("details") or {}).get("forced") else ""
+            click.echo(f"{e['at']}  {e['action']:<16} {e['subject']:<24} by {e['actor']}{forced}"
+                       + (f"  reason: {e['reason']}" if e.get("reason") else ""))  # fmt: skip
+    problem = audit.verify(root)
+    if problem:
+        raise click.ClickException(f"audit trail broken: {problem}")

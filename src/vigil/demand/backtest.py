@@ -151,8 +151,11 @@ def simulate(
     window = calibration.history_window_h
     news2_max = None if window is None else recent_max(rows.idx, rows.news2, window)
     features = news2_features_of(rows) if calibration.news2_model else None
+    from vigil.progress import iterate
+
     cases: list[Case] = []
-    for ward, (stays, admit) in ward_schedule(rows, cfg.concurrency, cfg.arrivals, cfg.seed).items():
+    schedule = ward_schedule(rows, cfg.concurrency, cfg.arrivals, cfg.seed)
+    for ward, (stays, admit) in iterate(schedule.items(), len(schedule), "backtest wards", unit="ward"):
         first, n_rows = rows.idx.first[stays], rows.idx.n_rows[stays]
         for t in range(cfg.every_h, int(admit[-1]) + 1, cfg.every_h):
             r = t - admit - 1

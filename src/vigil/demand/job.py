@@ -140,6 +140,9 @@ class DemandJob:
         self._latest: dict[Hashable, float] = {}  # newest event time per input partition
         self._scores_clock = -math.inf  # newest score event time read
         self._max_seen = -math.inf
+        self._late = 0  # events older than the latest round computed (counted, logged once per round)
+        self._started = time.monotonic()
+        self._read = 0
 
     # ------------------------------------------------------------------------------------------ logic
     def process(self, records: Iterable[Record], behind: Collection[Hashable] = ()) -> list[Output]:
@@ -164,6 +167,9 @@ class DemandJob:
         out: list[Output] = []
         while self._buffer and self._buffer[0][0] <= watermark:
             t, _, stream, ev = heapq.heappop(self._buffer)
+            if self.next_due is not None and t < self.next_due - self.interval_s:  # older than the job's clock
+                self.metrics.late.labels(stream).inc()
+                self._late += 1
             out += self._advance(t)
             self.metrics.events.labels(stream, self._apply(ev)).inc()
         if math.isfinite(watermark):
@@ -209,6 +215,12 @@ class DemandJob:
             self.pending = self.forecasts_at(boundary)
             return []
         return self.forecasts_at(boundary)
+
+    def _report_late(self) -> None:
+        if self._late:
+            log.warning("demand job: %d events older than the forecast round already computed (applied to the "
+                        "state; earlier rounds were computed without them; vigil_demand_late_events_total)", self._late)
+            self._late = 0
 
     def finish_catch_up(self) -> list[Output]:
         """End the silent catch-up: the round of the latest boundary passed (if any). Capacity alerts raised in
@@ -334,10 +346,16 @@ class DemandJob:
                     if rs and tp in todo and rs[-1].offset + 1 >= todo[tp]:
                         del todo[tp]
                 out = self.process(recs, await _behind(consumer, tps, end_at_start))
+                self._read += len(recs)
                 if self.silent and not todo:
                     out += self.finish_catch_up()
                 if out:
                     await self._send(producer, out_topic, out)
+                    self._report_late()
+                if not todo and not self.caught_up:
+                    log.info("demand job: caught up: %d records read in %.1f s, %d forecast records written; now live",
+                             self._read, time.monotonic() - self._started, self.emitted)  # fmt: skip
+                    self.metrics.caught_up.set(1)
                 self.caught_up = not todo
             return self.emitted
         finally:

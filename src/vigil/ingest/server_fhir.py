@@ -60,6 +60,7 @@ from vigil.ingest.fhir_rest import (
 )
 from vigil.ingest.publish import EdgeListener, Publisher, dead_letter, serve_until_signalled
 from vigil.ingest.security import BufferBudget, server_ssl_context, token_ok
+from vigil.logs import request_id, trace
 from vigil.metrics import IngestMetrics
 
 __all__ = ["FhirServer", "serve_fhir", "operation_outcome", "SOURCE", "PROTOCOL", "OUTCOMES"]
@@ -218,8 +219,11 @@ class FhirServer(EdgeListener):
     async def _measure(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         """Every request: its outcome (from the HTTP status) and the time from its arrival to the response."""
         start, status = time.perf_counter(), 500
+        rid = request_id(request.headers.get("X-Request-Id"))  # the request's trace id in every log record
         try:
-            resp = await handler(request)
+            with trace(rid):
+                resp = await handler(request)
+            resp.headers["X-Request-Id"] = rid
             status = resp.status
             return resp
         except web.HTTPException as exc:

@@ -6,10 +6,10 @@ skipped with a warning naming their partition and offset (never their content).
 
 >>> alert = {"time": "2026-01-01T05:00:00+00:00", "severity": "high", "type": "model_risk", "ward": "ICU-MED",
 ...          "bed": "4", "patient": "3f2a9c1e7b00d4aa", "score": 0.4321, "threshold": 0.3, "news2": {"total": 9},
-...          "message": "Sepsis risk 0.432 at or above the operating threshold 0.300; NEWS2 9"}
+...          "message": "Sepsis risk 0.432 (alert level 0.300); NEWS2 9"}
 >>> print(format_alert(alert))
-2026-01-01 05:00:00+00:00  HIGH       model_risk        ICU-MED/4     pt 3f2a9c1e  score 0.432 >= 0.300  NEWS2 9  \
-Sepsis risk 0.432 at or above the operating threshold 0.300; NEWS2 9
+2026-01-01 05:00:00+00:00  HIGH       model_risk        ICU-MED/4     pt 3f2a9c1e  score 0.432 >= level 0.300  \
+NEWS2 9  Sepsis risk 0.432 (alert level 0.300); NEWS2 9
 >>> AlertFilter.of(wards=["icu-med"], severities=["HIGH"]).matches(alert)
 True
 >>> AlertFilter.of(wards=["W2"]).matches(alert)
@@ -82,7 +82,7 @@ def _score(alert: Mapping[str, Any]) -> str:
     if not isinstance(score, int | float) or not isinstance(threshold, int | float):
         return "score -"
     op = ">=" if score >= threshold else "<"
-    return f"score {score:.3f} {op} {threshold:.3f}"
+    return f"score {score:.3f} {op} level {threshold:.3f}"  # the record's alert level in force (vigil.levels)
 
 
 def format_alert(alert: Mapping[str, Any]) -> str:

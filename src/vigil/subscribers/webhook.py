@@ -41,6 +41,7 @@ from aiokafka.structs import ConsumerRecord
 
 from vigil.config import Settings
 from vigil.errors import ConfigError
+from vigil.logs import trace
 from vigil.subscribers._kafka import wait_for_topic
 from vigil.subscribers.delivery import (
     Attempt,
@@ -207,6 +208,11 @@ class WebhookForwarder:
         if not isinstance(alert_id, str) or not _ALERT_ID_OK.fullmatch(alert_id):
             invalid = Attempt(None, "invalid_alert", "not a JSON object with an alert_id of 1-128 printable ASCII")
             return await self._dead_letter(c, rec, alert, None, Outcome(False, False, 0, invalid, datetime.now(UTC), 0))
+        with trace(alert_id):  # the delivery's log records carry the alert id (a hash, no patient data)
+            return await self._deliver(c, rec, alert, alert_id)
+
+    async def _deliver(self, c: _Clients, rec: ConsumerRecord[bytes, bytes], alert: Mapping[str, Any] | None,
+                       alert_id: str) -> bool:  # fmt: skip
         if alert_id in self.recent:
             self.metrics.duplicates.labels(destination=self.name).inc()
             log.info("alert %s already delivered to %s in this run; skipped", alert_id, self.name)

@@ -102,9 +102,9 @@ class Prepared:
 
 
 def _progress(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
+    from vigil.progress import progress  # a bar on a terminal, periodic log lines elsewhere
 
-    return tqdm(total=total, desc=desc, unit="row", unit_scale=True, disable=None, file=sys.stderr)
+    return progress(total, desc, unit="row")
 
 
 def prepare(data: Path, *, seed: int = 7, max_stays: int | None = None, with_sequence: bool = True) -> Prepared:

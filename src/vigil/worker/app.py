@@ -186,6 +186,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     except ConfigError as exc:
         raise SystemExit(f"vigil worker: {exc}") from None
     app, _engine = create_app(settings)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    from vigil.logs import logging_config
+
+    # mode replaces the root handlers with this dictConfig: Faust's and vigil's records share one format
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                          logging_config=logging_config(settings.log_level, settings.log_format))
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     worker.execute_from_commandline()

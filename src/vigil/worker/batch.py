@@ -23,6 +23,7 @@ from vigil.budget import budget_controller
 from vigil.config import Settings
 from vigil.drift import DriftMonitor
 from vigil.features import FEATURE_NAMES, featurize, sequence
+from vigil.levels import level_in_force
 from vigil.news2 import news2_from_last, news2_parts_dict
 from vigil.policy import AlertPolicy, Decision
 from vigil.records import AckEvent, AdtEvent, Observation
@@ -462,22 +463,24 @@ class Processor:
             n2 = news2_parts_dict(news, i)
             n2s.append(n2)
             live: dict[str, Any] | None = None
-            for sc, risk_arr in zip(self.scorers, risks, strict=True):
+            levels = [level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit) for sc in self.scorers]
+            for sc, risk_arr, level in zip(self.scorers, risks, levels, strict=True):
                 risk = float(risk_arr[i])
-                rec = score_record(snap, sc, risk, n2, now_iso)
+                rec = score_record(snap, sc, risk, n2, now_iso, level=level)
                 out.scores.append((snap.patient, orjson.dumps(rec)))
                 live = live or rec
                 out.score_trigger_ts.append(snap.trigger_ts)
                 out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
                 for d in self.policy.step(st.alerts, "model_risk", sc.name, risk, snap.row_time, snap.row,
                                           threshold=sc.alert_level, ward=snap.ward, unit=snap.unit):  # fmt: skip
-                    fired.append((i, sc, d, risk, sc.threshold))
+                    fired.append((i, sc, d, risk, level))
             primary = self.scorers[0] if self.scorers else None
             for d in news2_decisions(self.policy, st, snap, n2):
                 risk0 = float(risks[0][i]) if primary is not None else float("nan")
-                fired.append((i, primary, d, risk0, primary.threshold if primary is not None else float("nan")))
+                fired.append((i, primary, d, risk0, levels[0] if primary is not None else float("nan")))
             for sc, risk_arr in zip(self.shadows, shadow_risks, strict=True):
-                rec = score_record(snap, sc, float(risk_arr[i]), n2, now_iso, live=live)
+                level = level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit)
+                rec = score_record(snap, sc, float(risk_arr[i]), n2, now_iso, live=live, level=level)
                 out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
         if fired:
             alerts = alert_records(fired, self.scorers, snaps, inp, risks, n2s, states, now_iso)

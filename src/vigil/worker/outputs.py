@@ -20,7 +20,7 @@ __all__ = ["iso", "score_record", "news2_decisions", "alert_records", "ack_recor
 
 ACKABLE = 8  # recent raised alerts per patient and type that an acknowledgement can refer to
 
-Fired = tuple[int, Scorer | None, Decision, float, float]  # (row in batch, scorer, decision, risk, threshold)
+Fired = tuple[int, Scorer | None, Decision, float, float]  # (row in batch, scorer, decision, risk, level in force)
 
 
 def iso(t: float) -> str:
@@ -28,15 +28,18 @@ def iso(t: float) -> str:
 
 
 def score_record(snap: Snapshot, sc: Scorer, risk: float, n2: dict[str, Any], now_iso: str,
-                 live: dict[str, Any] | None | bool = False) -> dict[str, Any]:  # fmt: skip
+                 live: dict[str, Any] | None | bool = False, level: float | None = None) -> dict[str, Any]:  # fmt: skip
     """A ``scores`` record; with ``live`` (the live model's record of the same row, or None) a
-    ``scores-shadow`` record of a candidate in shadow mode."""
+    ``scores-shadow`` record of a candidate in shadow mode. ``threshold`` / ``above_threshold``: the alert
+    level in force for the patient's ward and unit (:func:`vigil.levels.level_in_force`; default the
+    card's alert level), the same level the alerts are raised at."""
+    thr = sc.alert_level if level is None else level
     rec: dict[str, Any] = {
         "v": 1, "score_id": score_id(snap.patient, sc.name, sc.version, snap.row, snap.partial),
         "patient": snap.patient, "ward": snap.ward, "bed": snap.bed, "unit": snap.unit,
         "time": iso(snap.row_time), "row": snap.row, "partial": snap.partial,
         "model": {"name": sc.name, "version": sc.version, "provider": sc.provider},
-        "risk": round(risk, 6), "threshold": sc.threshold, "above_threshold": risk >= sc.threshold, "news2": n2,
+        "risk": round(risk, 6), "threshold": thr, "above_threshold": risk >= thr, "news2": n2,
         "emitted_at": now_iso, "trigger_time": iso(snap.trigger_ts),
     }  # fmt: skip
     if live is not False:
