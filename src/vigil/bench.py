@@ -67,6 +67,7 @@ class Workload:
     events: list[tuple[str, bytes, bytes]]
     stays: int
     rows: int  # closed hourly rows, each scored once per serving model
+    invalid: int = 0  # events the edge validation rejects (implausible values in the data): dead letters
 
 
 @dataclass
@@ -102,9 +103,12 @@ def workload(data: Path, stays: int, settings: Settings) -> Workload:
 
     loaded = [s for s in iter_stays(data, limit=stays) if s.n_rows]
     rows = sum(expected_rows(s.iculos, settings.scoring.max_gap_rows) for s in loaded)
+    from vigil.records import Invalid, decode
+
     events = [(stream, key, value) for stream, _, key, value in
               merged_events(loaded, settings.pseudonym_key.get_secret_value())]  # fmt: skip
-    return Workload(events, len(loaded), rows)
+    invalid = sum(1 for stream, key, value in events if type(decode(value, stream, key)) is Invalid)
+    return Workload(events, len(loaded), rows, invalid)
 
 
 # ----------------------------------------------------------------------------------------------- Kafka helpers
@@ -303,8 +307,8 @@ def check(res: Result, wl: Workload) -> None:
             problems.append(f"{res.late} late events")
         if res.duplicates:
             problems.append(f"{res.duplicates} events dropped as duplicates")
-        if res.dead_letters:
-            problems.append(f"{res.dead_letters} dead letters")
+        if res.dead_letters != wl.invalid:
+            problems.append(f"{res.dead_letters} dead letters, expected {wl.invalid} (the invalid events)")
     if problems:
         raise BenchFailure(f"{res.contender} failed: " + "; ".join(problems))
 
@@ -447,41 +451,46 @@ def latency_step(base: Settings, wl: Workload, rates: Sequence[float], logdir: P
 
 # ----------------------------------------------------------------------------------------------- memory step
 def memory_child(n: int, events_per_patient: int) -> dict[str, Any]:
-    """In a fresh process: ``n`` open patients, each fed ``events_per_patient`` observations over a few hours
-    (enough to fill its de-duplication window), through the worker's own :class:`Processor` code path;
-    heap (tracemalloc) and RSS growth per patient, and the changelog record size."""
+    """In a fresh process: ``n`` open patients as a worker holds them. One patient is built through the worker's
+    own :class:`Processor` (an admit, then ``events_per_patient`` observations over 4 hours: its de-duplication
+    window full); its changelog record is restored ``n`` times (what a restarted worker holds), each with its own
+    id and its own ``dedupe_window`` of distinct event ids. Heap (tracemalloc) and RSS growth per patient."""
     from vigil.config import load_settings as _ls
     from vigil.records import AdtEvent, Observation
+    from vigil.state import PatientState, SeenIds
     from vigil.worker.batch import InEvent, Processor
 
     s = _ls(None)
     proc = Processor(s, [])
+    t_admit = 1_767_225_600.0
+    pt, src = "pt-" + "0" * 33, "physionet-replay/template"
+    evs = [InEvent(AdtEvent(pt, src, 0, t_admit, "admit", "ICU-MED", "4", "MICU", t_admit, 70.0, "F", -3.0),
+                   "adt", 0, 0.0)]  # fmt: skip
+    for q in range(1, events_per_patient + 1):
+        t = t_admit + (q * 4 * 3600.0) / events_per_patient
+        evs.append(InEvent(Observation(pt, src, q, t, q % 34, 80.0 + q % 7, "vital"), "vitals", 0, 0.0))
+    proc.process(evs)
+    template = proc.states[0][pt].to_bytes()
+    window = s.state.dedupe_window
+    held = len(proc.states[0][pt].seen)
+    del proc, evs
     gc.collect()
     rss0 = _rss()
     tracemalloc.start()
     heap0 = tracemalloc.get_traced_memory()[0]
-    t_admit = 1_767_225_600.0
-    chunk = 500
-    for start in range(0, n, chunk):
-        evs: list[InEvent] = []
-        for i in range(start, min(n, start + chunk)):
-            pt = f"pt-{i:012d}{'x' * 20}"  # 36 characters, like a pseudonym
-            src = f"physionet-replay/{pt}"
-            evs.append(InEvent(AdtEvent(pt, src, 0, t_admit, "admit", "ICU-MED", "4", "MICU", t_admit, 70.0, "F",
-                                        -3.0), "adt", i % 4, 0.0))  # fmt: skip
-            for q in range(1, events_per_patient + 1):
-                t = t_admit + (q * 4 * 3600.0) / events_per_patient  # 4 hours of data
-                evs.append(InEvent(Observation(pt, src, q, t, q % 34, 80.0 + q % 7, "vital"), "vitals", i % 4, 0.0))
-        proc.process(evs)
-    del evs
+    states: dict[int, dict[str, PatientState]] = {p: {} for p in range(4)}
+    for i in range(n):
+        st = PatientState.from_bytes(template)
+        st.patient = f"pt-{i:033d}"  # 36 characters, like a pseudonym
+        st.seen = SeenIds(np.arange(i * window, i * window + held, dtype="<u8").tobytes())
+        states[i % 4][st.patient] = st
     gc.collect()
     heap = tracemalloc.get_traced_memory()[0] - heap0
     tracemalloc.stop()
     rss = _rss() - rss0
-    one = next(iter(next(iter(proc.states.values())).values()))
-    return {"patients": proc.patients(), "events_per_patient": events_per_patient,
-            "heap_bytes_per_patient": round(heap / n), "rss_bytes_per_patient": round(rss / n),
-            "changelog_bytes_per_patient": len(one.to_bytes())}  # fmt: skip
+    return {"patients": sum(len(v) for v in states.values()), "events_per_patient": events_per_patient,
+            "dedupe_ids_per_patient": held, "heap_bytes_per_patient": round(heap / n),
+            "rss_bytes_per_patient": round(rss / n), "changelog_bytes_per_patient": len(template)}  # fmt: skip
 
 
 def _rss() -> int:
@@ -538,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-sizes", default="10000,50000", help="open patients; empty: no memory step")
     ap.add_argument("--memory-events", type=int, default=300, help="events per patient in the memory step")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a setting for every contender, e.g. state.reorder_min_hold_s=0 (repeatable)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     ap.add_argument("--json", type=Path, default=None, help="write the raw result here")
     args = ap.parse_args(argv)
@@ -551,8 +562,18 @@ def main(argv: list[str] | None = None) -> int:
     contenders = [c for c in args.contenders.split(",") if c]
     try:
         with EmbeddedBroker(log_path=logdir / "broker.log") as b:
+            nested: dict[str, Any] = {"time_window": {"mode": "replay"}}
+            for item in args.set:
+                key, _, value = item.partition("=")
+                section, _, leaf = key.partition(".")
+                if leaf:
+                    nested.setdefault(section, {})[leaf] = json.loads(value)
+                else:
+                    nested[section] = json.loads(value)
+                os.environ["VIGIL_" + key.upper().replace(".", "__")] = value  # worker processes
+            results["settings"] = args.set
             base = load_settings(None, kafka={"bootstrap_servers": b.bootstrap}, topic_prefix=f"b{uuid.uuid4().hex[:6]}-",
-                                 time_window={"mode": "replay"})  # fmt: skip
+                                 **nested)  # fmt: skip
             wl = workload(args.data, args.stays, base)
             print(f"workload: {len(wl.events):,} events, {wl.stays} stays, {wl.rows:,} rows to score", flush=True)
             results["throughput"] = throughput(base, wl, args.reps, contenders, logdir)
