@@ -49,7 +49,9 @@ events, published to the embedded broker (Tansu, memory storage, 4 partitions pe
 Every contender, in every repetition, gets its **own topic prefix** (inputs, outputs, changelog, group) and must
 produce exactly **{t['expected_scores']:,} scores** ({t['rows']:,} closed hourly rows x models
 {', '.join(t['models'])}) with **0 late, 0 duplicate and 0 dead-lettered events** — counted on its own scores
-topic after the run; otherwise the benchmark fails. Repetitions: {t['reps']}, contenders interleaved
+topic after the run; otherwise the benchmark fails. Settings changed from the defaults for every contender:
+{', '.join(f'`{x}`' for x in r.get('settings', [])) or 'none'} (plus `time_window.mode=replay`: the replayed
+stays are dated 2026-01-01). Repetitions: {t['reps']}, contenders interleaved
 (raw, naive, pipeline, raw, ...); events/s from the first fetched record to the last output acknowledged.
 
 | contender | events/s min | median | max | vs raw ceiling (median of per-rep ratios) | scores |

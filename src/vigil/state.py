@@ -257,14 +257,14 @@ class PatientState:
         self.from_admit = from_admit
 
     def snapshot(self, trigger_ts: float, partial: bool = False) -> Snapshot:
-        known = self.last_row != _NEVER
-        since = np.where(known, (self.row - self.last_row).astype(np.float32), np.float32(np.nan))
+        since = (self.row - self.last_row).astype(np.float32)
+        since[self.last_row == _NEVER] = np.nan
         static = self.static.copy()
         static[STATIC_INDEX["ICULOS"]] = self.row
         row_time = (self.admit_time or 0.0) + self.row * HOUR
         return Snapshot(
             self.patient, self.row, row_time, self.window.copy(), self.last_value.copy(),
-            since.astype(np.float32), static, self.ward, self.bed, self.unit, trigger_ts, partial,
+            since, static, self.ward, self.bed, self.unit, trigger_ts, partial,
         )  # fmt: skip
 
     def advance_to(self, k: int, max_gap: int, trigger_ts: float, out: list[Snapshot] | None) -> None:
