@@ -351,8 +351,8 @@ def throughput(base: Settings, wl: Workload, reps: int, contenders: Sequence[str
         for name in contenders:
             res = run_contender(name, contender_settings(base, name), wl, expected, logdir)
             runs[name].append({**asdict(res), "rate": round(res.rate, 1)})
-            log(f"rep {rep + 1}/{reps} {name}: {res.rate:,.0f} events/s, {res.scores}/{expected} scores, "
-                f"{res.late} late")  # fmt: skip
+            done = f"{res.events:,} records read" if name == "raw" else f"{res.scores}/{expected} scores, {res.late} late"
+            log(f"rep {rep + 1}/{reps} {name}: {res.rate:,.0f} events/s, {done}")
     summary: dict[str, Any] = {}
     for name, rs in runs.items():
         rates = [r["rate"] for r in rs]

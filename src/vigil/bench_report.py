@@ -88,12 +88,14 @@ score was awaited and 0 late events were required.
             parts.append("| " + " | ".join(cells) + " |\n")
     mem = r.get("memory")
     if mem:
+        ids = mem[0].get("dedupe_ids_per_patient", "?")
         parts.append(f"""
 ## Memory per open patient
 
-A fresh process builds N open patients through the worker's own `Processor` (an admit, then
-{mem[0]['events_per_patient']} observations over 4 hours each, enough to fill the de-duplication window), then
-measures the Python heap (tracemalloc) and the RSS growth, divided by N, and one patient's changelog record.
+A fresh process builds one patient through the worker's own `Processor` (an admit, then
+{mem[0]['events_per_patient']} observations over 4 hours: its de-duplication window full, {ids} ids),
+then restores its changelog record N times, each with its own id and its own distinct event ids (what a
+restarted worker holds), and measures the Python heap (tracemalloc) and the RSS growth, divided by N.
 
 | open patients | heap per patient | RSS per patient | changelog record |
 |---:|---:|---:|---:|
@@ -102,19 +104,43 @@ measures the Python heap (tracemalloc) and the RSS growth, divided by N, and one
             cells = [f"{row['patients']:,}", f"{row['heap_bytes_per_patient']:,} B",
                      f"{row['rss_bytes_per_patient']:,} B", f"{row['changelog_bytes_per_patient']:,} B"]
             parts.append("| " + " | ".join(cells) + " |\n")
+    parts.append(_targets(r))
     parts.append("""
 ## GPU
 
 Not measured: no GPU machine was available for this run. Everything runs on CPU (ONNX Runtime
 CPUExecutionProvider).
 """)
+    dirty = " (with uncommitted changes)" if m.get("dirty") else ""
     parts.append(f"""
 ## Machine
 
-{m['cpu_model']}, {m['cores']} cores, Python {m['python']}, {m['platform']}; commit `{m['commit']}`
-{'(with uncommitted changes)' if m.get('dirty') else ''}; {m['date']}; load average at start {m['loadavg_at_start']}.
-{r.get('conditions', '')}
+{m['cpu_model']}, {m['cores']} cores, Python {m['python']}, {m['platform']}; commit `{m['commit']}`{dirty};
+{m['date']}; load average at start {m['loadavg_at_start']}. {r.get('conditions', '')}
 
 Raw result: `BENCH {orjson.dumps(r).decode()}`
 """)
     return "".join(parts)
+
+
+def _targets(r: dict[str, Any]) -> str:
+    """The issue's targets against this run, met or not (issue 15)."""
+    rows = []
+    p = (r.get("throughput") or {}).get("contenders", {}).get("pipeline", {})
+    if "vs_raw" in p:
+        v = p["vs_raw"]["median"]
+        rows.append(f"| pipeline >= 0.40 of the raw ceiling, every row scored | {v:.3f} (median of per-rep ratios) | "
+                    f"{'met' if v >= 0.40 else '**not met**'} |")  # fmt: skip
+    for row in r.get("latency") or []:
+        if row["offered_events_per_s"] == 5000:
+            ok = row["p99_ms"] <= 250 and row["late"] == 0
+            rows.append(f"| p99 <= 250 ms at 5k events/s, 0 late | p99 {row['p99_ms']:.0f} ms, {row['late']} late | "
+                        f"{'met' if ok else '**not met**'} |")  # fmt: skip
+    for row in r.get("memory") or []:
+        if row["patients"] == 10000:
+            h, rss = row["heap_bytes_per_patient"], row["rss_bytes_per_patient"]
+            verdict = ("met (heap)" if h <= 4096 else "**not met**") + ("" if rss <= 4096 else ", not by RSS")
+            rows.append(f"| <= 4 KB per open patient at 10k patients | heap {h:,} B, RSS {rss:,} B | {verdict} |")
+    if not rows:
+        return ""
+    return "\n## Against the targets of issue 15\n\n| target | this run | |\n|---|---|---|\n" + "\n".join(rows) + "\n"

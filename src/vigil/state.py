@@ -78,13 +78,25 @@ class SeenIds:
     __slots__ = ("buf", "pos", "sources", "width")
 
     def __init__(self, uids: bytes = b"", window: int = 256) -> None:
-        self.width = 5 if window <= 256 else 6  # bytes per entry: source index (1 or 2) + seq (4)
+        self.width = 5 if window <= 256 else 6  # bytes per entry: seq (4) + source index (1 or 2)
         self.sources: list[int] = []  # source hashes; an entry refers to one by index
         self.buf = bytearray()  # entries oldest first until the ring is full; then the oldest is at ``pos``
         self.pos = 0  # next entry to overwrite (a byte offset) once the ring is full
-        ids = np.frombuffer(uids[: len(uids) & ~7], dtype="<u8").tolist()
-        for uid in ids[-window:] if window > 0 else []:
-            self.add_if_new(uid, window)
+        ids = np.frombuffer(uids, dtype="<u8", count=len(uids) >> 3)[-window:] if window > 0 else ()
+        if not len(ids):
+            return
+        src, idx = np.unique(ids >> np.uint64(32), return_inverse=True)
+        if len(np.unique(ids)) == len(ids) and len(src) <= 1 << (8 * (self.width - 4)):  # the changelog's case
+            n, w = len(ids), self.width
+            e = np.empty((n, w), dtype=np.uint8)
+            seq = (ids & np.uint64(0xFFFFFFFF)).astype(np.uint32) * np.uint32(_MIX)  # wraps mod 2**32
+            e[:, :4] = seq.astype("<u4").view(np.uint8).reshape(n, 4)
+            e[:, 4:] = idx.astype("<u1" if w == 5 else "<u2").view(np.uint8).reshape(n, w - 4)
+            self.sources = src.tolist()
+            self.buf = bytearray(e.tobytes())
+        else:
+            for uid in ids.tolist():
+                self.add_if_new(uid, window)
 
     def _entry(self, uid: int, add: bool) -> bytes | None:
         h = uid >> 32
@@ -147,21 +159,25 @@ class SeenIds:
             self.pos = (p + w) % cap
         return True
 
-    def _uids(self) -> list[int]:
+    def _array(self) -> np.ndarray:
+        """The ids oldest first, as uint64."""
         w, p = self.width, self.pos
-        buf = bytes(self.buf[p:] + self.buf[:p]) if p else bytes(self.buf)
+        buf = self.buf[p:] + self.buf[:p] if p else self.buf
         n = len(buf) // w
         if not n:
-            return []
-        a = np.frombuffer(buf, dtype=np.uint8).reshape(n, w)
-        idx = a[:, 4].astype(np.int64) if w == 5 else a[:, 4:].copy().view("<u2")[:, 0].astype(np.int64)
-        seq = (a[:, :4].copy().view("<u4")[:, 0] * np.uint32(_UNMIX)).astype(np.uint64)  # wraps mod 2**32
+            return np.zeros(0, dtype="<u8")
+        a = np.frombuffer(buf, dtype=np.uint8, count=n * w).reshape(n, w)
+        seq = np.ascontiguousarray(a[:, :4]).view("<u4")[:, 0] * np.uint32(_UNMIX)  # wraps mod 2**32
+        idx = a[:, 4] if w == 5 else np.ascontiguousarray(a[:, 4:]).view("<u2")[:, 0]
         src = np.asarray(self.sources, dtype=np.uint64)[idx]
-        return ((src << np.uint64(32)) | seq).tolist()
+        return (src << np.uint64(32)) | seq.astype(np.uint64)
+
+    def _uids(self) -> list[int]:
+        return self._array().tolist()  # type: ignore[no-any-return]
 
     def to_bytes(self) -> bytes:
         """The ids oldest first (uint64 little-endian): the changelog's format."""
-        return np.asarray(self._uids(), dtype="<u8").tobytes()
+        return self._array().astype("<u8", copy=False).tobytes()
 
     def keys(self) -> list[int]:
         return self._uids()
