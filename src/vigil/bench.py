@@ -551,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a setting for every contender, e.g. state.reorder_min_hold_s=0 (repeatable)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     ap.add_argument("--json", type=Path, default=None, help="write the raw result here")
+    ap.add_argument("--conditions", default="", help="a sentence on the load conditions, for the report")
     args = ap.parse_args(argv)
     if args.memory_child is not None:
         print(json.dumps(memory_child(args.memory_child, args.memory_events)), flush=True)
@@ -591,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if args.out:
-        write_markdown(args.out, results)
+        write_markdown(args.out, {**results, "conditions": args.conditions} if args.conditions else results)
     return 0
 
 
