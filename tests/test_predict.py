@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from vigil.cli import cli
 from vigil.config import load_settings
 from vigil.physionet import iter_stays
-from vigil.predict import _offline, predict_stay
+from vigil.predict import _offline, predict_stay, predict_stays
 
 
 def test_predict_writes_one_line_per_row(tmp_path, sample_path) -> None:  # type: ignore[no-untyped-def]
@@ -34,3 +34,15 @@ def test_predictions_are_causal(sample_path) -> None:  # type: ignore[no-untyped
     short = type(stay)(stay.stay_id, stay.values[:cut], stay.static[:cut], label)
     part, _ = predict_stay(_offline(s, None), short, key)
     np.testing.assert_allclose(part, full[:cut], atol=1e-9)
+
+
+def test_a_batch_of_stays_scores_each_stay_as_alone(sample_path) -> None:  # type: ignore[no-untyped-def]
+    """Several stays through the Processor in one batch (one ONNX call) give each stay's own predictions."""
+    s = load_settings(None)
+    key = s.pseudonym_key.get_secret_value()
+    stays = list(iter_stays(sample_path, limit=4))
+    together = predict_stays(_offline(s, None), stays, key)
+    for stay, risks in zip(stays, together, strict=True):
+        alone, _ = predict_stay(_offline(s, None), stay, key)
+        assert len(risks) == len(stay.values)
+        np.testing.assert_allclose(risks, alone, atol=1e-9)

@@ -11,7 +11,11 @@ from vigil.errors import REASONS
 
 __all__ = ["WorkerMetrics", "DemandMetrics", "IngestMetrics", "LATENCY_BUCKETS"]
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Resolve 10 ms - 2 s finely (the latency budget is a p99 of 250 ms), coarse beyond.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0,
+    1.5, 2.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 
 

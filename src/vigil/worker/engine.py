@@ -42,6 +42,7 @@ from vigil.scoring import Scorer
 from vigil.state import PatientState
 from vigil.worker.batch import InEvent, Outputs, Processor
 from vigil.worker.intake import Intake, Side
+from vigil.worker.produce import BatchSender, output_records
 from vigil.worker.reorder import Input, Progress, ReorderBuffer, plan
 
 __all__ = ["Engine", "INPUT_TOPICS", "load_scorers"]
@@ -110,6 +111,7 @@ class Engine:
         self._committed: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._sender: BatchSender | None = None  # batch production (worker/produce.py)
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.events_seen = 0  # records fetched
@@ -347,24 +349,13 @@ class Engine:
 
     async def _emit(self, out: Outputs, side: Side | None = None) -> None:
         assert self._producer is not None
-        s, p = self.settings, self._producer
         if side:  # dead letters and re-routes first, each failure handled (worker/intake.py)
-            await self.intake.produce(p, side)
-        futs = []
-        scores_t, alerts_t, log_t = s.topic("scores"), s.topic("alerts"), s.topic(CHANGELOG)
-        for key, value in out.scores:
-            futs.append(await p.send(scores_t, value, key=key.encode()))
-        n_scores = len(futs)
-        for key, value in out.drift:
-            futs.append(await p.send(s.topic("model-drift"), value, key=key.encode()))
-        if out.shadow_scores:
-            shadow_t = s.topic("scores-shadow")
-            for key, value in out.shadow_scores:
-                futs.append(await p.send(shadow_t, value, key=key.encode()))
-        for key, value in out.alerts:
-            futs.append(await p.send(alerts_t, value, key=key.encode()))
-        for part, key, value in out.changelog:
-            futs.append(await p.send(log_t, value, key=key.encode(), partition=part))
+            await self.intake.produce(self._producer, side)
+        if self._sender is None:
+            self._sender = BatchSender(self._producer)
+        # scores, drift, shadow scores, alerts and the changelog, batched per partition (worker/produce.py)
+        futs = await self._sender.send(output_records(self.settings, out, [], CHANGELOG))
+        n_scores = len(out.scores)
         if futs:
             await asyncio.gather(*futs)
         acked = time.time()
