@@ -43,8 +43,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from vigil import kafka_io
 from vigil.config import REPO_ROOT, Settings, load_settings
 
 __all__ = ["BenchFailure", "Result", "Workload", "expected_rows", "main", "run_contender", "workload"]
@@ -115,18 +116,18 @@ def workload(data: Path, stays: int, settings: Settings) -> Workload:
 async def _publish(s: Settings, wl: Workload, naive: bool) -> None:
     """Create the prefix's topics and publish the workload as fast as possible (acks=all), per-key order kept:
     to vitals/labs/adt, or (``naive``) all to one topic with the stream in a header."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
 
     from vigil.catalog import create_topics, load_catalog
     from vigil.replay import _Batcher
 
     await create_topics(s.kafka.client_kwargs(), load_catalog(s.streams_dir), s.topic_prefix)
-    producer = AIOKafkaProducer(acks="all", linger_ms=5, max_batch_size=1 << 18, **s.kafka.client_kwargs())
+    producer = kafka_io.producer(s, linger_ms=5, max_batch_size=1 << 18)
     await producer.start()
     try:
         if naive:
             n_parts = len(await producer.partitions_for(s.topic("vitals")))
-            admin = AIOKafkaAdminClient(**s.kafka.client_kwargs())
+            admin = kafka_io.admin(s)
             await admin.start()
             try:
                 await admin.create_topics([NewTopic(s.topic(NAIVE_TOPIC), n_parts, 1)])
@@ -167,8 +168,7 @@ async def _add_with_header(batcher: Any, topic: str, key: bytes, value: bytes, s
 
 async def _read_all(s: Settings, topic: str) -> list[Any]:
     """Every record of ``topic`` up to its current end offsets."""
-    c = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                         **s.kafka.client_kwargs())  # fmt: skip
+    c = kafka_io.consumer(s)
     await c.start()
     try:
         parts = c.partitions_for_topic(topic) or set()
@@ -208,8 +208,7 @@ def _counter(registry_metric: Any) -> int:
 # ------------------------------------------------------------------------------------------------- contenders
 async def _raw(s: Settings, wl: Workload) -> Result:
     topics = [s.topic(t) for t in STREAMS]
-    c = AIOKafkaConsumer(*topics, group_id=s.group_id, auto_offset_reset="earliest", enable_auto_commit=False,
-                         **s.kafka.client_kwargs())  # fmt: skip
+    c = kafka_io.consumer(s, *topics, group_id=s.group_id, auto_offset_reset="earliest", enable_auto_commit=False)
     await c.start()
     total = len(wl.events)
     n, t0 = 0, None
@@ -374,7 +373,7 @@ def throughput(base: Settings, wl: Workload, reps: int, contenders: Sequence[str
 # ---------------------------------------------------------------------------------------------- latency step
 async def _paced_publish(s: Settings, wl: Workload, rate: float) -> float:
     """Publish the workload at ``rate`` events/s (in publish order, one ``send`` each); returns the seconds."""
-    producer = AIOKafkaProducer(acks="all", linger_ms=1, **s.kafka.client_kwargs())
+    producer = kafka_io.producer(s, linger_ms=1)
     await producer.start()
     futs = []
     try:

@@ -142,12 +142,14 @@ async def create_topics(
     count of every multi-partition topic (co-partitioning is kept); ``replication_factor`` replaces the
     catalogue's (e.g. 3 on a production cluster).
     """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
+
+    from vigil.kafka_io import admin as admin_client
 
     if partitions_override is not None and partitions_override < 1:
         msg = f"partitions_override must be >= 1, got {partitions_override}"
         raise ConfigError(msg)
-    admin = AIOKafkaAdminClient(**admin_client_kwargs)
+    admin = admin_client(admin_client_kwargs)
     await admin.start()
     try:
         names = {prefix + spec.name: spec for spec in catalog.values()}

@@ -329,7 +329,7 @@ async def replay(
     each goes through ``send()`` when due. Every record is acknowledged (``acks="all"``) before this
     returns, and the producer is flushed and stopped whatever happens.
     """
-    from aiokafka import AIOKafkaProducer
+    from vigil import kafka_io
 
     if speed is not None and speed <= 0:
         msg = f"speed must be > 0 or None, not {speed}"
@@ -351,9 +351,7 @@ async def replay(
         stagger=stagger,
         on_stay=count_stay,
     )
-    producer = AIOKafkaProducer(
-        acks="all", linger_ms=5, max_batch_size=256 * 1024, **settings.kafka.client_kwargs()
-    )
+    producer = kafka_io.producer(settings, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     loop = asyncio.get_running_loop()
     started = time.perf_counter()

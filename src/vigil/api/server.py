@@ -27,14 +27,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from vigil import kafka_io
 from vigil.api.auth import TokenCheck
 from vigil.api.openapi import BY_PATTERN, ID_PATTERN, WARD_PATTERN, document
 from vigil.api.view import View, iso_time
 from vigil.audit import audit_id, audit_record
 from vigil.config import Settings
 from vigil.errors import ConfigError
+from vigil.kafka_io import wait_for_topic
 from vigil.records import ACK_ACTIONS, AckEvent, AdtEvent, decode
-from vigil.subscribers._kafka import wait_for_topic
 
 __all__ = ["ApiServer", "TOPICS", "ack_id"]
 
@@ -136,9 +137,7 @@ class ApiServer:
         self.metrics.evicted.set(self.view.evicted_patients)
 
     async def _catch_up(self) -> None:
-        kw = self.settings.kafka.client_kwargs()
-        self._consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                          **kw)  # fmt: skip
+        self._consumer = kafka_io.consumer(self.settings)
         await self._consumer.start()
         tps = [TopicPartition(name, p) for name in self._topic_of
                for p in sorted(await wait_for_topic(self._consumer, name))]  # fmt: skip
@@ -171,9 +170,8 @@ class ApiServer:
     async def start(self) -> None:
         try:
             await self._catch_up()
-            self._producer = AIOKafkaProducer(acks="all", linger_ms=0,
-                                              request_timeout_ms=int(self.cfg.publish_timeout_s * 1000),
-                                              **self.settings.kafka.client_kwargs())  # fmt: skip
+            self._producer = kafka_io.producer(self.settings, linger_ms=0,
+                                               request_timeout_ms=int(self.cfg.publish_timeout_s * 1000))
             await self._producer.start()
             self._follow = asyncio.create_task(self._follow_topics())
             self._runner = web.AppRunner(self.app(), access_log=None)

@@ -315,17 +315,16 @@ class DemandJob:
     # ------------------------------------------------------------------------------------------ Kafka
     async def run(self, stop: asyncio.Event | None = None) -> int:
         """Consume until ``stop`` is set; returns the number of records written to ``resource-demand``."""
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from vigil import kafka_io
 
         stop = stop or asyncio.Event()
         if not self.settings.kafka.bootstrap_servers:
             msg = "no Kafka bootstrap servers configured (--bootstrap or KAFKA_BOOTSTRAP_SERVERS)"
             raise ConfigError(msg)
-        kw = self.settings.kafka.client_kwargs()
         streams = {self.settings.topic(name): name for name in INPUTS}
         out_topic = self.settings.topic("resource-demand")
-        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kw)
-        producer = AIOKafkaProducer(acks="all", linger_ms=5, **kw)
+        consumer = kafka_io.consumer(self.settings)
+        producer = kafka_io.producer(self.settings, linger_ms=5)
         await consumer.start()
         try:
             await producer.start()
@@ -383,6 +382,8 @@ async def _assign(consumer: Any, topics: list[str], timeout_s: float = 10.0) -> 
     """Assign every partition of ``topics`` from the beginning; :class:`ConfigError` for a missing topic."""
     from aiokafka import TopicPartition
 
+    from vigil import kafka_io
+
     tps = []
     for topic in topics:
         deadline = time.monotonic() + timeout_s
@@ -391,7 +392,7 @@ async def _assign(consumer: Any, topics: list[str], timeout_s: float = 10.0) -> 
             if time.monotonic() > deadline:
                 msg = f"topic {topic} does not exist: create the topics first (`vigil topics create`)"
                 raise ConfigError(msg)
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await kafka_io.refresh_metadata(consumer)
             await asyncio.sleep(0.1)
             parts = consumer.partitions_for_topic(topic)
         tps += [TopicPartition(topic, p) for p in sorted(parts)]

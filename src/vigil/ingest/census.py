@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from vigil import records
+from vigil import kafka_io, records
 from vigil.config import Settings
 from vigil.records import AdtEvent
 
@@ -163,13 +163,12 @@ class AdtTopicFeed:
 
     async def start(self) -> AdtTopicFeed:
         cfg = self.settings.ingest
-        self._consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                          **self.settings.kafka.client_kwargs())  # fmt: skip
+        self._consumer = kafka_io.consumer(self.settings)
         await self._consumer.start()
         parts = self._consumer.partitions_for_topic(self.topic)
         deadline = time.monotonic() + 10
         while not parts and time.monotonic() < deadline:
-            await self._consumer._client.force_metadata_update()  # noqa: SLF001
+            await kafka_io.refresh_metadata(self._consumer)
             parts = self._consumer.partitions_for_topic(self.topic)
             if not parts:
                 await asyncio.sleep(0.2)

@@ -14,11 +14,11 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from aiokafka import AIOKafkaProducer
 
-from vigil import records
+from vigil import kafka_io, records
 from vigil.config import Settings
 from vigil.metrics import IngestMetrics
 
@@ -61,9 +61,8 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> Publisher:
-        kw: dict[str, Any] = self.settings.kafka.client_kwargs()
-        self._producer = AIOKafkaProducer(acks="all", linger_ms=2, request_timeout_ms=int(self.timeout_s * 1000),
-                                          **kw)  # fmt: skip
+        self._producer = kafka_io.producer(self.settings, linger_ms=2,
+                                           request_timeout_ms=int(self.timeout_s * 1000))
         await self._producer.start()
         return self
 

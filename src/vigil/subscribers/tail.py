@@ -28,8 +28,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from vigil import kafka_io
 from vigil.config import Settings
-from vigil.subscribers._kafka import assign_all
+from vigil.kafka_io import assign_all
 
 __all__ = ["AlertFilter", "format_alert", "format_time", "short_patient", "parse_alert", "tail_alerts", "tail_topic"]
 
@@ -110,10 +111,9 @@ def parse_alert(value: bytes | None) -> dict[str, Any] | None:
 
 
 async def _start(settings: Settings, topic: str, from_beginning: bool) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(
-        group_id=None, enable_auto_commit=False, auto_offset_reset="earliest" if from_beginning else "latest",
-        **settings.kafka.client_kwargs(),
-    )  # fmt: skip
+    consumer = kafka_io.consumer(
+        settings, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest" if from_beginning else "latest"
+    )
     await consumer.start()
     try:
         tps = await assign_all(consumer, topic)

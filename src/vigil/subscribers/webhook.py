@@ -39,10 +39,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from vigil import kafka_io
 from vigil.config import Settings
 from vigil.errors import ConfigError
+from vigil.kafka_io import wait_for_topic
 from vigil.logs import trace
-from vigil.subscribers._kafka import wait_for_topic
 from vigil.subscribers.delivery import (
     Attempt,
     Deliverer,
@@ -132,7 +133,7 @@ class WebhookForwarder:
                  self.name, self.group_id)  # fmt: skip
         async with contextlib.AsyncExitStack() as stack:
             consumer = await self._start_consumer(stack)
-            producer = AIOKafkaProducer(acks="all", **self.settings.kafka.client_kwargs())
+            producer = kafka_io.producer(self.settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
             session = await stack.enter_async_context(aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}))
@@ -155,11 +156,11 @@ class WebhookForwarder:
 
     async def _start_consumer(self, stack: contextlib.AsyncExitStack) -> AIOKafkaConsumer:
         ws = self.settings.webhook
-        consumer = AIOKafkaConsumer(
-            group_id=self.group_id, enable_auto_commit=False,
+        consumer = kafka_io.consumer(
+            self.settings, group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest" if self.from_beginning else "latest",
             max_poll_interval_ms=self._max_poll_interval_ms(), session_timeout_ms=ws.session_timeout_ms,
-            heartbeat_interval_ms=max(100, ws.session_timeout_ms // 10), **self.settings.kafka.client_kwargs(),
+            heartbeat_interval_ms=max(100, ws.session_timeout_ms // 10),
         )  # fmt: skip
         await consumer.start()
         stack.push_async_callback(consumer.stop)

@@ -1,15 +1,23 @@
 """``vigil worker``: the Faust application that hosts the batch engine.
 
-How Faust and aiokafka share the work:
+Faust's role (deliberate, and the only one):
 
-* **Faust** (faust-streaming) is the process host and the control plane: service lifecycle and
-  supervision, signal handling and clean shutdown, the web server (``/metrics``, ``/healthz``,
-  ``/readyz``), and a per-worker agent on ``model-updates`` (every worker gets every update: the
-  control app uses a consumer group of its own per process, so updates are broadcast).
-* **aiokafka** is the data plane (:class:`vigil.worker.engine.Engine`): a raw consumer group over
-  vitals/labs/adt fetching batches of thousands of records, because a Faust stream costs ~70 µs per
-  event on this hardware while the raw client reaches ~260k events/s. The engine runs as a
-  ``mode.Service`` started and stopped by the Faust worker.
+* **Control plane = Faust agents and views.** The worker is a Faust app (faust-streaming). Its agent on
+  ``model-updates`` applies promotions, rollbacks and shadow changes through the engine's public
+  :meth:`~vigil.worker.engine.Engine.swap_models`; the control app's id (and so its consumer group) is
+  unique per process, so every worker receives every update (a broadcast). Faust also hosts the worker's
+  web views (``/metrics``, ``/healthz``, ``/readyz``), service lifecycle and supervision, signal handling
+  and clean shutdown. Alert acknowledgements are *not* a Faust agent: they are per-patient state, so they
+  travel on the data plane (``alert-acks`` is an input topic of the engine, co-partitioned by patient).
+* **Data plane = a Faust ``Service`` driven by the engine.** :class:`EngineService` (a ``mode.Service``,
+  the base of every Faust service) starts and stops :class:`vigil.worker.engine.Engine`, which runs its
+  own aiokafka consumer group over vitals/labs/adt/alert-acks fetching batches of thousands of records:
+  a Faust stream costs ~70 µs per event on this hardware while the batched raw client reaches ~260k
+  events/s (the project's earlier measurements, not re-run here). The engine's delivery guarantee
+  (outputs acknowledged, then commit; state restored from the changelog) is in :mod:`vigil.worker.engine`.
+* **No leftovers on the broker.** The app declares no topic of its own: no tables (the state store is
+  ``memory://`` and unused), and no leader-election topic (``topic_disable_leader``; nothing here needs a
+  leader) — a worker start creates no topic beyond the catalogue's (``tests/test_worker_faust.py``).
 """
 
 from __future__ import annotations
@@ -85,6 +93,10 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
         broker_heartbeat_interval=1.0,
         topic_partitions=1,
         consumer_auto_offset_reset="latest",
+        # no leader-election topic: the control app's id is unique per process (updates are broadcast), so
+        # Faust's leader assignor would leave one `<id>-__assignor-__leader` topic behind per start, and
+        # nothing here uses leader election (no tables, no timers on the leader only)
+        topic_disable_leader=True,
     )
     app.service(EngineService(engine))
 
@@ -110,7 +122,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> tupl
 
     @app.page("/readyz")
     async def ready(web: Any, request: Any) -> Any:
-        ok = engine._consumer is not None and bool(engine._consumer.assignment())  # noqa: SLF001
+        ok = engine.ready
         return web.json({"ready": ok}, status=200 if ok else 503)
 
     log.info("worker web server on http://%s:%d (/metrics, /healthz, /readyz)", settings.web_host, web_port)
@@ -142,37 +154,7 @@ async def _hot_swap(engine: Engine, settings: Settings, value: bytes) -> None:
     except Exception as exc:  # a bad update must never stop the worker
         log.error("model update rejected: %s: %s", type(exc).__name__, exc)
         return
-    m = engine.metrics
-    async with engine._lock:  # noqa: SLF001  between batches: the swap is atomic for the pipeline
-        if action in ("shadow", "unshadow"):
-            for old in [sh for sh in engine.shadows if sh.name == msg["name"]]:
-                m.shadow_model_info.labels(old.name, old.version, old.provider).set(0)
-                engine.shadows.remove(old)
-            if new is not None:
-                engine.shadows.append(new)
-                m.shadow_model_info.labels(new.name, new.version, new.provider).set(1)
-            engine.processor.shadows = engine.shadows
-            log.info("shadow models now: %s", [f"{sh.name}:{sh.version}" for sh in engine.shadows] or "none")
-            return
-        assert new is not None
-        retired = {new.name, msg.get("replaces") or new.name}  # "replaces": a new model line takes over
-        scorers: list[Scorer] = []
-        for old in engine.scorers:
-            if old.name in retired:
-                m.model_info.labels(old.name, old.version, old.provider).set(0)
-                if new not in scorers:
-                    scorers.append(new)  # in the place of the model it replaces
-            else:
-                scorers.append(old)
-        if new not in scorers:
-            scorers.append(new)
-        engine.scorers[:] = scorers
-        engine.processor.scorers = engine.scorers
-        m.model_info.labels(new.name, new.version, new.provider).set(1)
-        for sh in [sh for sh in engine.shadows if (sh.name, sh.version) == (new.name, new.version)]:
-            engine.shadows.remove(sh)  # a promoted candidate leaves the shadow set
-            m.shadow_model_info.labels(sh.name, sh.version, sh.provider).set(0)
-    log.info("now serving %s:%s on %s (%s)", new.name, new.version, new.provider, action)
+    await engine.swap_models(action, str(msg["name"]), new, msg.get("replaces"))
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

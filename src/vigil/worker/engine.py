@@ -21,6 +21,17 @@ transactions (exactly-once) are not used: the embedded broker does not support t
 Partitions and state move together: the three input topics are co-partitioned by patient and
 assigned with the range assignor, so a worker owns partition ``p`` of all three and restores
 changelog partition ``p`` when it is assigned.
+
+The engine is the consume/process loop; it composes two parts with public interfaces of their own:
+
+* :class:`vigil.worker.checkpoint.Checkpoint` — the input offsets, and the commit (after the outputs are
+  acknowledged) whose offset never passes an event held in the reorder buffer;
+* :class:`vigil.worker.restore.ChangelogRestore` — the state of newly assigned partitions, read back from
+  the changelog.
+
+Its public surface for a host (:mod:`vigil.worker.app`): :meth:`Engine.start`, :meth:`Engine.stop`,
+:meth:`Engine.wait`, :attr:`Engine.ready`, :meth:`Engine.swap_models`, the counters ``batches`` /
+``events_seen`` / ``events_done``, ``fatal`` and ``on_fatal``.
 """
 
 from __future__ import annotations
@@ -35,22 +46,23 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
+from vigil import kafka_io
 from vigil.config import Settings
 from vigil.metrics import WorkerMetrics
 from vigil.registry import Registry
 from vigil.scoring import Scorer
-from vigil.state import PatientState
 from vigil.worker.batch import InEvent, Outputs, Processor
+from vigil.worker.checkpoint import Checkpoint
 from vigil.worker.intake import Intake, Side
 from vigil.worker.produce import BatchSender, output_records
 from vigil.worker.reorder import Input, Progress, ReorderBuffer, plan
+from vigil.worker.restore import CHANGELOG, ChangelogRestore
 
-__all__ = ["Engine", "INPUT_TOPICS", "load_scorers"]
+__all__ = ["CHANGELOG", "Engine", "INPUT_TOPICS", "load_scorers", "load_shadows"]
 
 log = logging.getLogger(__name__)
 
 INPUT_TOPICS = ("vitals", "labs", "adt", "alert-acks")
-CHANGELOG = "worker-state-changelog"
 
 
 def load_scorers(settings: Settings) -> list[Scorer]:
@@ -107,8 +119,8 @@ class Engine:
         self._tp_time: dict[TopicPartition, float] = {}  # newest event time fetched per input partition
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
-        self._next_offsets: dict[TopicPartition, int] = {}  # next offset to read, per fetched partition
-        self._committed: dict[TopicPartition, int] = {}
+        self.checkpoint = Checkpoint(self.reorder, self._topic_names)  # offsets and commit: worker/checkpoint.py
+        self.restorer = ChangelogRestore(settings, self.metrics)  # state of assigned partitions: worker/restore.py
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._sender: BatchSender | None = None  # batch production (worker/produce.py)
@@ -124,10 +136,10 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        kw = s.kafka.client_kwargs()
-        self._producer = AIOKafkaProducer(acks="all", linger_ms=5, max_batch_size=1 << 18, **kw)
+        self._producer = kafka_io.producer(s, linger_ms=5, max_batch_size=1 << 18)
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_io.consumer(
+            s,
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -136,7 +148,6 @@ class Engine:
             session_timeout_ms=10_000,
             fetch_max_wait_ms=100,  # fresher high watermarks for the reorder buffer's "caught up"
             heartbeat_interval_ms=1_000,
-            **kw,
         )
         await self._consumer.start()
         self._consumer.subscribe(list(self._topic_names), listener=_Rebalance(self))
@@ -163,6 +174,52 @@ class Engine:
     async def wait(self) -> None:
         if self._task is not None:
             await self._task
+
+    @property
+    def ready(self) -> bool:
+        """Whether the engine holds input partitions (consumer started and assigned)."""
+        return self._consumer is not None and bool(self._consumer.assignment())
+
+    async def swap_models(self, action: str, name: str, new: Scorer | None, replaces: str | None = None) -> None:
+        """Switch models between batches (under the engine's lock: atomic for the pipeline).
+
+        ``shadow`` / ``unshadow``: the shadow scorer of model ``name`` becomes ``new`` (``None``: none).
+        ``promote`` / ``rollback``: ``new`` serves in the place of the model it ``replaces`` (default: its own
+        name; a new model line takes over another), and leaves the shadow set if it was there. ``new`` must
+        already be loaded and canary-checked (the worker's ``model-updates`` agent does that)."""
+        m = self.metrics
+        async with self._lock:
+            if action in ("shadow", "unshadow"):
+                for old in [sh for sh in self.shadows if sh.name == name]:
+                    m.shadow_model_info.labels(old.name, old.version, old.provider).set(0)
+                    self.shadows.remove(old)
+                if new is not None:
+                    self.shadows.append(new)
+                    m.shadow_model_info.labels(new.name, new.version, new.provider).set(1)
+                self.processor.shadows = self.shadows
+                log.info("shadow models now: %s", [f"{sh.name}:{sh.version}" for sh in self.shadows] or "none")
+                return
+            if new is None:
+                msg = f"{action} needs a model"
+                raise ValueError(msg)
+            retired = {new.name, replaces or new.name}
+            scorers: list[Scorer] = []
+            for old in self.scorers:
+                if old.name in retired:
+                    m.model_info.labels(old.name, old.version, old.provider).set(0)
+                    if new not in scorers:
+                        scorers.append(new)  # in the place of the model it replaces
+                else:
+                    scorers.append(old)
+            if new not in scorers:
+                scorers.append(new)
+            self.scorers[:] = scorers
+            self.processor.scorers = self.scorers
+            m.model_info.labels(new.name, new.version, new.provider).set(1)
+            for sh in [sh for sh in self.shadows if (sh.name, sh.version) == (new.name, new.version)]:
+                self.shadows.remove(sh)  # a promoted candidate leaves the shadow set
+                m.shadow_model_info.labels(sh.name, sh.version, sh.provider).set(0)
+        log.info("now serving %s:%s on %s (%s)", new.name, new.version, new.provider, action)
 
     # -- the loop ------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -211,7 +268,7 @@ class Engine:
         n = 0
         for tp, records in batch.items():
             name = self._topic_names[tp.topic]
-            self._next_offsets[tp] = records[-1].offset + 1
+            self.checkpoint.fetched(tp, records[-1].offset + 1)
             n += len(records)
             newest = self._tp_time.get(tp, -math.inf)
             for r in records:
@@ -232,12 +289,12 @@ class Engine:
             for (topic, kind), c in kinds.items():
                 m.events.labels(topic, kind).inc(c)
         due = self.reorder.release(math.inf if flush else now, await self._watermarks())
-        if not due and not side and not self._commit_pending():
+        if not due and not side and not self.checkpoint.pending():
             return
         out = self.processor.process(due)
         side.dead += out.dead  # quarantined events (processing_error, time_out_of_range)
-        await self._emit(out, side)
-        await self._commit()
+        await self._emit(out, side)  # every output acknowledged ...
+        await self.checkpoint.commit(self._consumer)  # ... then the input offsets committed
         # after the commit: what is durable
         self.events_done += len(due) + len(side.dead) - len(out.dead) + len(side.reroutes)
         self.intake.count(side)
@@ -262,14 +319,14 @@ class Engine:
         inputs: list[Input] = []
         for tp in c.assignment():
             hw = c.highwater(tp)
-            pos = self._next_offsets.get(tp)
+            pos = self.checkpoint.position(tp)
             if pos is None and hw is not None:
                 try:
                     pos = await c.position(tp)
                 except IllegalStateError:
                     pos = None
                 if pos is not None:
-                    self._next_offsets[tp] = pos
+                    self.checkpoint.fetched(tp, pos)
             caught_up = hw is not None and pos is not None and pos >= hw
             was_stalled = tp in self._progress.stalled
             if self._progress.update(tp, pos, not caught_up and tp not in paused, now):
@@ -295,22 +352,6 @@ class Engine:
         self.metrics.reorder_paused.set(len(pl.pause))
         self.metrics.reorder_held.set(self.reorder.held)
         return pl.watermarks
-
-    def _commit_offsets(self) -> dict[TopicPartition, int]:
-        """Per partition: the next offset, or the lowest offset still held in the reorder buffer."""
-        held = self.reorder.min_offsets()
-        names = self._topic_names
-        return {tp: held.get((names[tp.topic], tp.partition), nxt) for tp, nxt in self._next_offsets.items()}
-
-    def _commit_pending(self) -> bool:
-        return any(self._committed.get(tp) != off for tp, off in self._commit_offsets().items())
-
-    async def _commit(self) -> None:
-        assert self._consumer is not None
-        offsets = {tp: off for tp, off in self._commit_offsets().items() if self._committed.get(tp) != off}
-        if offsets:
-            await self._consumer.commit(offsets)
-            self._committed.update(offsets)
 
     def _count(self, out: Outputs) -> None:
         m = self.metrics
@@ -410,52 +451,12 @@ class Engine:
             # at or before the lowest offset held): what the buffer holds is fetched again, so forget it
             self.reorder.drop_partitions(self._owned | parts)
             self._progress.clear()
-            self._next_offsets.clear()
-            self._committed.clear()
+            self.checkpoint.reset()
             self._tp_time.clear()
             if new:
-                restored = await self._restore(sorted(new))
+                restored = await self.restorer.restore(sorted(new))
                 for p in new:
                     self.processor.load_partition(p, restored.get(p, {}))
             self._owned = parts
             self.metrics.partitions.set(len(parts))
             log.info("partitions assigned: %s (restored %s)", sorted(parts), sorted(new))
-
-    async def _restore(self, parts: list[int]) -> dict[int, dict[str, PatientState]]:
-        """Read changelog partitions ``parts`` from the beginning to their end offsets."""
-        topic = self.settings.topic(CHANGELOG)
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer = AIOKafkaConsumer(
-            group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-            **self.settings.kafka.client_kwargs(),
-        )  # fmt: skip
-        await consumer.start()
-        out: dict[int, dict[str, PatientState]] = {p: {} for p in parts}
-        n = 0
-        try:
-            known = await consumer.topics()
-            if topic not in known:
-                return out
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10_000)
-                for tp, records in batch.items():
-                    part = out[tp.partition]
-                    for r in records:
-                        key = r.key.decode() if r.key else ""
-                        if r.value is None:
-                            part.pop(key, None)
-                        else:
-                            part[key] = PatientState.from_bytes(r.value)
-                            n += 1
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
-        self.metrics.restored.inc(sum(len(v) for v in out.values()))
-        log.info("restored %d patient states from %d changelog records", sum(len(v) for v in out.values()), n)
-        return out
