@@ -277,7 +277,8 @@ def test_rest_conformance_validated_with_fhir_resources(ingest_env) -> None:  # 
 
 
 def test_implausible_time_is_refused_and_dead_lettered(ingest_env) -> None:  # type: ignore[no-untyped-def]
-    """time_window live (the production default): an Observation dated 9999-12-31 -> 422 naming the reason, a dead letter
+    """time_window live (the production default): an Observation dated 9999-12-31 -> 422 naming the reason, a
+    dead letter
     time_out_of_range, no event; one dated now is created."""
     import datetime as dt
 
