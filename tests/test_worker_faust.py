@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from vigil.config import Settings
-from vigil.kafka_io import produce_many
+from vigil.kafka_io import produce_many, read_topic
 from vigil.procs import WorkerProcess
 
 pytestmark = pytest.mark.broker
@@ -57,3 +57,8 @@ def test_worker_start_creates_no_topic_beyond_the_catalogue(settings_factory, to
     assert {t for t in after if t.startswith(s.topic_prefix)} == created
     new = after - before
     assert not new, f"topics created by a worker start: {sorted(new)}"
+    # the alert settings the worker ran with are on the audit topic, once (issue 17: an audit of overrides)
+    audit = [orjson.loads(r.value) for r in asyncio.run(read_topic(s, s.topic("audit"), quiet_s=0.5))]
+    got = [(a["kind"], a["subject"], a["who"]) for a in audit]
+    assert got == [("config_override", "config:alerts", "vigil worker")]
+    assert audit[0]["details"] == s.alerts.model_dump(mode="json")

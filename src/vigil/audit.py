@@ -48,7 +48,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ['AUDIT_FILE', 'record', 'read', 'verify', 'actor', 'AUDIT_KINDS', 'audit_id', 'audit_record']
+__all__ = [
+    "AUDIT_FILE", "record", "read", "verify", "actor", "AUDIT_KINDS", "audit_id", "audit_record", "alert_config_entry",
+]  # fmt: skip
 
 AUDIT_FILE = "audit.jsonl"
 
@@ -132,3 +134,22 @@ def audit_record(
     return {"v": 1, "audit_id": audit_id, "kind": kind, "who": who,
             "at": datetime.fromtimestamp(at, UTC).isoformat(), "subject": subject, "patient": patient,
             "details": details, "source": source}  # fmt: skip
+
+
+def alert_config_entry(settings: Any, *, at: float, who: str = "vigil worker") -> tuple[bytes, bytes]:
+    """The ``config_override`` audit entry of the alert settings a worker runs with: the site level, the
+    per-ward/unit overrides, the budget controller and the acknowledgement window (``(key, value)`` for the
+    ``audit`` topic). ``audit_id`` is the hash of those settings, so every start with the same settings
+    repeats one id (readers de-duplicate) and a changed setting appears as a new entry.
+
+    >>> from vigil.config import Settings
+    >>> k1, v1 = alert_config_entry(Settings(), at=0.0)
+    >>> k2, v2 = alert_config_entry(Settings(alerts={"overrides": {"W3": {"model_risk": {"raise_at": 0.6}}}}), at=0.0)
+    >>> k1 == k2, json.loads(v1)["audit_id"] != json.loads(v2)["audit_id"], json.loads(v2)["kind"]
+    (True, True, 'config_override')
+    """
+    details = settings.alerts.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(details, sort_keys=True).encode()).hexdigest()
+    rec = audit_record("config_override", who=who, at=at, subject="config:alerts", details=details,
+                       audit_id=audit_id("config_override", "alerts", digest), source=who)  # fmt: skip
+    return b"config:alerts", json.dumps(rec, sort_keys=True).encode()

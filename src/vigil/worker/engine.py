@@ -138,6 +138,7 @@ class Engine:
         s = self.settings
         self._producer = kafka_io.producer(s, linger_ms=5, max_batch_size=1 << 18)
         await self._producer.start()
+        await self._audit_alert_settings()
         self._consumer = kafka_io.consumer(
             s,
             group_id=s.group_id,
@@ -155,6 +156,18 @@ class Engine:
         self._task.add_done_callback(self._on_done)
         self.metrics.up.set(1)
         log.info("engine started: group=%s topics=%s", s.group_id, sorted(self._topic_names))
+
+    async def _audit_alert_settings(self) -> None:
+        """Record the alert settings in force on the ``audit`` topic (one ``config_override`` entry; the same
+        settings repeat one audit_id). Best effort: an audit failure is logged, never fatal."""
+        from vigil.audit import alert_config_entry
+
+        assert self._producer is not None
+        key, value = alert_config_entry(self.settings, at=time.time())
+        try:
+            await asyncio.wait_for(await self._producer.send(self.settings.topic("audit"), value, key=key), 30)
+        except Exception as exc:  # noqa: BLE001 - the audit must not stop patient monitoring
+            log.warning("alert settings not recorded on the audit topic: %s", type(exc).__name__)
 
     async def stop(self) -> None:
         """Finish the batch in flight, commit, leave the group cleanly, flush the producer."""
