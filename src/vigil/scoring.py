@@ -18,6 +18,7 @@ import numpy as np
 
 from vigil.errors import ModelError
 from vigil.features import FEATURE_SCHEMA_HASH, SEQUENCE_NAMES, SEQUENCE_SCHEMA_HASH, WINDOW
+from vigil.onset import onset_map
 from vigil.registry import ModelRef
 
 __all__ = ["Scorer", "choose_providers", "canary_inputs", "CANARY_TOL", "ONSET_HORIZON_H"]
@@ -189,22 +190,5 @@ class Scorer:
 
 
 def _onset_map(ref: ModelRef) -> Any:
-    """The ``sepsis_onset`` map at :data:`ONSET_HORIZON_H` of ``ref``'s demand calibration, or None."""
-    from vigil.demand.calibration import CALIBRATION_FILE, Calibration
-    from vigil.errors import ConfigError
-
-    path = ref.path / CALIBRATION_FILE
-    if not path.is_file():
-        log.warning("model %s:%s has no %s: alerts will not quote an onset probability", ref.name, ref.version,
-                    CALIBRATION_FILE)  # fmt: skip
-        return None
-    try:
-        cal = Calibration.load(path)
-    except ConfigError as exc:
-        log.warning("model %s:%s: %s; alerts will not quote an onset probability", ref.name, ref.version, exc)
-        return None
-    if (cal.model, cal.version) != (ref.name, ref.version) or ONSET_HORIZON_H not in cal.sepsis:
-        log.warning("model %s:%s: its demand calibration is for %s:%s or lacks %d h; no onset probability",
-                    ref.name, ref.version, cal.model, cal.version, ONSET_HORIZON_H)  # fmt: skip
-        return None
-    return cal.sepsis[ONSET_HORIZON_H]
+    """The ``sepsis_onset`` map at :data:`ONSET_HORIZON_H` of ``ref``'s calibration (:mod:`vigil.onset`), or None."""
+    return onset_map(ref, ONSET_HORIZON_H)
