@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from vigil.card import ModelCard, validate_card
 from vigil.errors import ModelError
 
 if TYPE_CHECKING:
@@ -58,6 +59,11 @@ class ModelRef:
     @property
     def feature_hash(self) -> str:
         return str(self.card["feature_schema"]["hash"])
+
+    @property
+    def model_card(self) -> ModelCard:
+        """The card, typed (:class:`vigil.card.ModelCard`); :attr:`card` is the same document as loaded."""
+        return ModelCard.from_dict(self.card, f"{self.path}/card.json")
 
 
 class Registry:
@@ -104,6 +110,7 @@ class Registry:
             if key not in card:
                 msg = f"model card {card_path} lacks required field {key!r}"
                 raise ModelError(msg)
+        validate_card(card, str(card_path))  # the typed card (vigil.card.ModelCard): ModelError if invalid
         return ModelRef(name=name, version=version, path=path, card=card)
 
     def serving_refs(self, specs: list[str] | None = None) -> list[ModelRef]:

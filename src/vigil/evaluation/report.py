@@ -22,15 +22,14 @@ this module: outputs carry counts only.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from vigil.card import CARD_FILE, read_card, write_card
 from vigil.config import REPO_ROOT, AlertSettings
 from vigil.evaluation.alerting import (
     StayAlerts,
@@ -318,7 +317,7 @@ def default_out(ref: ModelRef, split: str) -> Path:
 def update_card(ref: ModelRef, split: str, metrics: dict[str, Any]) -> Path:
     """Write ``metrics`` into the model card under ``evaluation.<split>`` atomically (temporary file in the
     same folder, then rename), keeping every other field as it is."""
-    card = json.loads((ref.path / "card.json").read_text(encoding="utf-8"))
+    card = read_card(ref.path / CARD_FILE)
     evaluation = card.get("evaluation") if isinstance(card.get("evaluation"), dict) else {}
     evaluation[split] = jsonable(metrics)
     card["evaluation"] = evaluation
@@ -351,21 +350,14 @@ def record_alert_policy(ref: ModelRef, sweep_result: dict[str, Any], policy: Ale
                        "median_lead_h": chosen["lead_median_h"],
                        "ppv_stay": None if chosen["ppv"] is None else round(chosen["ppv"], 4)},
     }  # fmt: skip
-    card = json.loads((ref.path / "card.json").read_text(encoding="utf-8"))
+    card = read_card(ref.path / CARD_FILE)
     card["alert_policy"] = entry
     _write_card(ref, card)
     return entry
 
 
 def _write_card(ref: ModelRef, card: dict[str, Any]) -> Path:
-    path = ref.path / "card.json"
-    tmp = path.with_name(f".card.json.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_card(ref.path / CARD_FILE, card)
 
 
 def summary_line(ev: Evaluation, elapsed_s: float) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vigil.card import CARD_FILE, read_card, write_card
 from vigil.config import REPO_ROOT, AlertSettings, Settings
 from vigil.errors import ConfigError, ModelError
 from vigil.evaluation.metrics import auroc
@@ -438,7 +439,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
                             "fitted_on": f"site {adapted.fit_on} stays" if labelled
                             else f"copied from {base.name}:{base.version} (not site-validated)"},
         }  # fmt: skip
-        _write_json(target / "card.json", card)
+        write_card(target / CARD_FILE, jsonable(card))
         ref = reg.get(f"{name}:{version}")
         if labelled:
             from vigil.demand.fitting import calibrate_version
@@ -459,11 +460,11 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     rep_base = _evaluate(base, base_scorer, sp.check, data.name, policy, check_labelled)
     rep_new = _evaluate(ref, new_scorer, sp.check, data.name, policy, check_labelled)
     gate = _gate(reg, ref, base, sp.check, data.name, settings, check_labelled)
-    card = json.loads((target / "card.json").read_text())
+    card = read_card(target / CARD_FILE)
     card["onboarding"]["site_metrics"] = {"check": {"base": rep_base, "onboarded": rep_new}}
     card["onboarding"]["gate"] = gate.as_dict()
     card["metrics"] = {"site_check": {k: rep_new.get(k) for k in ("auroc", "auprc", "utility")}}
-    _write_json(target / "card.json", card)
+    write_card(target / CARD_FILE, jsonable(card))
     promoted = None
     if opts.promote and gate.passed:
         line = None if name == base.name else base.name
