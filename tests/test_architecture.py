@@ -138,3 +138,21 @@ def test_worker_process_loads_no_offline_module() -> None:
     assert "vigil.onset" in out["modules"] and "vigil.worker.batch" in out["modules"]
     loaded = [m for m in out["modules"] if m.startswith(FORBIDDEN_IN_SERVING)]
     assert loaded == []
+
+
+# The shared layer (docs/architecture.md): typed records, configuration, the model card and registry, features,
+# scoring, the alert policy. It imports only itself, never the edge, the worker, the subscribers, the API, the
+# demand job or the offline packages.
+SHARED = frozenset({
+    "vigil", "vigil.errors", "vigil.config", "vigil.budget", "vigil.settings_check", "vigil.variables", "vigil.data",
+    "vigil.units", "vigil.codes", "vigil.deadletters", "vigil.records", "vigil.card", "vigil.registry", "vigil.onset",
+    "vigil.features", "vigil.news2", "vigil.scoring", "vigil.policy", "vigil.alerts", "vigil.levels", "vigil.metrics",
+    "vigil.timewindow", "vigil.privacy", "vigil.logs", "vigil.state", "vigil.explain", "vigil.drift",
+})  # fmt: skip
+
+
+def test_the_shared_layer_imports_only_itself() -> None:
+    edges = import_graph()
+    assert SHARED <= set(edges)
+    upward = sorted(f"{m} -> {t}" for m in SHARED for t in edges[m] if t not in SHARED)
+    assert upward == [], "the shared layer imports up: " + ", ".join(upward)
