@@ -119,6 +119,18 @@ class ModelCard(BaseModel):
             raise ModelError(msg) from exc
 
     @property
+    def split_seed(self) -> int | None:
+        """The seed of the trainer's patient-level split (``training.split.seed``), None when not recorded."""
+        seed = (self.training.get("split") or {}).get("seed")
+        return None if seed is None else int(seed)
+
+    @property
+    def source_file(self) -> str | None:
+        """The training data file's name (``training.source_file``), None when not recorded."""
+        source = self.training.get("source_file")
+        return None if source is None else str(source)
+
+    @property
     def alert_level(self) -> float:
         """``alert_policy.raise_at`` when set, else the threshold (:attr:`vigil.registry.ModelRef.alert_level`)."""
         level = self.alert_policy.raise_at if self.alert_policy is not None else None

@@ -174,7 +174,7 @@ def calibrate_version(
     from vigil.demand.calibration import CALIBRATION_FILE
 
     rows = score_split(ref, Path(data), split or calibration_split(ref, Path(data)), threads=threads)
-    seed = ((ref.card.get("training") or {}).get("split") or {}).get("seed")
+    seed = ref.model_card.split_seed
     cal = fit_calibration(rows, ref, tuple(horizons) or DEFAULT_HORIZONS, min_bin_rows=min_bin_rows, seed=seed)
     return cal, cal.save(Path(out) if out is not None else ref.path / CALIBRATION_FILE)
 
