@@ -203,7 +203,7 @@ def _comparator(sc: Scored, stays: StayTable, comp: Comparator) -> tuple[dict[st
 
 def _calibration_note(ref: ModelRef) -> str | None:
     training = card_training(ref)
-    limitations = str(ref.card.get("limitations", ""))
+    limitations = ref.model_card.limitations or ""
     if training.get("class_weight") or "not calibrated" in limitations:
         return (
             "trained with class weights (card training.class_weight): probabilities are inflated and not "
@@ -242,7 +242,7 @@ def _model_block(ref: ModelRef, sc: Scored, pred: np.ndarray) -> dict[str, Any]:
         "name": ref.name,
         "version": ref.version,
         "threshold": ref.threshold,
-        "threshold_rule": ref.card.get("threshold_rule", "not recorded in the model card"),
+        "threshold_rule": ref.model_card.threshold_rule or "not recorded in the model card",
         **_ranking(sc.labels, sc.probs, pred, sc.stay_start),
         "brier": brier(sc.labels, sc.probs),
         "calibration": {"bins": bins, "ece": expected_calibration_error(bins), "note": _calibration_note(ref)},
