@@ -70,7 +70,7 @@ def main() -> None:
     settings = load_settings(None)
     settings.models_dir = reg_dir
     if not reg.versions(base_name):
-        from vigil.evaluation.report import run_evaluation
+        from vigil.evaluation.run import run_evaluation
         from vigil.training import trainer
         from vigil.training.gbm import GbmHyper
 

@@ -279,7 +279,7 @@ def evaluate(ctx: click.Context, model: str | None, data: Path | None, split: st
     """Clinical evaluation at the card's threshold: utility, AUROC/AUPRC, calibration, alert burden, lead time,
     subgroups and NEWS2/qSOFA/SIRS comparators; writes report.md, metrics.json and PNGs."""
     from vigil.errors import VigilError
-    from vigil.evaluation.report import DEFAULT_DATA, run_evaluation
+    from vigil.evaluation.run import DEFAULT_DATA, run_evaluation
     from vigil.registry import Registry
 
     if demand:

@@ -51,11 +51,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
 from vigil import units as ucum
+from vigil.data import read_table
 from vigil.errors import ConfigError, InvalidEvent
 from vigil.variables import CANONICAL_UNITS, VAR_INDEX, VARIABLES, VITALS
 
@@ -92,17 +92,6 @@ class Coded(NamedTuple):
     system: str
     code: str
     default_unit: str = ""
-
-
-def read_table(name: str) -> list[dict[str, str]]:
-    """Rows of ``vigil/data/<name>`` as dicts; ``#`` comment lines and blank lines are skipped.
-
-    >>> read_table("ranges.csv")[0]
-    {'variable': 'HR', 'min': '0', 'max': '350'}
-    """
-    text = resources.files("vigil.data").joinpath(name).read_text(encoding="utf-8")
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    return [{k.strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(lines)]
 
 
 @dataclass(frozen=True, slots=True)

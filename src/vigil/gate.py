@@ -135,8 +135,7 @@ class GateResult:
 
 
 def _split_seed(ref: ModelRef) -> int | None:
-    seed = ((ref.card.get("training") or {}).get("split") or {}).get("seed")
-    return None if seed is None else int(seed)
+    return ref.model_card.split_seed
 
 
 def gate_rows(
@@ -151,7 +150,7 @@ def gate_rows(
         raise ConfigError(msg)
     df = load_training_frame(data)
     notes: list[str] = []
-    source = (candidate.card.get("training") or {}).get("source_file")
+    source = candidate.model_card.source_file
     seed = _split_seed(candidate)
     if source and data.name == source and seed is not None:
         if serving is not None and _split_seed(serving) not in (None, seed):
@@ -225,7 +224,7 @@ def demand_calibration_problem(ref: ModelRef) -> str | None:
 
     spec = f"{ref.name}:{ref.version}"
     path = ref.path / CALIBRATION_FILE
-    source = (ref.card.get("training") or {}).get("source_file")
+    source = ref.model_card.source_file
     fix = f"fit it with `vigil demand calibrate --model {spec}`" + (
         f" (--data: its training file, {source})" if source else "")  # fmt: skip
     if not path.is_file():

@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vigil.card import ModelCard
+
 if TYPE_CHECKING:
     from vigil.config import AlertSettings
     from vigil.policy import AlertPolicy
@@ -71,12 +73,11 @@ def describe_level(alerts: AlertSettings, *, card_level: float, card_threshold: 
     return Level(float(card_threshold), "model card threshold (no alert_policy)")
 
 
-def levels_for_card(alerts: AlertSettings, card: dict[str, Any]) -> list[Level]:
+def levels_for_card(alerts: AlertSettings, card: dict[str, Any] | ModelCard) -> list[Level]:
     """The site's level for a model card, then one per ward/unit override that sets ``model_risk.raise_at``."""
-    policy = card.get("alert_policy") or {}
-    has = policy.get("raise_at") is not None
-    level = float(policy["raise_at"]) if has else float(card["threshold"])
-    kw = {"card_level": level, "card_threshold": float(card["threshold"]), "card_has_policy": has}
+    typed = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
+    has = typed.alert_policy is not None and typed.alert_policy.raise_at is not None
+    kw = {"card_level": typed.alert_level, "card_threshold": float(typed.threshold), "card_has_policy": has}
     out = [describe_level(alerts, **kw)]
     for scope in scoped_levels(alerts):
         out.append(describe_level(alerts, ward=scope, **kw))

@@ -11,13 +11,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from vigil.card import ModelCard
 from vigil.errors import ModelError
 
 if TYPE_CHECKING:
@@ -37,7 +38,15 @@ class ModelRef:
     name: str
     version: str
     path: Path  # the version folder
-    card: dict[str, Any]
+    card: dict[str, Any]  # the card document as loaded (validated when it came from Registry.get)
+    typed: ModelCard | None = field(default=None, compare=False, repr=False)  # set by Registry.get
+
+    @property
+    def model_card(self) -> ModelCard:
+        """The card, typed (:class:`vigil.card.ModelCard`); validated here when the ref was built by hand."""
+        if self.typed is not None:
+            return self.typed
+        return ModelCard.from_dict(self.card, f"{self.path}/card.json")
 
     @property
     def onnx_path(self) -> Path:
@@ -45,6 +54,8 @@ class ModelRef:
 
     @property
     def threshold(self) -> float:
+        if self.typed is not None:
+            return float(self.typed.threshold)
         return float(self.card["threshold"])
 
     @property
@@ -52,11 +63,15 @@ class ModelRef:
         """The risk at which model-risk alerts are raised by default: the card's ``alert_policy.raise_at``
         (chosen on validation data for an alert budget, ``vigil evaluate --policy-sweep``), else the
         operating threshold."""
+        if self.typed is not None:
+            return self.typed.alert_level
         level = (self.card.get("alert_policy") or {}).get("raise_at")
         return float(level) if level is not None else self.threshold
 
     @property
     def feature_hash(self) -> str:
+        if self.typed is not None:
+            return self.typed.feature_schema.hash
         return str(self.card["feature_schema"]["hash"])
 
 
@@ -104,7 +119,8 @@ class Registry:
             if key not in card:
                 msg = f"model card {card_path} lacks required field {key!r}"
                 raise ModelError(msg)
-        return ModelRef(name=name, version=version, path=path, card=card)
+        typed = ModelCard.from_dict(card, str(card_path))  # vigil.card.ModelCard: ModelError if invalid
+        return ModelRef(name=name, version=version, path=path, card=card, typed=typed)
 
     def serving_refs(self, specs: list[str] | None = None) -> list[ModelRef]:
         specs = specs or list(self.serving())

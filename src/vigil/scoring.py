@@ -18,6 +18,7 @@ import numpy as np
 
 from vigil.errors import ModelError
 from vigil.features import FEATURE_SCHEMA_HASH, SEQUENCE_NAMES, SEQUENCE_SCHEMA_HASH, WINDOW
+from vigil.onset import onset_map
 from vigil.registry import ModelRef
 
 __all__ = ["Scorer", "choose_providers", "canary_inputs", "CANARY_TOL", "ONSET_HORIZON_H"]
@@ -102,7 +103,9 @@ class Scorer:
         self._onset_map: Any = _UNSET
         self.provider = self.session.get_providers()[0]
         self.output_name = self.session.get_outputs()[0].name
-        self.n_features = int(ref.card["input"].get("n_features") or len(ref.card["feature_schema"]["names"]))
+        card = ref.model_card  # the typed card (vigil.card.ModelCard), validated
+        self.n_features = int(card.input.n_features or len(card.feature_schema.names))
+        self._canary = None if card.canary is None else card.canary.probabilities
         names = [i.name for i in self.session.get_inputs()]
         unknown = sorted(set(names) - {"features", "sequence"})
         if unknown or "features" not in names:
@@ -111,7 +114,7 @@ class Scorer:
         self.input_name = "features"
         self.needs_sequence = "sequence" in names
         if self.needs_sequence:
-            seq_hash = (ref.card.get("sequence_schema") or {}).get("hash")
+            seq_hash = None if card.sequence_schema is None else card.sequence_schema.hash
             if seq_hash != SEQUENCE_SCHEMA_HASH:
                 msg = (
                     f"model {ref.name}:{ref.version} reads an hourly sequence with schema {seq_hash}, "
@@ -130,7 +133,7 @@ class Scorer:
         if not np.all(np.isfinite(got)) or got.min() < 0 or got.max() > 1:
             msg = f"canary inference of {self.name}:{self.version} gave {got.tolist()}"
             raise ModelError(msg)
-        want = (self.ref.card.get("canary") or {}).get("probabilities")
+        want = self._canary
         if want is not None:
             diff = float(np.max(np.abs(np.asarray(want, dtype=np.float64) - got)))
             if not diff <= CANARY_TOL:
@@ -189,22 +192,5 @@ class Scorer:
 
 
 def _onset_map(ref: ModelRef) -> Any:
-    """The ``sepsis_onset`` map at :data:`ONSET_HORIZON_H` of ``ref``'s demand calibration, or None."""
-    from vigil.demand.calibration import CALIBRATION_FILE, Calibration
-    from vigil.errors import ConfigError
-
-    path = ref.path / CALIBRATION_FILE
-    if not path.is_file():
-        log.warning("model %s:%s has no %s: alerts will not quote an onset probability", ref.name, ref.version,
-                    CALIBRATION_FILE)  # fmt: skip
-        return None
-    try:
-        cal = Calibration.load(path)
-    except ConfigError as exc:
-        log.warning("model %s:%s: %s; alerts will not quote an onset probability", ref.name, ref.version, exc)
-        return None
-    if (cal.model, cal.version) != (ref.name, ref.version) or ONSET_HORIZON_H not in cal.sepsis:
-        log.warning("model %s:%s: its demand calibration is for %s:%s or lacks %d h; no onset probability",
-                    ref.name, ref.version, cal.model, cal.version, ONSET_HORIZON_H)  # fmt: skip
-        return None
-    return cal.sepsis[ONSET_HORIZON_H]
+    """The ``sepsis_onset`` map at :data:`ONSET_HORIZON_H` of ``ref``'s calibration (:mod:`vigil.onset`), or None."""
+    return onset_map(ref, ONSET_HORIZON_H)

@@ -33,6 +33,8 @@ import threading
 from functools import cache, lru_cache
 from typing import Any
 
+from vigil.data import read_table
+
 __all__ = ["conversion", "ANNOTATIONS", "analytes", "ucum_registry"]
 
 # The annotations a unit may carry, per variable (others: none). UCUM ignores annotations when it converts.
@@ -51,8 +53,6 @@ _lock = threading.Lock()
 @cache
 def analytes() -> dict[str, tuple[float | None, int | None]]:
     """``variable -> (molar mass g/mol or None, valence or None)`` from ``vigil/data/analytes.csv``."""
-    from vigil.codes import read_table
-
     out: dict[str, tuple[float | None, int | None]] = {}
     for row in read_table("analytes.csv"):
         mass, valence = row["molar_mass"], row["valence"]

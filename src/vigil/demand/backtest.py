@@ -46,8 +46,8 @@ import numpy as np
 from vigil.config import DemandResource
 from vigil.demand.aggregate import WardSnapshot, forecast
 from vigil.demand.calibration import Calibration, reliability
-from vigil.demand.fitting import ScoredRows, news2_features_of
 from vigil.demand.labels import news2_within, onset_within, recent_max
+from vigil.demand.scored import ScoredRows, news2_features_of
 from vigil.errors import ConfigError
 
 __all__ = ["BacktestConfig", "Case", "ward_schedule", "simulate", "summarise", "rolling_baseline",

@@ -53,14 +53,13 @@ import numpy as np
 from vigil.demand.labels import NEEDS
 from vigil.demand.news2_model import News2Model
 from vigil.errors import ConfigError
+from vigil.onset import CALIBRATION_FILE, FORMAT, IsotonicMap, check_format
 
 __all__ = [
     "CALIBRATION_FILE", "Calibration", "IsotonicMap", "News2Table", "News2HistoryTable", "isotonic_fit", "pav",
     "reliability", "NEWS2_MAX", "HISTORY_WINDOW_H",
 ]  # fmt: skip
 
-CALIBRATION_FILE = "demand_calibration.json"  # in the model version's folder
-FORMAT = "vigil-demand-calibration"
 NEWS2_MAX = 20
 HISTORY_WINDOW_H = 12  # the recent maximum of news2_history: this row and the 11 before it
 
@@ -120,29 +119,6 @@ def isotonic_fit(x: np.ndarray, y: np.ndarray, min_bin_rows: int = 200) -> tuple
     ky = np.repeat(ky, 2)
     keep = np.append(True, np.diff(kx) > 0)  # a block of one score value gives one knot
     return kx[keep], np.maximum.accumulate(ky[keep])
-
-
-@dataclass(frozen=True)
-class IsotonicMap:
-    """Score -> probability for one horizon (knots of :func:`isotonic_fit`), and the base rate."""
-
-    x: np.ndarray
-    y: np.ndarray
-    base_rate: float
-
-    def __call__(self, risk: np.ndarray) -> np.ndarray:
-        return np.asarray(np.interp(np.asarray(risk, dtype=np.float64), self.x, self.y), dtype=np.float64)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"x": [float(v) for v in self.x], "y": [float(v) for v in self.y], "base_rate": self.base_rate}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> IsotonicMap:
-        x, y = np.asarray(d["x"], dtype=np.float64), np.asarray(d["y"], dtype=np.float64)
-        if x.ndim != 1 or x.shape != y.shape or not x.size or np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
-            msg = "sepsis_onset knots must be two non-empty, equally long, non-decreasing lists"
-            raise ValueError(msg)
-        return cls(x, y, float(d["base_rate"]))
 
 
 @dataclass(frozen=True)
@@ -324,9 +300,7 @@ class Calibration:
     @classmethod
     def from_json(cls, d: Mapping[str, Any], source: str = "calibration") -> Calibration:
         try:
-            if d.get("format") != FORMAT or d.get("v") != 1:
-                msg = f"not a {FORMAT} v1 document"
-                raise ValueError(msg)
+            check_format(d)
             sepsis = {int(h): IsotonicMap.from_json(m) for h, m in d["sepsis_onset"].items()}
             news2 = {int(h): News2Table.from_json(t) for h, t in d["news2_emergency"].items()}
             hist = {int(h): News2HistoryTable.from_json(t) for h, t in (d.get("news2_history") or {}).items()}

@@ -32,8 +32,8 @@ import numpy as np
 
 from vigil.config import DemandResource
 from vigil.demand.calibration import Calibration
-from vigil.demand.fitting import ScoredRows
 from vigil.demand.poisson_binomial import mixture_pmf, pmf_exact_rows, ward_nodes
+from vigil.demand.scored import ScoredRows
 
 __all__ = ["ward_sd_mle", "fit_ward_effect", "FIT_CONCURRENCY"]
 

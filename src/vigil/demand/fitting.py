@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +28,9 @@ from vigil.demand.calibration import (
     reliability,
     utc_now,
 )  # fmt: skip
-from vigil.demand.labels import StayIndex, news2_within, onset_within, recent_max, stay_index
-from vigil.demand.news2_model import FEATURES, News2Model, fit_logistic, history_features
+from vigil.demand.labels import news2_within, onset_within, recent_max, stay_index
+from vigil.demand.news2_model import FEATURES, News2Model, fit_logistic
+from vigil.demand.scored import ScoredRows, news2_features_of
 from vigil.registry import ModelRef
 
 if TYPE_CHECKING:
@@ -39,20 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["ScoredRows", "score_split", "fit_calibration", "DEFAULT_HORIZONS"]
 
 DEFAULT_HORIZONS = (6, 12, 24)
-
-
-@dataclass
-class ScoredRows:
-    """Per row: the model's ``risk`` and the ``news2`` total; per stay (``idx``): the patient id and ICU unit."""
-
-    risk: np.ndarray
-    news2: np.ndarray
-    idx: StayIndex
-    patient_ids: np.ndarray
-    units: list[str | None]
-    source: str
-    split: str
-    notes: list[str] = field(default_factory=list)
 
 
 def score_split(ref: ModelRef, data: Path, split: str | None, threads: int | None = None) -> ScoredRows:
@@ -164,11 +150,6 @@ def fit_calibration(
     return replace(cal, ward_effect=effect)
 
 
-def news2_features_of(rows: ScoredRows) -> np.ndarray:
-    """:func:`vigil.demand.news2_model.history_features` of every row of ``rows`` (the live job's inputs)."""
-    return history_features(rows.news2, rows.idx.row, rows.idx.first[rows.idx.stay])
-
-
 def calibration_split(ref: ModelRef, data: Path) -> str:
     """The split a calibration is fitted on: ``validation`` of the model's training file, else ``all`` (a site's
     own data, e.g. another hospital's: keep the stays you evaluate on out of it)."""
@@ -193,7 +174,7 @@ def calibrate_version(
     from vigil.demand.calibration import CALIBRATION_FILE
 
     rows = score_split(ref, Path(data), split or calibration_split(ref, Path(data)), threads=threads)
-    seed = ((ref.card.get("training") or {}).get("split") or {}).get("seed")
+    seed = ref.model_card.split_seed
     cal = fit_calibration(rows, ref, tuple(horizons) or DEFAULT_HORIZONS, min_bin_rows=min_bin_rows, seed=seed)
     return cal, cal.save(Path(out) if out is not None else ref.path / CALIBRATION_FILE)
 

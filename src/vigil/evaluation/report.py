@@ -22,17 +22,14 @@ this module: outputs carry counts only.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from vigil.card import CARD_FILE, read_card, write_card
 from vigil.config import REPO_ROOT, AlertSettings
 from vigil.evaluation.alerting import (
     StayAlerts,
@@ -66,7 +63,6 @@ __all__ = [
     "select_rows",
     "score_rows",
     "evaluate",
-    "run_evaluation",
     "update_card",
     "default_out",
 ]
@@ -207,7 +203,7 @@ def _comparator(sc: Scored, stays: StayTable, comp: Comparator) -> tuple[dict[st
 
 def _calibration_note(ref: ModelRef) -> str | None:
     training = card_training(ref)
-    limitations = str(ref.card.get("limitations", ""))
+    limitations = ref.model_card.limitations or ""
     if training.get("class_weight") or "not calibrated" in limitations:
         return (
             "trained with class weights (card training.class_weight): probabilities are inflated and not "
@@ -246,7 +242,7 @@ def _model_block(ref: ModelRef, sc: Scored, pred: np.ndarray) -> dict[str, Any]:
         "name": ref.name,
         "version": ref.version,
         "threshold": ref.threshold,
-        "threshold_rule": ref.card.get("threshold_rule", "not recorded in the model card"),
+        "threshold_rule": ref.model_card.threshold_rule or "not recorded in the model card",
         **_ranking(sc.labels, sc.probs, pred, sc.stay_start),
         "brier": brier(sc.labels, sc.probs),
         "calibration": {"bins": bins, "ece": expected_calibration_error(bins), "note": _calibration_note(ref)},
@@ -321,7 +317,7 @@ def default_out(ref: ModelRef, split: str) -> Path:
 def update_card(ref: ModelRef, split: str, metrics: dict[str, Any]) -> Path:
     """Write ``metrics`` into the model card under ``evaluation.<split>`` atomically (temporary file in the
     same folder, then rename), keeping every other field as it is."""
-    card = json.loads((ref.path / "card.json").read_text(encoding="utf-8"))
+    card = read_card(ref.path / CARD_FILE)
     evaluation = card.get("evaluation") if isinstance(card.get("evaluation"), dict) else {}
     evaluation[split] = jsonable(metrics)
     card["evaluation"] = evaluation
@@ -354,21 +350,14 @@ def record_alert_policy(ref: ModelRef, sweep_result: dict[str, Any], policy: Ale
                        "median_lead_h": chosen["lead_median_h"],
                        "ppv_stay": None if chosen["ppv"] is None else round(chosen["ppv"], 4)},
     }  # fmt: skip
-    card = json.loads((ref.path / "card.json").read_text(encoding="utf-8"))
+    card = read_card(ref.path / CARD_FILE)
     card["alert_policy"] = entry
     _write_card(ref, card)
     return entry
 
 
 def _write_card(ref: ModelRef, card: dict[str, Any]) -> Path:
-    path = ref.path / "card.json"
-    tmp = path.with_name(f".card.json.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_card(ref.path / CARD_FILE, card)
 
 
 def summary_line(ev: Evaluation, elapsed_s: float) -> dict[str, Any]:
@@ -401,89 +390,3 @@ def summary_line(ev: Evaluation, elapsed_s: float) -> dict[str, Any]:
             "elapsed_s": round(elapsed_s, 2),
         }
     )
-
-
-def run_evaluation(
-    ref: ModelRef,
-    data: Path,
-    *,
-    policy: AlertSettings,
-    split: str | None = None,
-    out: Path | None = None,
-    limit: int | None = None,
-    card: bool = False,
-    policy_sweep: bool = False,
-    budget: float = 0.2,
-    shifts: bool = False,
-) -> tuple[Evaluation, Path, dict[str, Any]]:
-    """Select, score, evaluate and write ``report.md``, ``metrics.json`` and the PNGs to ``out`` (default
-    :func:`default_out`); with ``card``, also record the metrics in the model card; with ``shifts``, also
-    ``shifts.md`` / ``shifts.json`` (:mod:`vigil.evaluation.shifts`). Returns the evaluation, the output folder
-    and the summary line."""
-    from vigil.evaluation.markdown import write_outputs
-    from vigil.scoring import Scorer
-
-    t0 = time.perf_counter()
-    sel = select_rows(ref, data, split, limit)
-    t_load = time.perf_counter()
-    scorer = Scorer(ref, threads=max(1, min(4, os.cpu_count() or 1)))
-    scored = score_rows(scorer, sel.df)
-    t_score = time.perf_counter()
-    ev = evaluate(ref, sel, scored, policy)
-    ev.metrics["evaluated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    folder = Path(out) if out is not None else default_out(ref, sel.split)
-    write_outputs(ev, folder)
-    t_done = time.perf_counter()
-    ev.metrics["timing_s"] = {"load": t_load - t0, "score": t_score - t_load, "evaluate_and_write": t_done - t_score}
-    (folder / "metrics.json").write_text(json.dumps(jsonable(ev.metrics), indent=2, allow_nan=False) + "\n")
-    if card:
-        update_card(ref, sel.split, {k: v for k, v in ev.metrics.items() if k != "timing_s"})
-    summary = summary_line(ev, time.perf_counter() - t0)
-    if policy_sweep:
-        summary["policy_sweep"] = _policy_sweep(ref, scored, folder, sel.split, budget, policy)
-        if card:
-            summary["policy_sweep"]["alert_policy"] = record_alert_policy(ref, summary["policy_sweep"], policy)
-    if shifts:
-        from vigil.evaluation.shifts import run_shifts, write_shifts
-
-        result = run_shifts(ref, sel, scorer, policy)
-        write_shifts(result, folder, f"{ref.name}:{ref.version} on {sel.source} ({sel.split})")
-        summary["shifts"] = {k: {"utility": r["utility"], "auroc": r["auroc"]} for k, r in result["shifts"].items()}
-    return ev, folder, summary
-
-
-def _policy_sweep(
-    ref: ModelRef, scored: Scored, folder: Path, split: str, budget: float, policy: AlertSettings
-) -> dict[str, Any]:
-    """The model-risk rule grid on the evaluated rows (see :mod:`vigil.evaluation.sweep`): policy_sweep.md,
-    policy_sweep.json and tradeoff.png in ``folder``; returns the chosen rule and its numbers."""
-    from vigil.evaluation import sweep
-
-    pts = sweep.sweep_policies(scored.probs, scored.labels, scored.stay_start, ref.threshold,
-                               escalate_by=policy.model_risk.escalate_by)  # fmt: skip
-    chosen = sweep.choose(pts, budget)
-    # the card can carry only the raise level: persistence and refractory window are the configuration's, shared
-    # by every model, so the level recorded is the best one under those
-    mr = policy.model_risk
-    configured = sweep.choose([p for p in pts if (p.persistence, p.refractory_h) == (mr.persistence,
-                                                                                      mr.refractory_h)], budget)
-    news2 = sweep.news2_point(scored.screens["news2_total"], scored.labels, scored.stay_start)
-    title = f"{ref.name}:{ref.version}, set A {split} split: burden vs septic stays alerted before onset"
-    sweep.plot_tradeoff(pts, chosen, news2, budget, folder / "tradeoff.png", title)
-    level = ref.alert_level if configured is None else (configured.raise_at or ref.threshold)
-    units = sweep.per_unit_levels(scored.probs, scored.labels, scored.stay_start,
-                                  subgroup_masks(scored.static)["unit"], ref.threshold, level, mr.persistence,
-                                  mr.refractory_h, mr.escalate_by, budget)  # fmt: skip
-    (folder / "policy_sweep.md").write_text(sweep.markdown(pts, chosen, news2, budget, configured)
-                                            + sweep.unit_markdown(units, level, budget))
-
-    def point(p: sweep.SweepPoint | None) -> dict[str, Any] | None:
-        return None if p is None else {**p.rule(), "burden": p.burden, "early": p.early,
-                                       "lead_median_h": p.lead_median_h, "ppv": p.ppv}  # fmt: skip
-
-    result = {"split": split, "budget": budget, "chosen": point(chosen), "chosen_as_configured": point(configured),
-              "news2_ge5": news2, "per_unit": {"shared_level": level, "units": units},
-              "points": [{**p.rule(), "burden": p.burden, "early": p.early, "lead_median_h": p.lead_median_h,
-                          "ppv": p.ppv, "in_12h": p.in_12h} for p in pts]}  # fmt: skip
-    (folder / "policy_sweep.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
-    return {k: v for k, v in result.items() if k != "points"}

@@ -40,7 +40,7 @@ class Selection:
 
 
 def card_training(ref: ModelRef) -> dict[str, Any]:
-    return dict(ref.card.get("training") or {})
+    return dict(ref.model_card.training)
 
 
 def _trained_on_first(training: dict[str, Any]) -> int | None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vigil.card import CARD_FILE, read_card, write_card
 from vigil.config import REPO_ROOT, AlertSettings, Settings
 from vigil.errors import ConfigError, ModelError
 from vigil.evaluation.metrics import auroc
@@ -124,7 +125,7 @@ def _adapt_labelled(base: ModelRef, sp: SiteSplit, p_base: dict[str, np.ndarray]
 
     xs = {k: _features(getattr(sp, k)) for k in ("train", "tune")}
     ys = {k: _labels(getattr(sp, k)) for k in ("train", "tune")}
-    pw = float(((base.card.get("training") or {}).get("class_weight") or {}).get("1", 0)) or None
+    pw = float((base.model_card.training.get("class_weight") or {}).get("1", 0)) or None
     # (b) recalibration layer, fitted on train, judged on tune
     rec = adapt.fit_recalibration(p_base["train"], ys["train"], positive_weight=pw)
     p_rec = rec(p_base["tune"])
@@ -312,7 +313,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         raise ConfigError(f"site sample {data} not found")
     reg = Registry(settings.models_dir)
     base = reg.get(base_spec or next(iter(reg.serving()), ""))
-    if base.card.get("input", {}).get("sequence") or "sequence_schema" in base.card:
+    if base.model_card.input.sequence or base.model_card.sequence_schema is not None:
         raise ConfigError(f"{base.name}:{base.version} reads an hourly sequence: onboarding supports feature-vector "
                           "models (logreg, mlp, gbm)")  # fmt: skip
     df = load_training_frame(data)
@@ -375,7 +376,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             # the threshold (what utility and PredictedLabel read) stays the base's: without labels nothing says
             # where the site's utility peaks (matching the base's training alert rate instead moved it the wrong
             # way at a site with fewer septic stays: docs/evaluation/onboarding.md)
-            rate = (base.card.get("reference") or {}).get("alert_rate")
+            rate = (base.model_card.reference or {}).get("alert_rate")
             thr, u_thr = base.threshold, None
             pts = lv.replay_levels(p_fix, s_fix, policy, grid)
             chosen = lv.choose_level_unlabelled(pts, opts.budget, opts.headroom)
@@ -438,7 +439,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
                             "fitted_on": f"site {adapted.fit_on} stays" if labelled
                             else f"copied from {base.name}:{base.version} (not site-validated)"},
         }  # fmt: skip
-        _write_json(target / "card.json", card)
+        write_card(target / CARD_FILE, jsonable(card))
         ref = reg.get(f"{name}:{version}")
         if labelled:
             from vigil.demand.fitting import calibrate_version
@@ -459,11 +460,11 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     rep_base = _evaluate(base, base_scorer, sp.check, data.name, policy, check_labelled)
     rep_new = _evaluate(ref, new_scorer, sp.check, data.name, policy, check_labelled)
     gate = _gate(reg, ref, base, sp.check, data.name, settings, check_labelled)
-    card = json.loads((target / "card.json").read_text())
+    card = read_card(target / CARD_FILE)
     card["onboarding"]["site_metrics"] = {"check": {"base": rep_base, "onboarded": rep_new}}
     card["onboarding"]["gate"] = gate.as_dict()
     card["metrics"] = {"site_check": {k: rep_new.get(k) for k in ("auroc", "auprc", "utility")}}
-    _write_json(target / "card.json", card)
+    write_card(target / CARD_FILE, jsonable(card))
     promoted = None
     if opts.promote and gate.passed:
         line = None if name == base.name else base.name

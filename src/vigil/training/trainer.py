@@ -24,7 +24,6 @@ loads them.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from vigil.card import CARD_FILE, write_card
 from vigil.evaluation.metrics import auprc, auroc
 from vigil.evaluation.report import jsonable
 from vigil.evaluation.utility import best_threshold, normalized_utility
@@ -318,11 +318,9 @@ def train_family(
     if uses_seq:
         card["input"]["sequence"] = {"name": "sequence", "shape": [WINDOW, len(SEQUENCE_NAMES)]}
         card["sequence_schema"] = {"names": list(SEQUENCE_NAMES), "hash": SEQUENCE_SCHEMA_HASH, "window_h": WINDOW}
-    tmp_card = target / "card.json.tmp"
     # strict JSON: an undefined metric (e.g. AUROC of a split without a septic stay) is null, not NaN, which the
-    # registry's reader would refuse
-    tmp_card.write_text(json.dumps(jsonable(card), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp_card.replace(target / "card.json")
+    # registry's reader would refuse; the card is validated (vigil.card.ModelCard) before it is written
+    write_card(target / CARD_FILE, jsonable(card))
     return target
 
 
