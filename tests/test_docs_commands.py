@@ -44,11 +44,17 @@ def check(snippet: str) -> list[str]:
     """Problems with one snippet (empty: it names real commands and options)."""
     cmd: click.Command = cli
     problems: list[str] = []
+    takes_value = False  # the previous word was an option that takes a value (`--log-format json`)
     for word in snippet.replace("\\|", "|").replace("[", " ").replace("]", " ").split()[1:]:
         m = OPTION.match(word)
         if m:
             if m.group(0) not in _options(cmd):
                 problems.append(f"{m.group(0)} is not an option of `{cmd.name}`")
+            opt = next((p for p in cmd.params if isinstance(p, click.Option) and m.group(0) in p.opts), None)
+            takes_value = opt is not None and not opt.is_flag and not opt.count and "=" not in word
+            continue
+        if takes_value:
+            takes_value = False
             continue
         if isinstance(cmd, click.Group) and re.fullmatch(r"[a-z][a-z0-9-]*(\|[a-z][a-z0-9-]*)*", word):
             names = word.split("|")

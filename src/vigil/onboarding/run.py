@@ -302,12 +302,15 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
 
     from vigil.features import FEATURE_NAMES
     from vigil.offline import score_frame
+    from vigil.progress import Progress
     from vigil.scoring import Scorer, canary_inputs
     from vigil.training.data import load_training_frame
     from vigil.training.trainer import DRIFT_FEATURES, reference_bins
 
     opts = opts or OnboardOptions()
     t0 = time.perf_counter()
+    # one line per stage off a terminal (vigil.progress): load, score base, adapt, levels, check + gate, report
+    steps = Progress(6, "onboard", "stage", interval_s=0.0)
     data = Path(data)
     if not data.exists():
         raise ConfigError(f"site sample {data} not found")
@@ -324,6 +327,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         raise ConfigError(f"{data.name} has no SepsisLabel column: onboard it with --unlabelled")
     labelled = not opts.unlabelled
     sp = split_site(df, opts.seed, opts.check_frac, opts.tune_share)
+    steps.update(1)  # sample loaded and split
     counts = sp.counts()
     if labelled and min(counts[k]["septic_stays"] for k in ("train", "tune", "check")) < 3:
         raise ConfigError(f"the site sample has too few septic stays to adapt and check on ({counts}); collect more "
@@ -332,6 +336,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     p_base, starts = {}, {}
     for k in ("train", "tune"):
         p_base[k], starts[k] = score_frame(base_scorer, getattr(sp, k))
+    steps.update(1)  # the base model scored on the fit and tune stays
     name = opts.name or base.name
     version = _next_version(reg.root, name)
     doc = f"{name} v{version}: {base.name}:{base.version} onboarded at a site"
@@ -342,6 +347,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         adapted = _Adapted("none (label-free: level and threshold only)", onnx.load(str(base.onnx_path)), None, "fit",
                            {"graph": f"the base graph of {base.name}:{base.version}, unchanged"})  # fmt: skip
 
+    steps.update(1)  # adapted
     target = reg.root / name / version
     target.mkdir(parents=True, exist_ok=False)
     try:
@@ -454,6 +460,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         shutil.rmtree(target, ignore_errors=True)
         raise
 
+    steps.update(1)  # level, threshold and calibration fitted, version registered
     # held-back check stays: report and gate
     check_labelled = has_labels
     new_scorer = Scorer(ref, threads=opts.threads)
@@ -465,6 +472,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     card["onboarding"]["gate"] = gate.as_dict()
     card["metrics"] = {"site_check": {k: rep_new.get(k) for k in ("auroc", "auprc", "utility")}}
     write_card(target / CARD_FILE, jsonable(card))
+    steps.update(1)  # checked and gated on the held-back stays
     promoted = None
     if opts.promote and gate.passed:
         line = None if name == base.name else base.name
@@ -488,5 +496,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     summary["elapsed_s"] = round(time.perf_counter() - t0, 1)
     _write_json(out / "report.json", {**summary, "gate_detail": gate.as_dict()})
     summary["report"] = str(out / "report.md")
+    steps.update(1)  # report written
+    steps.close()
     return jsonable(summary)
 
