@@ -340,7 +340,9 @@ class Engine:
                     pos = None
                 if pos is not None:
                     self.checkpoint.fetched(tp, pos)
-            caught_up = hw is not None and pos is not None and pos >= hw
+            # a paused topic-partition is never "caught up": it is not fetched, so its high watermark is stale
+            # and records beyond it (all later than its newest fetched event) may already be on the broker
+            caught_up = tp not in paused and hw is not None and pos is not None and pos >= hw
             was_stalled = tp in self._progress.stalled
             if self._progress.update(tp, pos, not caught_up and tp not in paused, now):
                 topic = self._topic_names.get(tp.topic, tp.topic)
