@@ -118,10 +118,11 @@ def test_sigkill_mid_backlog_then_restart_scores_every_row_once(settings_factory
                                                                 expected, tmp_path):  # fmt: skip
     """Held events' offsets are not committed: a worker killed while pacing holds events loses none.
 
-    Not asserted here: ``vigil_late_events_total``. The batch in flight at the kill is delivered again, and
-    the Processor counts a re-delivered event of a stay it had already closed as late (see
-    tests/test_state.py), so a kill right after a discharge can count a few late events without any row
-    or value being lost — the exact scores below are the outcome that matters."""
+    Not asserted here: ``vigil_late_events_total``. The batch in flight at the kill is delivered again; a
+    re-delivered event of a stay already closed counts as a duplicate while its id is still among the
+    stay's last ``dedupe_window`` ids (tests/test_state.py), as late beyond that, so a kill right after a
+    discharge can still count a few late events without any row or value being lost — the exact scores
+    below are the outcome that matters."""
     s = settings_factory()
     _backlog(s, topics_factory, sample_path)
     first = WorkerProcess(s, log_path=tmp_path / "w1.log", extra_env=PACING).start()

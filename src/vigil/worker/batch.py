@@ -270,7 +270,10 @@ class Processor:
                     continue
                 if st.discharged:
                     if ev.time <= (st.discharge_time or -math.inf):  # a straggler or duplicate of a closed stay
-                        late[ie.topic] = late.get(ie.topic, 0) + 1
+                        if st.is_duplicate(event_uid(ev.source, ev.seq), window):  # e.g. re-delivered after a crash
+                            dups[ie.topic] = dups.get(ie.topic, 0) + 1
+                        else:
+                            late[ie.topic] = late.get(ie.topic, 0) + 1
                         continue
                     st = self._reopen(st, ie.partition)  # a new stay after the discharge
                 if st.is_duplicate(event_uid(ev.source, ev.seq), window):
