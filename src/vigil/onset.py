@@ -67,9 +67,10 @@ def check_format(d: Mapping[str, Any]) -> None:
         raise ValueError(msg)
 
 
-def load_onset_maps(path: Path) -> tuple[str, str, dict[int, IsotonicMap]]:
-    """``(model name, version, {horizon h: map})`` of the calibration file at ``path``; :class:`ConfigError`
-    when it is missing or malformed (the same messages as :meth:`vigil.demand.calibration.Calibration.load`)."""
+def read_calibration_doc(path: Path) -> dict[str, Any]:
+    """The JSON document of the calibration file at ``path`` (not yet checked); :class:`ConfigError` when it is
+    missing or unreadable. The one reader for the worker (:func:`load_onset_maps`) and the demand job
+    (:meth:`vigil.demand.calibration.Calibration.load`)."""
     path = Path(path)
     if not path.is_file():
         msg = (f"no demand calibration at {path}: fit one with `vigil demand calibrate --out {path}` "
@@ -80,6 +81,13 @@ def load_onset_maps(path: Path) -> tuple[str, str, dict[int, IsotonicMap]]:
     except (OSError, ValueError) as exc:
         msg = f"cannot read the demand calibration {path}: {exc}"
         raise ConfigError(msg) from exc
+    return doc  # type: ignore[no-any-return]
+
+
+def load_onset_maps(path: Path) -> tuple[str, str, dict[int, IsotonicMap]]:
+    """``(model name, version, {horizon h: map})`` of the calibration file at ``path``; :class:`ConfigError`
+    when it is missing or malformed."""
+    doc = read_calibration_doc(path)
     try:
         check_format(doc)
         maps = {int(h): IsotonicMap.from_json(m) for h, m in doc["sepsis_onset"].items()}

@@ -53,7 +53,7 @@ import numpy as np
 from vigil.demand.labels import NEEDS
 from vigil.demand.news2_model import News2Model
 from vigil.errors import ConfigError
-from vigil.onset import CALIBRATION_FILE, FORMAT, IsotonicMap, check_format
+from vigil.onset import CALIBRATION_FILE, FORMAT, IsotonicMap, check_format, read_calibration_doc
 
 __all__ = [
     "CALIBRATION_FILE", "Calibration", "IsotonicMap", "News2Table", "News2HistoryTable", "isotonic_fit", "pav",
@@ -329,17 +329,7 @@ class Calibration:
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
-        path = Path(path)
-        if not path.is_file():
-            msg = (f"no demand calibration at {path}: fit one with `vigil demand calibrate --out {path}` "
-                   "(or point demand.calibration_file / --calibration at one)")  # fmt: skip
-            raise ConfigError(msg)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            msg = f"cannot read the demand calibration {path}: {exc}"
-            raise ConfigError(msg) from exc
-        return cls.from_json(doc, str(path))
+        return cls.from_json(read_calibration_doc(path), str(path))
 
     @classmethod
     def synthetic(cls, horizons: Sequence[int] = (6, 12, 24), model: str = "m", version: str = "1") -> Calibration:
