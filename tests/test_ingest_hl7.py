@@ -19,8 +19,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from vigil.errors import REASONS
+from vigil.ingest.ack import ack_code, ack_errors
 from vigil.ingest.events import patient_key
-from vigil.ingest.mllp import Framer, frame
+from vigil.ingest.mllp import exchange as mllp_exchange
+from vigil.ingest.mllp import frame
 from vigil.ingest.publish import Publisher
 from vigil.ingest.server_hl7 import Hl7Listener
 from vigil.kafka_io import read_at_least
@@ -47,31 +49,11 @@ def ingest_env(ingest_env):  # type: ignore[no-untyped-def]
 
 async def exchange(port: int, chunks: list[bytes], n_acks: int = 1, timeout: float = 15.0) -> list[hl7.Message]:
     """Send ``chunks`` (with a pause between them, so they arrive as separate reads) and read ``n_acks`` ACKs."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for c in chunks:
-            writer.write(c)
-            await writer.drain()
-            await asyncio.sleep(0.005)
-        framer, acks = Framer(), []
-        while len(acks) < n_acks:
-            data = await asyncio.wait_for(reader.read(65536), timeout)
-            assert data, "listener closed the connection before answering"
-            acks += [hl7.parse(f.data.decode()) for f in framer.feed(data)]
-        return acks
-    finally:
-        writer.close()
+    got = await mllp_exchange("127.0.0.1", port, chunks, n_acks, timeout=timeout, pause=0.005)
+    return [hl7.parse(a.decode()) for a in got]
 
 
-def msa(ack: hl7.Message) -> str:
-    return str(ack.extract_field("MSA", 1, 1, 1, 1))
-
-
-def errs(ack: hl7.Message) -> list[str]:
-    try:
-        return [str(s) for s in ack.segments("ERR")]
-    except KeyError:
-        return []
+msa, errs = ack_code, ack_errors
 
 
 def oru(control: str, obx: list[str], pid: str = "MRN-77", visit: str = "V-1") -> bytes:

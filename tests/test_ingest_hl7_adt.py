@@ -18,11 +18,13 @@ import pytest
 
 from vigil import records
 from vigil.config import TimeWindowSettings
+from vigil.ingest.ack import ack_code, ack_errors
 from vigil.ingest.census import BedCensus
 from vigil.ingest.events import patient_key
 from vigil.ingest.hl7_adt import parse_adt
 from vigil.ingest.hl7_deadletter import project
-from vigil.ingest.mllp import Framer, frame
+from vigil.ingest.mllp import exchange as mllp_exchange
+from vigil.ingest.mllp import frame
 from vigil.ingest.server_hl7 import Hl7Listener
 from vigil.kafka_io import TopicTail, produce_many, read_at_least, read_topic
 
@@ -32,31 +34,12 @@ REPLAY = TimeWindowSettings(mode="replay")
 
 
 async def exchange(port: int, chunks: list[bytes], n_acks: int = 1, timeout: float = 15.0) -> list[hl7.Message]:
-    """Send ``chunks`` on one connection and read ``n_acks`` ACKs (as tests/test_ingest_hl7.py)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for c in chunks:
-            writer.write(c)
-            await writer.drain()
-        framer, acks = Framer(), []
-        while len(acks) < n_acks:
-            data = await asyncio.wait_for(reader.read(65536), timeout)
-            assert data, "listener closed the connection before answering"
-            acks += [hl7.parse(f.data.decode()) for f in framer.feed(data)]
-        return acks
-    finally:
-        writer.close()
+    """Send ``chunks`` (with a pause between them, so they arrive as separate reads) and read ``n_acks`` ACKs."""
+    got = await mllp_exchange("127.0.0.1", port, chunks, n_acks, timeout=timeout, pause=0.0)
+    return [hl7.parse(a.decode()) for a in got]
 
 
-def msa(ack: hl7.Message) -> str:
-    return str(ack.extract_field("MSA", 1, 1, 1, 1))
-
-
-def errs(ack: hl7.Message) -> list[str]:
-    try:
-        return [str(s) for s in ack.segments("ERR")]
-    except KeyError:
-        return []
+msa, errs = ack_code, ack_errors
 
 HR = "OBX|{n}|NM|147842^MDC_ECG_HEART_RATE^MDC||{v}|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F|||{t}"
 TEMP = "OBX|{n}|NM|150344^MDC_TEMP^MDC||{v}|268192^MDC_DIM_DEGC^MDC|||||F|||{t}"

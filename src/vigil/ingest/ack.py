@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import hl7
 
-__all__ = ["build_ack", "ERROR_TEXT", "reason_code"]
+__all__ = ["build_ack", "ack_code", "ack_errors", "ERROR_TEXT", "reason_code"]
 
 # HL7 table 0357 (message error condition codes) used here.
 ERROR_TEXT = {
@@ -66,3 +66,16 @@ def build_ack(
 
 def _ack_id() -> str:
     return hl7.generate_message_control_id()
+
+
+def ack_code(ack: hl7.Message) -> str:
+    """MSA-1 of a parsed ACK (``AA`` / ``AE`` / ``AR``): what a sender reads first."""
+    return str(ack.extract_field("MSA", 1, 1, 1, 1))
+
+
+def ack_errors(ack: hl7.Message) -> list[str]:
+    """The ACK's ERR segments as text ([] when there is none)."""
+    try:
+        return [str(s) for s in ack.segments("ERR")]
+    except KeyError:
+        return []

@@ -19,9 +19,10 @@ b'\\x0bMSH|x\\x1c\\r'
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
-__all__ = ["SB", "EB", "CR", "Frame", "Garbage", "Oversize", "Framer", "frame"]
+__all__ = ["SB", "EB", "CR", "Frame", "Garbage", "Oversize", "Framer", "frame", "exchange"]
 
 SB = b"\x0b"  # start block
 EB = b"\x1c"  # end block
@@ -150,3 +151,29 @@ class Framer:
         out.append(Oversize(self._head, self._skipped))
         self._skipping, self._head, self._skipped = False, b"", 0
         return cut + 2 if cut == j_eb else cut
+
+
+async def exchange(
+    host: str, port: int, chunks: list[bytes], n_frames: int = 1, *, timeout: float = 15.0, pause: float = 0.0
+) -> list[bytes]:
+    """A minimal MLLP client: send ``chunks`` on one connection (raw bytes, framed or not; ``pause`` seconds
+    between them so they arrive as separate reads), then read until ``n_frames`` frames came back (the ACKs);
+    their bodies, in order. Raises ``ConnectionError`` if the peer closes first, ``TimeoutError`` after
+    ``timeout`` seconds without data."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for c in chunks:
+            writer.write(c)
+            await writer.drain()
+            if pause:
+                await asyncio.sleep(pause)
+        framer, got = Framer(), []
+        while len(got) < n_frames:
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+            if not data:
+                msg = f"the peer closed the connection after {len(got)} of {n_frames} frames"
+                raise ConnectionError(msg)
+            got += [f.data for f in framer.feed(data) if isinstance(f, Frame)]
+        return got
+    finally:
+        writer.close()
