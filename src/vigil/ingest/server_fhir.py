@@ -251,25 +251,25 @@ class FhirServer(EdgeListener):
                 return resp
         ctype = response_type(request.query.get("_format"), request.headers.get("Accept"))
         if ctype is None:
-            _complete(request)
-            self.stats.add("http_406")
             text = "only JSON is supported (_format=json, Accept: application/fhir+json)"
-            resp = _json(406, operation_outcome(text, code="not-supported"))
-            resp.force_close()
-            return resp
+            return self._not_supported(request, 406, text)
         if request.method == "POST" and not request_media_ok(request.headers.get("Content-Type")):
-            _complete(request)
-            self.stats.add("http_415")
             text = "unsupported media type: send application/fhir+json (XML is not supported)"
-            resp = _json(415, operation_outcome(text, code="not-supported"))
-            resp.force_close()
-            return resp
+            return self._not_supported(request, 415, text)
         try:
             resp = await handler(request)
         finally:
             _complete(request)  # whatever the handler did (404, 405, ...), this request's deadline is over
         if isinstance(resp, web.Response) and resp.content_type == CT and ctype != CT:
             resp.content_type = ctype
+        return resp
+
+    def _not_supported(self, request: web.Request, status: int, text: str) -> web.Response:
+        """406 / 415 with an OperationOutcome; counted; the connection closed (the body is never read)."""
+        _complete(request)
+        self.stats.add(f"http_{status}")
+        resp = _json(status, operation_outcome(text, code="not-supported"))
+        resp.force_close()
         return resp
 
     async def _body(self, request: web.Request) -> tuple[Any, web.Response | None]:

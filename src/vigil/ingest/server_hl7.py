@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import re
 import time
+from typing import Any
 
 import orjson
 
@@ -248,15 +249,9 @@ class Hl7Listener(EdgeListener):
             recs += [(self.publisher.topic(ev.stream), ev.key, ev.value) for ev in parsed.events]
             recs += [dead_letter(self.settings, e.invalid, raw=project_segment(e.segment, data), key=key, source=SOURCE)
                      for e in parsed.errors]  # fmt: skip
-        try:
-            await self.publisher.send(recs)
-        except Exception as exc:  # noqa: BLE001 - the sender must hear AR and resend; never AA
-            self.stats.add("broker_failures")
-            self.metrics.messages.labels(PROTOCOL, "AR").inc()
-            log.warning("message %s not acknowledged by the broker (%s): answered AR", _log_id(data),
-                        type(exc).__name__)  # fmt: skip
-            detail = "the broker did not acknowledge the events in time; nothing was accepted, resend later"
-            return self._ack(parsed, "AR", parsed.control_id or _control_id(data), [("", "207", detail)])
+        refused = await self._publish(parsed, recs, data, "message")
+        if refused is not None:
+            return refused
         self.stats.add(f"ack_{parsed.ack_code}")
         self.stats.add("events", len(parsed.events))
         self.stats.add("dead_letters", len(recs) - len(parsed.events))
@@ -267,6 +262,20 @@ class Hl7Listener(EdgeListener):
         self._count(parsed)
         return self._ack(parsed, parsed.ack_code, parsed.control_id or _control_id(data), _errors(parsed),
                          summary=_summary(parsed))  # fmt: skip
+
+    async def _publish(self, parsed: Any, recs: list[Any], data: bytes, what: str) -> bytes | None:
+        """Send ``recs`` and wait for the broker's acknowledgement: None when it came, else the AR ACK to answer
+        (counted, logged without patient data): the sender must resend, never hear AA for a lost event."""
+        try:
+            await self.publisher.send(recs)
+        except Exception as exc:  # noqa: BLE001 - the sender must hear AR and resend; never AA
+            self.stats.add("broker_failures")
+            self.metrics.messages.labels(PROTOCOL, "AR").inc()
+            log.warning("%s %s not acknowledged by the broker (%s): answered AR", what, _log_id(data),
+                        type(exc).__name__)  # fmt: skip
+            detail = "the broker did not acknowledge the events in time; nothing was accepted, resend later"
+            return self._ack(parsed, "AR", parsed.control_id or _control_id(data), [("", "207", detail)])
+        return None
 
     async def handle_adt(self, data: bytes, secret: str) -> bytes:
         """One ADT message: the ``adt`` event (or its dead letter) acknowledged by the broker, then the census
@@ -280,15 +289,9 @@ class Hl7Listener(EdgeListener):
             recs.append(dead_letter(self.settings, parsed.reject, raw=redact(data), key=key, source=SOURCE))
         elif parsed.event is not None:
             recs.append((self.publisher.topic("adt"), parsed.event.key, parsed.event.value))
-        try:
-            await self.publisher.send(recs)
-        except Exception as exc:  # noqa: BLE001 - the sender must hear AR and resend; never AA
-            self.stats.add("broker_failures")
-            self.metrics.messages.labels(PROTOCOL, "AR").inc()
-            log.warning("ADT message %s not acknowledged by the broker (%s): answered AR", _log_id(data),
-                        type(exc).__name__)  # fmt: skip
-            detail = "the broker did not acknowledge the event in time; nothing was accepted, resend later"
-            return self._ack(parsed, "AR", parsed.control_id or _control_id(data), [("", "207", detail)])
+        refused = await self._publish(parsed, recs, data, "ADT message")
+        if refused is not None:
+            return refused
         code = parsed.ack_code
         self.stats.add(f"ack_{code}")
         self.metrics.messages.labels(PROTOCOL, code).inc()
