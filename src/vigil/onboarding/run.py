@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vigil.card import CARD_FILE, read_card, write_card
-from vigil.config import REPO_ROOT, AlertSettings, Settings
+from vigil.config import AlertSettings, Settings
 from vigil.errors import ConfigError, ModelError
 from vigil.evaluation.metrics import auroc
 from vigil.evaluation.report import jsonable
@@ -490,7 +490,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         "check": {"base": rep_base, "onboarded": rep_new},
         "gate": {"passed": gate.passed, "reasons": list(gate.reasons)}, "promoted": promoted,
     }  # fmt: skip
-    out = Path(opts.out) if opts.out else REPO_ROOT / "reports" / f"onboard-{name}-{version}"
+    out = Path(opts.out) if opts.out else Path("reports") / f"onboard-{name}-{version}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(_markdown(summary, gate.report()), encoding="utf-8")
     summary["elapsed_s"] = round(time.perf_counter() - t0, 1)
