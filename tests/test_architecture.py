@@ -147,6 +147,7 @@ SHARED = frozenset({
     "vigil", "vigil.errors", "vigil.config", "vigil.config_sections", "vigil.budget", "vigil.settings_check",
     "vigil.variables", "vigil.data",
     "vigil.units", "vigil.codes", "vigil.deadletters", "vigil.records", "vigil.card", "vigil.registry", "vigil.onset",
+    "vigil.registry_view",
     "vigil.features", "vigil.news2", "vigil.scoring", "vigil.policy", "vigil.alerts", "vigil.levels", "vigil.metrics",
     "vigil.timewindow", "vigil.privacy", "vigil.logs", "vigil.state", "vigil.explain", "vigil.drift",
 })  # fmt: skip
@@ -189,3 +190,29 @@ def test_the_runtime_never_imports_the_tools() -> None:
     eager = sorted(f"{m} -> {t}" for m in TOOLS_DISPATCH if m in mods
                    for t in _module_level_imports(mods[m][0]) if t.startswith("vigil.tools"))  # fmt: skip
     assert eager == [], f"the command must import the tools lazily (inside the command): {eager}"
+
+
+KAFKA_CLIENTS = ("AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient")
+
+
+def _kafka_client_sites(path: Path) -> list[str]:
+    """Calls that construct an aiokafka client, and imports of confluent_kafka, in one module (read with ast)."""
+    out: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name in KAFKA_CLIENTS:
+                out.append(f"{name}() line {node.lineno}")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            out += [f"import {m} line {node.lineno}" for m in mods if m.split(".")[0] == "confluent_kafka"]
+    return out
+
+
+def test_kafka_clients_are_built_only_in_kafka_io() -> None:
+    """One Kafka module: no other module constructs an aiokafka client or imports confluent_kafka."""
+    assert _kafka_client_sites(SRC / "kafka_io.py")  # the check sees the factory's own constructors
+    found = sorted(f"{m}: {site}" for m, (path, _) in _modules().items() if m != "vigil.kafka_io"
+                   for site in _kafka_client_sites(path))  # fmt: skip
+    assert found == [], "Kafka clients built outside vigil.kafka_io: " + ", ".join(found)
