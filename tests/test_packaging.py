@@ -110,3 +110,9 @@ def test_missing_default_data_is_a_clear_error(installed: Path, tmp_path: Path) 
     done = _run(installed, tmp_path, "-m", "vigil", "evaluate")
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert "no --data given and the default data ../shared/data/physionet2019/setA.parquet" in done.stderr
+
+
+def test_installed_demo_without_the_checkout_sample_names_the_fix(installed: Path, tmp_path: Path) -> None:
+    done = _run(installed, tmp_path, "-m", "vigil", "demo")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "the bundled sample is in a vigil checkout): pass --data PATH" in done.stderr

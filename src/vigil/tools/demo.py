@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from vigil.config import REPO_ROOT, Settings
+from vigil.errors import ConfigError
 
 __all__ = ["run_demo", "SAMPLE", "BAD_EVENTS"]
 
@@ -226,6 +227,9 @@ def run_demo(settings: Settings, data: Path | None = None, limit: int | None = N
     from vigil.broker import EmbeddedBroker
 
     data = data or SAMPLE
+    if not data.exists():  # the bundled sample is part of a source checkout, not of the package
+        msg = f"demo data {data} not found (the bundled sample is in a vigil checkout): pass --data PATH"
+        raise ConfigError(msg)
     settings.dev_mode = True  # the demo may run with the public development pseudonym key
     logdir = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     with contextlib.ExitStack() as stack:
