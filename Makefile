@@ -71,7 +71,7 @@ lint: install ## ruff
 	$(BIN)/ruff check src tests
 
 bench: install ## Benchmarks (not tests): throughput vs raw aiokafka and naive Faust; writes docs/benchmarks.md
-	$(BIN)/python -m vigil.bench --out docs/benchmarks.md
+	$(BIN)/python -m vigil.tools.bench --out docs/benchmarks.md
 
 topics-doc: install ## Regenerate docs/topics.md from streams/
 	$(BIN)/vigil topics docs > docs/topics.md

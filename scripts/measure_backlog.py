@@ -22,7 +22,7 @@ from pathlib import Path
 from vigil.broker import EmbeddedBroker
 from vigil.config import load_settings
 from vigil.physionet import iter_stays
-from vigil.procs import WorkerProcess
+from vigil.tools.procs import WorkerProcess
 
 
 def _sum(text: str, name: str) -> float:

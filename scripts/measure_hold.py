@@ -28,8 +28,8 @@ from vigil.catalog import create_topics, load_catalog
 from vigil.config import REPO_ROOT, Settings, load_settings
 from vigil.kafka_io import TopicTail
 from vigil.physionet import iter_stays
-from vigil.procs import WorkerProcess
 from vigil.replay import merged_events
+from vigil.tools.procs import WorkerProcess
 
 
 def _sum(text: str, name: str) -> float:

@@ -344,8 +344,8 @@ def test_an_ack_through_the_api_reaches_the_worker(settings_factory: Callable[..
     through it, and the worker records that acknowledgement (its ``acknowledged`` alert for the episode)."""
     from vigil.physionet import iter_stays
     from vigil.privacy import pseudonymise
-    from vigil.procs import WorkerProcess
     from vigil.replay import stay_events
+    from vigil.tools.procs import WorkerProcess
 
     alert_env = {"VIGIL_ALERTS__MODEL_RISK__RAISE_AT": "0.45", "VIGIL_ALERTS__MODEL_RISK__REFRACTORY_H": "0"}
     s = settings_factory(api={"port": 0, "tokens_sha256": [hash_token(TOKEN)]})

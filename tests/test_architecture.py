@@ -144,8 +144,10 @@ def test_worker_process_loads_no_offline_module() -> None:
 # scoring, the alert policy. It imports only itself, never the edge, the worker, the subscribers, the API, the
 # demand job or the offline packages.
 SHARED = frozenset({
-    "vigil", "vigil.errors", "vigil.config", "vigil.budget", "vigil.settings_check", "vigil.variables", "vigil.data",
+    "vigil", "vigil.errors", "vigil.config", "vigil.config_sections", "vigil.budget", "vigil.settings_check",
+    "vigil.variables", "vigil.data",
     "vigil.units", "vigil.codes", "vigil.deadletters", "vigil.records", "vigil.card", "vigil.registry", "vigil.onset",
+    "vigil.registry_view",
     "vigil.features", "vigil.news2", "vigil.scoring", "vigil.policy", "vigil.alerts", "vigil.levels", "vigil.metrics",
     "vigil.timewindow", "vigil.privacy", "vigil.logs", "vigil.state", "vigil.explain", "vigil.drift",
 })  # fmt: skip
@@ -156,3 +158,61 @@ def test_the_shared_layer_imports_only_itself() -> None:
     assert SHARED <= set(edges)
     upward = sorted(f"{m} -> {t}" for m in SHARED for t in edges[m] if t not in SHARED)
     assert upward == [], "the shared layer imports up: " + ", ".join(upward)
+
+
+# The tools (benchmarks, the demo, the dashboards renderer, the worker-process helper) work on a checkout; the
+# runtime never imports them. Only the command that runs the demo dispatches to them, inside the command.
+TOOLS_DISPATCH = frozenset({"vigil.commands.demo"})
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Absolute module names imported by the module's top-level statements (not inside a function)."""
+    out: set[str] = set()
+    todo = list(ast.parse(path.read_text(encoding="utf-8"), str(path)).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            out |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.ClassDef):
+            todo += [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt)]
+    return out
+
+
+def test_the_runtime_never_imports_the_tools() -> None:
+    edges = import_graph()
+    tools = {m for m in edges if m == "vigil.tools" or m.startswith("vigil.tools.")}
+    assert {"vigil.tools.bench", "vigil.tools.demo", "vigil.tools.procs"} <= tools  # the walk saw them
+    importers = sorted(m for m, ts in edges.items() if m not in tools and ts & tools)
+    assert set(importers) <= TOOLS_DISPATCH, f"runtime modules import vigil.tools: {importers}"
+    mods = _modules()
+    eager = sorted(f"{m} -> {t}" for m in TOOLS_DISPATCH if m in mods
+                   for t in _module_level_imports(mods[m][0]) if t.startswith("vigil.tools"))  # fmt: skip
+    assert eager == [], f"the command must import the tools lazily (inside the command): {eager}"
+
+
+KAFKA_CLIENTS = ("AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient")
+
+
+def _kafka_client_sites(path: Path) -> list[str]:
+    """Calls that construct an aiokafka client, and imports of confluent_kafka, in one module (read with ast)."""
+    out: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name in KAFKA_CLIENTS:
+                out.append(f"{name}() line {node.lineno}")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            out += [f"import {m} line {node.lineno}" for m in mods if m.split(".")[0] == "confluent_kafka"]
+    return out
+
+
+def test_kafka_clients_are_built_only_in_kafka_io() -> None:
+    """One Kafka module: no other module constructs an aiokafka client or imports confluent_kafka."""
+    assert _kafka_client_sites(SRC / "kafka_io.py")  # the check sees the factory's own constructors
+    found = sorted(f"{m}: {site}" for m, (path, _) in _modules().items() if m != "vigil.kafka_io"
+                   for site in _kafka_client_sites(path))  # fmt: skip
+    assert found == [], "Kafka clients built outside vigil.kafka_io: " + ", ".join(found)

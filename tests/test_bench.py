@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vigil.bench import (
+from vigil.config import Settings
+from vigil.tools.bench import (
     BenchFailure,
     contender_settings,
     expected_rows,
@@ -19,7 +20,6 @@ from vigil.bench import (
     run_contender,
     workload,
 )
-from vigil.config import Settings
 
 STAYS = 3
 

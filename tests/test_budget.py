@@ -23,8 +23,8 @@ from vigil.metrics import WorkerMetrics
 from vigil.physionet import iter_stays
 from vigil.policy import AlertPolicy
 from vigil.privacy import pseudonymise
-from vigil.procs import WorkerProcess
 from vigil.replay import stay_events
+from vigil.tools.procs import WorkerProcess
 
 H = 3600.0
 ANCHOR = datetime(2026, 3, 1, tzinfo=UTC)

@@ -26,7 +26,7 @@ from vigil.ingest.mllp import Framer, frame
 from vigil.ingest.security import hash_token
 from vigil.ingest.server_fhir import FhirServer
 from vigil.ingest.server_hl7 import Hl7Listener
-from vigil.procs import WorkerProcess
+from vigil.tools.procs import WorkerProcess
 
 pytestmark = pytest.mark.broker
 TOKEN = "tok-" + "a1b2c3d4" * 4

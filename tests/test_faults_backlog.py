@@ -20,8 +20,8 @@ from vigil.config import Settings, load_settings
 from vigil.kafka_io import TopicTail
 from vigil.physionet import iter_stays
 from vigil.privacy import pseudonymise
-from vigil.procs import WorkerProcess
 from vigil.replay import replay
+from vigil.tools.procs import WorkerProcess
 
 pytestmark = pytest.mark.broker
 STAYS = 100

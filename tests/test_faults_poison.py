@@ -21,9 +21,9 @@ from vigil.config import Settings
 from vigil.kafka_io import produce_records, read_topic
 from vigil.physionet import iter_stays
 from vigil.privacy import pseudonymise
-from vigil.procs import WorkerProcess
 from vigil.records import decode
 from vigil.replay import stay_events
+from vigil.tools.procs import WorkerProcess
 from vigil.worker.batch import InEvent, Processor
 from vigil.worker.engine import load_scorers
 from vigil.worker.intake import partition_for

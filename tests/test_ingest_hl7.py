@@ -207,7 +207,7 @@ def test_oversize_disconnect_and_broker_failure(ingest_env) -> None:  # type: ig
 def test_monitor_vitals_reach_the_patients_scores_through_the_worker(ingest_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A gateway's ORU^R01 messages, hour after hour, over MLLP: AA each time, and a running worker scores the
     (pseudonymised) patient's hourly rows from them."""
-    from vigil.procs import WorkerProcess
+    from vigil.tools.procs import WorkerProcess
 
     s = ingest_env()
     patient = patient_key("MRN-E2E", "V-9", KEY)

@@ -352,7 +352,7 @@ def test_adt_then_bed_orus_are_scored_in_the_right_ward_transfer_moves_discharge
     """Done-when of issue 19 (HL7 side): ADT^A01, then ORU without PID-3 for that bed -> AA and a running worker
     scores that patient in the admitting ward; ADT^A02 moves the ward; ADT^A03 closes the stay (its last row is
     scored at the discharge, and the bed is empty afterwards)."""
-    from vigil.procs import WorkerProcess
+    from vigil.tools.procs import WorkerProcess
 
     s = _env(ingest_env)
     me = patient_key("MRN-ADT-1", "V-1", KEY)

@@ -29,12 +29,12 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from vigil import dashboards_render as dr
 from vigil.broker import free_port
 from vigil.config import REPO_ROOT, Settings, load_settings
 from vigil.physionet import iter_stays
-from vigil.procs import WorkerProcess
 from vigil.replay import DEFAULT_BASE, replay_sync
+from vigil.tools import dashboards_render as dr
+from vigil.tools.procs import WorkerProcess
 
 pytestmark = pytest.mark.broker
 

@@ -16,10 +16,10 @@ from vigil.config import REPO_ROOT, Settings
 from vigil.kafka_io import TopicTail, produce_many, produce_records, read_topic
 from vigil.physionet import iter_stays
 from vigil.privacy import pseudonymise
-from vigil.procs import WorkerProcess
 from vigil.records import Invalid, decode
 from vigil.registry import Registry
 from vigil.replay import stay_events
+from vigil.tools.procs import WorkerProcess
 from vigil.worker.batch import InEvent, Processor
 from vigil.worker.engine import load_scorers
 

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from vigil.config import Settings
 from vigil.kafka_io import produce_many, read_topic
-from vigil.procs import WorkerProcess
+from vigil.tools.procs import WorkerProcess
 
 pytestmark = pytest.mark.broker
 

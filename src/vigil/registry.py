@@ -14,19 +14,15 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from vigil.card import ModelCard
+from vigil.card import CARD_FILE, ModelCard
 from vigil.errors import ModelError
 
-if TYPE_CHECKING:
-    from vigil.config import Settings
-
 __all__ = [
-    "ModelRef", "Registry", "HISTORY_FILE", "ACTIONS", "served_stack", "update_event", "publish_update",
-    "summary_row", "describe_card",
+    "ModelRef", "Registry", "HISTORY_FILE", "ACTIONS", "served_stack", "update_event",
 ]  # fmt: skip
 
 HISTORY_FILE = "serving-history.jsonl"
@@ -46,7 +42,7 @@ class ModelRef:
         """The card, typed (:class:`vigil.card.ModelCard`); validated here when the ref was built by hand."""
         if self.typed is not None:
             return self.typed
-        return ModelCard.from_dict(self.card, f"{self.path}/card.json")
+        return ModelCard.from_dict(self.card, f"{self.path}/{CARD_FILE}")
 
     @property
     def onnx_path(self) -> Path:
@@ -98,7 +94,7 @@ class Registry:
         base = self.root / name
         if not base.is_dir():
             return []
-        found = [p.name for p in base.iterdir() if (p / "card.json").exists() and (p / "model.onnx").exists()]
+        found = [p.name for p in base.iterdir() if (p / CARD_FILE).exists() and (p / "model.onnx").exists()]
         return sorted(found, key=lambda v: (len(v), v))
 
     def names(self) -> list[str]:
@@ -110,7 +106,11 @@ class Registry:
         if not version:
             version = self.serving().get(name) or (self.versions(name) or [""])[-1]
         path = self.root / name / version
-        card_path = path / "card.json"
+        card_path = path / CARD_FILE
+        if not self.root.is_dir():
+            msg = (f"model registry {self.root} is not a folder (models_dir: VIGIL_MODELS_DIR or the settings "
+                   f"file; default ./models in the working directory {Path.cwd()})")  # fmt: skip
+            raise ModelError(msg)
         if not version or not card_path.exists() or not (path / "model.onnx").exists():
             msg = f"model {spec!r} not found in registry {self.root} (have: {self.names()})"
             raise ModelError(msg)
@@ -313,199 +313,3 @@ def update_event(
     if replaces:
         event["replaces"] = replaces
     return event
-
-
-def publish_update(settings: Settings, event: dict[str, Any], timeout_s: float = 30.0) -> str:
-    """Publish ``event`` to the ``model-updates`` topic with acks=all, keyed by the model name; returns
-    the broker-side topic. Raises :class:`ModelError` naming the topic when it cannot."""
-    import asyncio
-
-    from aiokafka import AIOKafkaProducer
-
-    topic = settings.topic("model-updates")
-    if not settings.kafka.bootstrap_servers:
-        msg = "no Kafka bootstrap servers configured (--bootstrap or KAFKA_BOOTSTRAP_SERVERS)"
-        raise ModelError(msg)
-
-    async def send() -> None:
-        producer = AIOKafkaProducer(acks="all", **settings.kafka.client_kwargs())
-        try:
-            await producer.start()
-            await producer.send_and_wait(topic, orjson.dumps(event), key=str(event["name"]).encode())
-        finally:
-            await producer.stop()
-
-    try:
-        asyncio.run(asyncio.wait_for(send(), timeout_s))
-    except Exception as exc:  # any client or network failure: one clear message
-        msg = f"could not publish to {topic} at {settings.kafka.bootstrap_servers}: {type(exc).__name__}: {exc}"
-        raise ModelError(msg) from exc
-    return topic
-
-
-# -------------------------------------------------------------------------------------- presentation
-def summary_row(ref: ModelRef, serving: bool) -> dict[str, Any]:
-    """One line of ``vigil models list``: identity, family, threshold and the card's split metrics.
-
-    >>> from vigil.config import REPO_ROOT
-    >>> row = summary_row(Registry(REPO_ROOT / "models").get("sepsis-mlp:1"), serving=True)
-    >>> row["name"], row["version"], row["serving"], 0 < row["threshold"] < 1
-    ('sepsis-mlp', '1', True, True)
-    """
-    metrics = ref.card.get("metrics") or {}
-
-    def split(name: str) -> dict[str, float | None]:
-        m = metrics.get(name) or {}
-        return {"utility": m.get("utility"), "auroc": m.get("auroc")}
-
-    return {
-        "name": ref.name, "version": ref.version, "serving": serving, "created_at": ref.card.get("created_at"),
-        "family": _family(ref.card), "threshold": ref.threshold, "validation": split("validation"),
-        "test": split("test"),
-    }  # fmt: skip
-
-
-def _family(card: dict[str, Any]) -> str:
-    """``training.family``, else the architecture's layer chain in short (``Dense64-Dense32-Dense1``)."""
-    training = card.get("training") or {}
-    if training.get("family"):
-        return str(training["family"])
-    layers = [part.split()[0] for part in str(training.get("architecture") or "").split(";")[0].split("->")
-              if part.strip()]  # fmt: skip
-    short = "-".join(x for x in layers if x not in ("Normalization", "Dropout")) or "-"
-    return short if len(short) <= 24 else short[:23] + "~"
-
-
-def _num(x: Any, digits: int = 4) -> str:
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return "-" if x is None else str(x)
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def _wrap(label: str, text: Any) -> list[str]:
-    import textwrap
-
-    if not text:
-        return []
-    return textwrap.wrap(f"{label}: {text}", width=100, subsequent_indent="    ")
-
-
-def _tree(obj: Any, indent: str = "  ", depth: int = 0) -> list[str]:
-    """Nested card sections (e.g. ``evaluation``) as indented ``key: value`` lines."""
-    if depth > 4:
-        return [f"{indent}..."]
-    lines: list[str] = []
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
-    for key, val in items:
-        if isinstance(val, dict | list) and any(isinstance(v, dict | list) for v in _values(val)):
-            lines += [f"{indent}{key}:", *_tree(val, indent + "  ", depth + 1)]
-        elif isinstance(val, dict):
-            lines.append(f"{indent}{key}: " + ", ".join(f"{k} {_num(v)}" for k, v in val.items()))
-        elif isinstance(val, list):
-            lines.append(f"{indent}{key}: " + ", ".join(_num(v) for v in val))
-        else:
-            lines.append(f"{indent}{key}: {_num(val)}")
-    return lines
-
-
-def _values(obj: dict[str, Any] | list[Any]) -> list[Any]:
-    return list(obj.values()) if isinstance(obj, dict) else list(obj)
-
-
-def _evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
-    """Headline, alert burden, subgroups and comparators of each evaluated split (``card.evaluation``);
-    a block in another layout is printed as a tree."""
-    lines: list[str] = []
-    for split, ev in evaluation.items():
-        if not (isinstance(ev, dict) and isinstance(ev.get("model"), dict)):
-            lines += [f"  {split}:", *(_tree(ev, "    ") if isinstance(ev, dict | list) else [f"    {ev}"])]
-            continue
-        d, m = ev.get("data") or {}, ev["model"]
-        al = (ev.get("alerting") or {}).get("model_risk") or {}
-        lead = al.get("lead_time_h") or {}
-        lines += [
-            f"  {split}: {d.get('file', '-')}, split {d.get('split', '-')}: {d.get('stays', '-')} stays, "
-            f"{d.get('rows', '-')} rows, {d.get('septic_stays', '-')} septic (evaluated {ev.get('evaluated_at', '-')})",
-            f"    model: AUROC {_num(m.get('auroc'))}, AUPRC {_num(m.get('auprc'))}, utility {_num(m.get('utility'))}"
-            f", Brier {_num(m.get('brier'))}, ECE {_num((m.get('calibration') or {}).get('ece'))}",
-            f"    alerts: {_num(al.get('alerts_per_patient_day'), 2)} per patient-day, septic stays alerted early "
-            f"{_num(al.get('share_septic_alerted_early'), 2)}, median lead {_num(lead.get('median'), 1)} h, "
-            f"stay PPV {_num(al.get('ppv_stay'), 2)}",
-        ]
-        lines += _subgroup_lines(ev.get("subgroups") or {})
-        for name, comp in (ev.get("comparators") or {}).items():
-            if isinstance(comp, dict):
-                burden = (comp.get("alerting") or {}).get("alerts_per_patient_day")
-                lines.append(f"    comparator {name}: AUROC {_num(comp.get('auroc'))}, utility "
-                             f"{_num(comp.get('utility'))}, {_num(burden, 2)} alerts per patient-day")  # fmt: skip
-        lines += [f"    note: {n}" for n in ev.get("notes") or []]
-    return lines
-
-
-def _subgroup_lines(subgroups: dict[str, Any]) -> list[str]:
-    cols = ("stays", "septic_stays", "auroc", "utility", "alerts_per_patient_day", "share_septic_alerted_early")
-    heads = ("stays", "septic", "AUROC", "utility", "alerts/day", "early")
-    rows = [(f"{by} {group}", vals) for by, groups in subgroups.items() if isinstance(groups, dict)
-            for group, vals in groups.items() if isinstance(vals, dict)]  # fmt: skip
-    if not rows:
-        return []
-    out = ["    subgroups:      " + "".join(f"{h:>11}" for h in heads)]
-    out += [f"      {label:<14}" + "".join(f"{_num(v.get(c)):>11}" for c in cols) for label, v in rows]
-    return out
-
-
-def _metrics_table(metrics: dict[str, Any]) -> list[str]:
-    cols = ("utility", "auroc", "auprc", "alert_rate", "rows", "stays", "positive_rows")
-    lines = ["metrics:     " + "".join(f"{c:>14}" for c in cols)]
-    for split, m in metrics.items():
-        if isinstance(m, dict):
-            lines.append(f"  {split:<11}" + "".join(f"{_num(m.get(c)):>14}" for c in cols))
-    return lines
-
-
-def describe_card(ref: ModelRef, serving: bool = False) -> str:
-    """A readable summary of a model card (``vigil models show``).
-
-    >>> from vigil.config import REPO_ROOT
-    >>> text = describe_card(Registry(REPO_ROOT / "models").get("sepsis-mlp:1"))
-    >>> "threshold: 0.58" in text and "feature schema:" in text and "limitations:" in text
-    True
-    """
-    c = ref.card
-    tr, fs, split = c.get("training") or {}, c["feature_schema"], (c.get("training") or {}).get("split") or {}
-    size = ref.onnx_path.stat().st_size if ref.onnx_path.exists() else 0
-    lines = [
-        f"{ref.name}:{ref.version}" + ("  (serving)" if serving else ""),
-        f"files: {ref.onnx_path} ({size / 1024:.0f} KiB), {ref.path / 'card.json'}",
-        f"created: {c.get('created_at', '-')}",
-        *_wrap("task", c.get("task")),
-        *_wrap("data", f"{tr.get('data', '-')} (file {tr.get('source_file', '-')})"),
-        f"split: by {split.get('by', '-')}, seed {split.get('seed', '-')}: train {split.get('train', '-')} / "
-        f"validation {split.get('validation', '-')} / test {split.get('test', '-')} stays",
-        f"family: {_family(c)}",
-        *_wrap("architecture", tr.get("architecture")),
-        f"feature schema: {len(fs.get('names', []))} features ({fs.get('featurizer', '-')}, window "
-        f"{fs.get('window_h', '-')} h), {fs['hash']}",
-    ]
-    if c.get("sequence_schema"):
-        sq = c["sequence_schema"]
-        lines.append(f"sequence schema: {len(sq.get('names', []))} x {sq.get('window_h', '-')} h, {sq.get('hash')}")
-    lines.append(f"threshold: {ref.threshold:g} ({c.get('threshold_rule', 'rule not recorded')})")
-    lines += _metrics_table(c.get("metrics") or {})
-    if isinstance(c.get("evaluation"), dict) and c["evaluation"]:
-        lines += ["evaluation (vigil evaluate):", *_evaluation_lines(c["evaluation"])]
-    lines += [*_wrap("intended use", c.get("intended_use")), *_wrap("limitations", c.get("limitations"))]
-    parity = c.get("parity") or {}
-    if parity:
-        engine = str(parity.get("reference") or "keras")
-        diff = parity.get("max_abs_diff", parity.get(f"{engine}_vs_onnx_max_abs_diff"))
-        shown = f"{diff:.3g}" if isinstance(diff, int | float) else "-"
-        label = "Keras" if engine == "keras" else "LightGBM" if engine == "lightgbm" else engine
-        lines.append(f"parity: {label} vs ONNX max |diff| {shown} on {parity.get('rows', '-')} rows")
-    if c.get("canary"):
-        lines.append(f"canary: {len(c['canary'].get('probabilities', []))} probabilities recorded "
-                     f"(tolerance {c['canary'].get('tolerance', '-')})")  # fmt: skip
-    prov = c.get("provenance") or {}
-    if prov:
-        lines.append("provenance: " + ", ".join(f"{k} {v}" for k, v in prov.items()))
-    return "\n".join(lines)

@@ -104,14 +104,14 @@ def demand_calibrate(ctx: click.Context, model: str | None, data: Path | None, s
     `vigil train` already does this for every version it registers (the same code,
     vigil.demand.fitting.calibrate_version); run it for older versions, to refit, or at a new site."""
     from vigil.demand.fitting import DEFAULT_HORIZONS, calibrate_version
-    from vigil.evaluation.selection import DEFAULT_DATA
+    from vigil.evaluation.selection import data_or_default
     from vigil.registry import Registry
 
     s = settings_of(ctx)
     with VigilErrorsAsClick():
         reg = Registry(s.models_dir)
         ref = reg.get(model or next(iter(reg.serving()), ""))
-        cal, path = calibrate_version(ref, data or DEFAULT_DATA, horizons or DEFAULT_HORIZONS, min_bin_rows, out=out,
+        cal, path = calibrate_version(ref, data_or_default(data), horizons or DEFAULT_HORIZONS, min_bin_rows, out=out,
                                       split=split)  # fmt: skip
     check = cal.meta["in_sample_reliability"]
 
@@ -150,7 +150,7 @@ def demand_backtest(ctx: click.Context, model: str | None, data: Path | None, sp
     from vigil.demand.backtest import BacktestConfig
     from vigil.demand.job import load_job_calibration
     from vigil.demand.report import run_backtest
-    from vigil.evaluation.selection import DEFAULT_DATA
+    from vigil.evaluation.selection import data_or_default
     from vigil.registry import Registry
 
     s = settings_of(ctx)
@@ -162,5 +162,5 @@ def demand_backtest(ctx: click.Context, model: str | None, data: Path | None, sp
         cfg = BacktestConfig(concurrency=concurrency, every_h=every_h, warmup_h=warmup_h,
                              baseline_windows=baseline_windows, horizons=tuple(d.horizons_h), levels=tuple(d.levels),
                              exact_max=d.exact_max, arrivals=arrivals)  # fmt: skip
-        summary = run_backtest(ref, data or DEFAULT_DATA, cal, d.resources, split=split, out=out, cfg=cfg)
+        summary = run_backtest(ref, data_or_default(data), cal, d.resources, split=split, out=out, cfg=cfg)
     click.echo(json.dumps(summary))

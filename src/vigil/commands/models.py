@@ -33,7 +33,7 @@ def _models_notify(ctx: click.Context, notify: bool | None) -> bool:
 def _models_announce(ctx: click.Context, event: dict[str, object]) -> None:
     """Publish a model-updates event after the registry changed; a failure says what did and did not happen."""
     from vigil.errors import VigilError
-    from vigil.registry import publish_update
+    from vigil.model_updates import publish_update
 
     s = settings_of(ctx)
     try:
@@ -57,7 +57,8 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
     where its metrics are reported), validation and test utility/AUROC."""
     from vigil.errors import ModelError
     from vigil.levels import levels_for_card
-    from vigil.registry import Registry, summary_row
+    from vigil.registry import Registry
+    from vigil.registry_view import summary_row
 
     reg = Registry(_models_root(ctx))
     serving = reg.serving()
@@ -67,7 +68,7 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
             try:
                 ref = reg.get(f"{name}:{version}")
                 row = summary_row(ref, serving.get(name) == version)
-                levels = levels_for_card(settings_of(ctx).alerts, ref.card)  # the level alerts are raised at
+                levels = levels_for_card(settings_of(ctx).alerts, ref.model_card)  # the level alerts are raised at
                 row["alert_level"] = levels[0].value
                 row["alert_levels"] = [lv.to_dict() for lv in levels]
                 rows.append(row)
@@ -98,7 +99,8 @@ def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
     """A readable summary of a model card (NAME alone: the serving version, else the newest), with the alert
     level in force on this site and per ward/unit override (vigil.levels)."""
     from vigil.levels import levels_for_card
-    from vigil.registry import Registry, describe_card
+    from vigil.registry import Registry
+    from vigil.registry_view import describe_card
 
     reg = Registry(_models_root(ctx))
     with VigilErrorsAsClick():
@@ -107,7 +109,7 @@ def models_show(ctx: click.Context, spec: str, as_json: bool) -> None:
         click.echo(json.dumps(ref.card, indent=2))
     else:
         click.echo(describe_card(ref, serving=reg.serving().get(ref.name) == ref.version))
-        for lv in levels_for_card(settings_of(ctx).alerts, ref.card):
+        for lv in levels_for_card(settings_of(ctx).alerts, ref.model_card):
             where = "on this site" if lv.scope == "site" else f"on {lv.scope}"
             click.echo(f"alert level in force {where}: {lv.value:g} ({lv.source})")
 

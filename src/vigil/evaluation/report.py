@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from vigil.card import CARD_FILE, read_card, write_card
-from vigil.config import REPO_ROOT, AlertSettings
+from vigil.config import AlertSettings
 from vigil.evaluation.alerting import (
     StayAlerts,
     StayTable,
@@ -310,8 +310,8 @@ def jsonable(x: Any) -> Any:
 
 
 def default_out(ref: ModelRef, split: str) -> Path:
-    """``reports/<name>-<version>-<split>`` in the repository."""
-    return REPO_ROOT / "reports" / f"{ref.name}-{ref.version}-{split}"
+    """``reports/<name>-<version>-<split>`` in the working directory."""
+    return Path("reports") / f"{ref.name}-{ref.version}-{split}"
 
 
 def update_card(ref: ModelRef, split: str, metrics: dict[str, Any]) -> Path:

@@ -15,17 +15,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vigil.config import REPO_ROOT
+from vigil.config import DEFAULT_DATA
 from vigil.errors import ConfigError
 from vigil.registry import ModelRef
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DEFAULT_DATA", "SPLIT_CHOICES", "Selection", "select_rows", "card_training"]
+__all__ = ["DEFAULT_DATA", "SPLIT_CHOICES", "Selection", "select_rows", "card_training", "data_or_default"]
 
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "physionet2019" / "setA.parquet"
 SPLIT_CHOICES = ("test", "validation", "train", "all")
+
+
+def data_or_default(data: Path | None) -> Path:
+    """``data`` when given, else :data:`~vigil.config.DEFAULT_DATA` (relative to the working directory) when it
+    exists; :class:`ConfigError` saying how to name the data otherwise."""
+    if data is not None:
+        return Path(data)
+    if not DEFAULT_DATA.exists():
+        msg = (f"no --data given and the default data {DEFAULT_DATA} (relative to the working directory "
+               f"{Path.cwd()}) does not exist: pass --data PATH")  # fmt: skip
+        raise ConfigError(msg)
+    return DEFAULT_DATA
 
 
 @dataclass

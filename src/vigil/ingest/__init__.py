@@ -9,7 +9,7 @@
   development-key refusal.
 * :mod:`vigil.ingest.events` — shared: pseudonyms, event times, one validated event per measurement (the same
   code tables and decoder as the replay and the worker); :mod:`vigil.ingest.publish` — acks=all producer and
-  dead letters; :mod:`vigil.ingest.bench` — ``python -m vigil.ingest.bench``.
+  dead letters; :mod:`vigil.tools.ingest_bench` — ``python -m vigil.tools.ingest_bench``.
 
 Nothing is imported here: importing the package does no work.
 """

@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vigil.card import CARD_FILE, read_card, write_card
-from vigil.config import REPO_ROOT, AlertSettings, Settings
+from vigil.config import AlertSettings, Settings
 from vigil.errors import ConfigError, ModelError
 from vigil.evaluation.metrics import auroc
 from vigil.evaluation.report import jsonable
 from vigil.onboarding import levels as lv
+from vigil.onboarding.markdown import report_markdown
 from vigil.onboarding.onset import onset_ece
 from vigil.onboarding.sample import SiteSplit, sample_sha256, split_site
 from vigil.registry import ModelRef, Registry
@@ -255,45 +256,6 @@ def _gate(reg: Registry, cand: ModelRef, base: ModelRef, check: pd.DataFrame, da
                       **common)  # fmt: skip
 
 
-def _fmt(x: Any, pct: bool = False) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "-"
-    if pct:
-        return f"{100 * x:.1f} %"
-    return f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
-def _markdown(summary: dict[str, Any], gate_text: str) -> str:
-    b, o = summary["check"]["base"], summary["check"]["onboarded"]
-    s = summary["sample"]
-    lines = [
-        f"# Site onboarding: {summary['model']} from {summary['base']}",
-        "",
-        f"Site sample `{s['file']}` (sha256 `{s['sha256'][:16]}...`), split by patient with seed {s['seed']}: "
-        f"{s['split']['train']['stays']} train, {s['split']['tune']['stays']} tune, {s['split']['check']['stays']} "
-        f"check stays ({s['split']['check']['septic_stays']} septic). Mode: **{summary['mode']}**; adaptation: "
-        f"**{summary['adaptation']}**; budget {summary['budget']:g} alerts per patient-day (chosen within "
-        f"{summary['budget'] * (1 - summary['headroom']):.3g}).",
-        "",
-        "Held-back check stays (never used to fit anything):",
-        "",
-        "| | threshold | alert level | utility | AUROC | alerts / patient-day | septic alerted before onset | "
-        "median lead h | PPV (stays) | onset-probability ECE |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, r in (("base " + b["model"], b), ("onboarded " + o["model"], o)):
-        ece = (r.get("onset_probability") or {}).get("ece")
-        lines.append(f"| {label} | {_fmt(r['threshold'])} | {_fmt(r['alert_level'])} | {_fmt(r.get('utility'))} | "
-                     f"{_fmt(r.get('auroc'))} | {_fmt(r.get('alerts_per_patient_day'))} | "
-                     f"{_fmt(r.get('share_septic_alerted_early'), True)} | {_fmt(r.get('median_lead_h'))} | "
-                     f"{_fmt(r.get('ppv_stay'), True)} | {_fmt(ece)} |")  # fmt: skip
-    lines += ["", f"Calibration of the onset probability: {summary['calibration']}", "",
-              "## Promotion gate (against the base, on the check stays)", "", "```", gate_text, "```", "",
-              "## How the adaptation was chosen", "", "```json",
-              json.dumps(jsonable(summary["adapted"]), indent=2), "```", ""]  # fmt: skip
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------------ the command
 def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             opts: OnboardOptions | None = None) -> dict[str, Any]:  # fmt: skip
@@ -490,9 +452,9 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         "check": {"base": rep_base, "onboarded": rep_new},
         "gate": {"passed": gate.passed, "reasons": list(gate.reasons)}, "promoted": promoted,
     }  # fmt: skip
-    out = Path(opts.out) if opts.out else REPO_ROOT / "reports" / f"onboard-{name}-{version}"
+    out = Path(opts.out) if opts.out else Path("reports") / f"onboard-{name}-{version}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(_markdown(summary, gate.report()), encoding="utf-8")
+    (out / "report.md").write_text(report_markdown(summary, gate.report()), encoding="utf-8")
     summary["elapsed_s"] = round(time.perf_counter() - t0, 1)
     _write_json(out / "report.json", {**summary, "gate_detail": gate.as_dict()})
     summary["report"] = str(out / "report.md")

@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 
+from vigil import kafka_io
 from vigil.config import Settings
 
 __all__ = ["wait_for_drift"]
@@ -24,9 +24,9 @@ async def wait_for_drift(
     settings: Settings, *, model: str | None = None, group: str = "vigil-trainer-drift", timeout_s: float | None = None
 ) -> dict[str, Any] | None:
     """The next unprocessed drift event (of ``model``, if given); None after ``timeout_s`` without one."""
-    consumer = AIOKafkaConsumer(
-        settings.topic("model-drift"), group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
-        session_timeout_ms=6000, heartbeat_interval_ms=1000, **settings.kafka.client_kwargs(),
+    consumer = kafka_io.consumer(
+        settings, settings.topic("model-drift"), group_id=group, enable_auto_commit=False,
+        auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
     )  # fmt: skip
     await consumer.start()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s

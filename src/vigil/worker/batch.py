@@ -515,7 +515,7 @@ class Processor:
         """The drift monitor of a serving model (None when its card has no training reference)."""
         key = (sc.name, sc.version)
         if key not in self.drift:
-            ref = sc.ref.card.get("reference")
+            ref = sc.ref.model_card.reference  # vigil.card.ModelCard
             d = self.settings.drift
             self.drift[key] = DriftMonitor(
                 sc.name, sc.version, ref, list(FEATURE_NAMES), window_rows=d.window_rows, level=d.level,

@@ -1,7 +1,7 @@
 """Ingest benchmark: HL7 messages/s accepted end to end (frame in -> broker acks=all -> ACK out) with 1, 10 and
 100 concurrent MLLP senders, and FHIR Observations/s (single POSTs and Bundles).
 
-``python -m vigil.ingest.bench [--seconds 5] [--obx 6]``: starts the embedded broker unless
+``python -m vigil.tools.ingest_bench [--seconds 5] [--obx 6]``: starts the embedded broker unless
 ``KAFKA_BOOTSTRAP_SERVERS`` is set, creates the topics under a fresh prefix, runs the listeners in this process
 and the load generator in a child process (so the clients do not share the listeners' event loop), and prints
 one JSON line per scenario. Each sender waits for the ACK before sending its next message (as MLLP senders do),
@@ -158,7 +158,7 @@ async def _bench(bootstrap: str, seconds: float, obx: int) -> list[dict[str, Any
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print one JSON line per scenario (plus the machine)."""
-    ap = argparse.ArgumentParser(prog="python -m vigil.ingest.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m vigil.tools.ingest_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of each scenario")
     ap.add_argument("--obx", type=int, default=6, help="OBX segments per HL7 message")
     args = ap.parse_args(argv)

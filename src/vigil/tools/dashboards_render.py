@@ -3,7 +3,7 @@
 Used by ``tests/test_prometheus.py`` (every panel query and every rule against a live worker) and to
 render ``docs/dashboards/*.png`` from the same queries (matplotlib, Agg)::
 
-    python -m vigil.dashboards_render --prometheus http://127.0.0.1:9090 --out docs/dashboards
+    python -m vigil.tools.dashboards_render --prometheus http://127.0.0.1:9090 --out docs/dashboards
 
 Grafana template variables are substituted the way Grafana's "All" would: ``$ward``/``$model`` match
 everything, ``$__rate_interval`` and ``$__range`` become fixed windows (:func:`substitute`).

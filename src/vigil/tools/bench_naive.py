@@ -4,8 +4,8 @@ Same decoding, state, featurizer and model as the pipeline, but each event goes 
 stream machinery and is processed alone (featurize + one ONNX call per closed row, one ``send`` per output,
 the patient's state to the changelog after every event). Its input is every event merged in event-time order
 on one topic (``$BENCH_TOPIC``, the stream name in the ``stream`` header), which spares it the cross-topic
-reordering the pipeline does. Run by ``vigil.bench`` as ``python -m vigil.bench_naive``; it stops itself after
-``$BENCH_TOTAL`` events and writes its counts and time to ``$BENCH_OUT``.
+reordering the pipeline does. Run by ``vigil.tools.bench`` as ``python -m vigil.tools.bench_naive``; it stops
+itself after ``$BENCH_TOTAL`` events and writes its counts and time to ``$BENCH_OUT``.
 """
 
 from __future__ import annotations

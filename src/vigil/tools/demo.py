@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from vigil.config import REPO_ROOT, Settings
+from vigil.errors import ConfigError
 
 __all__ = ["run_demo", "SAMPLE", "BAD_EVENTS"]
 
@@ -127,8 +128,8 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
     from vigil.catalog import create_topics, load_catalog
     from vigil.kafka_io import TopicTail, produce_many
     from vigil.physionet import iter_stays
-    from vigil.procs import WorkerProcess
     from vigil.replay import replay
+    from vigil.tools.procs import WorkerProcess
 
     await create_topics(settings.kafka.client_kwargs(), load_catalog(settings.streams_dir), settings.topic_prefix)
     expected_rows = sum(len(s.values) for s in iter_stays(data, limit=limit))
@@ -176,7 +177,7 @@ async def _demo(settings: Settings, data: Path, limit: int | None, workers: int,
         metrics_text = procs[0].metrics_text()
         demand, verified = await _demand_round(settings)
         _print_demand(demand)
-        from vigil.ingest.demo_hl7 import bed_association_demo
+        from vigil.tools.demo_hl7 import bed_association_demo
 
         hl7_beds = await bed_association_demo(settings)  # ADT^A01 + ORU without PID-3 over MLLP
         print(f"demo: HL7 over MLLP: ADT^A01 to bed DEMO-ICU^1^4, then ORU without PID-3 for that bed and one for "
@@ -226,6 +227,9 @@ def run_demo(settings: Settings, data: Path | None = None, limit: int | None = N
     from vigil.broker import EmbeddedBroker
 
     data = data or SAMPLE
+    if not data.exists():  # the bundled sample is part of a source checkout, not of the package
+        msg = f"demo data {data} not found (the bundled sample is in a vigil checkout): pass --data PATH"
+        raise ConfigError(msg)
     settings.dev_mode = True  # the demo may run with the public development pseudonym key
     logdir = Path(tempfile.mkdtemp(prefix="vigil-demo-"))
     with contextlib.ExitStack() as stack:

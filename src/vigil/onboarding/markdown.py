@@ -1,0 +1,53 @@
+"""``report.md`` of ``vigil onboard`` (:mod:`vigil.onboarding.run`): the check stays' table, the gate, the
+adaptation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from vigil.evaluation.report import jsonable
+
+__all__ = ["report_markdown"]
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "-"
+    if pct:
+        return f"{100 * x:.1f} %"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def report_markdown(summary: dict[str, Any], gate_text: str) -> str:
+    """``report.md`` of ``vigil onboard`` from its summary and the gate's report text."""
+    b, o = summary["check"]["base"], summary["check"]["onboarded"]
+    s = summary["sample"]
+    lines = [
+        f"# Site onboarding: {summary['model']} from {summary['base']}",
+        "",
+        f"Site sample `{s['file']}` (sha256 `{s['sha256'][:16]}...`), split by patient with seed {s['seed']}: "
+        f"{s['split']['train']['stays']} train, {s['split']['tune']['stays']} tune, {s['split']['check']['stays']} "
+        f"check stays ({s['split']['check']['septic_stays']} septic). Mode: **{summary['mode']}**; adaptation: "
+        f"**{summary['adaptation']}**; budget {summary['budget']:g} alerts per patient-day (chosen within "
+        f"{summary['budget'] * (1 - summary['headroom']):.3g}).",
+        "",
+        "Held-back check stays (never used to fit anything):",
+        "",
+        "| | threshold | alert level | utility | AUROC | alerts / patient-day | septic alerted before onset | "
+        "median lead h | PPV (stays) | onset-probability ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in (("base " + b["model"], b), ("onboarded " + o["model"], o)):
+        ece = (r.get("onset_probability") or {}).get("ece")
+        lines.append(f"| {label} | {_fmt(r['threshold'])} | {_fmt(r['alert_level'])} | {_fmt(r.get('utility'))} | "
+                     f"{_fmt(r.get('auroc'))} | {_fmt(r.get('alerts_per_patient_day'))} | "
+                     f"{_fmt(r.get('share_septic_alerted_early'), True)} | {_fmt(r.get('median_lead_h'))} | "
+                     f"{_fmt(r.get('ppv_stay'), True)} | {_fmt(ece)} |")  # fmt: skip
+    lines += ["", f"Calibration of the onset probability: {summary['calibration']}", "",
+              "## Promotion gate (against the base, on the check stays)", "", "```", gate_text, "```", "",
+              "## How the adaptation was chosen", "", "```json",
+              json.dumps(jsonable(summary["adapted"]), indent=2), "```", ""]  # fmt: skip
+    return "\n".join(lines)
