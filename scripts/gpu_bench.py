@@ -51,6 +51,18 @@ def err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
 # ---------------------------------------------------------------- inputs
 def load_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """(features [n,134], sequence [n,8,68], info): rows of data/sample featurized by vigil's own featurizer."""
@@ -209,7 +221,8 @@ def torch_resident(module, arrays: list[np.ndarray]):
 # ---------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="JSON result path (a .md table is written beside it)")
+    ap.add_argument("--out", required=True, help="JSON result path (the Markdown page is written beside it, .md)")
+    ap.add_argument("--render", metavar="JSON", help="only write the Markdown page of an earlier result to --out")
     ap.add_argument("--batches", default="512,1024,2048,4096,8192")
     ap.add_argument("--budget-s", type=float, default=210.0, help="whole-run budget; late low-priority cells skip")
     ap.add_argument("--cell-s", type=float, default=0.8, help="timed seconds per (contender, batch) at most")
@@ -220,6 +233,9 @@ def main() -> int:
     ap.add_argument("--hb-impls", default="gemm,tree_trav,perfect_tree_trav")
     args = ap.parse_args()
     out_path = Path(args.out)
+    if args.render:
+        out_path.write_text(markdown(json.loads(Path(args.render).read_text())))
+        return 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     batches = [int(b) for b in args.batches.split(",")]
     budget = Budget(args.budget_s)
@@ -234,6 +250,7 @@ def main() -> int:
         ),
         "tolerance_max_abs_diff": args.tol,
         "reference": "ONNX Runtime CPUExecutionProvider, all cores, same batch",
+        "commit": git_commit(),
         "args": vars(args),
         "env": {},
         "inputs": {},
@@ -309,7 +326,7 @@ def main() -> int:
         # fp32 strict for every contender unless it says TF32
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        env["tf32"] = "off (torch.backends.cuda.matmul/cudnn.allow_tf32 = False) except contenders marked tf32"
+        env["tf32"] = "TF32 off (torch.backends.cuda.matmul/cudnn.allow_tf32 = False) except contenders marked tf32"
     except Exception as exc:  # noqa: BLE001
         record_error("torch", exc)
         torch = None
@@ -564,43 +581,76 @@ def main() -> int:
 
 
 def markdown(res: dict) -> str:
-    env = res["env"]
-    lines = [
-        f"GPU: {env.get('cuda_device', 'none (CUDA unavailable)')}; CPU: {env.get('cpu_model', '?')} "
-        f"({env.get('cpu_threads')} threads); torch {env.get('torch')} (CUDA {env.get('torch_cuda_build')}), "
-        f"onnxruntime {env.get('onnxruntime')} {env.get('ort_available_providers')}, "
-        f"hummingbird-ml {env.get('hummingbird-ml')}, onnx2torch {env.get('onnx2torch')}; inputs: "
-        f"{res['inputs'].get('source')} ({res['inputs'].get('sampling', '')}).",
-        f"Timed span: {res['timed_span']}. Correctness: max abs diff vs {res['reference']} <= "
-        f"{res['tolerance_max_abs_diff']:g}.",
-        "",
-        "| model | contender | device | threads | batch | max abs diff | median ms | min ms | rows/s "
-        "| resident median ms | resident rows/s | reps |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in res["results"]:
-        if r.get("ok") is None:
-            status = f"skipped: {r.get('skipped')}"
-            lines.append(f"| {r['model']} | {r['contender']} | {r['device']} | | {r['batch']} | {status} | | | | | | |")
-            continue
-        if not r.get("ok"):
-            why = r.get("failed") or r.get("error", "")
-            lines.append(
-                f"| {r['model']} | {r['contender']} | {r['device']} | | {r['batch']} | "
-                f"FAILED: {why[:120]} | | | | | | |"
-            )
-            continue
-        lines.append(
-            f"| {r['model']} | {r['contender']} | {r.get('device_name', r['device'])} | {r.get('threads', '')} "
-            f"| {r['batch']} | {r['max_abs_diff']:.2g} | {r['median_ms']:.3f} | {r['min_ms']:.3f} "
-            f"| {r['rows_per_s']:,} | {r.get('resident_median_ms', '')} | "
-            f"{format(r['resident_rows_per_s'], ',') if 'resident_rows_per_s' in r else ''} | {r['reps']} |"
-        )
+    """A whole Markdown page (docs/gpu.md) from one result."""
+    env, inp = res["env"], res["inputs"]
+    ort_all = {
+        (r["model"], r["batch"]): r["rows_per_s"]
+        for r in res["results"]
+        if r.get("ok") and r["contender"] == "ort-cpu all threads"
+    }
     conv = "; ".join(
-        f"{c['tool']} {c.get('impl', '')} {c.get('seconds', 'ERROR ' + str(c.get('error')))} s"
+        f"{c['tool']} {c.get('impl', '')}: "
+        + (f"{c['seconds']:.1f} s" if "seconds" in c else f"ERROR {c.get('error')}")
         for c in res["conversions"]
     )
-    lines += ["", f"Conversion times: {conv}.", f"Errors: {len(res['errors'])}. Elapsed: {res.get('elapsed_s')} s."]
+    lines = [
+        "# GPU inference: CUDA vs CPU (issue 15)",
+        "",
+        f"Generated by `scripts/gpu_bench.py` from one run on {res['date']}"
+        + (f", commit `{res['commit']}`" if res.get("commit") else "")
+        + ". `make bench` runs on CPU only and does not touch this page. The worker scores with ONNX Runtime"
+        " CPUExecutionProvider; nothing here changes that.",
+        "",
+        f"- Machine: GPU {env.get('cuda_device', 'none (CUDA unavailable)')}"
+        + (
+            f" (compute capability {env['cuda_capability']}, cuDNN {env.get('cudnn')})"
+            if "cuda_capability" in env
+            else ""
+        )
+        + f"; CPU {env.get('cpu_model', '?')}, {env.get('cpu_threads')} threads; Python {env.get('python')}.",
+        f"- Versions: torch {env.get('torch')} (CUDA build {env.get('torch_cuda_build')}), onnxruntime "
+        f"{env.get('onnxruntime')} (available providers {env.get('ort_available_providers')}), onnx {env.get('onnx')}, "
+        f"hummingbird-ml {env.get('hummingbird-ml')}, onnx2torch {env.get('onnx2torch')}.",
+        f"- Inputs: {inp.get('source')}; {inp.get('sampling', '')}"
+        + (" **(synthetic: real rows unavailable)**" if inp.get("synthetic") else "")
+        + "; batch b = the first b rows.",
+        f"- Reference and correctness: every output is compared with {res['reference']}; max abs difference above "
+        f"{res['tolerance_max_abs_diff']:g} = failed, timing not shown.",
+        f"- Timed span: {res['timed_span']}. Median and min over the timed runs after warm-ups.",
+        "- sepsis-gbm on torch: each of the 5 TreeEnsembleClassifier members converted by hummingbird-ml, the class-1"
+        " probabilities averaged in torch (the model's Mean). sepsis-tcn on torch: the whole graph by onnx2torch."
+        f" {env.get('tf32', '')}.",
+        f"- Conversion times (CPU, once): {conv}.",
+        "",
+        "| model | contender | device | threads | batch | max abs diff | median ms | min ms | rows/s "
+        "| x ORT CPU all threads | resident median ms | resident rows/s | reps |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = {}
+    for r in res["results"]:
+        order.setdefault((r["model"], r["contender"], r["device"]), len(order))
+    rows = sorted(
+        res["results"], key=lambda r: (r["model"], order[(r["model"], r["contender"], r["device"])], r["batch"])
+    )
+    for r in rows:
+        head = f"| {r['model']} | {r['contender']} | {r.get('device_name', r['device'])} | {r.get('threads', '')} "
+        if r.get("ok") is None:
+            lines.append(f"{head}| {r['batch']} | skipped: {r.get('skipped')} | | | | | | | |")
+            continue
+        if not r.get("ok"):
+            why = (r.get("failed") or r.get("error", "")).replace("|", "/")
+            lines.append(f"{head}| {r['batch']} | FAILED: {why[:160]} | | | | | | | |")
+            continue
+        base = ort_all.get((r["model"], r["batch"]))
+        ratio = f"{r['rows_per_s'] / base:.2f}" if base else ""
+        lines.append(
+            f"{head}| {r['batch']} | {r['max_abs_diff']:.2g} | {r['median_ms']:.3f} | {r['min_ms']:.3f} "
+            f"| {r['rows_per_s']:,} | {ratio} | {r.get('resident_median_ms', '')} | "
+            f"{format(r['resident_rows_per_s'], ',') if 'resident_rows_per_s' in r else ''} | {r['reps']} |"
+        )
+    lines += ["", f"Errors recorded: {len(res['errors'])}. Whole run: {res.get('elapsed_s')} s."]
+    for e in res["errors"]:
+        lines.append(f"- {e['where']}: {e['error'][:300]}")
     return "\n".join(lines) + "\n"
 
 
