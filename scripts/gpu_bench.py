@@ -43,6 +43,13 @@ SAMPLE = ROOT / "data/sample/physionet2019_sample.tar.gz"
 T0 = time.perf_counter()
 
 
+class Stop(BaseException):
+    """SIGTERM (the caller's time limit): stop measuring, write what there is."""
+
+
+STATE: dict = {}
+
+
 def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
 
@@ -103,13 +110,15 @@ class Budget:
         return self.deadline - time.perf_counter()
 
 
-def time_calls(fn, cell_s: float, max_reps: int, warmups: int) -> dict:
-    """Warm-ups (the first one's output is returned for the correctness check), then timed calls."""
+def time_calls(fn, cell_s: float, max_reps: int, warmups: int, deadline: float | None = None) -> dict:
+    """Warm-ups (the first one's output is returned for the correctness check), then timed calls.
+
+    Past ``deadline`` (perf_counter) no further warm-up runs and timing stops after one timed call."""
     t = time.perf_counter()
     out = fn()
     first = time.perf_counter() - t
     done_warm = 1
-    while done_warm < warmups and first < 1.0:
+    while done_warm < warmups and first < 1.0 and (deadline is None or time.perf_counter() < deadline):
         fn()
         done_warm += 1
     if first > 2.0:  # slow cell (torch CPU at large batches): few reps
@@ -122,6 +131,8 @@ def time_calls(fn, cell_s: float, max_reps: int, warmups: int) -> dict:
         reps = 2 if one >= cell_s / 2 else int(min(max_reps, max(5, cell_s / one)))
     times = []
     for _ in range(reps):
+        if times and deadline is not None and time.perf_counter() > deadline:
+            break
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -129,7 +140,7 @@ def time_calls(fn, cell_s: float, max_reps: int, warmups: int) -> dict:
         "out": out,
         "first_call_ms": first * 1e3,
         "warmups": done_warm,
-        "reps": reps,
+        "reps": len(times),
         "median_ms": statistics.median(times) * 1e3,
         "min_ms": min(times) * 1e3,
     }
@@ -237,6 +248,7 @@ def main() -> int:
         out_path.write_text(markdown(json.loads(Path(args.render).read_text())))
         return 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    STATE["out"] = out_path
     batches = [int(b) for b in args.batches.split(",")]
     budget = Budget(args.budget_s)
     threads_all = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -258,6 +270,8 @@ def main() -> int:
         "results": [],
         "errors": [],
     }
+
+    STATE["res"] = res
 
     def save() -> None:
         tmp = out_path.with_suffix(".tmp")
@@ -357,7 +371,7 @@ def main() -> int:
             res["results"].append(row)
             return None
         try:
-            tm = time_calls(fn, args.cell_s, args.max_reps, args.warmups)
+            tm = time_calls(fn, args.cell_s, args.max_reps, args.warmups, budget.deadline if low_priority else None)
             out = np.asarray(tm.pop("out"), dtype=np.float32).reshape(batch, -1)
             if ref is not None:
                 diff = float(np.max(np.abs(out - ref)))
@@ -649,14 +663,39 @@ def markdown(res: dict) -> str:
             f"{format(r['resident_rows_per_s'], ',') if 'resident_rows_per_s' in r else ''} | {r['reps']} |"
         )
     lines += ["", f"Errors recorded: {len(res['errors'])}. Whole run: {res.get('elapsed_s')} s."]
+    if res.get("stopped"):
+        lines += ["", f"**Stopped early: {res['stopped']}.**"]
     for e in res["errors"]:
         lines.append(f"- {e['where']}: {e['error'][:300]}")
     return "\n".join(lines) + "\n"
 
 
+def _on_sigterm(signum, frame) -> None:
+    raise Stop
+
+
+def _finish_partial(reason: str) -> None:
+    res, out = STATE.get("res"), STATE.get("out")
+    if res is None or out is None:
+        return
+    res["stopped"] = f"{reason}: partial result"
+    res["elapsed_s"] = round(time.perf_counter() - T0, 1)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res), flush=True)
+    log(f"stopped ({reason}); partial result in {out}")
+
+
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         sys.exit(main())
+    except Stop:
+        _finish_partial("SIGTERM before the end (time limit)")
+        sys.exit(0)
     except Exception:  # noqa: BLE001 - last resort: never crash without a word
         traceback.print_exc()
+        _finish_partial("unexpected error, see the log")
         sys.exit(0)
