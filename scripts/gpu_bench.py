@@ -566,24 +566,26 @@ def main() -> int:
                 skipped(model, contender, "cuda", "CUDA unavailable (torch.cuda.is_available() is False)")
             cpu_extras.append((model, contender, cpu_copy, extra, dict(refs), inputs))
 
-    # torch CPU references last (low priority: skipped when the whole-run budget is spent)
-    for model, contender, module, extra, mrefs, inputs in cpu_extras:
-        try:
-            for b in batches:
-                if b not in mrefs:
-                    continue
+    # torch CPU references last (low priority: skipped when the whole-run budget is spent), batch by batch across
+    # the models so that a late run still has the small batches of both
+    for b in batches:
+        for model, contender, module, extra, mrefs, inputs in cpu_extras:
+            if b not in mrefs:
+                continue
+            try:
+                fn = torch_runner(module, "cpu", inputs(b))
                 cell(
                     model,
                     contender,
                     "cpu",
                     b,
-                    torch_runner(module, "cpu", inputs(b)),
+                    fn,
                     mrefs[b],
-                    {**extra, "threads": torch.get_num_threads(), "tf32": False},
+                    {**extra, "threads": torch.get_num_threads()},
                     low_priority=True,
                 )
-        except Exception as exc:  # noqa: BLE001
-            record_error(f"{model}/{contender}/cpu", exc)
+            except Exception as exc:  # noqa: BLE001
+                record_error(f"{model}/{contender}/cpu/b{b}", exc)
 
     res["elapsed_s"] = round(time.perf_counter() - T0, 1)
     save()
@@ -603,7 +605,8 @@ def markdown(res: dict) -> str:
         if r.get("ok") and r["contender"] == "ort-cpu all threads"
     }
     conv = "; ".join(
-        f"{c['tool']} {c.get('impl', '')}: "
+        " ".join(x for x in (c["tool"], c.get("impl")) if x)
+        + ": "
         + (f"{c['seconds']:.1f} s" if "seconds" in c else f"ERROR {c.get('error')}")
         for c in res["conversions"]
     )
