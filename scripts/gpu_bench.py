@@ -472,7 +472,12 @@ def main() -> int:
                         )
                         continue
                     arrs = inputs(b)
-                    resident = torch_resident(module, arrs) if device == "cuda" else None
+                    resident = None
+                    if device == "cuda":
+                        try:
+                            resident = torch_resident(module, arrs)
+                        except Exception as exc:  # noqa: BLE001 - the copy-inclusive timing still runs
+                            record_error(f"{model}/{contender}/b{b}/resident", exc)
                     cell(
                         model,
                         contender,
