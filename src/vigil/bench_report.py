@@ -29,8 +29,12 @@ events.
 """
 
 
-# Written from one run of scripts/gpu_bench.py on a GPU machine (make bench runs on CPU and does not touch it).
-GPU_PAGE = Path(__file__).resolve().parents[2] / "docs" / "gpu.md"
+# Written from one run of scripts/gpu_bench.py on a GPU machine (make bench runs on CPU and does not touch it);
+# looked up in the checkout this module runs from (an installed vigil has none: "not measured").
+GPU_PAGE = next(
+    (p / "docs" / "gpu.md" for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file()),
+    Path("docs/gpu.md"),
+)
 
 
 def gpu_section(page: Path | None = None) -> str:
