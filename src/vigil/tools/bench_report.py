@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +26,34 @@ every event as late. It measured decode-and-drop, and it scored nothing (an inde
 and fails, with no speed figure, when a contender does not produce exactly the expected scores with 0 late
 events.
 
+"""
+
+
+# Written from one run of scripts/gpu_bench.py on a GPU machine (make bench runs on CPU and does not touch it);
+# looked up in the checkout this module runs from (an installed vigil has none: "not measured").
+GPU_PAGE = next(
+    (p / "docs" / "gpu.md" for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file()),
+    Path("docs/gpu.md"),
+)
+
+
+def gpu_section(page: Path | None = None) -> str:
+    """The GPU section: a link to the separately measured page when it exists, else 'not measured'."""
+    page = GPU_PAGE if page is None else page
+    if page.is_file():
+        return f"""
+## GPU
+
+This run is CPU only: the worker scores with ONNX Runtime CPUExecutionProvider. CUDA vs CPU inference of the
+models (TCN; trees as hummingbird-ml GEMM / tree traversal on torch) was measured separately, by
+`scripts/gpu_bench.py` on a GPU machine, not by `make bench`: see [{page.name}]({page.name}) for its machine,
+date and numbers.
+"""
+    return """
+## GPU
+
+Not measured: no GPU machine was available for this run. Everything runs on CPU (ONNX Runtime
+CPUExecutionProvider).
 """
 
 
@@ -108,12 +137,7 @@ restarted worker holds), and measures the Python heap (tracemalloc) and the RSS 
                      f"{row['rss_bytes_per_patient']:,} B", f"{row['changelog_bytes_per_patient']:,} B"]
             parts.append("| " + " | ".join(cells) + " |\n")
     parts.append(_targets(r))
-    parts.append("""
-## GPU
-
-Not measured: no GPU machine was available for this run. Everything runs on CPU (ONNX Runtime
-CPUExecutionProvider).
-""")
+    parts.append(gpu_section())
     dirty = " (with uncommitted changes)" if m.get("dirty") else ""
     parts.append(f"""
 ## Machine
