@@ -101,10 +101,12 @@ class AlertPolicy:
 
 
 def advance(s: RuleState, r: RuleSettings, kind: str, key: str, value: float, t: float, row: int, *,
-            threshold: float | None = None, can_raise: bool = True) -> Decision | None:  # fmt: skip
+            threshold: float | None = None, can_raise: bool = True, model: str | None = None, version: str = "-"
+            ) -> Decision | None:  # fmt: skip
     """Move one enabled rule's state ``s`` with a finite ``value`` at event time ``t``; the event, if any
     (without ids: :class:`vigil.alerting.stage.AlertStage` adds them). ``threshold``: the card's alert level
-    (model_risk); ``can_raise`` False holds a raise back (the NEWS2 urgent rule while the emergency rule covers it)."""
+    (model_risk); ``can_raise`` False holds a raise back (the NEWS2 urgent rule while the emergency rule covers it);
+    ``model`` / ``version``: the model whose risk ``value`` is (model_risk)."""
     raise_at = float(r.raise_at if r.raise_at is not None else (threshold if threshold is not None else math.inf))
     clear = float(r.clear_below if r.clear_below is not None else 0.8 * raise_at)
     if s.active:
@@ -112,10 +114,11 @@ def advance(s: RuleState, r: RuleSettings, kind: str, key: str, value: float, t:
             s.active, s.streak = False, 0
             if not r.resolve:
                 return None
-            return Decision("resolved", kind, key, "info", value, raise_at, row, t, s.episode, s.ack)
+            return Decision("resolved", kind, key, "info", value, raise_at, row, t, s.episode, s.ack, model, version)
         if r.escalate_by is not None and not s.escalated and s.level is not None and value >= s.level + r.escalate_by:
             s.escalated = True
-            return Decision("escalated", kind, key, r.escalated_severity, value, raise_at, row, t, s.episode)
+            return Decision("escalated", kind, key, r.escalated_severity, value, raise_at, row, t, s.episode, None,
+                            model, version)  # fmt: skip
         return None
     s.streak = s.streak + 1 if value >= raise_at else 0
     if s.streak < r.persistence or not can_raise:
@@ -125,7 +128,7 @@ def advance(s: RuleState, r: RuleSettings, kind: str, key: str, value: float, t:
     if s.ack_until is not None and t < s.ack_until:
         return None
     s.active, s.level, s.escalated, s.last, s.episode, s.ack = True, value, False, t, str(row), None
-    return Decision("raised", kind, key, r.severity, value, raise_at, row, t, str(row))
+    return Decision("raised", kind, key, r.severity, value, raise_at, row, t, str(row), None, model, version)
 
 
 def acknowledge(s: RuleState, key: str, alert_id: str, *, by: str, at: float, action: str, suppress_h: float

@@ -45,10 +45,12 @@ class ModelRisk(NamedTuple):
 
 class AlertStage:
     """Steps the alert rules of :class:`~vigil.config.AlertSettings` (:attr:`policy`: the rules per ward and unit
-    and the live levels of the budget controller) over per-patient :class:`AlertState`."""
+    and the live levels of the budget controller) over per-patient :class:`AlertState`. ``identify`` False (an
+    offline replay, where nothing is published or acknowledged): decisions without ids, no ids remembered."""
 
-    def __init__(self, settings: AlertSettings) -> None:
+    def __init__(self, settings: AlertSettings, *, identify: bool = True) -> None:
         self.policy = AlertPolicy(settings)
+        self.identify = identify
 
     def step(self, st: AlertState, snap: Snapshot, models: Sequence[ModelRisk], news2: Mapping[str, Any]
              ) -> list[Decision]:  # fmt: skip
@@ -92,10 +94,13 @@ class AlertStage:
         s = st.get(key)
         if s is None:
             s = st[key] = RuleState()
-        d = advance(s, r, kind, key, value, t, row, threshold=threshold, can_raise=can_raise)
+        version = version if kind == "model_risk" else "-"
+        d = advance(s, r, kind, key, value, t, row, threshold=threshold, can_raise=can_raise, model=model,
+                    version=version)  # fmt: skip
         if d is None:
             return []
-        version = version if kind == "model_risk" else "-"
+        if not self.identify:
+            return [d]
         aid = alert_id(patient, key, version, d.row, d.event)
         episode = alert_id(patient, key, version, int(d.episode), "raised") if d.episode else aid
         if d.event == "raised":
@@ -105,7 +110,7 @@ class AlertStage:
             for old in list(ids)[:-ACKABLE]:
                 del ids[old]
             s.ids = ids
-        return [replace(d, model=model, version=version, alert_id=aid, episode_id=episode)]
+        return [replace(d, alert_id=aid, episode_id=episode)]
 
     def ack(self, st: AlertState, alert: str, *, by: str, at: float, action: str) -> Decision | None:
         """Apply an acknowledgement of the alert ``alert`` (one of the patient's recent alerts): kept with the

@@ -107,7 +107,7 @@ def simulate_policy(
     """
     from vigil.alerting import AlertStage, AlertState
 
-    stage = AlertStage(policy)
+    stage = AlertStage(policy, identify=False)  # nothing is published offline: no alert ids
     pol = stage.policy
     n = int(np.asarray(risk).shape[0])
     starts = _starts(stay_start, n)
