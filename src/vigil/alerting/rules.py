@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from vigil.alerting.state import RuleState
+from vigil.alerting.state import AlertState, RuleState
 from vigil.config import AlertSettings, RuleSettings
 
 __all__ = ["AlertPolicy", "Decision", "ALERT_TYPES", "HOUR", "rule_key", "advance", "acknowledge"]
@@ -100,13 +100,16 @@ class AlertPolicy:
         return base.model_copy(update=patch) if patch else base
 
 
-def advance(s: RuleState, r: RuleSettings, kind: str, key: str, value: float, t: float, row: int, *,
+def advance(st: AlertState, r: RuleSettings, kind: str, key: str, value: float, t: float, row: int,
             threshold: float | None = None, can_raise: bool = True, model: str | None = None, version: str = "-"
             ) -> Decision | None:  # fmt: skip
-    """Move one enabled rule's state ``s`` with a finite ``value`` at event time ``t``; the event, if any
-    (without ids: :class:`vigil.alerting.stage.AlertStage` adds them). ``threshold``: the card's alert level
-    (model_risk); ``can_raise`` False holds a raise back (the NEWS2 urgent rule while the emergency rule covers it);
-    ``model`` / ``version``: the model whose risk ``value`` is (model_risk)."""
+    """Move the state of one enabled rule (``key`` in ``st``) with a finite ``value`` at event time ``t``; the
+    event, if any (without ids: :class:`vigil.alerting.stage.AlertStage` adds them). ``threshold``: the card's
+    alert level (model_risk); ``can_raise`` False holds a raise back (the NEWS2 urgent rule while the emergency
+    rule covers it); ``model`` / ``version``: the model whose risk ``value`` is (model_risk)."""
+    s = st.get(key)
+    if s is None:
+        s = st[key] = RuleState()
     raise_at = float(r.raise_at if r.raise_at is not None else (threshold if threshold is not None else math.inf))
     clear = float(r.clear_below if r.clear_below is not None else 0.8 * raise_at)
     if s.active:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vigil.alerting.rules import AlertPolicy, Decision, acknowledge, advance, rule_key
-from vigil.alerting.state import ACKABLE, AlertState, RuleState
+from vigil.alerting.state import ACKABLE, AlertState
 from vigil.alerts import alert_id
 
 if TYPE_CHECKING:
@@ -58,23 +58,42 @@ class AlertStage:
         the NEWS2 rules (once per row, not once per model)."""
         t, row, p, w, u = snap.row_time, snap.row, snap.patient, snap.ward, snap.unit
         out: list[Decision] = []
-        for m in models:
-            out += self.rule(st, "model_risk", m.name, m.risk, t, row, patient=p, version=m.version,
-                             threshold=m.card_level, ward=w, unit=u)  # fmt: skip
-        single = float(max(news2["parts"].values(), default=0))
-        return out + self.news2(st, float(news2["total"]), single, t, row, patient=p, ward=w, unit=u)
+        r = self.policy.rule("model_risk", w, u)
+        if r.enabled:
+            for m in models:
+                if math.isfinite(m.risk):
+                    d = advance(st, r, "model_risk", f"model_risk:{m.name}", m.risk, t, row, m.card_level, True,
+                                m.name, m.version)  # fmt: skip
+                    if d is not None:
+                        out.append(self._identify(st, d, p))
+        return out + self.news2(st, news2["total"], None, t, row, patient=p, ward=w, unit=u, parts=news2["parts"])
 
-    def news2(self, st: AlertState, total: float, single: float, t: float, row: int, *, patient: str = "",
-              ward: str | None = None, unit: str | None = None) -> list[Decision]:  # fmt: skip
-        """The NEWS2 rules on a row's NEWS2 ``total`` and its highest single-parameter score: emergency, urgent
-        (held back while the emergency rule covers the row), single parameter."""
-        kw: dict[str, Any] = {"patient": patient, "ward": ward, "unit": unit}
-        return [
-            *self.rule(st, "news2_emergency", None, total, t, row, **kw),
-            *self.rule(st, "news2_urgent", None, total, t, row, can_raise=not self.news2_covered(total, ward, unit),
-                       **kw),
-            *self.rule(st, "news2_single", None, single, t, row, **kw),
+    def news2(self, st: AlertState, total: float, single: float | None, t: float, row: int, *, patient: str = "",
+              ward: str | None = None, unit: str | None = None, parts: Mapping[str, float] | None = None
+              ) -> list[Decision]:  # fmt: skip
+        """The NEWS2 rules on a row's NEWS2 ``total`` and its highest single-parameter score ``single`` (or the
+        highest of ``parts``): emergency, urgent (held back while the emergency rule covers the row), single
+        parameter."""
+        rule = self.policy.rule
+        emergency, urgent, one = rule("news2_emergency", ward, unit), rule("news2_urgent", ward, unit), rule(
+            "news2_single", ward, unit)  # fmt: skip
+        if not (emergency.enabled or urgent.enabled or one.enabled):
+            return []
+        total = float(total)
+        ok = math.isfinite(total)
+        out = [
+            advance(st, emergency, "news2_emergency", "news2_emergency", total, t, row) if emergency.enabled and ok
+            else None,
+            advance(st, urgent, "news2_urgent", "news2_urgent", total, t, row, None,
+                    not (emergency.enabled and total >= float(emergency.raise_at or 7))) if urgent.enabled and ok
+            else None,
         ]  # fmt: skip
+        if one.enabled:
+            if single is None:
+                single = float(max(parts.values(), default=0)) if parts is not None else math.nan
+            if math.isfinite(single):
+                out.append(advance(st, one, "news2_single", "news2_single", single, t, row))
+        return [self._identify(st, d, patient) for d in out if d is not None]
 
     def news2_covered(self, total: float, ward: str | None = None, unit: str | None = None) -> bool:
         """The NEWS2 emergency rule covers a row with this ``total`` (no urgent alert is raised then)."""
@@ -90,27 +109,27 @@ class AlertStage:
         r = self.policy.rule(kind, ward, unit)
         if not r.enabled or not math.isfinite(value):
             return []
-        key = rule_key(kind, model)
-        s = st.get(key)
-        if s is None:
-            s = st[key] = RuleState()
         version = version if kind == "model_risk" else "-"
-        d = advance(s, r, kind, key, value, t, row, threshold=threshold, can_raise=can_raise, model=model,
-                    version=version)  # fmt: skip
-        if d is None:
-            return []
+        d = advance(st, r, kind, rule_key(kind, model), value, t, row, threshold, can_raise, model, version)
+        return [] if d is None else [self._identify(st, d, patient)]
+
+    def _identify(self, st: AlertState, d: Decision, patient: str) -> Decision:
+        """``d`` with its ids (the record's and its episode's); a raised alert's id is remembered in its rule's
+        state, the latest :data:`~vigil.alerting.state.ACKABLE`, so an acknowledgement can refer to it."""
         if not self.identify:
-            return [d]
-        aid = alert_id(patient, key, version, d.row, d.event)
-        episode = alert_id(patient, key, version, int(d.episode), "raised") if d.episode else aid
+            return d
+        aid = alert_id(patient, d.key, d.version, d.row, d.event)
+        episode = alert_id(patient, d.key, d.version, int(d.episode), "raised") if d.episode else aid
         if d.event == "raised":
-            s.alert_id, s.version = aid, version
+            s = st[d.key]
+            s.alert_id, s.version = aid, d.version
             ids = s.ids if s.ids is not None else {}
             ids[aid] = d.time
             for old in list(ids)[:-ACKABLE]:
                 del ids[old]
             s.ids = ids
-        return [replace(d, alert_id=aid, episode_id=episode)]
+        return Decision(d.event, d.kind, d.key, d.severity, d.value, d.raise_at, d.row, d.time, d.episode, d.ack,
+                        d.model, d.version, aid, episode)  # fmt: skip
 
     def ack(self, st: AlertState, alert: str, *, by: str, at: float, action: str) -> Decision | None:
         """Apply an acknowledgement of the alert ``alert`` (one of the patient's recent alerts): kept with the
