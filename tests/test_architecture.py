@@ -141,15 +141,16 @@ def test_worker_process_loads_no_offline_module() -> None:
 
 
 # The shared layer (docs/architecture.md): typed records, configuration, the model card and registry, features,
-# scoring, the alert policy. It imports only itself, never the edge, the worker, the subscribers, the API, the
+# scoring, the alerting stage. It imports only itself, never the edge, the worker, the subscribers, the API, the
 # demand job or the offline packages.
 SHARED = frozenset({
     "vigil", "vigil.errors", "vigil.config", "vigil.config_sections", "vigil.budget", "vigil.settings_check",
     "vigil.variables", "vigil.data",
     "vigil.units", "vigil.codes", "vigil.deadletters", "vigil.records", "vigil.card", "vigil.registry", "vigil.onset",
     "vigil.registry_view",
-    "vigil.features", "vigil.news2", "vigil.scoring", "vigil.policy", "vigil.alerts", "vigil.levels", "vigil.metrics",
+    "vigil.features", "vigil.news2", "vigil.scoring", "vigil.alerts", "vigil.levels", "vigil.metrics",
     "vigil.timewindow", "vigil.privacy", "vigil.logs", "vigil.state", "vigil.explain", "vigil.drift",
+    "vigil.alerting", "vigil.alerting.state", "vigil.alerting.rules", "vigil.alerting.stage",
 })  # fmt: skip
 
 

@@ -16,12 +16,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from vigil.alerting import AlertPolicy, AlertStage, AlertState
 from vigil.budget import BudgetController, BudgetSettings, _Levels
 from vigil.config import AlertSettings, Settings, load_settings
 from vigil.kafka_io import produce_records, read_topic
 from vigil.metrics import WorkerMetrics
 from vigil.physionet import iter_stays
-from vigil.policy import AlertPolicy
 from vigil.privacy import pseudonymise
 from vigil.replay import stay_events
 from vigil.tools.procs import WorkerProcess
@@ -131,16 +131,16 @@ def test_moves_are_logged_and_exported_without_patient_data(caplog: pytest.LogCa
 
 
 def test_the_policy_raises_at_the_level_the_controller_sets() -> None:
-    pol = AlertPolicy(AlertSettings(overrides={"W1": {"model_risk": {"raise_at": 0.42}}}))
+    stage, st = AlertStage(AlertSettings(overrides={"W1": {"model_risk": {"raise_at": 0.42}}})), AlertState()
+    pol = stage.policy  # the rules the stage steps
     c = _ctrl(pol)
     c.observe_row("W1", 0.0, 0.42, patient="p0", row=0, partial=False, raised=False)
     assert pol.rule("model_risk", "W1").raise_at == 0.42  # starts at the level in force
     pol.set_level("W1", 0.47)
     assert pol.rule("model_risk", "W1").raise_at == 0.47  # the controller's level beats the static override
     assert pol.rule("model_risk", "W2").raise_at is None  # other wards keep theirs
-    st: dict = {}
-    assert pol.step(st, "model_risk", "m", 0.45, 0.0, 0, threshold=0.3, ward="W1") == []
-    [d] = pol.step(st, "model_risk", "m", 0.48, H, 1, threshold=0.3, ward="W1")
+    assert stage.rule(st, "model_risk", "m", 0.45, 0.0, 0, threshold=0.3, ward="W1") == []
+    [d] = stage.rule(st, "model_risk", "m", 0.48, H, 1, threshold=0.3, ward="W1")
     assert (d.event, d.raise_at) == ("raised", 0.47)
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from vigil.alerting import AlertPolicy
 from vigil.cli import cli
 from vigil.config import REPO_ROOT, load_settings
 from vigil.levels import level_in_force
-from vigil.policy import AlertPolicy
 from vigil.records import AdtEvent, Observation
 from vigil.registry import Registry
 from vigil.state import HOUR

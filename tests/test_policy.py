@@ -1,10 +1,11 @@
-"""The alert policy engine: hysteresis, persistence, refractory windows, escalation, resolution,
+"""The alert rules (vigil.alerting): hysteresis, persistence, refractory windows, escalation, resolution,
 acknowledgements and per-ward overrides — alone, inside the worker's Processor (real ONNX model,
 model-based explanations, schema-valid records) and in the policy sweep."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
+from vigil.alerting import AlertStage, AlertState
 from vigil.config import REPO_ROOT, AlertSettings, RuleSettings, load_settings
 from vigil.evaluation.sweep import SweepPoint, choose, pareto, sweep_policies
-from vigil.policy import AlertPolicy
 from vigil.records import AckEvent
 from vigil.registry import Registry
 from vigil.state import HOUR
@@ -23,15 +24,15 @@ from vigil.worker.batch import InEvent, Processor
 H = 3600.0
 
 
-def run(policy: AlertPolicy, values: list[float], kind: str = "model_risk", **kw: Any) -> list[list[str]]:
-    state: dict[str, Any] = {}
-    return [[d.event for d in policy.step(state, kind, "m", v, t * H, t, threshold=0.5, **kw)]
+def run(policy: AlertStage, values: list[float], kind: str = "model_risk", **kw: Any) -> list[list[str]]:
+    state = AlertState()
+    return [[d.event for d in policy.rule(state, kind, "m", v, t * H, t, threshold=0.5, **kw)]
             for t, v in enumerate(values)]  # fmt: skip
 
 
-def rule(**kw: Any) -> AlertPolicy:
+def rule(**kw: Any) -> AlertStage:
     base = {"persistence": 1, "refractory_h": 0.0, "escalate_by": None}
-    return AlertPolicy(AlertSettings(model_risk=RuleSettings(**{**base, **kw})))
+    return AlertStage(AlertSettings(model_risk=RuleSettings(**{**base, **kw})))
 
 
 def test_hysteresis_raises_at_the_raise_level_and_clears_only_below_the_clear_level() -> None:
@@ -56,34 +57,34 @@ def test_escalation_once_per_episode_when_the_risk_keeps_rising() -> None:
 
 
 def test_acknowledgement_is_recorded_and_silences_the_type_for_a_while() -> None:
-    pol = AlertPolicy(AlertSettings(model_risk=RuleSettings(persistence=1, refractory_h=0, escalate_by=0.3),
-                                    ack_suppress_h=3))  # fmt: skip
-    st: dict[str, Any] = {}
-    assert [d.event for d in pol.step(st, "model_risk", "m", 0.7, 0.0, 0, threshold=0.5)] == ["raised"]
-    st["model_risk:m"]["alert_id"] = "a1"
+    pol = AlertStage(AlertSettings(model_risk=RuleSettings(persistence=1, refractory_h=0, escalate_by=0.3),
+                                   ack_suppress_h=3))  # fmt: skip
+    st = AlertState()
+    assert [d.event for d in pol.rule(st, "model_risk", "m", 0.7, 0.0, 0, threshold=0.5)] == ["raised"]
+    st["model_risk:m"].alert_id = "a1"
     assert pol.ack(st, "nope", by="rn", at=0.5 * H, action="acknowledged") is None  # unknown alert: nothing
     d = pol.ack(st, "a1", by="rn-7", at=0.5 * H, action="acknowledged")
     assert d is not None and d.event == "acknowledged"
     assert d.ack == {"by": "rn-7", "at": 0.5 * H, "action": "acknowledged"}
-    events = [[x.event for x in pol.step(st, "model_risk", "m", v, t * H, t, threshold=0.5)]
+    events = [[x.event for x in pol.rule(st, "model_risk", "m", v, t * H, t, threshold=0.5)]
               for t, v in [(1, 0.2), (2, 0.7), (3, 0.7), (4, 0.7)]]  # fmt: skip
     assert events == [["resolved"], [], [], ["raised"]]  # silenced until 0.5 + 3 h
-    resolved = pol.step({"model_risk:m": {**st["model_risk:m"], "active": True}}, "model_risk", "m", 0.1, 9 * H, 9,
-                        threshold=0.5)  # fmt: skip
+    resolved = pol.rule(AlertState({"model_risk:m": replace(st["model_risk:m"], active=True)}), "model_risk", "m",
+                        0.1, 9 * H, 9, threshold=0.5)  # fmt: skip
     assert resolved[0].event == "resolved"
 
 
 def test_escalation_still_goes_out_while_acknowledged() -> None:
-    pol = AlertPolicy(AlertSettings(model_risk=RuleSettings(refractory_h=0, escalate_by=0.2), ack_suppress_h=24))
-    st: dict[str, Any] = {}
-    pol.step(st, "model_risk", "m", 0.6, 0.0, 0, threshold=0.5)
-    st["model_risk:m"]["alert_id"] = "a1"
+    pol = AlertStage(AlertSettings(model_risk=RuleSettings(refractory_h=0, escalate_by=0.2), ack_suppress_h=24))
+    st = AlertState()
+    pol.rule(st, "model_risk", "m", 0.6, 0.0, 0, threshold=0.5)
+    st["model_risk:m"].alert_id = "a1"
     assert pol.ack(st, "a1", by="rn", at=10.0, action="acknowledged") is not None
-    assert [d.event for d in pol.step(st, "model_risk", "m", 0.85, H, 1, threshold=0.5)] == ["escalated"]
+    assert [d.event for d in pol.rule(st, "model_risk", "m", 0.85, H, 1, threshold=0.5)] == ["escalated"]
 
 
 def test_ward_and_unit_overrides_and_disabled_rules() -> None:
-    pol = AlertPolicy(AlertSettings(
+    pol = AlertStage(AlertSettings(
         news2_emergency=RuleSettings(enabled=False, raise_at=7, clear_below=5),
         overrides={"W9": {"news2_emergency": {"enabled": True}}, "SICU": {"news2_emergency": {"raise_at": 8}}},
     ))  # fmt: skip

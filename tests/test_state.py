@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from vigil.alerting import RuleState
 from vigil.config import load_settings
 from vigil.features import WINDOW
 from vigil.records import AdtEvent, Observation
@@ -137,7 +138,7 @@ def test_state_round_trip_bytes() -> None:
     st.observe(Observation("pt-a", "s", 2, T0 + 10, LACT, 4.1, "lab"))
     st.is_duplicate(event_uid("s", 2), 256)
     st.pending.append(Observation("pt-a", "s", 3, T0 + 20, HR, 99.0, "vital"))
-    st.alerts["news2_emergency"] = True
+    st.alerts["news2_emergency"] = RuleState(active=True, streak=2, last=T0, level=7.0, episode="3")
     back = PatientState.from_bytes(st.to_bytes())
     assert back.to_bytes() == st.to_bytes()
     assert back.seen.keys() == st.seen.keys() and back.pending == st.pending

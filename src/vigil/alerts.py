@@ -1,4 +1,4 @@
-"""Alert identities and messages. The policy that decides when to alert is :mod:`vigil.policy`.
+"""Alert identities and messages. The stage that decides when to alert is :mod:`vigil.alerting`.
 
 Alert ids are deterministic — the same patient, alert type, model version, row and event always give
 the same id — so a replay or a crash-and-recover never produces a different or an extra alert id for
@@ -11,7 +11,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vigil.policy import Decision
+    from vigil.alerting.rules import Decision
 
 __all__ = ["alert_id", "score_id", "alert_message", "NEWS2_URGENT"]
 
@@ -54,7 +54,7 @@ def alert_message(
     ``onset``: (hours, calibrated probability of sepsis onset within them), quoted beside the model's score,
     which is a ranking and not a probability.
 
-    >>> from vigil.policy import Decision
+    >>> from vigil.alerting import Decision
     >>> d = Decision("raised", "model_risk", "model_risk:m", "high", 0.71, 0.58, 12, 0.0, "12")
     >>> alert_message(d, risk=0.71, threshold=0.58, news2={"total": 6, "parts": {}},
     ...               factors=[{"text": "temperature 39.2 °C, up from 37.1 5 h ago"}])

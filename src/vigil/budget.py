@@ -21,7 +21,7 @@ After a move the group's window restarts: the next decision is measured at the n
 overshoot from alerts raised at the old one). Every move is one log line (group, old -> new level, observed
 rate, exposure, target, bounds; never a patient) and is counted (``vigil_alert_budget_moves_total``); the
 level in force per group is the gauge ``vigil_alert_level``. The level reaches alerts through the alert
-policy (:meth:`vigil.policy.AlertPolicy.set_level`): it is the ``raise_at`` of the group's model-risk rule,
+policy (:meth:`vigil.alerting.AlertPolicy.set_level`): it is the ``raise_at`` of the group's model-risk rule,
 so the alert records' ``raise_at``, their messages and everything that reads the rule agree.
 
 A group starts at the level in force without the controller (the group's override, else the site's
@@ -89,7 +89,7 @@ class BudgetSettings(BaseModel):
 
 
 class LevelSink(Protocol):
-    """Where a group's level goes: :class:`vigil.policy.AlertPolicy` (``levels`` and ``set_level``)."""
+    """Where a group's level goes: :class:`vigil.alerting.AlertPolicy` (``levels`` and ``set_level``)."""
 
     levels: dict[str, float]
 
@@ -190,7 +190,7 @@ class BudgetController:
                        model: str = "") -> None:  # fmt: skip
         """Every row of a scored batch (:class:`vigil.state.Snapshot`); ``raised``: the indices of the rows on which
         a model-risk alert of the primary model went out (raised or escalated); ``rule``:
-        :meth:`vigil.policy.AlertPolicy.rule` and ``card_level`` its model's alert level (the level of a new group);
+        :meth:`vigil.alerting.AlertPolicy.rule` and ``card_level`` its model's alert level (the level of a new group);
         ``model``: the primary model's NAME:VERSION (a new one has its own risk scale: every group restarts)."""
         if model != self._model:
             if self._model is not None:

@@ -171,7 +171,7 @@ class TimeWindowSettings(BaseModel):
 
 
 class RuleSettings(BaseModel):
-    """One alert type's rule (see :mod:`vigil.policy`)."""
+    """One alert type's rule (see :mod:`vigil.alerting.rules`)."""
 
     enabled: bool = True
     raise_at: float | None = None  # model_risk: None = the card's alert level (alert_policy.raise_at, else threshold)

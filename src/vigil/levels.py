@@ -2,8 +2,8 @@
 (``threshold`` / ``above_threshold``), alert records and their messages, ``vigil alerts tail``,
 ``vigil models list/show``, the dashboards and the docs.
 
-Highest first (exactly as :meth:`vigil.policy.AlertPolicy.rule` resolves a rule, then
-:meth:`~vigil.policy.AlertPolicy.step` falls back to the model):
+Highest first (exactly as :meth:`vigil.alerting.AlertPolicy.rule` resolves a rule, then
+:meth:`vigil.alerting.AlertStage.rule` falls back to the model):
 
 1. ``alerts.overrides.<ward>.model_risk.raise_at`` (a ward's override is applied after the unit's),
 2. ``alerts.overrides.<unit>.model_risk.raise_at``,
@@ -16,7 +16,7 @@ card has an alert policy; nothing vigil publishes or prints calls the alert leve
 saying which one it is.
 
 >>> from vigil.config import AlertSettings
->>> from vigil.policy import AlertPolicy
+>>> from vigil.alerting import AlertPolicy
 >>> pol = AlertPolicy(AlertSettings(overrides={"MICU": {"model_risk": {"raise_at": 0.7}}}))
 >>> level_in_force(pol, 0.55), level_in_force(pol, 0.55, unit="MICU")
 (0.55, 0.7)
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 from vigil.card import ModelCard
 
 if TYPE_CHECKING:
+    from vigil.alerting import AlertPolicy
     from vigil.config import AlertSettings
-    from vigil.policy import AlertPolicy
 
 __all__ = ["Level", "level_in_force", "describe_level", "levels_for_card", "scoped_levels"]
 

@@ -96,7 +96,7 @@ class AdtEvent:
 @dataclass(frozen=True, slots=True)
 class AckEvent:
     """A clinician's response to an alert (``alert-acks``): recorded with the alert, and it silences new
-    alerts of the same type for a while (:mod:`vigil.policy`)."""
+    alerts of the same type for a while (:mod:`vigil.alerting`)."""
 
     patient: str
     time: float  # when it was acknowledged

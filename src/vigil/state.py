@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from vigil.alerting.state import AlertState
 from vigil.features import WINDOW, FeatureInput
 from vigil.records import AdtEvent, Observation
 from vigil.variables import STATIC_INDEX, VARIABLES
@@ -242,7 +243,7 @@ class PatientState:
         self.pending: list[Observation] = []  # observations waiting for the admit (grace period)
         self.pending_since: float | None = None  # wall-clock time the first pending observation arrived
         self.last_wall = time.time()  # wall-clock time of the last event (not persisted: restore = now)
-        self.alerts: dict[str, bool] = {}  # alert type -> currently raised (re-arms on clear)
+        self.alerts = AlertState()  # alert rule -> its state (owned by vigil.alerting.stage)
         self.discharged = False  # finalised: rows closed up to the discharge, state to be evicted
         self.discharge_time: float | None = None  # event time of a discharge waiting for its grace period
         self.discharge_seen: float | None = None  # wall-clock time the discharge was processed
@@ -342,7 +343,7 @@ class PatientState:
             "first_event_time": self.first_event_time,
             "last_event_time": None if self.last_event_time == -math.inf else self.last_event_time,
             "last_score_time": None if self.last_score_time == -math.inf else self.last_score_time,
-            "alerts": self.alerts, "discharged": self.discharged, "discharge_time": self.discharge_time,
+            "alerts": self.alerts.to_json(), "discharged": self.discharged, "discharge_time": self.discharge_time,
             "discharge_seen": self.discharge_seen, "pending_since": self.pending_since,
             "pending": [[o.source, o.seq, o.time, o.var, o.value, o.kind] for o in self.pending],
         }  # fmt: skip
@@ -376,7 +377,7 @@ class PatientState:
         s.first_event_time = h["first_event_time"]
         s.last_event_time = -math.inf if h["last_event_time"] is None else h["last_event_time"]
         s.last_score_time = -math.inf if h["last_score_time"] is None else h["last_score_time"]
-        s.alerts, s.discharged = h["alerts"], h["discharged"]
+        s.alerts, s.discharged = AlertState.from_json(h["alerts"]), h["discharged"]
         s.discharge_time, s.discharge_seen = h["discharge_time"], h["discharge_seen"]
         s.pending_since = h["pending_since"]
         s.pending = [Observation(s.patient, p[0], p[1], p[2], p[3], p[4], p[5]) for p in h["pending"]]

@@ -98,16 +98,17 @@ def simulate_policy(
     unit: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Alert rows (bool [N]) per alert type under the configured alert policy, exactly as the worker
-    raises them: the worker's own :class:`vigil.policy.AlertPolicy` stepped row by row through each stay
+    raises them: the worker's own :class:`vigil.alerting.AlertStage` stepped row by row through each stay
     (row t at event time t hours; no acknowledgements offline). A row counts when a ``raised`` or
     ``escalated`` alert goes out. Types that are disabled give all-False rows. ``unit``: each row's ICU unit
     (``"MICU"``, ``"SICU"`` or None), so per-unit ``alerts.overrides`` apply as in the worker.
 
     The one place evaluation simulates alerting.
     """
-    from vigil.policy import AlertPolicy
+    from vigil.alerting import AlertStage, AlertState
 
-    pol = AlertPolicy(policy)
+    stage = AlertStage(policy, identify=False)  # nothing is published offline: no alert ids
+    pol = stage.policy
     n = int(np.asarray(risk).shape[0])
     starts = _starts(stay_start, n)
     r = np.asarray(risk, dtype=np.float64)
@@ -117,7 +118,7 @@ def simulate_policy(
     enabled = {k: pol.rule(k).enabled for k in out}
     if single is None:
         enabled["news2_single"] = False
-    state: dict[str, Any] = {}
+    state = AlertState()
     row = 0
     units = [None] * n if unit is None else [None if u is None or u == "" else str(u) for u in unit]
     if unit is not None:  # a type switched on for one unit only must still be stepped
@@ -127,21 +128,20 @@ def simulate_policy(
                 enabled[k] = enabled[k] or on
     for i in range(n):
         if starts[i]:
-            state, row = {}, 0
+            state, row = AlertState(), 0
         t = row * 3600.0
         u = units[i]
         if enabled["model_risk"]:
-            out["model_risk"][i] = _fires(pol.step(state, "model_risk", model, r[i], t, row, threshold=threshold,
-                                                   unit=u))  # fmt: skip
+            out["model_risk"][i] = _fires(stage.rule(state, "model_risk", model, r[i], t, row, threshold=threshold,
+                                                     unit=u))  # fmt: skip
         if enabled["news2_emergency"]:
-            out["news2_emergency"][i] = _fires(pol.step(state, "news2_emergency", None, total[i], t, row, unit=u))
+            out["news2_emergency"][i] = _fires(stage.rule(state, "news2_emergency", None, total[i], t, row, unit=u))
         if enabled["news2_urgent"]:
-            emergency = pol.rule("news2_emergency", unit=u)  # as the worker's news2_decisions
-            covered = emergency.enabled and total[i] >= float(emergency.raise_at or 7)
-            urgent = pol.step(state, "news2_urgent", None, total[i], t, row, unit=u, can_raise=not covered)
+            covered = stage.news2_covered(total[i], unit=u)  # as the worker's AlertStage.news2
+            urgent = stage.rule(state, "news2_urgent", None, total[i], t, row, unit=u, can_raise=not covered)
             out["news2_urgent"][i] = _fires(urgent)
         if enabled["news2_single"] and single is not None:
-            out["news2_single"][i] = _fires(pol.step(state, "news2_single", None, single[i], t, row, unit=u))
+            out["news2_single"][i] = _fires(stage.rule(state, "news2_single", None, single[i], t, row, unit=u))
         row += 1
     return out
 

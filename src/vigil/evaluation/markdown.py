@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vigil.alerting import ALERT_TYPES
 from vigil.evaluation.curves import pr_curve, roc_curve, thin
 from vigil.evaluation.plots import Curve, lead_time_plot, reliability_plot, roc_pr_plot
-from vigil.policy import ALERT_TYPES
 
 if TYPE_CHECKING:
     from vigil.evaluation.report import Evaluation

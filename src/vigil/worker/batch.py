@@ -12,26 +12,26 @@ import math
 import time
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
 from vigil import deadletters
+from vigil.alerting import AlertStage, Decision, ModelRisk, high_risk_by_ward
 from vigil.budget import budget_controller
 from vigil.config import Settings
 from vigil.drift import DriftMonitor
 from vigil.features import FEATURE_NAMES, featurize, sequence
 from vigil.levels import level_in_force
 from vigil.news2 import news2_from_last, news2_parts_dict
-from vigil.policy import AlertPolicy, Decision
 from vigil.records import AckEvent, AdtEvent, Observation
 from vigil.scoring import Scorer
 from vigil.state import HOUR, PatientState, Snapshot, event_uid, stack_snapshots
 from vigil.timewindow import check_time
 from vigil.worker.intake import DeadLetter
-from vigil.worker.outputs import ack_record, alert_records, iso, news2_decisions, score_record
+from vigil.worker.outputs import Fired, Outputs, ack_record, alert_records, iso, merge, score_record
 
 __all__ = ["Processor", "Outputs", "InEvent", "iso"]
 
@@ -52,25 +52,6 @@ class InEvent:
     offset: int = -1  # Kafka offset in (topic, partition)
 
 
-@dataclass(slots=True)
-class Outputs:
-    scores: list[tuple[str, bytes]] = field(default_factory=list)  # (key, value)
-    shadow_scores: list[tuple[str, bytes]] = field(default_factory=list)  # candidates in shadow mode
-    drift: list[tuple[str, bytes]] = field(default_factory=list)  # drift events (key: model name)
-    risks: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> risks scored in the batch
-    ack_latency: list[tuple[str, float]] = field(default_factory=list)  # (alert type, seconds raise -> ack)
-    alerts: list[tuple[str, bytes]] = field(default_factory=list)
-    changelog: list[tuple[int, str, bytes | None]] = field(default_factory=list)  # (partition, key, value)
-    score_trigger_ts: list[float] = field(default_factory=list)
-    alert_trigger_ts: list[float] = field(default_factory=list)
-    row_end_times: list[float] = field(default_factory=list)
-    counts: dict[str, Any] = field(default_factory=dict)
-    featurize_s: float = 0.0
-    inference_s: dict[str, float] = field(default_factory=dict)
-    alert_labels: list[tuple[str, str, str]] = field(default_factory=list)  # (type, severity, ward)
-    dead: list[DeadLetter] = field(default_factory=list)  # quarantined events (processing_error, time_out_of_range)
-
-
 class Processor:
     """Applies batches of events to per-partition patient state and produces the output records."""
 
@@ -80,7 +61,8 @@ class Processor:
         # Candidates in shadow mode: scored on the same rows as the live models, written to scores-shadow,
         # never alerted on.
         self.shadows: list[Scorer] = shadows if shadows is not None else []
-        self.policy = AlertPolicy(settings.alerts)
+        self.alerting = AlertStage(settings.alerts)  # owns every patient's alert state (PatientState.alerts)
+        self.policy = self.alerting.policy  # the rules per ward/unit with the live levels of the budget controller
         self.budget = budget_controller(settings.alerts.budget, self.policy)  # None unless alerts.budget.enabled
         self.drift: dict[tuple[str, str], DriftMonitor | None] = {}  # (model, version) -> monitor
         self._acks: list[tuple[PatientState, Decision]] = []  # acknowledgements applied in this batch
@@ -148,10 +130,8 @@ class Processor:
 
         self._score_safe(snaps, {id(st): st for _, st in touched}, out, by_patient)
         for st, d in self._acks:
-            entry = st.alerts[d.key]
-            raised_at = (entry.get("ids") or {}).get(d.episode, entry.get("last"))
-            if raised_at is not None and d.time >= raised_at:
-                out.ack_latency.append((d.kind, d.time - raised_at))
+            if d.since is not None and d.time >= d.since:
+                out.ack_latency.append((d.kind, d.time - d.since))
             out.alerts.append((st.patient, orjson.dumps(ack_record(st, d))))
             out.alert_labels.append((d.kind, "info", st.ward or "unknown"))
         self._acks = []
@@ -261,10 +241,9 @@ class Processor:
                         self._quarantine(ie, "time_out_of_range", "TimeOutOfRange", reason, "time")
                         continue
                 if type(ev) is AckEvent:  # idempotent (re-applying an ack changes nothing): no de-duplication
-                    d = self.policy.ack(st.alerts, ev.alert_id, by=ev.by, at=ev.time, action=ev.action)
+                    d = self.alerting.ack(st.alerts, ev.alert_id, by=ev.by, at=ev.time, action=ev.action)
                     if d is None:
-                        counts.setdefault("acks_unmatched", 0)
-                        counts["acks_unmatched"] += 1
+                        counts["acks_unmatched"] = counts.get("acks_unmatched", 0) + 1
                     else:
                         self._acks.append((st, d))
                     continue
@@ -429,9 +408,9 @@ class Processor:
                         log.error("scoring raised %s for patient key %s outside a batch (rows not scored)",
                                   type(exc).__name__, deadletters.key_hash(patient.encode()))  # fmt: skip
                     continue
-                _merge(out, tmp)
+                merge(out, tmp)
             return
-        _merge(out, tmp)
+        merge(out, tmp)
 
     def _score(self, snaps: list[Snapshot], by_state: dict[int, PatientState], out: Outputs) -> None:
         if not snaps:
@@ -459,7 +438,8 @@ class Processor:
         states = {st.patient: st for st in by_state.values()}
         now = time.time()
         now_iso = iso(now)
-        fired: list[tuple[int, Scorer | None, Decision, float, float]] = []
+        fired: list[Fired] = []
+        by_name = {sc.name: j for j, sc in enumerate(self.scorers)}
         n2s: list[dict[str, Any]] = []
         for i, snap in enumerate(snaps):
             st = states[snap.patient]
@@ -467,6 +447,7 @@ class Processor:
             n2s.append(n2)
             live: dict[str, Any] | None = None
             levels = [level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit) for sc in self.scorers]
+            models: list[ModelRisk] = []
             for sc, risk_arr, level in zip(self.scorers, risks, levels, strict=True):
                 risk = float(risk_arr[i])
                 rec = score_record(snap, sc, risk, n2, now_iso, level=level)
@@ -474,19 +455,18 @@ class Processor:
                 live = live or rec
                 out.score_trigger_ts.append(snap.trigger_ts)
                 out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
-                for d in self.policy.step(st.alerts, "model_risk", sc.name, risk, snap.row_time, snap.row,
-                                          threshold=sc.alert_level, ward=snap.ward, unit=snap.unit):  # fmt: skip
-                    fired.append((i, sc, d, risk, level))
-            primary = self.scorers[0] if self.scorers else None
-            for d in news2_decisions(self.policy, st, snap, n2):
-                risk0 = float(risks[0][i]) if primary is not None else float("nan")
-                fired.append((i, primary, d, risk0, levels[0] if primary is not None else float("nan")))
+                models.append(ModelRisk(sc.name, sc.version, risk, sc.alert_level))
+            for d in self.alerting.step(st.alerts, snap, models, n2):  # model rules (by model), then NEWS2 (primary)
+                j = by_name[d.model] if d.model is not None else 0
+                ok = j < len(self.scorers)
+                fired.append((i, self.scorers[j] if ok else None, d, models[j].risk if ok else math.nan,
+                              levels[j] if ok else math.nan))  # fmt: skip
             for sc, risk_arr in zip(self.shadows, shadow_risks, strict=True):
                 level = level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit)
                 rec = score_record(snap, sc, float(risk_arr[i]), n2, now_iso, live=live, level=level)
                 out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
         if fired:
-            alerts = alert_records(fired, self.scorers, snaps, inp, risks, n2s, states, now_iso)
+            alerts = alert_records(fired, self.scorers, snaps, inp, risks, n2s, now_iso)
             for patient, rec, trigger_ts, labels in alerts:
                 out.alerts.append((patient, orjson.dumps(rec)))
                 out.alert_trigger_ts.append(trigger_ts)
@@ -499,17 +479,7 @@ class Processor:
 
     def high_risk_by_ward(self) -> dict[str, int]:
         """Patients in care with a model-risk alert raised and not yet cleared, per ward (counts only)."""
-        out: dict[str, int] = {}
-        for part in self.states.values():
-            for st in part.values():
-                ward = st.ward or "unknown"
-                if st.discharged:  # a closed record: its ward still gets a series (0 if nobody else)
-                    out.setdefault(ward, 0)
-                    continue
-                high = any(k.startswith("model_risk:") and isinstance(v, dict) and v.get("active")
-                           for k, v in st.alerts.items())  # fmt: skip
-                out[ward] = out.get(ward, 0) + int(high)  # every ward in care appears, 0 included
-        return out
+        return high_risk_by_ward(self.states.values())
 
     def monitor(self, sc: Scorer) -> DriftMonitor | None:
         """The drift monitor of a serving model (None when its card has no training reference)."""
@@ -522,21 +492,6 @@ class Processor:
                 min_rows=d.min_rows, cooldown_rows=d.cooldown_rows,
             ) if ref else None  # fmt: skip
         return self.drift[key]
-
-def _merge(out: Outputs, extra: Outputs) -> None:
-    for name, arr in extra.risks.items():
-        out.risks[name] = np.concatenate([out.risks[name], arr]) if name in out.risks else arr
-    out.scores += extra.scores
-    out.shadow_scores += extra.shadow_scores
-    out.drift += extra.drift
-    out.alerts += extra.alerts
-    out.score_trigger_ts += extra.score_trigger_ts
-    out.alert_trigger_ts += extra.alert_trigger_ts
-    out.row_end_times += extra.row_end_times
-    out.alert_labels += extra.alert_labels
-    out.featurize_s += extra.featurize_s
-    for k, v in extra.inference_s.items():
-        out.inference_s[k] = out.inference_s.get(k, 0.0) + v
 
 
 def _sort_key(ie: InEvent) -> tuple[float, int]:

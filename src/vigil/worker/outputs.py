@@ -1,26 +1,65 @@
 """The records the worker publishes for a scored batch: scores (live and shadow), alerts and acknowledgement
-records, built from the policy's decisions. Pure functions of their inputs (no Kafka, no clocks except the
-``emitted_at`` stamps), so a replay or a recovery rebuilds the same ids."""
+records, built from the alerting stage's decisions (:mod:`vigil.alerting`, which owns the alert state and the
+alert ids). Pure functions of their inputs (no Kafka, no state changes, no clocks except the ``emitted_at``
+stamps), so a replay or a recovery rebuilds the same records."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from vigil.alerts import alert_id, alert_message, score_id
+from vigil.alerting import Decision
+from vigil.alerts import alert_message, score_id
 from vigil.explain import explain
-from vigil.policy import AlertPolicy, Decision
 from vigil.scoring import ONSET_HORIZON_H, Scorer
 from vigil.state import PatientState, Snapshot
+from vigil.worker.intake import DeadLetter
 
-__all__ = ["iso", "score_record", "news2_decisions", "alert_records", "ack_record", "ACKABLE"]
-
-ACKABLE = 8  # recent raised alerts per patient and type that an acknowledgement can refer to
+__all__ = ["Outputs", "merge", "iso", "score_record", "alert_records", "ack_record", "Fired"]
 
 Fired = tuple[int, Scorer | None, Decision, float, float]  # (row in batch, scorer, decision, risk, level in force)
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What one batch publishes (records per topic) and reports (metrics), built by the Processor."""
+
+    scores: list[tuple[str, bytes]] = field(default_factory=list)  # (key, value)
+    shadow_scores: list[tuple[str, bytes]] = field(default_factory=list)  # candidates in shadow mode
+    drift: list[tuple[str, bytes]] = field(default_factory=list)  # drift events (key: model name)
+    risks: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> risks scored in the batch
+    ack_latency: list[tuple[str, float]] = field(default_factory=list)  # (alert type, seconds raise -> ack)
+    alerts: list[tuple[str, bytes]] = field(default_factory=list)
+    changelog: list[tuple[int, str, bytes | None]] = field(default_factory=list)  # (partition, key, value)
+    score_trigger_ts: list[float] = field(default_factory=list)
+    alert_trigger_ts: list[float] = field(default_factory=list)
+    row_end_times: list[float] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    featurize_s: float = 0.0
+    inference_s: dict[str, float] = field(default_factory=dict)
+    alert_labels: list[tuple[str, str, str]] = field(default_factory=list)  # (type, severity, ward)
+    dead: list[DeadLetter] = field(default_factory=list)  # quarantined events (processing_error, time_out_of_range)
+
+
+def merge(out: Outputs, extra: Outputs) -> None:
+    """Add ``extra`` (the outputs of a scoring pass) to ``out``: every record, risk and timing."""
+    for name, arr in extra.risks.items():
+        out.risks[name] = np.concatenate([out.risks[name], arr]) if name in out.risks else arr
+    out.scores += extra.scores
+    out.shadow_scores += extra.shadow_scores
+    out.drift += extra.drift
+    out.alerts += extra.alerts
+    out.score_trigger_ts += extra.score_trigger_ts
+    out.alert_trigger_ts += extra.alert_trigger_ts
+    out.row_end_times += extra.row_end_times
+    out.alert_labels += extra.alert_labels
+    out.featurize_s += extra.featurize_s
+    for k, v in extra.inference_s.items():
+        out.inference_s[k] = out.inference_s.get(k, 0.0) + v
 
 
 def iso(t: float) -> str:
@@ -51,20 +90,6 @@ def score_record(snap: Snapshot, sc: Scorer, risk: float, n2: dict[str, Any], no
     return rec
 
 
-def news2_decisions(pol: AlertPolicy, st: PatientState, snap: Snapshot, n2: dict[str, Any]) -> list[Decision]:
-    """The NEWS2 rules, once per row (not once per model)."""
-    total = float(n2["total"])
-    emergency = pol.rule("news2_emergency", snap.ward, snap.unit)
-    covered = emergency.enabled and total >= float(emergency.raise_at or 7)
-    t, row, w, u = snap.row_time, snap.row, snap.ward, snap.unit
-    single = float(max(n2["parts"].values(), default=0))
-    return [
-        *pol.step(st.alerts, "news2_emergency", None, total, t, row, ward=w, unit=u),
-        *pol.step(st.alerts, "news2_urgent", None, total, t, row, ward=w, unit=u, can_raise=not covered),
-        *pol.step(st.alerts, "news2_single", None, single, t, row, ward=w, unit=u),
-    ]
-
-
 def alert_records(
     fired: list[Fired],
     scorers: list[Scorer],
@@ -72,12 +97,10 @@ def alert_records(
     inp: Any,
     risks: list[np.ndarray],
     n2s: list[dict[str, Any]],
-    states: dict[str, PatientState],
     now_iso: str,
 ) -> list[tuple[str, dict[str, Any], float, tuple[str, str, str]]]:
-    """``(patient, alert record, trigger time, metric labels)`` for the policy's decisions; model alerts carry
-    the model's own top factors (one :func:`vigil.explain.explain` call per model per batch). Records each
-    raised alert's id in the patient's policy state so acknowledgements can refer to it."""
+    """``(patient, alert record, trigger time, metric labels)`` for the alerting stage's decisions; model alerts
+    carry the model's own top factors (one :func:`vigil.explain.explain` call per model per batch)."""
     factors: dict[tuple[int, str], list[dict[str, Any]]] = {}
     result = []
     for j, sc in enumerate(scorers):
@@ -88,24 +111,13 @@ def alert_records(
                 factors[(i, sc.name)] = [f.to_dict() for f in fs]
     for i, sc, d, risk, thr in fired:
         snap = snaps[i]
-        st = states[snap.patient]
         model_name = sc.name if sc is not None else "-"
-        version = sc.version if (sc is not None and d.kind == "model_risk") else "-"
-        aid = alert_id(snap.patient, d.key, version, d.row, d.event)
-        episode = alert_id(snap.patient, d.key, version, int(d.episode), "raised") if d.episode else aid
-        if d.event == "raised":
-            entry = st.alerts[d.key]
-            entry["alert_id"], entry["version"] = aid, version
-            ids = entry.setdefault("ids", {})  # recent alerts of this type: acknowledgeable
-            ids[aid] = d.time
-            for old_id in list(ids)[:-ACKABLE]:
-                del ids[old_id]
         fs = factors.get((i, model_name), []) if d.kind == "model_risk" else []
         quotes_onset = sc is not None and d.kind == "model_risk" and d.event != "resolved"
         p_onset = sc.onset_probability(risk) if quotes_onset else None
         onset = None if p_onset is None else (ONSET_HORIZON_H, p_onset)
         alert = {
-            "v": 1, "alert_id": aid, "event": d.event, "episode_id": episode, "type": d.kind,
+            "v": 1, "alert_id": d.alert_id, "event": d.event, "episode_id": d.episode_id, "type": d.kind,
             "severity": d.severity, "patient": snap.patient, "ward": snap.ward, "bed": snap.bed,
             "unit": snap.unit, "time": iso(snap.row_time), "row": snap.row,
             "model": {"name": model_name, "version": sc.version if sc is not None else "-"},
@@ -120,15 +132,13 @@ def alert_records(
 
 
 def ack_record(st: PatientState, d: Decision) -> dict[str, Any]:
-    """The ``acknowledged`` record of an acknowledgement applied to the patient's alert state."""
-    s = st.alerts[d.key]
+    """The ``acknowledged`` record of an acknowledgement the alerting stage applied (``st``: the patient's
+    context: ward, bed, unit)."""
     ack = d.ack or {}
-    acked = d.episode or s["alert_id"]
     return {
-        "v": 1, "alert_id": alert_id(acked, "ack", ack.get("by"), ack.get("at"), ack.get("action")),
-        "event": "acknowledged", "episode_id": acked, "type": d.kind, "severity": "info",
-        "patient": st.patient, "ward": st.ward, "bed": st.bed, "unit": st.unit, "time": iso(d.time),
-        "row": d.row, "model": {"name": d.key.partition(":")[2] or "-", "version": s.get("version", "-")},
+        "v": 1, "alert_id": d.alert_id, "event": "acknowledged", "episode_id": d.episode_id, "type": d.kind,
+        "severity": "info", "patient": st.patient, "ward": st.ward, "bed": st.bed, "unit": st.unit,
+        "time": iso(d.time), "row": d.row, "model": {"name": d.model or "-", "version": d.version},
         "score": None, "threshold": None, "value": d.value, "raise_at": None, "news2": None, "factors": [],
         "ack": {**ack, "at": iso(float(ack["at"]))} if ack else None,
         "message": f"{d.kind} alert {ack.get('action', 'acknowledged')} by {ack.get('by')}",
