@@ -148,6 +148,7 @@ SHARED = frozenset({
     "vigil.units", "vigil.codes", "vigil.deadletters", "vigil.records", "vigil.card", "vigil.registry", "vigil.onset",
     "vigil.features", "vigil.news2", "vigil.scoring", "vigil.policy", "vigil.alerts", "vigil.levels", "vigil.metrics",
     "vigil.timewindow", "vigil.privacy", "vigil.logs", "vigil.state", "vigil.explain", "vigil.drift",
+    "vigil.abstain",
 })  # fmt: skip
 
 

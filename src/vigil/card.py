@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vigil.errors import ModelError
 
-__all__ = ["ModelCard", "CARD_FILE", "SCHEMA_FILE", "SCHEMA_VERSION", "json_schema", "read_card", "write_card",
-           "validate_card", "schema_text"]  # fmt: skip
+__all__ = ["ModelCard", "AbstentionSpec", "CARD_FILE", "SCHEMA_FILE", "SCHEMA_VERSION", "json_schema", "read_card",
+           "write_card", "validate_card", "schema_text"]  # fmt: skip
 
 CARD_FILE = "card.json"
 SCHEMA_FILE = "card.schema.json"  # in the registry root (models/)
@@ -80,6 +80,17 @@ class AlertPolicy(_Open):
     chosen_by: str | None = None
 
 
+class AbstentionSpec(_Open):
+    """When a score is *indeterminate* (:mod:`vigil.abstain`; issue 16, item 4): the measure, its cut-off (a score
+    whose measure is above it is indeterminate) and how it was fitted. Versioned by ``version``; further keys
+    (the fit's facts and its evaluation) are kept as they are. No block: never indeterminate."""
+
+    version: Literal[1] = 1
+    measure: Literal["member_logit_sd"]
+    cutoff: float = Field(ge=0.0)
+    fitted_on: str | None = None
+
+
 class ModelCard(BaseModel):
     """One model version's card. Field order follows the trainer's card."""
 
@@ -107,6 +118,7 @@ class ModelCard(BaseModel):
     evaluation: dict[str, Any] | None = None  # by split, written by `vigil evaluate --update-card`
     alert_policy: AlertPolicy | None = None
     onboarding: dict[str, Any] | None = None  # written by `vigil onboard`
+    abstention: AbstentionSpec | None = None  # when a score is indeterminate (vigil.abstain); None: never
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "model card") -> ModelCard:

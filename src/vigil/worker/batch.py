@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from vigil import deadletters
+from vigil.abstain import abstain_flags
 from vigil.budget import budget_controller
 from vigil.config import Settings
 from vigil.drift import DriftMonitor
@@ -69,6 +70,7 @@ class Outputs:
     inference_s: dict[str, float] = field(default_factory=dict)
     alert_labels: list[tuple[str, str, str]] = field(default_factory=list)  # (type, severity, ward)
     dead: list[DeadLetter] = field(default_factory=list)  # quarantined events (processing_error, time_out_of_range)
+    indeterminate: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, version) -> scores flagged
 
 
 class Processor:
@@ -443,11 +445,14 @@ class Processor:
         out.featurize_s = time.perf_counter() - t0
         news = news2_from_last(np.stack([s.last_value for s in snaps]))
         risks: list[np.ndarray] = []
-        for sc in self.scorers:
+        flags: dict[tuple[int, int], tuple[bool, str | None]] = {}  # (row, scorer) -> indeterminate, reason
+        for j, sc in enumerate(self.scorers):
             t1 = time.perf_counter()
-            risks.append(sc.predict(x, seq))
+            risk_arr, ind, why = sc.predict_flagged(x, seq)
+            risks.append(risk_arr)
             out.inference_s[sc.name] = time.perf_counter() - t1
-        shadow_risks = [sc.predict(x, seq) for sc in self.shadows]
+            flags.update(abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)))
+        shadow = [sc.predict_flagged(x, seq) for sc in self.shadows]
         for sc, risk_arr in zip(self.scorers, risks, strict=True):
             out.risks[sc.name] = risk_arr
         if self.settings.drift.enabled:
@@ -467,9 +472,9 @@ class Processor:
             n2s.append(n2)
             live: dict[str, Any] | None = None
             levels = [level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit) for sc in self.scorers]
-            for sc, risk_arr, level in zip(self.scorers, risks, levels, strict=True):
+            for j, (sc, risk_arr, level) in enumerate(zip(self.scorers, risks, levels, strict=True)):
                 risk = float(risk_arr[i])
-                rec = score_record(snap, sc, risk, n2, now_iso, level=level)
+                rec = score_record(snap, sc, risk, n2, now_iso, level=level, flag=flags.get((i, j), (False, None)))
                 out.scores.append((snap.patient, orjson.dumps(rec)))
                 live = live or rec
                 out.score_trigger_ts.append(snap.trigger_ts)
@@ -481,12 +486,13 @@ class Processor:
             for d in news2_decisions(self.policy, st, snap, n2):
                 risk0 = float(risks[0][i]) if primary is not None else float("nan")
                 fired.append((i, primary, d, risk0, levels[0] if primary is not None else float("nan")))
-            for sc, risk_arr in zip(self.shadows, shadow_risks, strict=True):
+            for sc, (risk_arr, ind, why) in zip(self.shadows, shadow, strict=True):
                 level = level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit)
-                rec = score_record(snap, sc, float(risk_arr[i]), n2, now_iso, live=live, level=level)
+                flag = (bool(ind[i]), why[i]) if ind is not None and why else (False, None)
+                rec = score_record(snap, sc, float(risk_arr[i]), n2, now_iso, live=live, level=level, flag=flag)
                 out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
         if fired:
-            alerts = alert_records(fired, self.scorers, snaps, inp, risks, n2s, states, now_iso)
+            alerts = alert_records(fired, self.scorers, snaps, inp, risks, n2s, states, now_iso, flags)
             for patient, rec, trigger_ts, labels in alerts:
                 out.alerts.append((patient, orjson.dumps(rec)))
                 out.alert_trigger_ts.append(trigger_ts)
@@ -537,6 +543,8 @@ def _merge(out: Outputs, extra: Outputs) -> None:
     out.featurize_s += extra.featurize_s
     for k, v in extra.inference_s.items():
         out.inference_s[k] = out.inference_s.get(k, 0.0) + v
+    for key, c in extra.indeterminate.items():
+        out.indeterminate[key] = out.indeterminate.get(key, 0) + c
 
 
 def _sort_key(ie: InEvent) -> tuple[float, int]:

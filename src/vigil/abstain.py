@@ -1,0 +1,116 @@
+"""Abstention at serving (issue 16, item 4): a score is *indeterminate* when the model's own members disagree
+about it more than they did on the version's training-time held-out rows.
+
+A LightGBM version of several members (``training.members`` > 1; :func:`vigil.training.gbm.to_onnx`) averages
+the members' class-1 probabilities in a ``Mean`` node. :func:`with_member_outputs` exposes that node's inputs as
+extra graph outputs (in memory; the registered file is not changed), so the member probabilities come out of the
+same ONNX Runtime call that computes the score. Their spread — the standard deviation of the members' logits —
+is an epistemic-uncertainty measure (an ensemble of seeds, bagging and feature subsampling that agrees on
+familiar rows and disagrees on unfamiliar ones).
+
+The fitted cut-off lives with the model version, in the card's ``abstention`` block
+(:class:`vigil.card.AbstentionSpec`, versioned); no block means never indeterminate. Fitting and evaluation are
+offline (:mod:`vigil.evaluation.abstention`); this module is what serving needs and imports nothing from
+evaluation.
+
+>>> member_logit_sd(np.array([[0.5, 0.5, 0.5], [0.1, 0.5, 0.9]], np.float32)).round(3).tolist()
+[0.0, 1.794]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MEASURES", "REASON_MEMBERS_DISAGREE", "Abstainer", "member_outputs", "with_member_outputs",
+           "member_logit_sd", "abstain_flags"]  # fmt: skip
+
+REASON_MEMBERS_DISAGREE = "members_disagree"
+MEASURES = ("member_logit_sd",)
+_EPS = 1e-6
+
+
+def member_outputs(model: Any) -> list[str]:
+    """The names of the member probabilities averaged by ``model``'s final ``Mean`` node (``[]`` when the graph
+    has none, e.g. a single-member version or a Keras model)."""
+    final = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        if node.op_type == "Mean" and any(o in final for o in node.output) and len(node.input) > 1:
+            return list(node.input)
+    return []
+
+
+def with_member_outputs(path: Path) -> tuple[bytes, list[str]]:
+    """The serialized model at ``path`` with its member probabilities added as outputs, and their names.
+    ``ValueError`` when the graph has no members to expose."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    names = member_outputs(model)
+    if not names:
+        msg = f"{path} has no Mean of member probabilities; the member_logit_sd measure needs several members"
+        raise ValueError(msg)
+    have = {o.name for o in model.graph.output}
+    for n in names:
+        if n not in have:
+            model.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 1]))
+    return model.SerializeToString(), names
+
+
+def member_logit_sd(members: np.ndarray) -> np.ndarray:
+    """Per row, the standard deviation (ddof 0) of the members' logits; ``members`` [B, M] probabilities."""
+    p = np.clip(np.asarray(members, np.float64), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p)).std(axis=1)
+
+
+@dataclass(frozen=True)
+class Abstainer:
+    """Applies one card's abstention block: ``flags(members)`` -> (indeterminate bool [B], reason or None each)."""
+
+    measure: str
+    cutoff: float
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> Abstainer | None:
+        """From a :class:`vigil.card.AbstentionSpec` (or None: no abstention)."""
+        if spec is None:
+            return None
+        if spec.measure not in MEASURES:  # the card schema already restricts it; a guard for hand-made specs
+            msg = f"unknown abstention measure {spec.measure!r}; known: {MEASURES}"
+            raise ValueError(msg)
+        return cls(measure=spec.measure, cutoff=float(spec.cutoff))
+
+    @property
+    def needs_members(self) -> bool:
+        return self.measure == "member_logit_sd"
+
+    def measure_of(self, members: np.ndarray) -> np.ndarray:
+        return member_logit_sd(members)
+
+    def flags(self, members: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        m = self.measure_of(members)
+        ind = m > self.cutoff
+        return ind, [REASON_MEMBERS_DISAGREE if f else None for f in ind.tolist()]
+
+
+def abstain_flags(
+    j: int, ind: np.ndarray | None, why: list[str | None] | None, counts: dict[tuple[str, str], int],
+    key: tuple[str, str],
+) -> dict[tuple[int, int], tuple[bool, str | None]]:  # fmt: skip
+    """The indeterminate rows of scorer ``j`` of a batch as ``{(row, j): (True, reason)}`` (rows not in it are
+    determinate), adding their number to ``counts[key]`` (``key``: model name and version; the worker's
+    ``vigil_scores_indeterminate_total`` counter).
+
+    >>> c = {}; abstain_flags(0, np.array([False, True]), [None, "members_disagree"], c, ("m", "1")), c
+    ({(1, 0): (True, 'members_disagree')}, {('m', '1'): 1})
+    """
+    if ind is None or why is None:
+        return {}
+    rows = np.flatnonzero(ind).tolist()
+    if rows:
+        counts[key] = counts.get(key, 0) + len(rows)
+    return {(i, j): (True, why[i]) for i in rows}
