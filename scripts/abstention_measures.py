@@ -34,6 +34,11 @@ def _members(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(outs[0]).reshape(-1), np.concatenate([np.asarray(o).reshape(-1, 1) for o in outs[1:]], 1)
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--registry", type=Path, default=Path("/tmp/abstain-units/registry"))  # noqa: S108
@@ -90,8 +95,14 @@ def main() -> None:
     def measures(d: dict[str, Any]) -> dict[str, np.ndarray]:
         mem = d["mem"]
         cov, oor = cov_ab.measures(d["x"])
+        sd = member_logit_sd(mem)
+        margin = _logit(d["p"]) - _logit(np.array(level))  # >= 0 on alerting rows
         return {
-            "member_logit_sd": member_logit_sd(mem),
+            "member_logit_sd": sd,
+            "decision_margin_z": -margin / (sd + 1e-3),  # members' spread relative to the distance to the level
+            "score_margin": -margin,  # a band above the level (what a conformal set of both classes gives)
+            "members_straddle": ((mem.min(1) < level) & (mem.max(1) >= level)).astype(np.float64)
+            + (mem < level).mean(1),  # any member on the other side of the level; more of them, more unusual
             "member_prob_sd": mem.std(1),
             "member_relative_sd": mem.std(1) / np.maximum(mem.mean(1), 1e-6),
             "mahalanobis_pca10": mahal(d["x"].astype(np.float64)),

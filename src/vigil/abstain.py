@@ -1,12 +1,18 @@
-"""Abstention at serving (issue 16, item 4): a score is *indeterminate* when the model's own members disagree
-about it more than they did on the version's training-time held-out rows.
+"""Abstention at serving (issue 16, item 4): a score is *indeterminate* when the model's own ensemble members
+disagree about it — in the shipped measure, about which side of the alert level it lies on.
 
 A LightGBM version of several members (``training.members`` > 1; :func:`vigil.training.gbm.to_onnx`) averages
 the members' class-1 probabilities in a ``Mean`` node. :func:`with_member_outputs` exposes that node's inputs as
 extra graph outputs (in memory; the registered file is not changed), so the member probabilities come out of the
 same ONNX Runtime call that computes the score. Their spread — the standard deviation of the members' logits —
 is an epistemic-uncertainty measure (an ensemble of seeds, bagging and feature subsampling that agrees on
-familiar rows and disagrees on unfamiliar ones).
+familiar rows and disagrees on unfamiliar ones). Two measures (``measure`` in the card's block):
+
+* ``decision_margin_z`` (shipped; chosen by measurement, docs/evaluation/onboarding.md): the distance of the
+  score from the block's alert ``level`` in logits, in units of the members' logit spread,
+  ``|logit(p) - logit(level)| / (sd + 0.001)``; indeterminate below ``cutoff`` (the members do not agree that the
+  score is clearly on one side of the level). Reason ``members_split_at_level``.
+* ``member_logit_sd``: the spread alone; indeterminate above ``cutoff``. Reason ``members_disagree``.
 
 The fitted cut-off lives with the model version, in the card's ``abstention`` block
 (:class:`vigil.card.AbstentionSpec`, versioned); no block means never indeterminate. Fitting and evaluation are
@@ -25,12 +31,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MEASURES", "REASON_MEMBERS_DISAGREE", "Abstainer", "member_outputs", "with_member_outputs",
-           "member_logit_sd", "abstain_flags"]  # fmt: skip
+__all__ = ["MEASURES", "REASON_MEMBERS_DISAGREE", "REASON_SPLIT_AT_LEVEL", "Abstainer", "logit", "decision_margin_z",
+           "member_outputs", "with_member_outputs", "member_logit_sd", "abstain_flags"]  # fmt: skip
 
 REASON_MEMBERS_DISAGREE = "members_disagree"
-MEASURES = ("member_logit_sd",)
+REASON_SPLIT_AT_LEVEL = "members_split_at_level"
+MEASURES = ("decision_margin_z", "member_logit_sd")
 _EPS = 1e-6
+_SD_FLOOR = 1e-3  # logits; keeps the margin finite where the members agree exactly
 
 
 def member_outputs(model: Any) -> list[str]:
@@ -61,10 +69,23 @@ def with_member_outputs(path: Path) -> tuple[bytes, list[str]]:
     return model.SerializeToString(), names
 
 
+def logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, np.float64), _EPS, 1 - _EPS)
+    return np.log(q / (1 - q))
+
+
 def member_logit_sd(members: np.ndarray) -> np.ndarray:
     """Per row, the standard deviation (ddof 0) of the members' logits; ``members`` [B, M] probabilities."""
-    p = np.clip(np.asarray(members, np.float64), _EPS, 1 - _EPS)
-    return np.log(p / (1 - p)).std(axis=1)
+    return logit(members).std(axis=1)
+
+
+def decision_margin_z(p: np.ndarray, members: np.ndarray, level: float) -> np.ndarray:
+    """Per row, ``|logit(p) - logit(level)|`` over the members' logit spread (floored at 0.001).
+
+    >>> decision_margin_z(np.array([0.5, 0.9]), np.array([[0.4, 0.6], [0.9, 0.9]]), 0.5).round(2).tolist()
+    [0.0, 2197.22]
+    """
+    return np.abs(logit(p) - logit(np.asarray(level))) / (member_logit_sd(members) + _SD_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,7 @@ class Abstainer:
 
     measure: str
     cutoff: float
+    level: float | None = None  # decision_margin_z: the alert level the margin is measured from
 
     @classmethod
     def from_spec(cls, spec: Any) -> Abstainer | None:
@@ -82,19 +104,25 @@ class Abstainer:
         if spec.measure not in MEASURES:  # the card schema already restricts it; a guard for hand-made specs
             msg = f"unknown abstention measure {spec.measure!r}; known: {MEASURES}"
             raise ValueError(msg)
-        return cls(measure=spec.measure, cutoff=float(spec.cutoff))
+        if spec.measure == "decision_margin_z" and spec.level is None:
+            msg = "the decision_margin_z abstention measure needs the block's level"
+            raise ValueError(msg)
+        return cls(measure=spec.measure, cutoff=float(spec.cutoff),
+                   level=None if spec.level is None else float(spec.level))  # fmt: skip
 
     @property
     def needs_members(self) -> bool:
-        return self.measure == "member_logit_sd"
+        return True  # both measures read the members
 
-    def measure_of(self, members: np.ndarray) -> np.ndarray:
-        return member_logit_sd(members)
-
-    def flags(self, members: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-        m = self.measure_of(members)
-        ind = m > self.cutoff
-        return ind, [REASON_MEMBERS_DISAGREE if f else None for f in ind.tolist()]
+    def flags(self, p: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """Indeterminate flags [B] and reasons of scores ``p`` [B] with member probabilities ``members`` [B, M]."""
+        if self.measure == "decision_margin_z":
+            ind = decision_margin_z(p, members, float(self.level or 0.0)) < self.cutoff
+            reason = REASON_SPLIT_AT_LEVEL
+        else:
+            ind = member_logit_sd(members) > self.cutoff
+            reason = REASON_MEMBERS_DISAGREE
+        return ind, [reason if f else None for f in ind.tolist()]
 
 
 def abstain_flags(

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vigil.errors import ModelError
 
@@ -86,9 +86,16 @@ class AbstentionSpec(_Open):
     (the fit's facts and its evaluation) are kept as they are. No block: never indeterminate."""
 
     version: Literal[1] = 1
-    measure: Literal["member_logit_sd"]
+    measure: Literal["decision_margin_z", "member_logit_sd"]
     cutoff: float = Field(ge=0.0)
+    level: float | None = Field(default=None, gt=0.0, lt=1.0)  # decision_margin_z: measured from this alert level
     fitted_on: str | None = None
+
+    @model_validator(mode="after")
+    def _level_for_margin(self) -> AbstentionSpec:
+        if self.measure == "decision_margin_z" and self.level is None:
+            raise ValueError("the decision_margin_z measure needs the level it is measured from")
+        return self
 
 
 class ModelCard(BaseModel):

@@ -190,8 +190,9 @@ class Scorer:
         feeds = self._feeds(x, seq)
         outs = self.session.run([self.output_name, *self.member_names], feeds)
         members = np.concatenate([np.asarray(o, dtype=np.float32).reshape(-1, 1) for o in outs[1:]], axis=1)
-        flags, reasons = self.abstainer.flags(members)
-        return np.asarray(outs[0], dtype=np.float32).reshape(-1), flags, reasons
+        p = np.asarray(outs[0], dtype=np.float32).reshape(-1)
+        flags, reasons = self.abstainer.flags(p, members)
+        return p, flags, reasons
 
     def predict(self, x: np.ndarray, seq: np.ndarray | None = None) -> np.ndarray:
         """Probabilities [B] for features ``x`` [B, F] (and, for a temporal model, ``seq`` [B, W, K])."""

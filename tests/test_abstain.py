@@ -1,0 +1,184 @@
+"""Abstention (issue 16, item 4; :mod:`vigil.abstain`): the fit on small data, the card block, the member outputs of
+the real ONNX graph, the score and alert records against their schemas, the metric, and a worker on the real broker
+flagging a crafted out-of-distribution stay."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+
+from vigil.abstain import (
+    REASON_SPLIT_AT_LEVEL,
+    Abstainer,
+    decision_margin_z,
+    member_logit_sd,
+    with_member_outputs,
+)
+from vigil.card import AbstentionSpec, ModelCard
+from vigil.catalog import schema_for
+from vigil.config import REPO_ROOT
+from vigil.errors import ModelError
+from vigil.evaluation.abstention import evaluate_abstention, fit_member_spread, indeterminate_rows
+from vigil.registry import Registry
+from vigil.scoring import Scorer, canary_inputs
+
+GBM = REPO_ROOT / "models" / "sepsis-gbm" / "1"
+# a block for the tests (not the shipped one, so that the tests do not move when the shipped block is refitted)
+BLOCK = {"version": 1, "measure": "decision_margin_z", "cutoff": 1.5, "level": 0.55, "fitted_on": "test"}
+
+
+def _registry(tmp_path: Path, block: dict | None) -> Path:  # type: ignore[type-arg]
+    """A registry serving only a copy of sepsis-gbm:1 whose card carries ``block`` (None: no block)."""
+    models = tmp_path / "models"
+    (models / "sepsis-gbm").mkdir(parents=True)
+    shutil.copytree(GBM, models / "sepsis-gbm" / "1")
+    shutil.copy(REPO_ROOT / "models" / "card.schema.json", models / "card.schema.json")
+    (models / "serving.json").write_text('{"sepsis-gbm": "1"}')
+    card_path = models / "sepsis-gbm" / "1" / "card.json"
+    card = orjson.loads(card_path.read_bytes())
+    card.pop("abstention", None)
+    if block is not None:
+        card["abstention"] = block
+    card_path.write_bytes(orjson.dumps(card))
+    return models
+
+
+# -- fit and apply on small data ---------------------------------------------------------------------------------
+def test_fit_flags_the_stated_share_of_alerting_rows_and_serving_applies_the_same_flags() -> None:
+    rng = np.random.default_rng(3)
+    n, m = 4000, 5
+    centre = rng.normal(-1.0, 1.5, n)
+    members = 1 / (1 + np.exp(-(centre[:, None] + rng.normal(0, rng.uniform(0.05, 0.8, n)[:, None], (n, m)))))
+    risk = members.mean(axis=1)
+    level = 0.4
+    alerting = risk >= level
+    for measure in ("decision_margin_z", "member_logit_sd"):
+        block = fit_member_spread(members, risk, level, 0.25, "synthetic", measure)
+        ind = indeterminate_rows(block, risk, members)
+        assert abs(ind[alerting].mean() - 0.25) < 0.01, (measure, ind[alerting].mean())
+        # serving's Abstainer (from the validated card block) gives exactly these flags
+        ab = Abstainer.from_spec(AbstentionSpec.model_validate(block))
+        assert ab is not None
+        flags, reasons = ab.flags(risk, members)
+        assert np.array_equal(flags, ind)
+        assert reasons.count(None) == int((~ind).sum()) and set(reasons) - {None} == {
+            "members_split_at_level" if measure == "decision_margin_z" else "members_disagree"}
+    # the margin measure flags the rows close to the level where the members disagree, never a row far from it
+    z = decision_margin_z(risk, members, level)
+    block = fit_member_spread(members, risk, level, 0.25, "synthetic")
+    assert np.array_equal(indeterminate_rows(block, risk, members), z < block["cutoff"])
+    assert member_logit_sd(np.full((2, 3), 0.3)).tolist() == [0.0, 0.0]
+
+
+def test_evaluate_abstention_counts_confident_and_all_alerts_per_stay() -> None:
+    # two stays: stay 1 (rows 0-3) septic from row 3, alerted at row 1 (confident); stay 2 (rows 4-7) never septic,
+    # alerted at row 5 (indeterminate)
+    y = np.array([0, 0, 0, 1, 0, 0, 0, 0])
+    s = np.array([1, 0, 0, 0, 1, 0, 0, 0], bool)
+    alerts = np.array([0, 1, 0, 0, 0, 1, 0, 0], bool)
+    ind = np.array([0, 0, 0, 0, 0, 1, 0, 0], bool)
+    r = evaluate_abstention(alerts, ind, y, s)
+    assert r["all"]["ppv_stay"] == 0.5 and r["confident"]["ppv_stay"] == 1.0
+    assert r["share_alerts_indeterminate"] == 0.5 and r["share_rows_indeterminate"] == 1 / 8
+    assert r["ppv_relative_gain"] == 1.0
+    assert r["all"]["share_septic_alerted_early"] == r["confident"]["share_septic_alerted_early"] == 1.0
+
+
+# -- the card block -----------------------------------------------------------------------------------------------
+def test_card_abstention_block_is_typed_and_versioned() -> None:
+    card = orjson.loads((GBM / "card.json").read_bytes())
+    card["abstention"] = BLOCK
+    assert ModelCard.from_dict(card).abstention == AbstentionSpec.model_validate(BLOCK)
+    for bad in ({**BLOCK, "version": 2}, {**BLOCK, "measure": "vibes"}, {**BLOCK, "cutoff": -1.0},
+                {k: v for k, v in BLOCK.items() if k != "level"}):  # fmt: skip
+        with pytest.raises(ModelError, match="abstention"):
+            ModelCard.from_dict({**card, "abstention": bad})
+    card.pop("abstention")
+    assert ModelCard.from_dict(card).abstention is None
+
+
+# -- the real graph's member outputs and the scorer ----------------------------------------------------------------
+def test_member_outputs_of_the_shipped_ensemble_average_to_its_probability() -> None:
+    blob, names = with_member_outputs(GBM / "model.onnx")
+    assert names == [f"m{i}_p1" for i in range(5)]
+    sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    x, _ = canary_inputs()
+    out = sess.run(["probability", *names], {"features": x})
+    members = np.concatenate([o.reshape(-1, 1) for o in out[1:]], axis=1)
+    np.testing.assert_allclose(members.mean(axis=1), out[0].reshape(-1), atol=1e-6)
+    assert member_logit_sd(members).min() > 0  # seeds differ: the members never agree exactly
+
+
+def test_scorer_flags_rows_only_with_a_block_and_keeps_its_probabilities(tmp_path: Path) -> None:
+    x, _ = canary_inputs()
+    plain = Scorer(Registry(_registry(tmp_path / "a", None)).get("sepsis-gbm:1"))
+    flagged = Scorer(Registry(_registry(tmp_path / "b", BLOCK)).get("sepsis-gbm:1"))
+    p0, ind0, why0 = plain.predict_flagged(x)
+    assert ind0 is None and why0 is None and plain.abstainer is None
+    p1, ind1, why1 = flagged.predict_flagged(x)
+    np.testing.assert_array_equal(p0, p1)
+    np.testing.assert_array_equal(flagged.predict(x), p1)
+    flagged.check_canary()  # the card's canary still holds with the extra outputs
+    blob, names = with_member_outputs(GBM / "model.onnx")
+    out = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(names, {"features": x})
+    want = decision_margin_z(p1, np.concatenate([o.reshape(-1, 1) for o in out], axis=1), 0.55) < 1.5
+    assert ind1 is not None and why1 is not None
+    np.testing.assert_array_equal(ind1, want)
+    assert why1 == [REASON_SPLIT_AT_LEVEL if f else None for f in want.tolist()]
+    assert flagged.predict_flagged(x[:0])[0].shape == (0,)
+
+
+def test_a_block_on_a_single_graph_without_members_is_refused(tmp_path: Path) -> None:
+    models = _registry(tmp_path, BLOCK)
+    shutil.copy(REPO_ROOT / "models" / "sepsis-logreg" / "1" / "model.onnx", models / "sepsis-gbm" / "1" / "model.onnx")
+    with pytest.raises(ModelError, match="no Mean of member probabilities"):
+        Scorer(Registry(models).get("sepsis-gbm:1"))
+
+
+# -- records against the topic schemas ------------------------------------------------------------------------------
+def test_score_and_alert_records_validate_with_and_without_the_flag(tmp_path: Path) -> None:
+    from vigil.policy import Decision
+    from vigil.state import PatientState, Snapshot, stack_snapshots
+    from vigil.worker.outputs import alert_records, score_record
+
+    sc = Scorer(Registry(_registry(tmp_path, BLOCK)).get("sepsis-gbm:1"))
+    streams = REPO_ROOT / "streams"
+    val = {t: jsonschema.Draft202012Validator(schema_for(t, streams)) for t in ("scores", "scores-shadow", "alerts")}
+    from vigil.features import WINDOW
+    from vigil.variables import VAR_INDEX, VARIABLES
+
+    window = np.full((WINDOW, len(VARIABLES)), np.nan, np.float32)
+    window[-3:, VAR_INDEX["HR"]], window[-3:, VAR_INDEX["Lactate"]] = 120.0, 4.0
+    hours = np.where(np.isnan(window[-1]), np.nan, 0.0).astype(np.float32)
+    snap = Snapshot(patient="pt-abc", row=5, row_time=1_767_225_600.0, window=window, last_value=window[-1].copy(),
+                    hours_since=hours, static=np.array([67, 1, 1, 0, -12.5, 5], np.float32), ward="W1", bed="3",
+                    unit="MICU", trigger_ts=1_767_225_601.0)  # fmt: skip
+    n2 = {"total": 3, "parts": dict.fromkeys(("resp_rate", "spo2", "air_or_oxygen", "systolic_bp", "pulse",
+                                              "consciousness", "temperature"), 0), "missing": []}  # fmt: skip
+    flagged = score_record(snap, sc, 0.6, n2, "2026-01-01T00:00:00+00:00", flag=(True, REASON_SPLIT_AT_LEVEL))
+    plain = score_record(snap, sc, 0.6, n2, "2026-01-01T00:00:00+00:00")
+    assert (flagged["indeterminate"], flagged["indeterminate_reason"]) == (True, REASON_SPLIT_AT_LEVEL)
+    assert (plain["indeterminate"], plain["indeterminate_reason"]) == (False, None)
+    old = {k: v for k, v in plain.items() if not k.startswith("indeterminate")}  # a revision-1 record
+    for rec in (flagged, plain, old):
+        val["scores"].validate(rec)
+        val["scores-shadow"].validate({**rec, "shadow": True, "live": None})
+    with pytest.raises(jsonschema.ValidationError):
+        val["scores"].validate({**flagged, "indeterminate": "yes"})
+    st = PatientState(patient="pt-abc")
+    d = Decision(kind="model_risk", key="model_risk:sepsis-gbm", event="raised", severity="high", value=0.6,
+                 raise_at=0.55, time=snap.row_time, row=5, episode=None, ack=None)  # fmt: skip
+    st.alerts[d.key] = {}
+    fired = [(0, sc, d, 0.6, 0.55)]
+    rows = alert_records(fired, [sc], [snap], stack_snapshots([snap]), [np.array([0.6])], [n2], {"pt-abc": st},
+                         "2026-01-01T00:00:00+00:00", {(0, 0): (True, REASON_SPLIT_AT_LEVEL)})  # fmt: skip
+    alert = rows[0][1]
+    assert (alert["indeterminate"], alert["indeterminate_reason"]) == (True, REASON_SPLIT_AT_LEVEL)
+    val["alerts"].validate(alert)
+    val["alerts"].validate({k: v for k, v in alert.items() if not k.startswith("indeterminate")})
