@@ -1,5 +1,5 @@
-"""Indeterminate measures compared on set A's units as two sites (issue 16, item 4): a 5-member MICU base
-(``--base``, trained by ``trainer.train_family(..., members=5)`` on the MICU training split of
+"""Indeterminate measures compared on set A's units as two sites (issue 16, item 4): a 3-member MICU base
+(``--base``, trained by ``trainer.train_family(..., members=3)`` on the MICU training split of
 ``scripts/onboard_units.py``'s ``setA-micu.parquet``) scores the MICU validation split (where each measure's
 cut-off is fitted and the measure is chosen), the MICU test split (same site) and the SICU stays outside the
 onboarding sample (``sicu-rest.parquet``, the other site). Alerts are the policy's model-risk alerts at the
@@ -42,7 +42,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--registry", type=Path, default=Path("/tmp/abstain-units/registry"))  # noqa: S108
-    ap.add_argument("--base", default="base-micu5:1")
+    ap.add_argument("--base", default="base-micu3m:1")
     ap.add_argument("--units", type=Path, default=Path("/tmp/onboard-units"))  # noqa: S108
     ap.add_argument("--out", type=Path, default=Path("docs/evaluation/onboarding/abstention-measures.json"))
     ap.add_argument("--seed", type=int, default=7)
@@ -62,6 +62,12 @@ def main() -> None:
 
     t0 = time.perf_counter()
     ref = Registry(a.registry).get(a.base)
+    if ref.card.get("alert_policy") is None:  # the base's own alert level, chosen as onboard_units.py chose its base's
+        from vigil.evaluation.run import run_evaluation
+
+        run_evaluation(ref, a.units / "setA-micu.parquet", policy=load_settings(None).alerts, split="validation",
+                       out=a.registry.parent / "base-val", card=True, policy_sweep=True, budget=0.2)  # fmt: skip
+        ref = Registry(a.registry).get(a.base)
     micu = pd.read_parquet(a.units / "setA-micu.parquet")
     masks = split_by_patient(micu["patient_id"].to_numpy(), a.seed)
     frames = {"micu_validation": micu[masks["validation"]].reset_index(drop=True),

@@ -4,6 +4,7 @@ flagging a crafted out-of-distribution stay."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,98 @@ def test_score_and_alert_records_validate_with_and_without_the_flag(tmp_path: Pa
     assert (alert["indeterminate"], alert["indeterminate_reason"]) == (True, REASON_SPLIT_AT_LEVEL)
     val["alerts"].validate(alert)
     val["alerts"].validate({k: v for k, v in alert.items() if not k.startswith("indeterminate")})
+
+
+# -- the worker, on the real broker ---------------------------------------------------------------------------------
+def _events(sample: Path, s, n: int) -> list[tuple[str, bytes, bytes]]:  # type: ignore[no-untyped-def]
+    """``n`` sample stays, then a crafted stay: the first sample stay's vitals with labs far outside the training
+    rows (lactate 20 mmol/L, WBC 100, total bilirubin 40 mg/dL, creatinine 15 mg/dL: plausible, so accepted at the
+    edge, but rare in set A) from its third hour on."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from vigil.physionet import iter_stays
+    from vigil.privacy import pseudonymise
+    from vigil.replay import stay_events
+    from vigil.variables import VAR_INDEX
+
+    stays = list(iter_stays(sample, limit=n))
+    values = stays[0].values.copy()
+    for name, v in (("Lactate", 20.0), ("WBC", 100.0), ("Bilirubin_total", 40.0), ("Creatinine", 15.0)):
+        values[2:, VAR_INDEX[name]] = v
+    stays.append(replace(stays[0], stay_id="crafted-ood", values=values))
+    out = []
+    for i, stay in enumerate(stays):
+        patient = pseudonymise(stay.stay_id, s.pseudonym_key.get_secret_value())
+        for stream, _t, value in stay_events(stay, patient=patient, anchor=datetime(2026, 3, 1, tzinfo=UTC),
+                                             source="abstain-feed", ward=f"W{i % 2}", bed=str(i)):  # fmt: skip
+            out.append((stream, patient.encode(), value))
+    return out
+
+
+@pytest.mark.broker
+def test_worker_flags_a_crafted_out_of_distribution_stay_and_counts_it(settings_factory, topics_factory,
+                                                                         sample_path, tmp_path, conforms):  # fmt: skip
+    """A worker serving a version whose card has an abstention block: every score record carries the flag, the
+    flags equal what the same code computes in one pass, the crafted stay's scores are flagged, alerts carry the
+    flag of the score they quote, and ``vigil_scores_indeterminate_total`` counts exactly the flagged scores."""
+    from vigil.kafka_io import TopicTail, produce_records, read_topic
+    from vigil.privacy import pseudonymise
+    from vigil.procs import WorkerProcess
+    from vigil.records import decode
+    from vigil.worker.batch import InEvent, Processor
+    from vigil.worker.engine import load_scorers
+
+    s = settings_factory(models_dir=_registry(tmp_path, BLOCK))
+    topics_factory(s, 4)
+    events = _events(sample_path, s, 3)
+    crafted = pseudonymise("crafted-ood", s.pseudonym_key.get_secret_value())
+    # the reference: one in-process pass of the same code, event by event
+    ref_s = s.model_copy(update={"state": s.state.model_copy(update={"discharge_grace_s": 0.0,
+                                                                      "admit_grace_s": 60.0})})  # fmt: skip
+    proc = Processor(ref_s, load_scorers(ref_s))
+    want: dict[tuple[str, int], tuple[bool, str | None]] = {}
+    for stream, key, value in events:
+        for _, v in proc.process([InEvent(decode(value, stream, key), stream, 0, 0.0)]).scores:  # type: ignore[arg-type]
+            rec = orjson.loads(v)
+            want[(rec["patient"], rec["row"])] = (rec["indeterminate"], rec["indeterminate_reason"])
+    from vigil.physionet import iter_stays
+
+    original = pseudonymise(next(iter(iter_stays(sample_path, limit=1))).stay_id, s.pseudonym_key.get_secret_value())
+
+    def n_flagged(patient: str) -> int:
+        return sum(f for (p, _), (f, _) in want.items() if p == patient)
+
+    # the crafted stay is flagged on more rows than the same stay with its own labs (21 vs 1 of 54 when written)
+    assert n_flagged(crafted) > n_flagged(original), (n_flagged(crafted), n_flagged(original))
+
+    async def run() -> tuple[list, list]:  # type: ignore[type-arg]
+        await produce_records(s, [(s.topic(stream), k, v) for stream, k, v in events])
+        tail = await TopicTail(s, s.topic("scores")).start()
+        try:
+            with_ids = lambda recs: len({orjson.loads(r.value)["score_id"] for r in recs})  # noqa: E731
+            await tail.wait_for(lambda recs: with_ids(recs) >= len(want), 90)
+            scores = list(tail.records)
+        finally:
+            await tail.stop()
+        return scores, await read_topic(s, s.topic("alerts"), quiet_s=1.5)
+
+    with WorkerProcess(s, log_path=tmp_path / "worker.log") as w:
+        w.wait_ready()
+        scores, alerts = asyncio.run(run())
+        metrics = w.metrics_text()
+        assert w.stop() == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    conforms(s, {"scores": scores, "alerts": alerts})
+    got = {}
+    for r in scores:
+        rec = orjson.loads(r.value)
+        got[(rec["patient"], rec["row"])] = (rec["indeterminate"], rec["indeterminate_reason"])
+    assert got == want
+    flagged = sum(1 for r in scores if orjson.loads(r.value)["indeterminate"])
+    assert flagged == sum(f for f, _ in want.values()) > 0
+    assert f'vigil_scores_indeterminate_total{{model="sepsis-gbm",version="1"}} {float(flagged)}' in metrics
+    model_alerts = [a for a in map(orjson.loads, (r.value for r in alerts)) if a["type"] == "model_risk"
+                    and a["event"] in ("raised", "escalated")]  # fmt: skip
+    for a in model_alerts:
+        assert (a["indeterminate"], a["indeterminate_reason"]) == want[(a["patient"], a["row"])]
+    assert "crafted-ood" not in metrics and crafted not in metrics  # no patient identifier in the metrics

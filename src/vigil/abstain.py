@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MEASURES", "REASON_MEMBERS_DISAGREE", "REASON_SPLIT_AT_LEVEL", "Abstainer", "logit", "decision_margin_z",
-           "member_outputs", "with_member_outputs", "member_logit_sd", "abstain_flags"]  # fmt: skip
+           "member_outputs", "with_member_outputs", "member_logit_sd", "abstain_flags", "scored"]  # fmt: skip
 
 REASON_MEMBERS_DISAGREE = "members_disagree"
 REASON_SPLIT_AT_LEVEL = "members_split_at_level"
@@ -123,6 +123,14 @@ class Abstainer:
             ind = member_logit_sd(members) > self.cutoff
             reason = REASON_MEMBERS_DISAGREE
         return ind, [reason if f else None for f in ind.tolist()]
+
+
+def scored(sc: Any, x: np.ndarray, seq: np.ndarray | None) -> tuple[np.ndarray, Any, Any]:
+    """``sc.predict`` (flags None) for a scorer without an abstention block, else ``sc.predict_flagged``: the
+    worker's one call per model and batch (a version without a block keeps the plain scoring path)."""
+    if getattr(sc, "abstainer", None) is None:
+        return sc.predict(x, seq), None, None
+    return sc.predict_flagged(x, seq)  # type: ignore[no-any-return]
 
 
 def abstain_flags(

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from vigil import deadletters
-from vigil.abstain import abstain_flags
+from vigil.abstain import abstain_flags, scored
 from vigil.budget import budget_controller
 from vigil.config import Settings
 from vigil.drift import DriftMonitor
@@ -448,11 +448,11 @@ class Processor:
         flags: dict[tuple[int, int], tuple[bool, str | None]] = {}  # (row, scorer) -> indeterminate, reason
         for j, sc in enumerate(self.scorers):
             t1 = time.perf_counter()
-            risk_arr, ind, why = sc.predict_flagged(x, seq)
+            risk_arr, ind, why = scored(sc, x, seq)
             risks.append(risk_arr)
             out.inference_s[sc.name] = time.perf_counter() - t1
             flags.update(abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)))
-        shadow = [sc.predict_flagged(x, seq) for sc in self.shadows]
+        shadow = [scored(sc, x, seq) for sc in self.shadows]
         for sc, risk_arr in zip(self.scorers, risks, strict=True):
             out.risks[sc.name] = risk_arr
         if self.settings.drift.enabled:
