@@ -278,3 +278,32 @@ def test_worker_flags_a_crafted_out_of_distribution_stay_and_counts_it(settings_
     for a in model_alerts:
         assert (a["indeterminate"], a["indeterminate_reason"]) == want[(a["patient"], a["row"])]
     assert "crafted-ood" not in metrics and crafted not in metrics  # no patient identifier in the metrics
+
+
+# -- vigil evaluate -------------------------------------------------------------------------------------------------
+def test_evaluate_reports_confident_vs_all_alerts_when_the_card_has_a_block(tmp_path: Path, sample_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from vigil.cli import cli
+
+    def run(models: Path, out: Path) -> tuple[dict, dict]:  # type: ignore[type-arg]
+        res = CliRunner().invoke(cli, ["evaluate", "--model", "sepsis-gbm:1", "--data", str(sample_path), "--split",
+                                       "all", "--limit", "80", "--out", str(out)],
+                                 env={"VIGIL_MODELS_DIR": str(models)})  # fmt: skip
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output.strip().splitlines()[-1]), json.loads((out / "metrics.json").read_text())
+
+    summary, m = run(_registry(tmp_path / "a", BLOCK), tmp_path / "ra")
+    ab = m["abstention"]
+    assert ab["measure"] == "decision_margin_z" and ab["cutoff"] == 1.5
+    # the same model-risk alerts as the report's alerting section, split into confident and indeterminate
+    assert ab["all"]["alerts"] == m["alerting"]["model_risk"]["alerts"] > 0
+    assert ab["all"]["ppv_stay"] == m["alerting"]["model_risk"]["ppv_stay"]
+    assert 0 < ab["confident"]["alerts"] < ab["all"]["alerts"]
+    assert ab["share_alerts_indeterminate"] == 1 - ab["confident"]["alerts"] / ab["all"]["alerts"]
+    assert 0 < ab["share_rows_indeterminate"] < 1
+    assert summary["abstention"]["ppv_confident"] == ab["confident"]["ppv_stay"]
+    _, plain = run(_registry(tmp_path / "b", None), tmp_path / "rb")
+    assert "abstention" not in plain and plain["alerting"] == m["alerting"]
