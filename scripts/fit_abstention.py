@@ -24,7 +24,8 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, default=Path("models"))
     ap.add_argument("--data", type=Path, default=Path("../shared/data/physionet2019/setA.parquet"))
     ap.add_argument("--share", type=float, nargs="+", default=[0.3])
-    ap.add_argument("--measure", default="decision_margin_z", choices=["decision_margin_z", "member_logit_sd"])
+    ap.add_argument("--measure", default="decision_margin_z",
+                    choices=["decision_margin_z", "member_logit_sd", "low_coverage"])
     ap.add_argument("--write", action="store_true", help="write the block of the (single) --share into the card")
     a = ap.parse_args()
     if a.write and len(a.share) != 1:
@@ -45,7 +46,7 @@ def main() -> None:
     sets = {}
     for split in ("validation", "test"):
         sel = select_rows(ref, a.data, split, None)
-        p, mem, s = members_frame(ref, sel.df)
+        p, mem, s, x = members_frame(ref, sel.df)
         s = s.copy()
         s[0] = True
         y = sel.df["SepsisLabel"].to_numpy(dtype=np.float64, na_value=0.0).astype(np.int8)
@@ -55,14 +56,14 @@ def main() -> None:
         fired = simulate_policy(policy, risk=p, threshold=level, news2_total=screens["news2_total"], stay_start=s,
                                 news2_max_part=screens["news2_max_part"], model=ref.name,
                                 unit=row_units(static, stay_table(y, s).n_rows))["model_risk"]  # fmt: skip
-        sets[split] = {"p": p, "mem": mem, "s": s, "y": y, "fired": fired, "source": sel.source}
+        sets[split] = {"p": p, "mem": mem, "s": s, "y": y, "fired": fired, "source": sel.source, "x": x}
     for share in a.share:
         v = sets["validation"]
         fitted_on = f"validation split of {v['source']} (the trainer's patient-level split)"
-        block = fit_member_spread(v["mem"], v["p"], level, share, fitted_on, a.measure)
+        block = fit_member_spread(v["mem"], v["p"], level, share, fitted_on, a.measure, v["x"])
         res = {}
         for split, d in sets.items():
-            ind = indeterminate_rows(block, d["p"], d["mem"])
+            ind = indeterminate_rows(block, d["p"], d["mem"], d["x"])
             res[split] = evaluate_abstention(d["fired"], ind, d["y"], d["s"])
         line = {"model": a.model, "measure": a.measure, "share": share, "cutoff": block["cutoff"],
                 **{f"{k}_{m}": (res[k][m] if m.startswith("share") else res[k][m]) for k in res

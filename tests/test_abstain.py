@@ -15,8 +15,10 @@ import orjson
 import pytest
 
 from vigil.abstain import (
+    REASON_SPARSE,
     REASON_SPLIT_AT_LEVEL,
     Abstainer,
+    coverage,
     decision_margin_z,
     member_logit_sd,
     with_member_outputs,
@@ -26,6 +28,7 @@ from vigil.catalog import schema_for
 from vigil.config import REPO_ROOT
 from vigil.errors import ModelError
 from vigil.evaluation.abstention import evaluate_abstention, fit_member_spread, indeterminate_rows
+from vigil.features import FEATURE_NAMES
 from vigil.registry import Registry
 from vigil.scoring import Scorer, canary_inputs
 
@@ -59,17 +62,25 @@ def test_fit_flags_the_stated_share_of_alerting_rows_and_serving_applies_the_sam
     risk = members.mean(axis=1)
     level = 0.4
     alerting = risk >= level
-    for measure in ("decision_margin_z", "member_logit_sd"):
-        block = fit_member_spread(members, risk, level, 0.25, "synthetic", measure)
-        ind = indeterminate_rows(block, risk, members)
-        assert abs(ind[alerting].mean() - 0.25) < 0.01, (measure, ind[alerting].mean())
+    x = np.full((n, len(FEATURE_NAMES)), 72.0, np.float32)  # hours since: 72 = not measured in the last 72 h
+    hours = [i for i, name in enumerate(FEATURE_NAMES) if name.endswith("_hours_since")]
+    seen = rng.integers(0, len(hours) + 1, n)
+    for i, k in enumerate(seen):
+        x[i, hours[:k]] = 1.0
+    np.testing.assert_allclose(coverage(x), seen / len(hours))
+    reasons_of = {"decision_margin_z": "members_split_at_level", "member_logit_sd": "members_disagree",
+                  "low_coverage": "sparse_coverage"}  # fmt: skip
+    for measure in ("decision_margin_z", "member_logit_sd", "low_coverage"):
+        block = fit_member_spread(members, risk, level, 0.25, "synthetic", measure, x)
+        ind = indeterminate_rows(block, risk, members, x)
+        tol = 0.01 if measure != "low_coverage" else 0.05  # coverage takes 35 values: ties at the cut-off
+        assert abs(ind[alerting].mean() - 0.25) < tol, (measure, ind[alerting].mean())
         # serving's Abstainer (from the validated card block) gives exactly these flags
         ab = Abstainer.from_spec(AbstentionSpec.model_validate(block))
         assert ab is not None
-        flags, reasons = ab.flags(risk, members)
+        flags, reasons = ab.flags(risk, members, x)
         assert np.array_equal(flags, ind)
-        assert reasons.count(None) == int((~ind).sum()) and set(reasons) - {None} == {
-            "members_split_at_level" if measure == "decision_margin_z" else "members_disagree"}
+        assert reasons.count(None) == int((~ind).sum()) and set(reasons) - {None} == {reasons_of[measure]}
     # the margin measure flags the rows close to the level where the members disagree, never a row far from it
     z = decision_margin_z(risk, members, level)
     block = fit_member_spread(members, risk, level, 0.25, "synthetic")
@@ -133,6 +144,17 @@ def test_scorer_flags_rows_only_with_a_block_and_keeps_its_probabilities(tmp_pat
     np.testing.assert_array_equal(ind1, want)
     assert why1 == [REASON_SPLIT_AT_LEVEL if f else None for f in want.tolist()]
     assert flagged.predict_flagged(x[:0])[0].shape == (0,)
+
+
+def test_a_coverage_block_needs_no_members_and_flags_the_never_measured_canary(tmp_path: Path) -> None:
+    x, _ = canary_inputs()  # a well patient (8 variables), a septic picture (12), hypothermic (8), never measured
+    block = {"version": 1, "measure": "low_coverage", "cutoff": 0.1, "fitted_on": "test"}
+    sc = Scorer(Registry(_registry(tmp_path, block)).get("sepsis-gbm:1"))
+    assert sc.member_names == [] and sc.abstainer is not None and not sc.abstainer.needs_members
+    p, ind, why = sc.predict_flagged(x)
+    np.testing.assert_array_equal(p, sc.predict(x))
+    assert ind is not None and ind.tolist() == [False, False, False, True]
+    assert why == [None, None, None, REASON_SPARSE]
 
 
 def test_a_block_on_a_single_graph_without_members_is_refused(tmp_path: Path) -> None:

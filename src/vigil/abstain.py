@@ -13,6 +13,9 @@ familiar rows and disagrees on unfamiliar ones). Two measures (``measure`` in th
   ``|logit(p) - logit(level)| / (sd + 0.001)``; indeterminate below ``cutoff`` (the members do not agree that the
   score is clearly on one side of the level). Reason ``members_split_at_level``.
 * ``member_logit_sd``: the spread alone; indeterminate above ``cutoff``. Reason ``members_disagree``.
+* ``low_coverage`` (needs no members, so any version can carry it): the share of the 34 measured variables seen in
+  the last 72 h (the featurizer's ``*_hours_since`` below 72); indeterminate below ``cutoff``. Reason
+  ``sparse_coverage``.
 
 The fitted cut-off lives with the model version, in the card's ``abstention`` block
 (:class:`vigil.card.AbstentionSpec`, versioned); no block means never indeterminate. Fitting and evaluation are
@@ -32,11 +35,14 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MEASURES", "REASON_MEMBERS_DISAGREE", "REASON_SPLIT_AT_LEVEL", "Abstainer", "logit", "decision_margin_z",
-           "member_outputs", "with_member_outputs", "member_logit_sd", "abstain_flags", "scored"]  # fmt: skip
+           "member_outputs", "with_member_outputs", "member_logit_sd", "abstain_flags", "scored", "coverage",
+           "REASON_SPARSE"]  # fmt: skip
 
 REASON_MEMBERS_DISAGREE = "members_disagree"
 REASON_SPLIT_AT_LEVEL = "members_split_at_level"
-MEASURES = ("decision_margin_z", "member_logit_sd")
+REASON_SPARSE = "sparse_coverage"
+MEASURES = ("decision_margin_z", "member_logit_sd", "low_coverage")
+HOURS_SENTINEL = 72.0  # the featurizer's "not measured in the last 72 h" value of *_hours_since
 _EPS = 1e-6
 _SD_FLOOR = 1e-3  # logits; keeps the margin finite where the members agree exactly
 
@@ -79,6 +85,14 @@ def member_logit_sd(members: np.ndarray) -> np.ndarray:
     return logit(members).std(axis=1)
 
 
+def coverage(x: np.ndarray) -> np.ndarray:
+    """Per row of features ``x`` [B, F], the share of the measured variables seen in the last 72 h."""
+    from vigil.features import FEATURE_NAMES
+
+    cols = [i for i, n in enumerate(FEATURE_NAMES) if n.endswith("_hours_since")]
+    return (np.asarray(x)[:, cols] < HOURS_SENTINEL).mean(axis=1)
+
+
 def decision_margin_z(p: np.ndarray, members: np.ndarray, level: float) -> np.ndarray:
     """Per row, ``|logit(p) - logit(level)|`` over the members' logit spread (floored at 0.001).
 
@@ -112,11 +126,20 @@ class Abstainer:
 
     @property
     def needs_members(self) -> bool:
-        return True  # both measures read the members
+        return self.measure != "low_coverage"
 
-    def flags(self, p: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-        """Indeterminate flags [B] and reasons of scores ``p`` [B] with member probabilities ``members`` [B, M]."""
-        if self.measure == "decision_margin_z":
+    def flags(self, p: np.ndarray, members: np.ndarray | None, x: np.ndarray | None = None
+              ) -> tuple[np.ndarray, list[str | None]]:  # fmt: skip
+        """Indeterminate flags [B] and reasons of scores ``p`` [B] with member probabilities ``members`` [B, M]
+        (None for ``low_coverage``) and features ``x`` [B, F] (read by ``low_coverage`` only)."""
+        if self.measure == "low_coverage":
+            if x is None:
+                raise ValueError("the low_coverage measure reads the features")
+            ind = coverage(x) < self.cutoff
+            reason = REASON_SPARSE
+        elif members is None:
+            raise ValueError(f"the {self.measure} measure reads the member probabilities")
+        elif self.measure == "decision_margin_z":
             ind = decision_margin_z(p, members, float(self.level or 0.0)) < self.cutoff
             reason = REASON_SPLIT_AT_LEVEL
         else:

@@ -86,7 +86,7 @@ class AbstentionSpec(_Open):
     (the fit's facts and its evaluation) are kept as they are. No block: never indeterminate."""
 
     version: Literal[1] = 1
-    measure: Literal["decision_margin_z", "member_logit_sd"]
+    measure: Literal["decision_margin_z", "member_logit_sd", "low_coverage"]
     cutoff: float = Field(ge=0.0)
     level: float | None = Field(default=None, gt=0.0, lt=1.0)  # decision_margin_z: measured from this alert level
     fitted_on: str | None = None

@@ -186,12 +186,17 @@ class Scorer:
         row's reason (None where determinate); ``(probabilities, None, None)`` without a block."""
         if self.abstainer is None or not self.member_names or x.shape[0] == 0:
             p = self.predict(x, seq)
-            return (p, None, None) if self.abstainer is None else (p, np.zeros(p.shape[0], bool), [])
+            if self.abstainer is None:
+                return p, None, None
+            if x.shape[0] == 0:
+                return p, np.zeros(0, bool), []
+            ind, why = self.abstainer.flags(p, None, x)  # a measure without members (low_coverage)
+            return p, ind, why
         feeds = self._feeds(x, seq)
         outs = self.session.run([self.output_name, *self.member_names], feeds)
         members = np.concatenate([np.asarray(o, dtype=np.float32).reshape(-1, 1) for o in outs[1:]], axis=1)
         p = np.asarray(outs[0], dtype=np.float32).reshape(-1)
-        flags, reasons = self.abstainer.flags(p, members)
+        flags, reasons = self.abstainer.flags(p, members, x)
         return p, flags, reasons
 
     def predict(self, x: np.ndarray, seq: np.ndarray | None = None) -> np.ndarray:

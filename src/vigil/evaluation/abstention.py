@@ -100,28 +100,31 @@ def evaluate_abstention(alert_rows: np.ndarray, indeterminate: np.ndarray, label
     }  # fmt: skip
 
 
-def members_frame(ref: Any, df: Any, chunk_rows: int = 131_072) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probability [N], member probabilities [N, M], stay_start [N]) of every row of ``df`` by version ``ref``
-    (its graph with the member probabilities exposed: :func:`vigil.abstain.with_member_outputs`)."""
+def members_frame(ref: Any, df: Any, chunk_rows: int = 131_072
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(probability [N], member probabilities [N, M], stay_start [N], features [N, F]) of every row of ``df`` by
+    version ``ref`` (its graph with the member probabilities exposed: :func:`vigil.abstain.with_member_outputs`)."""
     import onnxruntime as ort
 
     from vigil.abstain import with_member_outputs
-    from vigil.features import featurize, frame_chunks
+    from vigil.features import FEATURE_NAMES, featurize, frame_chunks
 
     blob, names = with_member_outputs(ref.onnx_path)
     sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     stay_start, chunks = frame_chunks(df, chunk_rows)
     n = stay_start.shape[0]
     probs, members = np.empty(n, np.float32), np.empty((n, len(names)), np.float32)
+    x = np.empty((n, len(FEATURE_NAMES)), np.float32)
     for a, b, inp in chunks:
-        outs = sess.run(["probability", *names], {"features": featurize(inp)})
+        x[a:b] = featurize(inp)
+        outs = sess.run(["probability", *names], {"features": x[a:b]})
         probs[a:b] = np.asarray(outs[0]).reshape(-1)
         members[a:b] = np.concatenate([np.asarray(o).reshape(-1, 1) for o in outs[1:]], axis=1)
-    return probs, members, stay_start
+    return probs, members, stay_start, x
 
 
-def fit_member_spread(members: np.ndarray, risk: np.ndarray, level: float, share: float, fitted_on: str,
-                      measure: str = "decision_margin_z") -> dict[str, Any]:  # fmt: skip
+def fit_member_spread(members: np.ndarray | None, risk: np.ndarray, level: float, share: float, fitted_on: str,
+                      measure: str = "decision_margin_z", x: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
     """The card's ``abstention`` block (:class:`vigil.card.AbstentionSpec`) for ``measure``
     (:mod:`vigil.abstain`), its cut-off chosen so that ``share`` of the fitting rows scored at or above ``level``
     (``risk >= level``) are indeterminate.
@@ -132,13 +135,20 @@ def fit_member_spread(members: np.ndarray, risk: np.ndarray, level: float, share
     >>> b = fit_member_spread(m, r, 0.5, 0.5, "toy"); indeterminate_rows(b, r, m).tolist()
     [True, True, False, False]
     """
-    from vigil.abstain import decision_margin_z, member_logit_sd
+    from vigil.abstain import coverage, decision_margin_z, member_logit_sd
 
     alerting = np.asarray(risk, np.float64) >= level
     if not alerting.any():
         msg = "no fitting row is scored at or above the alert level; cannot fit the abstention cut-off"
         raise ValueError(msg)
-    if measure == "decision_margin_z":
+    if measure == "low_coverage":
+        if x is None:
+            raise ValueError("the low_coverage measure is fitted on the features (x)")
+        values = coverage(x)
+        cutoff = float(np.quantile(values[alerting], share))  # the sparsest rows are indeterminate
+    elif members is None:
+        raise ValueError(f"the {measure} measure is fitted on the member probabilities")
+    elif measure == "decision_margin_z":
         values = decision_margin_z(risk, members, level)
         cutoff = float(np.quantile(values[alerting], share))  # the lowest margins are indeterminate
     elif measure == "member_logit_sd":
@@ -149,21 +159,23 @@ def fit_member_spread(members: np.ndarray, risk: np.ndarray, level: float, share
         raise ValueError(msg)
     block = {
         "version": 1, "measure": measure, "cutoff": cutoff, "level": float(level), "fitted_on": fitted_on,
-        "share_of_alerting_rows": share, "members": int(members.shape[1]), "rows": int(values.size),
+        "share_of_alerting_rows": share, "members": None if members is None else int(members.shape[1]),
+        "rows": int(values.size),
         "alerting_rows": int(alerting.sum()),
     }  # fmt: skip
-    block["share_rows_indeterminate"] = float(indeterminate_rows(block, risk, members).mean())
+    block["share_rows_indeterminate"] = float(indeterminate_rows(block, risk, members, x).mean())
     return block
 
 
-def indeterminate_rows(block: dict[str, Any], risk: np.ndarray, members: np.ndarray) -> np.ndarray:
+def indeterminate_rows(block: dict[str, Any], risk: np.ndarray, members: np.ndarray | None,
+                       x: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """The flags serving gives (:class:`vigil.abstain.Abstainer` of the validated block)."""
     from vigil.abstain import Abstainer
     from vigil.card import AbstentionSpec
 
     ab = Abstainer.from_spec(AbstentionSpec.model_validate(block))
     assert ab is not None
-    return ab.flags(np.asarray(risk), np.asarray(members))[0]
+    return ab.flags(np.asarray(risk), None if members is None else np.asarray(members), x)[0]
 
 
 def flags_frame(scorer: Any, df: Any, chunk_rows: int = 131_072) -> np.ndarray:
