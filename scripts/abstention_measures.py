@@ -1,6 +1,7 @@
 """Indeterminate measures compared on set A's units as two sites (issue 16, item 4): a 3-member MICU base
-(``--base``, trained by ``trainer.train_family(..., members=3)`` on the MICU training split of
-``scripts/onboard_units.py``'s ``setA-micu.parquet``) scores the MICU validation split (where each measure's
+(``--base``; trained here when the registry lacks it: ``trainer.train_family(..., members=3,
+gbm=GbmHyper(patience=50))`` on the MICU training split of ``scripts/onboard_units.py``'s ``setA-micu.parquet``,
+1,388 s on 2 shared cores) scores the MICU validation split (where each measure's
 cut-off is fitted and the measure is chosen), the MICU test split (same site) and the SICU stays outside the
 onboarding sample (``sicu-rest.parquet``, the other site). Alerts are the policy's model-risk alerts at the
 base's alert level; each measure splits them into confident and indeterminate
@@ -61,6 +62,15 @@ def main() -> None:
     from vigil.training.data import split_by_patient
 
     t0 = time.perf_counter()
+    name, _, version = a.base.partition(":")
+    if not Registry(a.registry).versions(name):
+        from vigil.training import trainer
+        from vigil.training.gbm import GbmHyper
+
+        ds = trainer.prepare(a.units / "setA-micu.parquet", seed=a.seed, with_sequence=False)
+        a.registry.mkdir(parents=True, exist_ok=True)
+        trainer.train_family(ds, "gbm", a.registry, name=name, version=version or "1", members=3,
+                             gbm=GbmHyper(patience=50))  # fmt: skip
     ref = Registry(a.registry).get(a.base)
     if ref.card.get("alert_policy") is None:  # the base's own alert level, chosen as onboard_units.py chose its base's
         from vigil.evaluation.run import run_evaluation

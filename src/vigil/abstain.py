@@ -1,19 +1,21 @@
-"""Abstention at serving (issue 16, item 4): a score is *indeterminate* when the model's own ensemble members
-disagree about it — in the shipped measure, about which side of the alert level it lies on.
+"""Abstention at serving (issue 16, item 4): a score is *indeterminate* when its input lies outside what the
+model version was trained on, by the measure in the version's card: too few variables measured recently
+(``low_coverage``, shipped with ``sepsis-gbm:1``), or the ensemble members disagreeing about it.
 
 A LightGBM version of several members (``training.members`` > 1; :func:`vigil.training.gbm.to_onnx`) averages
 the members' class-1 probabilities in a ``Mean`` node. :func:`with_member_outputs` exposes that node's inputs as
 extra graph outputs (in memory; the registered file is not changed), so the member probabilities come out of the
 same ONNX Runtime call that computes the score. Their spread — the standard deviation of the members' logits —
 is an epistemic-uncertainty measure (an ensemble of seeds, bagging and feature subsampling that agrees on
-familiar rows and disagrees on unfamiliar ones). Two measures (``measure`` in the card's block):
+familiar rows and disagrees on unfamiliar ones). Three measures (``measure`` in the card's block):
 
-* ``decision_margin_z`` (shipped; chosen by measurement, docs/evaluation/onboarding.md): the distance of the
+* ``decision_margin_z``: the distance of the
   score from the block's alert ``level`` in logits, in units of the members' logit spread,
   ``|logit(p) - logit(level)| / (sd + 0.001)``; indeterminate below ``cutoff`` (the members do not agree that the
   score is clearly on one side of the level). Reason ``members_split_at_level``.
 * ``member_logit_sd``: the spread alone; indeterminate above ``cutoff``. Reason ``members_disagree``.
-* ``low_coverage`` (needs no members, so any version can carry it): the share of the 34 measured variables seen in
+* ``low_coverage`` (shipped with ``sepsis-gbm:1``; measured best at the other unit, docs/evaluation/onboarding.md;
+  needs no members, so any version can carry it): the share of the 34 measured variables seen in
   the last 72 h (the featurizer's ``*_hours_since`` below 72); indeterminate below ``cutoff``. Reason
   ``sparse_coverage``.
 
