@@ -327,5 +327,8 @@ def test_evaluate_reports_confident_vs_all_alerts_when_the_card_has_a_block(tmp_
     assert ab["share_alerts_indeterminate"] == 1 - ab["confident"]["alerts"] / ab["all"]["alerts"]
     assert 0 < ab["share_rows_indeterminate"] < 1
     assert summary["abstention"]["ppv_confident"] == ab["confident"]["ppv_stay"]
+    report = (tmp_path / "ra" / "report.md").read_text()
+    assert "## Abstention" in report and f"{100 * ab['share_alerts_indeterminate']:.1f} % of the model-risk" in report
     _, plain = run(_registry(tmp_path / "b", None), tmp_path / "rb")
     assert "abstention" not in plain and plain["alerting"] == m["alerting"]
+    assert "## Abstention" not in (tmp_path / "rb" / "report.md").read_text()
