@@ -151,6 +151,7 @@ SHARED = frozenset({
     "vigil.features", "vigil.news2", "vigil.scoring", "vigil.alerts", "vigil.levels", "vigil.metrics",
     "vigil.timewindow", "vigil.privacy", "vigil.logs", "vigil.state", "vigil.explain", "vigil.drift",
     "vigil.alerting", "vigil.alerting.state", "vigil.alerting.rules", "vigil.alerting.stage",
+    "vigil.abstain",
 })  # fmt: skip
 
 

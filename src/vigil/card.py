@@ -26,12 +26,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vigil.errors import ModelError
 
-__all__ = ["ModelCard", "CARD_FILE", "SCHEMA_FILE", "SCHEMA_VERSION", "json_schema", "read_card", "write_card",
-           "validate_card", "schema_text"]  # fmt: skip
+__all__ = ["ModelCard", "AbstentionSpec", "CARD_FILE", "SCHEMA_FILE", "SCHEMA_VERSION", "json_schema", "read_card",
+           "write_card", "validate_card", "schema_text"]  # fmt: skip
 
 CARD_FILE = "card.json"
 SCHEMA_FILE = "card.schema.json"  # in the registry root (models/)
@@ -80,6 +80,24 @@ class AlertPolicy(_Open):
     chosen_by: str | None = None
 
 
+class AbstentionSpec(_Open):
+    """When a score is *indeterminate* (:mod:`vigil.abstain`; issue 16, item 4): the measure, its cut-off (a score
+    whose measure is above it is indeterminate) and how it was fitted. Versioned by ``version``; further keys
+    (the fit's facts and its evaluation) are kept as they are. No block: never indeterminate."""
+
+    version: Literal[1] = 1
+    measure: Literal["decision_margin_z", "member_logit_sd", "low_coverage"]
+    cutoff: float = Field(ge=0.0)
+    level: float | None = Field(default=None, gt=0.0, lt=1.0)  # decision_margin_z: measured from this alert level
+    fitted_on: str | None = None
+
+    @model_validator(mode="after")
+    def _level_for_margin(self) -> AbstentionSpec:
+        if self.measure == "decision_margin_z" and self.level is None:
+            raise ValueError("the decision_margin_z measure needs the level it is measured from")
+        return self
+
+
 class ModelCard(BaseModel):
     """One model version's card. Field order follows the trainer's card."""
 
@@ -107,6 +125,7 @@ class ModelCard(BaseModel):
     evaluation: dict[str, Any] | None = None  # by split, written by `vigil evaluate --update-card`
     alert_policy: AlertPolicy | None = None
     onboarding: dict[str, Any] | None = None  # written by `vigil onboard`
+    abstention: AbstentionSpec | None = None  # when a score is indeterminate (vigil.abstain); None: never
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "model card") -> ModelCard:

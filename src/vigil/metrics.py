@@ -35,6 +35,8 @@ class WorkerMetrics:
             f"{p}_dead_letters", "Records sent to the dead-letter topic", ["reason"], registry=r
         )
         self.scores = Counter(f"{p}_scores", "Risk scores emitted", ["model", "version"], registry=r)
+        self.indeterminate = Counter(f"{p}_scores_indeterminate", "Risk scores flagged indeterminate (vigil.abstain)",
+                                     ["model", "version"], registry=r)  # fmt: skip
         self.alerts = Counter(f"{p}_alerts", "Alerts emitted", ["type", "severity", "ward"], registry=r)
         self.batch_size = Histogram(
             f"{p}_batch_size_events", "Events per consumed batch", buckets=BATCH_BUCKETS, registry=r

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vigil.abstain import Abstainer, with_member_outputs
 from vigil.errors import ModelError
 from vigil.features import FEATURE_SCHEMA_HASH, SEQUENCE_NAMES, SEQUENCE_SCHEMA_HASH, WINDOW
 from vigil.onset import onset_map
@@ -94,8 +95,14 @@ class Scorer:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         wanted = choose_providers(providers, ort.get_available_providers())
+        # abstention (vigil.abstain): the card's block, and the member probabilities exposed as outputs if needed
+        self.abstainer = Abstainer.from_spec(ref.model_card.abstention)
+        self.member_names: list[str] = []
+        model: str | bytes = str(ref.onnx_path)
         try:
-            self.session = ort.InferenceSession(str(ref.onnx_path), sess_options=opts, providers=wanted)
+            if self.abstainer is not None and self.abstainer.needs_members:
+                model, self.member_names = with_member_outputs(ref.onnx_path)
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=wanted)
         except Exception as exc:
             msg = f"cannot load {ref.onnx_path}: {exc}"
             raise ModelError(msg) from exc
@@ -172,13 +179,37 @@ class Scorer:
     def alert_level(self) -> float:
         return self.ref.alert_level
 
+    def predict_flagged(
+        self, x: np.ndarray, seq: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, list[str | None] | None]:
+        """Probabilities [B] and, when the card has an abstention block, the indeterminate flags [B] and each
+        row's reason (None where determinate); ``(probabilities, None, None)`` without a block."""
+        if self.abstainer is None or not self.member_names or x.shape[0] == 0:
+            p = self.predict(x, seq)
+            if self.abstainer is None:
+                return p, None, None
+            if x.shape[0] == 0:
+                return p, np.zeros(0, bool), []
+            ind, why = self.abstainer.flags(p, None, x)  # a measure without members (low_coverage)
+            return p, ind, why
+        feeds = self._feeds(x, seq)
+        outs = self.session.run([self.output_name, *self.member_names], feeds)
+        members = np.concatenate([np.asarray(o, dtype=np.float32).reshape(-1, 1) for o in outs[1:]], axis=1)
+        p = np.asarray(outs[0], dtype=np.float32).reshape(-1)
+        flags, reasons = self.abstainer.flags(p, members, x)
+        return p, flags, reasons
+
     def predict(self, x: np.ndarray, seq: np.ndarray | None = None) -> np.ndarray:
         """Probabilities [B] for features ``x`` [B, F] (and, for a temporal model, ``seq`` [B, W, K])."""
+        if x.ndim == 2 and x.shape[0] == 0 and x.shape[1] == self.n_features:
+            return np.zeros(0, dtype=np.float32)
+        out = self.session.run([self.output_name], self._feeds(x, seq))[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def _feeds(self, x: np.ndarray, seq: np.ndarray | None) -> dict[str, np.ndarray]:
         if x.ndim != 2 or x.shape[1] != self.n_features:
             msg = f"expected features of shape [B, {self.n_features}], got {x.shape}"
             raise ModelError(msg)
-        if x.shape[0] == 0:
-            return np.zeros(0, dtype=np.float32)
         feeds = {"features": np.ascontiguousarray(x, np.float32)}
         if self.needs_sequence:
             want = (x.shape[0], WINDOW, len(SEQUENCE_NAMES))
@@ -187,8 +218,7 @@ class Scorer:
                 msg = f"model {self.name}:{self.version} needs a sequence of shape {want}, got {got}"
                 raise ModelError(msg)
             feeds["sequence"] = np.ascontiguousarray(seq, np.float32)
-        out = self.session.run([self.output_name], feeds)[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+        return feeds
 
 
 def _onset_map(ref: ModelRef) -> Any:

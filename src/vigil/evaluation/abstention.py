@@ -1,7 +1,13 @@
-"""Abstention, evaluated offline (issue 16, item 4; **not wired into the worker or the score records yet**).
+"""Abstention, fitted and evaluated offline (issue 16, item 4).
 
-A score is *indeterminate* when its input lies outside what the model was trained on. Two measures, fitted on
-reference rows (the model's training rows) by :func:`fit_abstention`:
+A score is *indeterminate* when its input lies outside what the model was trained on. The measure that serving
+applies (:mod:`vigil.abstain`, the card's ``abstention`` block) is the **members' disagreement** (standard
+deviation of the ensemble members' logits): :func:`fit_member_spread` fits its cut-off on a version's
+training-time held-out rows (the validation split) as the spread exceeded by a stated share of the rows scored at
+or above the alert level; :func:`abstention_report` evaluates a version's block in ``vigil evaluate``.
+
+Two earlier measures, kept for comparison (``scripts/abstention_units.py``), fitted on reference rows (the model's
+training rows) by :func:`fit_abstention`:
 
 * **coverage**: the share of the 34 measured variables seen within the last 72 h (the featurizer's
   ``*_hours_since`` < 72); abstain below the reference's ``q`` quantile;
@@ -22,7 +28,8 @@ import numpy as np
 
 from vigil.evaluation.alerting import StayAlerts, alert_summary, stay_alerts, stay_table
 
-__all__ = ["Abstention", "fit_abstention", "evaluate_abstention", "HOURS_SENTINEL"]
+__all__ = ["Abstention", "fit_abstention", "evaluate_abstention", "HOURS_SENTINEL", "fit_member_spread",
+           "members_frame", "flags_frame", "abstention_report", "indeterminate_rows"]  # fmt: skip
 
 HOURS_SENTINEL = 72.0  # the featurizer's "not measured in the last 72 h" value of *_hours_since
 
@@ -91,3 +98,116 @@ def evaluate_abstention(alert_rows: np.ndarray, indeterminate: np.ndarray, label
         "all": everything, "confident": confident,
         "ppv_relative_gain": (ppv_conf / ppv_all - 1) if ppv_all and ppv_conf is not None else None,
     }  # fmt: skip
+
+
+def members_frame(ref: Any, df: Any, chunk_rows: int = 131_072
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(probability [N], member probabilities [N, M], stay_start [N], features [N, F]) of every row of ``df`` by
+    version ``ref`` (its graph with the member probabilities exposed: :func:`vigil.abstain.with_member_outputs`)."""
+    import onnxruntime as ort
+
+    from vigil.abstain import with_member_outputs
+    from vigil.features import FEATURE_NAMES, featurize, frame_chunks
+
+    blob, names = with_member_outputs(ref.onnx_path)
+    sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    stay_start, chunks = frame_chunks(df, chunk_rows)
+    n = stay_start.shape[0]
+    probs, members = np.empty(n, np.float32), np.empty((n, len(names)), np.float32)
+    x = np.empty((n, len(FEATURE_NAMES)), np.float32)
+    for a, b, inp in chunks:
+        x[a:b] = featurize(inp)
+        outs = sess.run(["probability", *names], {"features": x[a:b]})
+        probs[a:b] = np.asarray(outs[0]).reshape(-1)
+        members[a:b] = np.concatenate([np.asarray(o).reshape(-1, 1) for o in outs[1:]], axis=1)
+    return probs, members, stay_start, x
+
+
+def fit_member_spread(members: np.ndarray | None, risk: np.ndarray, level: float, share: float, fitted_on: str,
+                      measure: str = "decision_margin_z", x: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+    """The card's ``abstention`` block (:class:`vigil.card.AbstentionSpec`) for ``measure``
+    (:mod:`vigil.abstain`), its cut-off chosen so that ``share`` of the fitting rows scored at or above ``level``
+    (``risk >= level``) are indeterminate.
+
+    >>> m = np.array([[0.5, 0.5], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]]); r = m.mean(1) + [0, .1, .2, .3]
+    >>> b = fit_member_spread(m, r, 0.5, 0.5, "toy", "member_logit_sd"); round(b["cutoff"], 3), b["measure"]
+    (0.626, 'member_logit_sd')
+    >>> b = fit_member_spread(m, r, 0.5, 0.5, "toy"); indeterminate_rows(b, r, m).tolist()
+    [True, True, False, False]
+    """
+    from vigil.abstain import coverage, decision_margin_z, member_logit_sd
+
+    alerting = np.asarray(risk, np.float64) >= level
+    if not alerting.any():
+        msg = "no fitting row is scored at or above the alert level; cannot fit the abstention cut-off"
+        raise ValueError(msg)
+    if measure == "low_coverage":
+        if x is None:
+            raise ValueError("the low_coverage measure is fitted on the features (x)")
+        values = coverage(x)
+        cutoff = float(np.quantile(values[alerting], share))  # the sparsest rows are indeterminate
+    elif members is None:
+        raise ValueError(f"the {measure} measure is fitted on the member probabilities")
+    elif measure == "decision_margin_z":
+        values = decision_margin_z(risk, members, level)
+        cutoff = float(np.quantile(values[alerting], share))  # the lowest margins are indeterminate
+    elif measure == "member_logit_sd":
+        values = member_logit_sd(members)
+        cutoff = float(np.quantile(values[alerting], 1.0 - share))
+    else:
+        msg = f"unknown abstention measure {measure!r}"
+        raise ValueError(msg)
+    block = {
+        "version": 1, "measure": measure, "cutoff": cutoff, "level": float(level), "fitted_on": fitted_on,
+        "share_of_alerting_rows": share, "members": None if members is None else int(members.shape[1]),
+        "rows": int(values.size),
+        "alerting_rows": int(alerting.sum()),
+    }  # fmt: skip
+    block["share_rows_indeterminate"] = float(indeterminate_rows(block, risk, members, x).mean())
+    return block
+
+
+def indeterminate_rows(block: dict[str, Any], risk: np.ndarray, members: np.ndarray | None,
+                       x: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """The flags serving gives (:class:`vigil.abstain.Abstainer` of the validated block)."""
+    from vigil.abstain import Abstainer
+    from vigil.card import AbstentionSpec
+
+    ab = Abstainer.from_spec(AbstentionSpec.model_validate(block))
+    assert ab is not None
+    return ab.flags(np.asarray(risk), None if members is None else np.asarray(members), x)[0]
+
+
+def flags_frame(scorer: Any, df: Any, chunk_rows: int = 131_072) -> np.ndarray:
+    """The indeterminate flag [N] that serving gives every row of ``df`` (:meth:`vigil.scoring.Scorer.predict_flagged`;
+    all False when the version has no abstention block)."""
+    from vigil.features import featurize, frame_chunks, sequence
+
+    stay_start, chunks = frame_chunks(df, chunk_rows)
+    out = np.zeros(stay_start.shape[0], dtype=bool)
+    for a, b, inp in chunks:
+        _, ind, _ = scorer.predict_flagged(featurize(inp), sequence(inp) if scorer.needs_sequence else None)
+        if ind is not None:
+            out[a:b] = ind
+    return out
+
+
+def abstention_report(ref: Any, scorer: Any, df: Any, scored: Any, policy: Any) -> dict[str, Any] | None:
+    """``vigil evaluate``'s abstention section (None when the card has no ``abstention`` block): the model-risk
+    alerts the configured policy raises at the card's alert level (as :func:`vigil.evaluation.report.evaluate`
+    simulates them), split into confident and indeterminate (:func:`evaluate_abstention`)."""
+    spec = ref.model_card.abstention
+    if spec is None:
+        return None
+    from vigil.evaluation.alerting import simulate_policy, stay_table
+    from vigil.evaluation.report import row_units
+
+    flags = flags_frame(scorer, df)
+    stays = stay_table(scored.labels, scored.stay_start)
+    fired = simulate_policy(
+        policy, risk=scored.probs, threshold=ref.alert_level, news2_total=scored.screens["news2_total"],
+        stay_start=scored.stay_start, news2_max_part=scored.screens["news2_max_part"], model=ref.name,
+        unit=row_units(scored.static, stays.n_rows),
+    )["model_risk"]  # fmt: skip
+    return {"measure": spec.measure, "cutoff": spec.cutoff,
+            **evaluate_abstention(fired, flags, scored.labels, scored.stay_start)}  # fmt: skip

@@ -257,6 +257,24 @@ def _alerting(m: dict[str, Any]) -> str:
     )
 
 
+def _abstention(m: dict[str, Any]) -> str | None:
+    """The abstention section (None without the card's ``abstention`` block): confident vs all model-risk alerts."""
+    ab = m.get("abstention")
+    if not ab:
+        return None
+    pairs = (("all model-risk alerts", ab["all"]), ("confident alerts only", ab["confident"]))
+    rows = [[name, _f(r["alerts"]), _f(r["stays_alerted"]), _pct(r["ppv_stay"]), _pct(r["share_septic_alerted_early"])]
+            for name, r in pairs]  # fmt: skip
+    gain = "n/a" if ab["ppv_relative_gain"] is None else f"{100 * ab['ppv_relative_gain']:+.0f} %"
+    return (
+        f"## Abstention\n\nThe card's `abstention` block (measure `{ab['measure']}`, cut-off {_f(ab['cutoff'])}): "
+        f"{_pct(ab['share_rows_indeterminate'])} of the scored rows and {_pct(ab['share_alerts_indeterminate'])} of "
+        "the model-risk alerts are indeterminate (still raised, flagged). Stay-level PPV of confident alerts "
+        f"relative to all alerts: {gain}.\n\n"
+        + _table(["alerts", "count", "stays alerted", "PPV (stays)", "septic alerted before onset"], rows)
+    )
+
+
 def _subgroups(m: dict[str, Any]) -> str:
     rows = []
     for group, parts in m["subgroups"].items():
@@ -324,7 +342,7 @@ def _caveats(m: dict[str, Any]) -> str:
 
 def render_markdown(ev: Evaluation) -> str:
     """The report text (sections: Summary, Data, Operating threshold, Discrimination and utility,
-    Calibration, Alerting, Subgroups, Definitions, Caveats)."""
+    Calibration, Alerting, Abstention (when the card has a block), Subgroups, Definitions, Caveats)."""
     m = ev.metrics
     mod, d = m["model"], m["data"]
     head = (
@@ -339,6 +357,7 @@ def render_markdown(ev: Evaluation) -> str:
         _discrimination(m),
         _calibration(m),
         _alerting(m),
+        *([s] if (s := _abstention(m)) else []),
         _subgroups(m),
         _DEFINITIONS,
         _caveats(m),

@@ -58,6 +58,10 @@ def run_evaluation(
     scored = score_rows(scorer, sel.df)
     t_score = time.perf_counter()
     ev = evaluate(ref, sel, scored, policy)
+    if ref.model_card.abstention is not None:  # share abstained, PPV and sensitivity of confident vs all alerts
+        from vigil.evaluation.abstention import abstention_report
+
+        ev.metrics["abstention"] = abstention_report(ref, scorer, sel.df, scored, policy)
     ev.metrics["evaluated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     folder = Path(out) if out is not None else default_out(ref, sel.split)
     write_outputs(ev, folder)
@@ -67,6 +71,11 @@ def run_evaluation(
     if card:
         update_card(ref, sel.split, {k: v for k, v in ev.metrics.items() if k != "timing_s"})
     summary = summary_line(ev, time.perf_counter() - t0)
+    if ev.metrics.get("abstention"):
+        ab = ev.metrics["abstention"]
+        summary["abstention"] = {"share_alerts_indeterminate": ab["share_alerts_indeterminate"],
+                                 "ppv_all": ab["all"]["ppv_stay"], "ppv_confident": ab["confident"]["ppv_stay"],
+                                 "ppv_relative_gain": ab["ppv_relative_gain"]}  # fmt: skip
     if policy_sweep:
         summary["policy_sweep"] = _policy_sweep(ref, scored, folder, sel.split, budget, policy)
         if card:

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from vigil import deadletters
+from vigil.abstain import abstain_flags, scored
 from vigil.alerting import AlertStage, Decision, ModelRisk, high_risk_by_ward
 from vigil.budget import budget_controller
 from vigil.config import Settings
@@ -422,11 +423,14 @@ class Processor:
         out.featurize_s = time.perf_counter() - t0
         news = news2_from_last(np.stack([s.last_value for s in snaps]))
         risks: list[np.ndarray] = []
-        for sc in self.scorers:
+        flags: dict[tuple[int, int], tuple[bool, str | None]] = {}  # (row, scorer) -> indeterminate, reason
+        for j, sc in enumerate(self.scorers):
             t1 = time.perf_counter()
-            risks.append(sc.predict(x, seq))
+            risk_arr, ind, why = scored(sc, x, seq)
+            risks.append(risk_arr)
             out.inference_s[sc.name] = time.perf_counter() - t1
-        shadow_risks = [sc.predict(x, seq) for sc in self.shadows]
+            flags.update(abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)))
+        shadow = [scored(sc, x, seq) for sc in self.shadows]
         for sc, risk_arr in zip(self.scorers, risks, strict=True):
             out.risks[sc.name] = risk_arr
         if self.settings.drift.enabled:
@@ -448,9 +452,9 @@ class Processor:
             live: dict[str, Any] | None = None
             levels = [level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit) for sc in self.scorers]
             models: list[ModelRisk] = []
-            for sc, risk_arr, level in zip(self.scorers, risks, levels, strict=True):
+            for j, (sc, risk_arr, level) in enumerate(zip(self.scorers, risks, levels, strict=True)):
                 risk = float(risk_arr[i])
-                rec = score_record(snap, sc, risk, n2, now_iso, level=level)
+                rec = score_record(snap, sc, risk, n2, now_iso, level=level, flag=flags.get((i, j), (False, None)))
                 out.scores.append((snap.patient, orjson.dumps(rec)))
                 live = live or rec
                 out.score_trigger_ts.append(snap.trigger_ts)
@@ -461,12 +465,13 @@ class Processor:
                 ok = j < len(self.scorers)
                 fired.append((i, self.scorers[j] if ok else None, d, models[j].risk if ok else math.nan,
                               levels[j] if ok else math.nan))  # fmt: skip
-            for sc, risk_arr in zip(self.shadows, shadow_risks, strict=True):
+            for sc, (risk_arr, ind, why) in zip(self.shadows, shadow, strict=True):
                 level = level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit)
-                rec = score_record(snap, sc, float(risk_arr[i]), n2, now_iso, live=live, level=level)
+                flag = (bool(ind[i]), why[i]) if ind is not None and why else (False, None)
+                rec = score_record(snap, sc, float(risk_arr[i]), n2, now_iso, live=live, level=level, flag=flag)
                 out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
         if fired:
-            alerts = alert_records(fired, self.scorers, snaps, inp, risks, n2s, now_iso)
+            alerts = alert_records(fired, self.scorers, snaps, inp, risks, n2s, now_iso, flags)
             for patient, rec, trigger_ts, labels in alerts:
                 out.alerts.append((patient, orjson.dumps(rec)))
                 out.alert_trigger_ts.append(trigger_ts)

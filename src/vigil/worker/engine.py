@@ -391,6 +391,8 @@ class Engine:
                 m.inference_seconds.labels(name).observe(secs)
             for sc in self.scorers:
                 m.scores.labels(sc.name, sc.version).inc(len(out.scores) // max(1, len(self.scorers)))
+        for (name, version), c in out.indeterminate.items():
+            m.indeterminate.labels(name, version).inc(c)
         for labels in out.alert_labels:
             m.alerts.labels(*labels).inc()
         if out.scores:

@@ -43,6 +43,7 @@ class Outputs:
     inference_s: dict[str, float] = field(default_factory=dict)
     alert_labels: list[tuple[str, str, str]] = field(default_factory=list)  # (type, severity, ward)
     dead: list[DeadLetter] = field(default_factory=list)  # quarantined events (processing_error, time_out_of_range)
+    indeterminate: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, version) -> scores flagged
 
 
 def merge(out: Outputs, extra: Outputs) -> None:
@@ -60,6 +61,8 @@ def merge(out: Outputs, extra: Outputs) -> None:
     out.featurize_s += extra.featurize_s
     for k, v in extra.inference_s.items():
         out.inference_s[k] = out.inference_s.get(k, 0.0) + v
+    for key, c in extra.indeterminate.items():
+        out.indeterminate[key] = out.indeterminate.get(key, 0) + c
 
 
 def iso(t: float) -> str:
@@ -67,18 +70,21 @@ def iso(t: float) -> str:
 
 
 def score_record(snap: Snapshot, sc: Scorer, risk: float, n2: dict[str, Any], now_iso: str,
-                 live: dict[str, Any] | None | bool = False, level: float | None = None) -> dict[str, Any]:  # fmt: skip
+                 live: dict[str, Any] | None | bool = False, level: float | None = None,
+                 flag: tuple[bool, str | None] = (False, None)) -> dict[str, Any]:  # fmt: skip
     """A ``scores`` record; with ``live`` (the live model's record of the same row, or None) a
     ``scores-shadow`` record of a candidate in shadow mode. ``threshold`` / ``above_threshold``: the alert
     level in force for the patient's ward and unit (:func:`vigil.levels.level_in_force`; default the
-    card's alert level), the same level the alerts are raised at."""
+    card's alert level), the same level the alerts are raised at. ``flag``: (indeterminate, reason) of the score
+    (:mod:`vigil.abstain`)."""
     thr = sc.alert_level if level is None else level
     rec: dict[str, Any] = {
         "v": 1, "score_id": score_id(snap.patient, sc.name, sc.version, snap.row, snap.partial),
         "patient": snap.patient, "ward": snap.ward, "bed": snap.bed, "unit": snap.unit,
         "time": iso(snap.row_time), "row": snap.row, "partial": snap.partial,
         "model": {"name": sc.name, "version": sc.version, "provider": sc.provider},
-        "risk": round(risk, 6), "threshold": thr, "above_threshold": risk >= thr, "news2": n2,
+        "risk": round(risk, 6), "threshold": thr, "above_threshold": risk >= thr,
+        "indeterminate": flag[0], "indeterminate_reason": flag[1], "news2": n2,
         "emitted_at": now_iso, "trigger_time": iso(snap.trigger_ts),
     }  # fmt: skip
     if live is not False:
@@ -98,9 +104,12 @@ def alert_records(
     risks: list[np.ndarray],
     n2s: list[dict[str, Any]],
     now_iso: str,
+    flags: dict[tuple[int, int], tuple[bool, str | None]] | None = None,
 ) -> list[tuple[str, dict[str, Any], float, tuple[str, str, str]]]:
     """``(patient, alert record, trigger time, metric labels)`` for the alerting stage's decisions; model alerts
-    carry the model's own top factors (one :func:`vigil.explain.explain` call per model per batch)."""
+    carry the model's own top factors (one :func:`vigil.explain.explain` call per model per batch). ``flags``:
+    (row, scorer index) -> (indeterminate, reason) of the model scores (:mod:`vigil.abstain`); model alerts carry
+    theirs."""
     factors: dict[tuple[int, str], list[dict[str, Any]]] = {}
     result = []
     for j, sc in enumerate(scorers):
@@ -116,6 +125,8 @@ def alert_records(
         quotes_onset = sc is not None and d.kind == "model_risk" and d.event != "resolved"
         p_onset = sc.onset_probability(risk) if quotes_onset else None
         onset = None if p_onset is None else (ONSET_HORIZON_H, p_onset)
+        j = next((k for k, s2 in enumerate(scorers) if s2 is sc), -1) if d.kind == "model_risk" else -1
+        flag = (flags or {}).get((i, j), (False, None))
         alert = {
             "v": 1, "alert_id": d.alert_id, "event": d.event, "episode_id": d.episode_id, "type": d.kind,
             "severity": d.severity, "patient": snap.patient, "ward": snap.ward, "bed": snap.bed,
@@ -124,6 +135,7 @@ def alert_records(
             "score": round(risk, 6), "threshold": thr, "value": d.value, "raise_at": d.raise_at,
             "news2": n2s[i], "factors": fs, "ack": d.ack,
             "onset_probability": None if onset is None else {"horizon_h": onset[0], "p": round(onset[1], 4)},
+            "indeterminate": flag[0], "indeterminate_reason": flag[1],
             "message": alert_message(d, risk=risk, threshold=thr, news2=n2s[i], factors=fs, onset=onset),
             "emitted_at": now_iso,
         }  # fmt: skip
