@@ -166,9 +166,8 @@ def test_a_block_on_a_single_graph_without_members_is_refused(tmp_path: Path) ->
 
 # -- records against the topic schemas ------------------------------------------------------------------------------
 def test_score_and_alert_records_validate_with_and_without_the_flag(tmp_path: Path) -> None:
-    from vigil.policy import Decision
-
-    from vigil.state import PatientState, Snapshot, stack_snapshots
+    from vigil.alerting import Decision
+    from vigil.state import Snapshot, stack_snapshots
     from vigil.worker.outputs import alert_records, score_record
 
     sc = Scorer(Registry(_registry(tmp_path, BLOCK)).get("sepsis-gbm:1"))
@@ -195,12 +194,11 @@ def test_score_and_alert_records_validate_with_and_without_the_flag(tmp_path: Pa
         val["scores-shadow"].validate({**rec, "shadow": True, "live": None})
     with pytest.raises(jsonschema.ValidationError):
         val["scores"].validate({**flagged, "indeterminate": "yes"})
-    st = PatientState(patient="pt-abc")
     d = Decision(kind="model_risk", key="model_risk:sepsis-gbm", event="raised", severity="high", value=0.6,
-                 raise_at=0.55, time=snap.row_time, row=5, episode=None, ack=None)  # fmt: skip
-    st.alerts[d.key] = {}
+                 raise_at=0.55, time=snap.row_time, row=5, episode=None, ack=None, model="sepsis-gbm",
+                 version="1", alert_id="a-1", episode_id="a-1")  # fmt: skip
     fired = [(0, sc, d, 0.6, 0.55)]
-    rows = alert_records(fired, [sc], [snap], stack_snapshots([snap]), [np.array([0.6])], [n2], {"pt-abc": st},
+    rows = alert_records(fired, [sc], [snap], stack_snapshots([snap]), [np.array([0.6])], [n2],
                          "2026-01-01T00:00:00+00:00", {(0, 0): (True, REASON_SPLIT_AT_LEVEL)})  # fmt: skip
     alert = rows[0][1]
     assert (alert["indeterminate"], alert["indeterminate_reason"]) == (True, REASON_SPLIT_AT_LEVEL)
@@ -241,7 +239,7 @@ def test_worker_flags_a_crafted_out_of_distribution_stay_and_counts_it(settings_
     """A worker serving a version whose card has an abstention block: every score record carries the flag, the
     flags equal what the same code computes in one pass, the crafted stay's scores are flagged, alerts carry the
     flag of the score they quote, and ``vigil_scores_indeterminate_total`` counts exactly the flagged scores."""
-    from vigil.procs import WorkerProcess
+    from vigil.tools.procs import WorkerProcess
 
     from vigil.kafka_io import TopicTail, produce_records, read_topic
     from vigil.privacy import pseudonymise
