@@ -1,9 +1,9 @@
-"""A lab feed produced 100 ms behind the vital signs (issue 15): with no wall-clock minimum hold (the default),
-a caught-up feed that has delivered a record within ``state.reorder_idle_s`` holds the event-time watermark,
-so no row is closed before its labs arrive — as long as ``reorder_idle_s`` is longer than the feed's gaps
-(the sample's labs come in bursts up to ~0.5 s apart at this rate, so the test sets 1 s; the default, 0.05 s,
-trades that tolerance for latency: docs/integrity.md). Real embedded broker, real `vigil worker` process;
-every expected row is scored once, 0 late events."""
+"""A lab feed produced 100 ms behind the vital signs (issue 15): with no wall-clock minimum hold, a caught-up
+feed that has delivered a record within ``state.reorder_idle_s`` holds the event-time watermark, so no row is
+closed before its labs arrive — as long as ``reorder_idle_s`` is longer than the feed's gaps (the sample's labs
+come in bursts up to ~0.5 s apart at this rate, so the test sets 1 s; the default, 0.05 s, trades that tolerance
+for latency: docs/integrity.md). Real embedded broker, real `vigil worker` process; every expected row is scored
+once, 0 late events."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from vigil import kafka_io
-from vigil.config import Settings, load_settings
+from vigil.config import Settings
 from vigil.kafka_io import TopicTail
 from vigil.physionet import iter_stays
 from vigil.procs import WorkerProcess
@@ -58,8 +58,6 @@ def test_a_lagging_lab_feed_closes_no_row_early_when_idle_s_covers_its_gaps(sett
                                                         sample_path: Path, tmp_path: Path) -> None:  # fmt: skip
     from vigil.bench import expected_rows
 
-    defaults = load_settings(None).state
-    assert defaults.reorder_min_hold_s == 0.0  # no wall-clock hold: the watermark alone orders
     s = settings_factory()
     topics_factory(s, 4)
     stays = [st for st in iter_stays(sample_path, limit=STAYS) if st.n_rows]
@@ -79,7 +77,8 @@ def test_a_lagging_lab_feed_closes_no_row_early_when_idle_s_covers_its_gaps(sett
             await tail.stop()
 
     with WorkerProcess(s, log_path=tmp_path / "worker.log",
-                       extra_env={"VIGIL_STATE__REORDER_IDLE_S": str(IDLE_S)}) as w:  # fmt: skip
+                       extra_env={"VIGIL_STATE__REORDER_IDLE_S": str(IDLE_S),
+                                  "VIGIL_STATE__REORDER_MIN_HOLD_S": "0"}) as w:  # the watermark alone orders
         w.wait_ready()
         t0 = time.monotonic()
         recs = asyncio.run(run())

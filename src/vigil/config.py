@@ -116,16 +116,17 @@ class StateSettings(BaseModel):
     # Events wait in a reorder buffer until the partition's event-time watermark (over vitals, labs
     # and adt; a caught-up topic that has delivered nothing for reorder_idle_s does not hold the others
     # back, one that is still delivering does) passes them, so cross-topic skew never closes a row early,
-    # and at least reorder_min_hold_s (a wall-clock tolerance for sparse independent feeds; 0: none, see
-    # docs/integrity.md "Minimum hold"). There is no wall-clock maximum hold: consumption is paced in
-    # event time instead — an
+    # and at least reorder_min_hold_s (a wall-clock tolerance for feeds that are not in event-time order
+    # per topic-partition, e.g. stays published one after another, and for sparse independent feeds; 0 is
+    # safe only for one producer in event-time order: docs/integrity.md "Minimum hold"). There is no
+    # wall-clock maximum hold: consumption is paced in event time instead — an
     # input topic-partition more than reorder_slack_s (event time) ahead of its partition's watermark,
     # or ahead at all while the partition holds more than reorder_max_held events, is paused until the
     # watermark catches up. Held memory per partition <= reorder_max_held + one fetch per input
     # topic-partition. The only wall-clock escape is reorder_stall_s: an input that is behind, not
     # paused and makes no fetch progress that long stops holding the others back (counted in
     # vigil_reorder_stalled_inputs_total, logged). See worker/reorder.py and docs/integrity.md.
-    reorder_min_hold_s: float = 0.0
+    reorder_min_hold_s: float = 0.5
     # A caught-up input counts as idle (no longer holds the watermark) only after this many wall seconds
     # without a record: a live feed that produces continuously but lags the others still holds it.
     reorder_idle_s: float = 0.05

@@ -27,9 +27,10 @@ closed (counted late).
 "Caught up" is only as fresh as the last fetch response, so a chunk is released past an idle
 topic-partition only once that topic-partition has been polled after the chunk arrived (``fresh_since``):
 data produced before the chunk was fetched is then visible. Every event is also held at least
-``min_hold_s`` (a wall-clock tolerance for skew between independent sparse feeds; 0 by default, see
-docs/integrity.md). There is **no wall-clock maximum hold**: a held event leaves only when the watermark
-passes it, however long a backlog takes, so fetch speed can never reorder events.
+``min_hold_s`` (a wall-clock tolerance: for feeds that are not in event-time order per topic-partition —
+stays published one after another — and for sparse independent feeds; see docs/integrity.md). There is
+**no wall-clock maximum hold**: a held event leaves only when the watermark passes it, however long a
+backlog takes, so fetch speed can never reorder events.
 
 **Pacing** (:func:`plan`, as Kafka Streams' and Flink's watermark alignment do). On a backlog the
 sparse ``adt`` topic is fetched hundreds of event-hours ahead of ``vitals``/``labs``. A topic-partition
