@@ -452,7 +452,7 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     max_batch: int = 5000
     fetch_timeout_ms: int = 100
-    fetch_max_wait_ms: int = 20  # the worker consumer's broker long-poll (see worker/engine.py)
+    fetch_max_wait_ms: int = 100  # the worker consumer's broker long-poll (see worker/engine.py)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"  # one format for vigil and Faust (vigil.logs)
 
