@@ -134,9 +134,12 @@ class StateSettings(BaseModel):
     # applied (on top of the reorder hold below).
     discharge_grace_s: float = 0.0
     # Events wait in a reorder buffer until the partition's event-time watermark (over vitals, labs
-    # and adt; a caught-up topic does not hold the others back) passes them, so cross-topic skew never
-    # closes a row early, and at least reorder_min_hold_s (events in flight from independent live
-    # feeds). There is no wall-clock maximum hold: consumption is paced in event time instead — an
+    # and adt; a caught-up topic that has delivered nothing for reorder_idle_s does not hold the others
+    # back, one that is still delivering does) passes them, so cross-topic skew never closes a row early,
+    # and at least reorder_min_hold_s (a wall-clock tolerance for feeds that are not in event-time order
+    # per topic-partition, e.g. stays published one after another, and for sparse independent feeds; 0 is
+    # safe only for one producer in event-time order: docs/integrity.md "Minimum hold"). There is no
+    # wall-clock maximum hold: consumption is paced in event time instead — an
     # input topic-partition more than reorder_slack_s (event time) ahead of its partition's watermark,
     # or ahead at all while the partition holds more than reorder_max_held events, is paused until the
     # watermark catches up. Held memory per partition <= reorder_max_held + one fetch per input
@@ -144,6 +147,9 @@ class StateSettings(BaseModel):
     # paused and makes no fetch progress that long stops holding the others back (counted in
     # vigil_reorder_stalled_inputs_total, logged). See worker/reorder.py and docs/integrity.md.
     reorder_min_hold_s: float = 0.5
+    # A caught-up input counts as idle (no longer holds the watermark) only after this many wall seconds
+    # without a record: a live feed that produces continuously but lags the others still holds it.
+    reorder_idle_s: float = 0.05
     reorder_slack_s: float = 600.0
     reorder_max_held: int = 50_000
     reorder_stall_s: float = 30.0
@@ -297,6 +303,7 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     max_batch: int = 5000
     fetch_timeout_ms: int = 100
+    fetch_max_wait_ms: int = 100  # the worker consumer's broker long-poll (see worker/engine.py)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"  # one format for vigil and Faust (vigil.logs)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -57,17 +58,24 @@ _MIX = 0x9E3779B1  # odd: multiplication mod 2**32 is a bijection
 _UNMIX = pow(_MIX, -1, 1 << 32)
 
 
+def _wide(window: int) -> int:
+    """Bytes per de-duplication entry with a source index: seq (4) + index (1; 2 when ``window`` > 256)."""
+    return 5 if window <= 256 else 6
+
+
 class SeenIds:
     """The last ``window`` event uids a patient accepted, oldest evicted first: the de-duplication memory.
 
     Exactly the semantics of an insertion-ordered set bounded to ``window`` ids (a duplicate is not
-    re-inserted; the oldest insertion is evicted), in ~5 bytes per id instead of ~70 in a ``dict``. A uid is
+    re-inserted; the oldest insertion is evicted), in 4-5 bytes per id instead of ~70 in a ``dict``. A uid is
     ``source hash << 32 | seq`` (:func:`event_uid`); the sources are few per patient, so each entry is the
     32-bit seq (multiplied by an odd constant mod 2**32: a bijection that spreads the bytes, so the search
-    below meets few partial matches) followed by the index of its source hash in a small table (1 byte; 2
-    when ``window`` > 256), in a ring in one ``bytearray``. Membership: an unknown source is new; otherwise
-    a C ``memmem`` over the ring (``bytearray.find``) keeps only entry-aligned hits. The changelog stores
-    the plain uint64 uids, oldest first (:meth:`to_bytes`).
+    below meets few partial matches), followed, once the patient has a second source, by the index of its
+    source hash in a small table (1 byte; 2 when ``window`` > 256), in a ring in one ``bytearray``. While
+    there is one source (a replayed stay; a patient seen by one system) the index is implied: 4 bytes per
+    entry, 1 KB for 256 ids. Membership: an unknown source is new; otherwise a C ``memmem`` over the ring
+    (``bytearray.find``) keeps only entry-aligned hits. The changelog stores the plain uint64 uids, oldest
+    first (:meth:`to_bytes`), whatever the width in memory.
 
     >>> s = SeenIds()
     >>> [s.add_if_new(u, 2) for u in (1, 2, 1, 3, 1, 5 << 32 | 3)]
@@ -79,7 +87,7 @@ class SeenIds:
     __slots__ = ("buf", "pos", "sources", "width")
 
     def __init__(self, uids: bytes = b"", window: int = 256) -> None:
-        self.width = 5 if window <= 256 else 6  # bytes per entry: seq (4) + source index (1 or 2)
+        self.width = 4  # bytes per entry: seq (4), + source index (1 or 2) once there are two sources
         self.sources: list[int] = []  # source hashes; an entry refers to one by index
         self.buf = bytearray()  # entries oldest first until the ring is full; then the oldest is at ``pos``
         self.pos = 0  # next entry to overwrite (a byte offset) once the ring is full
@@ -87,37 +95,47 @@ class SeenIds:
         if not len(ids):
             return
         src, idx = np.unique(ids >> np.uint64(32), return_inverse=True)
-        if len(np.unique(ids)) == len(ids) and len(src) <= 1 << (8 * (self.width - 4)):  # the changelog's case
-            n, w = len(ids), self.width
+        wide = _wide(window)
+        if len(np.unique(ids)) == len(ids) and len(src) <= 1 << (8 * (wide - 4)):  # the changelog's case
+            n, w = len(ids), 4 if len(src) == 1 else wide
             e = np.empty((n, w), dtype=np.uint8)
             seq = (ids & np.uint64(0xFFFFFFFF)).astype(np.uint32) * np.uint32(_MIX)  # wraps mod 2**32
             e[:, :4] = seq.astype("<u4").view(np.uint8).reshape(n, 4)
-            e[:, 4:] = idx.astype("<u1" if w == 5 else "<u2").view(np.uint8).reshape(n, w - 4)
+            if w > 4:
+                e[:, 4:] = idx.astype("<u1" if w == 5 else "<u2").view(np.uint8).reshape(n, w - 4)
+            self.width = w
             self.sources = src.tolist()
             self.buf = bytearray(e.tobytes())
         else:
             for uid in ids.tolist():
                 self.add_if_new(uid, window)
 
-    def _entry(self, uid: int, add: bool) -> bytes | None:
+    def _entry(self, uid: int, add: bool, window: int = 0) -> bytes | None:
         h = uid >> 32
         try:
             i = self.sources.index(h)
         except ValueError:
             if not add:
                 return None
-            i = self._new_source(h)
-        return ((uid * _MIX) & 0xFFFFFFFF).to_bytes(4, "little") + i.to_bytes(self.width - 4, "little")
+            i = self._new_source(h, window)
+        seq = ((uid * _MIX) & 0xFFFFFFFF).to_bytes(4, "little")
+        return seq if self.width == 4 else seq + i.to_bytes(self.width - 4, "little")
 
-    def _new_source(self, h: int) -> int:
-        limit = 1 << (8 * (self.width - 4))
-        if len(self.sources) >= limit:  # prune sources no entry refers to any more (at most one per entry)
+    def _new_source(self, h: int, window: int) -> int:
+        if self.sources and self.width == 4:  # a second source: every entry gets its source index
+            self._rebuild(self._uids(), _wide(window), window)
+        if len(self.sources) >= 1 << (8 * (self.width - 4)):  # prune the sources no entry refers to any more
             keep = self._uids()
-            self.sources, self.buf, self.pos = [], bytearray(), 0
-            for u in keep:
-                self.buf += self._entry(u, True)  # type: ignore[operator]
+            if len(keep) >= window:  # full: the add that follows evicts the oldest anyway (<= window-1 sources)
+                keep = keep[len(keep) - window + 1 :]
+            self._rebuild(keep, self.width, window)
         self.sources.append(h)
         return len(self.sources) - 1
+
+    def _rebuild(self, keep: list[int], width: int, window: int) -> None:
+        self.sources, self.buf, self.pos, self.width = [], bytearray(), 0, width
+        for u in keep:
+            self.buf += self._entry(u, True, window)  # type: ignore[operator]
 
     def __contains__(self, uid: int) -> bool:
         e = self._entry(uid, False)
@@ -140,7 +158,7 @@ class SeenIds:
             return False
         if window <= 0:
             return True
-        e = self._entry(uid, True)
+        e = self._entry(uid, True, window)  # may widen or prune the ring: read buf and width after
         assert e is not None
         buf, w = self.buf, self.width
         cap = window * w
@@ -169,9 +187,12 @@ class SeenIds:
             return np.zeros(0, dtype="<u8")
         a = np.frombuffer(buf, dtype=np.uint8, count=n * w).reshape(n, w)
         seq = np.ascontiguousarray(a[:, :4]).view("<u4")[:, 0] * np.uint32(_UNMIX)  # wraps mod 2**32
-        idx = a[:, 4] if w == 5 else np.ascontiguousarray(a[:, 4:]).view("<u2")[:, 0]
-        src = np.asarray(self.sources, dtype=np.uint64)[idx]
-        return (src << np.uint64(32)) | seq.astype(np.uint64)
+        if w == 4:  # one source
+            src: np.ndarray | np.uint64 = np.uint64(self.sources[0])
+        else:
+            idx = a[:, 4] if w == 5 else np.ascontiguousarray(a[:, 4:]).view("<u2")[:, 0]
+            src = np.asarray(self.sources, dtype=np.uint64)[idx]
+        return (src << np.uint64(32)) | seq.astype(np.uint64)  # type: ignore[no-any-return]
 
     def _uids(self) -> list[int]:
         return self._array().tolist()  # type: ignore[no-any-return]
@@ -322,10 +343,11 @@ class PatientState:
         return late
 
     def set_context(self, adt: AdtEvent) -> None:
-        self.ward = adt.ward if adt.ward is not None else self.ward
-        self.bed = adt.bed if adt.bed is not None else self.bed
+        # interned: one copy per distinct ward/bed/unit name, shared by every patient (issue 15: memory)
+        self.ward = sys.intern(adt.ward) if adt.ward is not None else self.ward
+        self.bed = sys.intern(adt.bed) if adt.bed is not None else self.bed
         if adt.kind == "admit":
-            self.unit = adt.unit
+            self.unit = None if adt.unit is None else sys.intern(adt.unit)
             st, ix = self.static, STATIC_INDEX
             st[ix["Age"]] = np.nan if adt.age is None else adt.age
             st[ix["Gender"]] = {"M": 1.0, "F": 0.0}.get(adt.sex or "", np.nan)
@@ -373,7 +395,7 @@ class PatientState:
         s.static = np.asarray(h["static"], dtype=np.float32)
         s.admit_time, s.row, s.first_row = h["admit_time"], h["row"], h["first_row"]
         s.anchored, s.from_admit = h["anchored"], h["from_admit"]
-        s.ward, s.bed, s.unit = h["ward"], h["bed"], h["unit"]
+        s.ward, s.bed, s.unit = (None if h[k] is None else sys.intern(h[k]) for k in ("ward", "bed", "unit"))
         s.first_event_time = h["first_event_time"]
         s.last_event_time = -math.inf if h["last_event_time"] is None else h["last_event_time"]
         s.last_score_time = -math.inf if h["last_score_time"] is None else h["last_score_time"]

@@ -117,6 +117,9 @@ class Engine:
         self.reorder = ReorderBuffer(settings.state.reorder_min_hold_s)
         self._progress = Progress(settings.state.reorder_stall_s)  # stalled inputs (the only wall-clock escape)
         self._tp_time: dict[TopicPartition, float] = {}  # newest event time fetched per input partition
+        self._tp_quiet: dict[TopicPartition, float] = {}  # per input: wall time of its last record (reorder.Input)
+        self._wake = math.inf  # wall time the reorder buffer may release by the clock (idle input, min hold)
+        self._idle_wake = math.inf  # wall time the next active caught-up input turns idle
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
         self.checkpoint = Checkpoint(self.reorder, self._topic_names)  # offsets and commit: worker/checkpoint.py
@@ -147,7 +150,9 @@ class Engine:
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=1 << 20,
             session_timeout_ms=10_000,
-            fetch_max_wait_ms=100,  # fresher high watermarks for the reorder buffer's "caught up"
+            # the broker's long-poll: bounds how stale "caught up" is, and on the embedded broker (Tansu,
+            # which does not answer a waiting fetch as soon as data arrives) the delivery delay too
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             heartbeat_interval_ms=1_000,
         )
         await self._consumer.start()
@@ -240,9 +245,12 @@ class Engine:
         last_housekeeping = 0.0
         while not self._stopping.is_set():
             try:
-                batch = await self._consumer.getmany(
-                    timeout_ms=self.settings.fetch_timeout_ms, max_records=self.settings.max_batch
-                )
+                # wake up when the reorder buffer can release by the clock (an input turning idle, a min hold
+                # ending), not only when records arrive: nothing waits a whole fetch_timeout_ms for nothing
+                timeout = self.settings.fetch_timeout_ms
+                if self._wake < math.inf:
+                    timeout = max(1, min(timeout, math.ceil((self._wake - time.time()) * 1000)))
+                batch = await self._consumer.getmany(timeout_ms=timeout, max_records=self.settings.max_batch)
                 async with self._lock:
                     await self._handle(batch)
                 if time.monotonic() - last_housekeeping > 0.5:
@@ -295,6 +303,7 @@ class Engine:
                 kinds[k] = kinds.get(k, 0) + 1
             self._tp_time[tp] = newest
         self.reorder.add(events, now)
+        self._quiet(batch, now)
         self.events_seen += n
         if n:  # consumed (held or applied): counted once, at fetch
             self.batches += 1
@@ -302,6 +311,7 @@ class Engine:
             for (topic, kind), c in kinds.items():
                 m.events.labels(topic, kind).inc(c)
         due = self.reorder.release(math.inf if flush else now, await self._watermarks())
+        self._wake = min(self._idle_wake, self.reorder.wake(now)) if self.reorder.held else math.inf
         if not due and not side and not self.checkpoint.pending():
             return
         out = self.processor.process(due)
@@ -313,6 +323,18 @@ class Engine:
         self.intake.count(side)
         self._count(out)
         m.batch_seconds.observe(time.perf_counter() - t0)
+
+    def _quiet(self, batch: dict[TopicPartition, list], now: float) -> None:  # type: ignore[type-arg]
+        """Per input topic-partition, since when it has been silent (reorder.Input.quiet_since): its last
+        fetched record, or, for one that has not delivered since the assignment, its partition's first
+        (a feed that starts a little after the others is not idle before anything arrived)."""
+        delivered = {tp for tp, records in batch.items() if records}
+        if not delivered or self._consumer is None:
+            return
+        parts = {tp.partition for tp in delivered}
+        for tp in self._consumer.assignment():
+            if tp in delivered or (tp.partition in parts and tp not in self._tp_quiet):
+                self._tp_quiet[tp] = now
 
     def _partitions_of(self, topic: str) -> int | None:
         """Partition count of ``topic`` from the consumer's metadata (None when not known yet)."""
@@ -356,8 +378,10 @@ class Engine:
             polled = c.last_poll_timestamp(tp)
             inputs.append(Input(tp, tp.partition, self._tp_time.get(tp, -math.inf), caught_up,
                                 polled / 1000.0 if polled is not None else -math.inf,
-                                tp in self._progress.stalled))  # fmt: skip
-        pl = plan(inputs, self.reorder.held_by_partition(), st.reorder_slack_s, st.reorder_max_held)
+                                tp in self._progress.stalled, self._tp_quiet.get(tp, -math.inf)))  # fmt: skip
+        pl = plan(inputs, self.reorder.held_by_partition(), st.reorder_slack_s, st.reorder_max_held,
+                  now=now, idle_s=st.reorder_idle_s)  # fmt: skip
+        self._idle_wake = pl.wake
         if resume := paused - pl.pause:
             c.resume(*resume)
         if pause := pl.pause - paused:
@@ -470,6 +494,7 @@ class Engine:
             self._progress.clear()
             self.checkpoint.reset()
             self._tp_time.clear()
+            self._tp_quiet.clear()
             if new:
                 restored = await self.restorer.restore(sorted(new))
                 for p in new:

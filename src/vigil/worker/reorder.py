@@ -8,13 +8,29 @@ rows before all of their data arrived.
 
 **Watermark.** Events are held per partition *p* until the partition's watermark passes them. The
 watermark is the minimum over the input topic-partitions of *p* of the newest event time fetched from
-it — or +infinity for a topic-partition that is caught up (nothing more on the broker), so a sparse or
-idle topic never stalls the others. "Caught up" is only as fresh as the last fetch response, so a chunk
-is released only once every caught-up topic-partition of its partition has been polled after the
-chunk arrived (``fresh_since``): data produced before the chunk was fetched is then visible. Every
-event is also held at least ``min_hold_s`` (events still in flight from independent live feeds).
-There is **no wall-clock maximum hold**: a held event leaves only when the watermark passes it, however
-long a backlog takes, so fetch speed can never reorder events.
+it — or +infinity for a topic-partition that is **idle**: caught up (its position at the broker's high
+watermark as of its last fetch response) *and* silent for ``idle_s`` of wall time (``quiet_since``: its
+last fetched record, or for one that never delivered, the first record of its partition), so a sparse or
+silent topic (``alert-acks``, ``adt``) never stalls the others for longer than that (Flink's source
+idleness).
+
+"Caught up" alone says nothing about a live feed that produces continuously: its consumer is at the high
+watermark after nearly every fetch, and the next record (possibly for an earlier event time than what the
+other topics already delivered — labs produced 100 ms behind vitals) is only on its way. So a caught-up
+topic-partition that delivered a record less than ``idle_s`` ago still holds the watermark at its newest
+event time; only its silence for ``idle_s`` makes it idle. A feed that is behind on the broker (not caught up)
+always holds the watermark. ``idle_s`` is the largest gap between the records of one feed that is
+tolerated without late events, whatever the feed's lag; a sparser feed that lags the others, or a feed
+that pauses longer than ``idle_s`` and then resumes behind the others, delivers events for rows already
+closed (counted late).
+
+"Caught up" is only as fresh as the last fetch response, so a chunk is released past an idle
+topic-partition only once that topic-partition has been polled after the chunk arrived (``fresh_since``):
+data produced before the chunk was fetched is then visible. Every event is also held at least
+``min_hold_s`` (a wall-clock tolerance: for feeds that are not in event-time order per topic-partition —
+stays published one after another — and for sparse independent feeds; see docs/integrity.md). There is
+**no wall-clock maximum hold**: a held event leaves only when the watermark passes it, however long a
+backlog takes, so fetch speed can never reorder events.
 
 **Pacing** (:func:`plan`, as Kafka Streams' and Flink's watermark alignment do). On a backlog the
 sparse ``adt`` topic is fetched hundreds of event-hours ahead of ``vitals``/``labs``. A topic-partition
@@ -94,6 +110,18 @@ class ReorderBuffer:
             self._held[p] = self._held.get(p, 0) + len(evs)
         self.held += len(events)
 
+    def wake(self, now: float) -> float:
+        """The next wall time after ``now`` at which a held chunk completes ``min_hold_s`` (inf: none)."""
+        if self.min_hold_s <= 0:
+            return math.inf
+        due = math.inf
+        for q in self._q.values():
+            for c in q:  # in arrival order: the first one still young is the next one due
+                if c.arrived + self.min_hold_s > now:
+                    due = min(due, c.arrived + self.min_hold_s)
+                    break
+        return due
+
     def held_by_partition(self) -> dict[int, int]:
         return dict(self._held)
 
@@ -165,19 +193,24 @@ class Input:
     caught_up: bool  # position at its high watermark (as of ``polled``)
     polled: float = -math.inf  # wall time of its last fetch response
     stalled: bool = False  # behind, fetchable, no progress for stall_s (see Progress)
+    # wall time of its last fetched record (for one that never delivered: of its partition's first); -inf: idle
+    quiet_since: float = -math.inf
 
 
 @dataclass(slots=True)
 class Plan:
     watermarks: dict[int, tuple[float, float]]  # partition -> (event-time watermark, fresh_since)
     pause: set[Hashable]  # topic-partitions to pause (every other one runs)
+    wake: float = math.inf  # wall time the next active caught-up input turns idle (the watermark may move)
 
 
-def plan(inputs: Iterable[Input], held: dict[int, int], slack_s: float, max_held: int) -> Plan:
+def plan(inputs: Iterable[Input], held: dict[int, int], slack_s: float, max_held: int, *,
+         now: float = math.inf, idle_s: float = 0.0) -> Plan:  # fmt: skip
     """Watermarks per partition and the topic-partitions to pause.
 
-    Watermark: min of ``newest`` over the topic-partitions that are neither caught up nor stalled
-    (+inf if none); fresh_since: the oldest ``polled`` among the caught-up ones. Pause: a
+    Watermark: min of ``newest`` over the topic-partitions that are neither idle (caught up and
+    ``quiet_since`` at least ``idle_s`` before ``now``) nor stalled (+inf if none); fresh_since: the
+    oldest ``polled`` among the idle ones. Pause: a
     topic-partition that is not caught up and whose ``newest`` is more than ``slack_s`` ahead of its
     partition's watermark, or ahead at all when the partition holds more than ``max_held`` events.
     Those at the watermark are never paused, so the watermark always advances while input flows; a
@@ -188,19 +221,22 @@ def plan(inputs: Iterable[Input], held: dict[int, int], slack_s: float, max_held
         by_part.setdefault(i.partition, []).append(i)
     marks: dict[int, tuple[float, float]] = {}
     pause: set[Hashable] = set()
+    wake = math.inf
     for p, ins in by_part.items():
         wm, fresh = math.inf, math.inf
         for i in ins:
-            if i.caught_up:
+            if i.caught_up and now - i.quiet_since >= idle_s:  # idle: nothing on the broker, nothing lately
                 fresh = min(fresh, i.polled)
             elif not i.stalled:
                 wm = min(wm, i.newest)
+                if i.caught_up:  # a live feed between two records: it holds the watermark until idle
+                    wake = min(wake, i.quiet_since + idle_s)
         marks[p] = (wm, fresh)
         limit = wm if held.get(p, 0) > max_held else wm + slack_s
         for i in ins:
             if not i.caught_up and i.newest > limit:
                 pause.add(i.key)
-    return Plan(marks, pause)
+    return Plan(marks, pause, wake)
 
 
 class Progress:
