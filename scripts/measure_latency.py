@@ -1,5 +1,5 @@
-"""The benchmark's latency step (``vigil.bench.latency_step``) for one configuration, optionally with a lagging
-lab feed (issue 15; not part of `make test`). A private embedded broker, a fresh `vigil worker` process, the
+"""The benchmark's latency step (``vigil.tools.bench_steps.latency_step``) for one configuration, optionally with a
+lagging lab feed (issue 15; not part of `make test`). A private embedded broker, a fresh `vigil worker` process, the
 first ``--stays`` stays of ``--data`` offered at ``--rate`` events/s by one producer; ``--labs-delay-ms`` D sends
 every labs record D x rate records after its turn (a lab feed D ms behind the others). ``--set`` sets worker
 settings through the environment (e.g. ``state.reorder_min_hold_s=0``). Prints one JSON line: p50/p99/max
@@ -19,9 +19,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from vigil.bench import SAMPLE, SHARED, BenchFailure, Workload, latency_step, workload
 from vigil.broker import EmbeddedBroker
 from vigil.config import load_settings
+from vigil.tools.bench import SAMPLE, SHARED
+from vigil.tools.bench_contenders import BenchFailure, Workload, workload
+from vigil.tools.bench_steps import latency_step
 
 
 def main() -> None:

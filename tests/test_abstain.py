@@ -239,11 +239,10 @@ def test_worker_flags_a_crafted_out_of_distribution_stay_and_counts_it(settings_
     """A worker serving a version whose card has an abstention block: every score record carries the flag, the
     flags equal what the same code computes in one pass, the crafted stay's scores are flagged, alerts carry the
     flag of the score they quote, and ``vigil_scores_indeterminate_total`` counts exactly the flagged scores."""
-    from vigil.tools.procs import WorkerProcess
-
     from vigil.kafka_io import TopicTail, produce_records, read_topic
     from vigil.privacy import pseudonymise
     from vigil.records import decode
+    from vigil.tools.procs import WorkerProcess
     from vigil.worker.batch import InEvent, Processor
     from vigil.worker.engine import load_scorers
 

@@ -20,8 +20,8 @@ from vigil import kafka_io
 from vigil.config import Settings
 from vigil.kafka_io import TopicTail
 from vigil.physionet import iter_stays
-from vigil.procs import WorkerProcess
 from vigil.replay import merged_events
+from vigil.tools.procs import WorkerProcess
 
 pytestmark = pytest.mark.broker
 STAYS = 40
@@ -56,7 +56,7 @@ def _metric(text: str, name: str) -> float:
 def test_a_lagging_lab_feed_closes_no_row_early_when_idle_s_covers_its_gaps(settings_factory: Callable[..., Settings],
                                                         topics_factory: Callable[..., list[str]],
                                                         sample_path: Path, tmp_path: Path) -> None:  # fmt: skip
-    from vigil.bench import expected_rows
+    from vigil.tools.bench_contenders import expected_rows
 
     s = settings_factory()
     topics_factory(s, 4)
