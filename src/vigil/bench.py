@@ -14,6 +14,11 @@ benchmark: non-zero exit, no speed figure. Contenders, each measured ``--reps`` 
 * **pipeline**: the vigil batch engine (decode, dedupe, reorder, state, featurize, ONNX, NEWS2, outputs and
   changelog acknowledged, then the offset commit).
 
+Timed span, the same for raw and pipeline: from the moment the contender's first non-empty ``getmany``
+returns (consumer start, group join, model loading and the first fetch's wait are outside it, for both) to
+the moment its last record is decoded (raw) or its last output is acknowledged and counted (pipeline: every
+expected score produced, all events applied, offsets committed; polled every 5 ms).
+
 Then a **latency step** (a ``vigil worker`` process fed at fixed offered rates; latency = the score record's
 broker timestamp minus the broker timestamp of the event that closed the row; 0 late required) and a
 **memory step** (heap and RSS per open patient, for 10k and 50k patients, in a fresh process).
@@ -240,8 +245,10 @@ async def _pipeline(s: Settings, wl: Workload, expected: int) -> Result:
         while time.monotonic() < deadline:
             if eng.fatal is not None:
                 raise BenchFailure(f"pipeline engine failed: {eng.fatal!r}")
-            if t0 is None and eng.events_seen > 0:
-                t0 = time.perf_counter()
+            if t0 is None and eng.first_fetch_at is not None:
+                # the moment the first non-empty getmany returned (as for raw), not when this loop noticed it
+                # after the first batch had been decoded (which left that batch's decoding out of the time)
+                t0 = eng.first_fetch_at
             if eng.events_done >= total and _counter(eng.metrics.scores) >= expected:
                 break
             if eng.events_done >= total and eng.events_seen >= total and time.monotonic() - _idle_since(eng) > 5:

@@ -31,7 +31,7 @@ The engine is the consume/process loop; it composes two parts with public interf
 
 Its public surface for a host (:mod:`vigil.worker.app`): :meth:`Engine.start`, :meth:`Engine.stop`,
 :meth:`Engine.wait`, :attr:`Engine.ready`, :meth:`Engine.swap_models`, the counters ``batches`` /
-``events_seen`` / ``events_done``, ``fatal`` and ``on_fatal``.
+``events_seen`` / ``events_done`` / ``first_fetch_at``, ``fatal`` and ``on_fatal``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from vigil.metrics import WorkerMetrics
 from vigil.registry import Registry
 from vigil.scoring import Scorer
 from vigil.worker.batch import InEvent, Outputs, Processor
+from vigil.worker import gctune
 from vigil.worker.checkpoint import Checkpoint
 from vigil.worker.intake import Intake, Side
 from vigil.worker.produce import BatchSender, output_records
@@ -128,6 +129,7 @@ class Engine:
         self.batches = 0
         self.events_seen = 0  # records fetched
         self.events_done = 0  # records applied to state or dead-lettered, outputs acknowledged
+        self.first_fetch_at: float | None = None  # perf_counter when the first non-empty fetch returned
         for sc in self.scorers:
             self.metrics.model_info.labels(sc.name, sc.version, sc.provider).set(1)
         for sc in self.shadows:
@@ -136,6 +138,7 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        gctune.tune()  # once per process: fewer, cheaper garbage collections on the hot path (worker/gctune.py)
         self._producer = kafka_io.producer(s, linger_ms=5, max_batch_size=1 << 18)
         await self._producer.start()
         await self._audit_alert_settings()
@@ -296,6 +299,8 @@ class Engine:
             self._tp_time[tp] = newest
         self.reorder.add(events, now)
         self.events_seen += n
+        if n and self.first_fetch_at is None:
+            self.first_fetch_at = t0
         if n:  # consumed (held or applied): counted once, at fetch
             self.batches += 1
             m.batch_size.observe(n)
