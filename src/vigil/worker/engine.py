@@ -51,8 +51,8 @@ from vigil.config import Settings
 from vigil.metrics import WorkerMetrics
 from vigil.registry import Registry
 from vigil.scoring import Scorer
-from vigil.worker.batch import InEvent, Outputs, Processor
 from vigil.worker import gctune
+from vigil.worker.batch import InEvent, Outputs, Processor
 from vigil.worker.checkpoint import Checkpoint
 from vigil.worker.intake import Intake, Side
 from vigil.worker.produce import BatchSender, output_records
