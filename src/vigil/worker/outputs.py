@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,9 @@ ACKABLE = 8  # recent raised alerts per patient and type that an acknowledgement
 Fired = tuple[int, Scorer | None, Decision, float, float]  # (row in batch, scorer, decision, risk, level in force)
 
 
+@lru_cache(maxsize=1 << 14)
 def iso(t: float) -> str:
+    """ISO 8601 (UTC) of POSIX seconds ``t``; cached (a batch repeats its row starts and broker timestamps)."""
     return datetime.fromtimestamp(t, UTC).isoformat()
 
 
