@@ -287,15 +287,20 @@ class Engine:
             self.checkpoint.fetched(tp, records[-1].offset + 1)
             n += len(records)
             newest = self._tp_time.get(tp, -math.inf)
+            screen, append, part = self.intake.screen, events.append, tp.partition  # the per-record loop
+            by_kind: dict[str, int] = {}
             for r in records:
-                ev = self.intake.screen(r, tp, name, now, side)
+                ev = screen(r, tp, name, now, side)
                 if ev is None:  # dead-lettered or re-routed
                     continue
-                events.append(InEvent(ev, name, tp.partition, r.timestamp / 1000.0, r.offset))  # type: ignore[arg-type]
-                if ev.time > newest:  # type: ignore[union-attr]
-                    newest = ev.time  # type: ignore[union-attr]
-                k = (name, ev.kind)  # type: ignore[union-attr]
-                kinds[k] = kinds.get(k, 0) + 1
+                append(InEvent(ev, name, part, r.timestamp / 1000.0, r.offset))  # type: ignore[arg-type]
+                t = ev.time  # type: ignore[union-attr]
+                if t > newest:
+                    newest = t
+                kd = ev.kind  # type: ignore[union-attr]
+                by_kind[kd] = by_kind.get(kd, 0) + 1
+            for kd, c in by_kind.items():
+                kinds[(name, kd)] = kinds.get((name, kd), 0) + c
             self._tp_time[tp] = newest
         self.reorder.add(events, now)
         self.events_seen += n
