@@ -229,10 +229,11 @@ def news2_parts_dict(n: News2, i: int) -> dict[str, Any]:
     >>> d["total"], d["parts"]["resp_rate"], d["missing"]
     (3, 3, ['spo2', 'air_or_oxygen', 'consciousness'])
     """
+    parts, missing = n.parts[i].tolist(), n.missing[i].tolist()  # one conversion per row, not one per item
     return {
         "total": int(n.total[i]),
-        "parts": {p: int(n.parts[i, k]) for k, p in enumerate(NEWS2_PARAMS)},
-        "missing": [p for k, p in enumerate(NEWS2_PARAMS) if bool(n.missing[i, k])],
+        "parts": dict(zip(NEWS2_PARAMS, parts, strict=True)),
+        "missing": [p for p, m in zip(NEWS2_PARAMS, missing, strict=True) if m],
     }
 
 

@@ -14,6 +14,11 @@ benchmark: non-zero exit, no speed figure. Contenders, each measured ``--reps`` 
 * **pipeline**: the vigil batch engine (decode, dedupe, reorder, state, featurize, ONNX, NEWS2, outputs and
   changelog acknowledged, then the offset commit).
 
+Timed span, the same for raw and pipeline: from the moment the contender's first non-empty ``getmany``
+returns (consumer start, group join, model loading and the first fetch's wait are outside it, for both) to
+the moment its last record is decoded (raw) or its last output is acknowledged and counted (pipeline: every
+expected score produced, all events applied, offsets committed; polled every 5 ms).
+
 Then a **latency step** (a ``vigil worker`` process fed at fixed offered rates; latency = the score record's
 broker timestamp minus the broker timestamp of the event that closed the row; 0 late required) and a
 **memory step** (heap and RSS per open patient, for 10k and 50k patients, in a fresh process).

@@ -213,8 +213,10 @@ async def _pipeline(s: Settings, wl: Workload, expected: int) -> Result:
         while time.monotonic() < deadline:
             if eng.fatal is not None:
                 raise BenchFailure(f"pipeline engine failed: {eng.fatal!r}")
-            if t0 is None and eng.events_seen > 0:
-                t0 = time.perf_counter()
+            if t0 is None and eng.first_fetch_at is not None:
+                # the moment the first non-empty getmany returned (as for raw), not when this loop noticed it
+                # after the first batch had been decoded (which left that batch's decoding out of the time)
+                t0 = eng.first_fetch_at
             if eng.events_done >= total and _counter(eng.metrics.scores) >= expected:
                 break
             if eng.events_done >= total and eng.events_seen >= total and time.monotonic() - _idle_since(eng) > 5:

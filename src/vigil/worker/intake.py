@@ -130,7 +130,7 @@ class Intake:
 
     def _n_partitions(self, topic: str, now: float) -> int | None:
         hit = self._parts.get(topic)
-        if hit is None or now - hit[0] > 30.0:
+        if hit is None or now - hit[0] > 30.0 or now < hit[0]:
             n = self._partitions_of(topic)
             hit = self._parts[topic] = (now, n)
         return hit[1]
@@ -148,7 +148,8 @@ class Intake:
             if type(ev) is Invalid:
                 inv = ev
             else:
-                n = self._n_partitions(tp.topic, now)
+                hit = self._parts.get(tp.topic)  # the partition count, re-read every 30 s
+                n = hit[1] if hit is not None and 0.0 <= now - hit[0] <= 30.0 else self._n_partitions(tp.topic, now)
                 if n:
                     key = r.key if r.key is not None else ev.patient.encode()  # type: ignore[union-attr]
                     if n != self._key_n:  # a topic with another partition count: a cache per count

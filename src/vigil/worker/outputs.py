@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,9 @@ def merge(out: Outputs, extra: Outputs) -> None:
         out.indeterminate[key] = out.indeterminate.get(key, 0) + c
 
 
+@lru_cache(maxsize=1 << 14)
 def iso(t: float) -> str:
+    """ISO 8601 (UTC) of POSIX seconds ``t``; cached (a batch repeats its row starts and broker timestamps)."""
     return datetime.fromtimestamp(t, UTC).isoformat()
 
 

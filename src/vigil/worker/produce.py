@@ -68,8 +68,14 @@ class BatchSender:
         producer = self._producer
         futs: list[asyncio.Future[Any]] = []
         open_: dict[tuple[str, int], Any] = {}
+        by_key = self._by_key
         for topic, key, value, part in records:
-            p = part if part is not None else await self.partition(topic, key)
+            if part is not None:
+                p = part
+            else:  # the cached partition of a known key without a coroutine per record; else the full lookup
+                known = by_key.get(topic)
+                hit = known.get(key) if known is not None and key is not None else None
+                p = hit if hit is not None else await self.partition(topic, key)
             tp = (topic, p)
             batch = open_.get(tp)
             if batch is None:
