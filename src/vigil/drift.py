@@ -50,6 +50,16 @@ def psi(actual_counts: np.ndarray, expected_fractions: np.ndarray) -> float:
 class DriftMonitor:
     """Sliding-window PSI of one model's monitored features and score."""
 
+    @classmethod
+    def for_model(cls, model: str, version: str, reference: dict[str, Any] | None, feature_names: list[str],
+                  settings: Any) -> DriftMonitor | None:  # fmt: skip
+        """The monitor of a model version from its card's training ``reference`` and the ``drift`` settings
+        (None when the card has no reference)."""
+        if not reference:
+            return None
+        return cls(model, version, reference, feature_names, window_rows=settings.window_rows, level=settings.level,
+                   min_rows=settings.min_rows, cooldown_rows=settings.cooldown_rows)  # fmt: skip
+
     def __init__(
         self,
         model: str,

@@ -489,13 +489,8 @@ class Processor:
     def monitor(self, sc: Scorer) -> DriftMonitor | None:
         """The drift monitor of a serving model (None when its card has no training reference)."""
         key = (sc.name, sc.version)
-        if key not in self.drift:
-            ref = sc.ref.model_card.reference  # vigil.card.ModelCard
-            d = self.settings.drift
-            self.drift[key] = DriftMonitor(
-                sc.name, sc.version, ref, list(FEATURE_NAMES), window_rows=d.window_rows, level=d.level,
-                min_rows=d.min_rows, cooldown_rows=d.cooldown_rows,
-            ) if ref else None  # fmt: skip
+        if key not in self.drift:  # the reference: vigil.card.ModelCard
+            self.drift[key] = DriftMonitor.for_model(*key, sc.ref.model_card.reference, FEATURE_NAMES, self.settings.drift)
         return self.drift[key]
 
 

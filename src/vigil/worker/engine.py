@@ -58,6 +58,7 @@ from vigil.worker.intake import Intake, Side
 from vigil.worker.produce import BatchSender, output_records
 from vigil.worker.reorder import Input, Progress, ReorderBuffer, plan
 from vigil.worker.restore import CHANGELOG, ChangelogRestore
+from vigil.worker.tally import count_outputs
 
 __all__ = ["CHANGELOG", "Engine", "INPUT_TOPICS", "load_scorers", "load_shadows"]
 
@@ -403,41 +404,7 @@ class Engine:
         return pl.watermarks
 
     def _count(self, out: Outputs) -> None:
-        m = self.metrics
-        for topic, c in out.counts.get("duplicates", {}).items():
-            m.duplicates.labels(topic).inc(c)
-        for topic, c in out.counts.get("late", {}).items():
-            m.late.labels(topic).inc(c)
-        for ward, c in out.counts.get("ward_events", {}).items():
-            m.ward_events.labels(ward).inc(c)
-        for kind, secs in out.ack_latency:
-            m.ack_seconds.labels(kind).observe(secs)
-        for model, risks in out.risks.items():
-            hist = m.risk.labels(model)
-            for r in risks.tolist():
-                hist.observe(r)
-        for reason, c in out.counts.get("evicted", {}).items():
-            if c:
-                m.evictions.labels(reason).inc(c)
-        if out.scores:
-            m.featurize_seconds.observe(out.featurize_s)
-            for name, secs in out.inference_s.items():
-                m.inference_seconds.labels(name).observe(secs)
-            for sc in self.scorers:
-                m.scores.labels(sc.name, sc.version).inc(len(out.scores) // max(1, len(self.scorers)))
-        for (name, version), c in out.indeterminate.items():
-            m.indeterminate.labels(name, version).inc(c)
-        for labels in out.alert_labels:
-            m.alerts.labels(*labels).inc()
-        if out.scores:
-            for sc in self.scorers:
-                mon = self.processor.drift.get((sc.name, sc.version))
-                if mon is not None and mon.rows:
-                    for quantity, value in mon.psi().items():
-                        m.psi.labels(sc.name, quantity).set(value)
-        for _ in out.drift:
-            m.drift_events.inc()
-        m.patients.set(self.processor.patients())
+        count_outputs(self.metrics, out, self.scorers, self.processor.drift, self.processor.patients())
 
     async def _emit(self, out: Outputs, side: Side | None = None) -> None:
         assert self._producer is not None
