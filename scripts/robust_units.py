@@ -175,6 +175,57 @@ def fit(v: Variant, train: dict[str, np.ndarray], val: dict[str, np.ndarray], se
                  "habit_feature_gain_share": round(habit_share, 4)}  # fmt: skip
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def tables(out: Path) -> str:
+    """Markdown tables of every variant JSON under ``out/<base>-to-<site>/`` (what robustness.md quotes)."""
+    text = []
+    for d in sorted(p for p in out.iterdir() if p.is_dir()):
+        res = {p.stem: json.loads(p.read_text()) for p in d.glob("*.json")}
+        order = [n for n in VARIANTS if n in res]
+        if not order:
+            continue
+        base = res.get("baseline")
+        text.append(f"### {d.name}\n")
+        text.append(
+            "| variant | rounds | habit gain | val utility | val AUROC | threshold | level | site utility | "
+            "site AUROC | site alerts / patient-day | site septic alerted early | site PPV (stays) | "
+            "test utility (base unit) |"
+        )
+        text.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for n in order:
+            r = res[n]
+            v, s, t = r["validation"], r["site_rest"], r["test"]
+            text.append(
+                f"| {n} | {r['training']['rounds']} | {r['training']['habit_feature_gain_share']:.2f} | "
+                f"{v['utility']:.3f} | {v['auroc']:.3f} | {r['threshold']:.2f} | {r['alert_level']:.2f} | "
+                f"{s['utility']:.3f} | {s['auroc']:.3f} | {s['alerts_per_patient_day']:.3f} | "
+                f"{_pct(s['share_septic_alerted_early'])} | {_pct(s['ppv_stay'])} | {t['utility']:.3f} |"
+            )
+        shifts = list(res[order[0]]["shifts_validation"])
+        if shifts:
+            text.append(
+                "\nBase unit's validation split under `vigil evaluate --shifts`' shifts (utility; drop against"
+                " the variant's own unshifted validation utility in brackets):\n"
+            )
+            text.append("| variant | " + " | ".join(shifts) + " | mean drop |")
+            text.append("|---|" + "---|" * (len(shifts) + 1))
+            for n in order:
+                r = res[n]
+                u0 = r["validation"]["utility"]
+                drops = [r["shifts_validation"][k]["utility"] - u0 for k in shifts]
+                cells = [
+                    f"{r['shifts_validation'][k]['utility']:.3f} ({d:+.3f})" for k, d in zip(shifts, drops, strict=True)
+                ]
+                text.append(f"| {n} | " + " | ".join(cells) + f" | {np.mean(drops):+.3f} |")
+        if base:
+            text.append("")
+        text.append("")
+    return "\n".join(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/data/physionet2019/setA.parquet"))
@@ -188,7 +239,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--patience", type=int, default=100)
     ap.add_argument("--no-shifts", action="store_true")
+    ap.add_argument("--tables", action="store_true", help="print the markdown tables of OUT's results and exit")
     a = ap.parse_args()
+    if a.tables:
+        print(tables(a.out))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
 
     import pandas as pd
