@@ -192,9 +192,9 @@ def tables(out: Path) -> str:
         text.append(
             "| variant | rounds | habit gain | val utility | val AUROC | threshold | level | site utility | "
             "site AUROC | site alerts / patient-day | site septic alerted early | site PPV (stays) | "
-            "test utility (base unit) |"
+            "test utility (base unit) | site utility at the site's own best threshold (oracle) |"
         )
-        text.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        text.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in order:
             r = res[n]
             v, s, t = r["validation"], r["site_rest"], r["test"]
@@ -202,7 +202,8 @@ def tables(out: Path) -> str:
                 f"| {n} | {r['training']['rounds']} | {r['training']['habit_feature_gain_share']:.2f} | "
                 f"{v['utility']:.3f} | {v['auroc']:.3f} | {r['threshold']:.2f} | {r['alert_level']:.2f} | "
                 f"{s['utility']:.3f} | {s['auroc']:.3f} | {s['alerts_per_patient_day']:.3f} | "
-                f"{_pct(s['share_septic_alerted_early'])} | {_pct(s['ppv_stay'])} | {t['utility']:.3f} |"
+                f"{_pct(s['share_septic_alerted_early'])} | {_pct(s['ppv_stay'])} | {t['utility']:.3f} | "
+                + (f"{s['oracle_utility']:.3f} at {s['oracle_threshold']:.2f} |" if "oracle_utility" in s else "- |")
             )
         shifts = list(res[order[0]]["shifts_validation"])
         if shifts:
@@ -307,6 +308,12 @@ def main() -> None:
         for label, arr in (("validation", val), ("test", test), ("site_rest", target)):
             p = p_val if label == "validation" else booster.predict(arr["x"])
             res[label] = {**scores(arr, p, thr), **alerting(arr, p, level, policy)}
+        # for reading only, never for choosing: the site's utility at the threshold its own labels would pick
+        p_site = booster.predict(target["x"])
+        o_thr, o_util = best_threshold(p_site, target["labels"], target["stay_start"])
+        res["site_rest"]["oracle_threshold"], res["site_rest"]["oracle_utility"] = o_thr, round(o_util, 4)
+        (a.work / "models").mkdir(exist_ok=True)
+        booster.save_model(str(a.work / "models" / f"{b}-to-{s}-{name}.txt"))
         res["shifts_validation"] = {k: scores(arr, booster.predict(arr["x"]), thr) for k, arr in shifted.items()}
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         res["conditions"] = (f"{os.cpu_count()} CPU cores shared with other jobs; LightGBM {a.threads} threads; "
