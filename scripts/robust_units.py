@@ -175,6 +175,30 @@ def fit(v: Variant, train: dict[str, np.ndarray], val: dict[str, np.ndarray], se
                  "habit_feature_gain_share": round(habit_share, 4)}  # fmt: skip
 
 
+def describe_units(work: Path) -> dict[str, Any]:
+    """Charting habits and case mix of the two units (all their stays): what differs between the 'sites'."""
+    import pandas as pd
+
+    from vigil.variables import LABS, VITALS
+
+    out: dict[str, Any] = {}
+    for u in ("MICU", "SICU"):
+        df = pd.read_parquet(work / f"setA-{u.lower()}.parquet")
+        labs, vit = df[list(LABS)].notna(), df[list(VITALS)].notna()
+        stays = df.groupby("patient_id", sort=False)
+        out[u] = {
+            "stays": int(df["patient_id"].nunique()), "rows": len(df),
+            "septic_stays_pct": round(100 * float(stays["SepsisLabel"].max().mean()), 1),
+            "lab_results_per_row": round(float(labs.sum(axis=1).mean()), 3),
+            "rows_with_a_lab_pct": round(100 * float(labs.any(axis=1).mean()), 1),
+            "vital_results_per_row": round(float(vit.sum(axis=1).mean()), 2),
+            "lactate_rows_pct": round(100 * float(df["Lactate"].notna().mean()), 2),
+            "median_stay_h": float(stays.size().median()),
+            "mean_age": round(float(stays["Age"].first().mean()), 1),
+        }  # fmt: skip
+    return out
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -240,10 +264,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--patience", type=int, default=100)
     ap.add_argument("--no-shifts", action="store_true")
+    ap.add_argument("--describe-units", action="store_true", help="write OUT/units.json (habits, case mix) and exit")
     ap.add_argument("--tables", action="store_true", help="print the markdown tables of OUT's results and exit")
     a = ap.parse_args()
     if a.tables:
         print(tables(a.out))
+        return
+    if a.describe_units:
+        d = describe_units(a.work)
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "units.json").write_text(json.dumps(d, indent=2) + "\n")
+        print(json.dumps(d))
         return
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
 
