@@ -267,6 +267,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--model-seed",
+        type=int,
+        default=None,
+        help="LightGBM's seed (and the dropout's) if not --seed: same splits, another model",
+    )
     ap.add_argument("--patience", type=int, default=100)
     ap.add_argument("--no-shifts", action="store_true")
     ap.add_argument("--describe-units", action="store_true", help="write OUT/units.json (habits, case mix) and exit")
@@ -321,7 +327,7 @@ def main() -> None:
     policy = load_settings(None).alerts
     mr = policy.model_risk
     grid = {"raise_at": sweep.GRID["raise_at"], "persistence": (mr.persistence,), "refractory_h": (mr.refractory_h,)}
-    out_dir = a.out / f"{b}-to-{s}"
+    out_dir = a.out / (f"{b}-to-{s}" + ("" if a.model_seed is None else f"-seed{a.model_seed}"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     for name in a.variants.split(","):
@@ -333,13 +339,15 @@ def main() -> None:
             train = cache.features(key, lambda aug=aug: frame_arrays(augment_frame(parts["train"], aug, a.seed)))
         else:
             train = cache.features(f"{b}-train", lambda: frame_arrays(parts["train"]))
-        booster, info = fit(v, train, val, a.seed, a.threads, a.patience)
+        mseed = a.seed if a.model_seed is None else a.model_seed
+        booster, info = fit(v, train, val, mseed, a.threads, a.patience)
         p_val = booster.predict(val["x"])
         thr, _ = best_threshold(p_val, val["labels"], val["stay_start"])
         pts = sweep.sweep_policies(p_val, val["labels"], val["stay_start"], thr, grid, escalate_by=mr.escalate_by)
         chosen = sweep.choose(pts, a.budget)
         level = thr if chosen is None or chosen.raise_at is None else float(chosen.raise_at)
         res: dict[str, Any] = {"variant": name, "what": v.what, "base_unit": a.base_unit, "site": site_unit,
+                               "split_seed": a.seed, "model_seed": mseed,
                                "threshold": round(float(thr), 4), "alert_level": level, "training": info}  # fmt: skip
         for label, arr in (("validation", val), ("test", test), ("site_rest", target)):
             p = p_val if label == "validation" else booster.predict(arr["x"])
@@ -349,7 +357,7 @@ def main() -> None:
         o_thr, o_util = best_threshold(p_site, target["labels"], target["stay_start"])
         res["site_rest"]["oracle_threshold"], res["site_rest"]["oracle_utility"] = o_thr, round(o_util, 4)
         (a.work / "models").mkdir(exist_ok=True)
-        booster.save_model(str(a.work / "models" / f"{b}-to-{s}-{name}.txt"))
+        booster.save_model(str(a.work / "models" / f"{out_dir.name}-{name}.txt"))
         res["shifts_validation"] = {k: scores(arr, booster.predict(arr["x"]), thr) for k, arr in shifted.items()}
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         res["conditions"] = (f"{os.cpu_count()} CPU cores shared with other jobs; LightGBM {a.threads} threads; "

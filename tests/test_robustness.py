@@ -1,6 +1,9 @@
-"""Training-time measurement-habit augmentation (``vigil.training.augment``) on small synthetic stays: deterministic
+"""Robustness options of the trainer (issue 16, item 3; docs/evaluation/robustness.md).
+
+Training-time measurement-habit augmentation (``vigil.training.augment``) on small synthetic stays: deterministic
 with a seed, labels / rows / static fields never changed, only measurements removed, and each kind of thinning
-does what it says (share of stays, per-stay lab keep rate, whole-variable dropout, vital cadence)."""
+does what it says (share of stays, per-stay lab keep rate, whole-variable dropout, vital cadence). The LightGBM
+``transfer`` preset (``vigil train --gbm-preset transfer``) with real LightGBM on small data."""
 
 from __future__ import annotations
 
@@ -103,3 +106,30 @@ def test_vitals_kept_on_the_drawn_cadence() -> None:
 def test_invalid_settings_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         ShiftAugment(**bad)
+
+
+def test_gbm_transfer_preset_fits_small_trees_and_the_default_is_unchanged() -> None:
+    pytest.importorskip("lightgbm", reason="the [train] extra is part of `make test` (make install-train)")
+    from dataclasses import replace
+
+    from vigil.training import gbm
+
+    assert gbm.PRESETS["default"] == gbm.GbmHyper()
+    h = replace(gbm.PRESETS["transfer"], max_rounds=30, patience=10)
+    assert (h.num_leaves, h.min_child_samples) == (7, 2000)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12_000, 5)).astype(np.float32)
+    y = ((x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=1.0, size=x.shape[0])) > 1.5).astype(np.float32)
+    boosters, info = gbm.fit_members(x[:9000], y[:9000], x[9000:], y[9000:], [7], h, threads=1)
+    trees = boosters[0].dump_model()["tree_info"]
+    assert trees and max(t["num_leaves"] for t in trees) <= 7
+    assert info["best_val_auc"][0] > 0.7  # it learns the signal
+
+
+def test_train_cli_offers_the_preset() -> None:
+    from click.testing import CliRunner
+
+    from vigil.cli import cli
+
+    out = CliRunner().invoke(cli, ["train", "--help"])
+    assert out.exit_code == 0 and "--gbm-preset" in out.output and "transfer" in out.output
