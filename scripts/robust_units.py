@@ -316,18 +316,19 @@ def main() -> None:
     site = pd.read_parquet(files[site_unit])
     rest = site[~site_sample_mask(site["patient_id"].to_numpy(), a.sample_frac, a.seed)].reset_index(drop=True)
     b, s = a.base_unit.lower(), site_unit.lower()
-    val = cache.features(f"{b}-validation", lambda: frame_arrays(parts["validation"]))
-    test = cache.features(f"{b}-test", lambda: frame_arrays(parts["test"]))
-    target = cache.features(f"{s}-rest", lambda: frame_arrays(rest))
+    tag = "" if a.seed == 7 else f"-split{a.seed}"  # another split: its own cache and results folder
+    val = cache.features(f"{b}-validation{tag}", lambda: frame_arrays(parts["validation"]))
+    test = cache.features(f"{b}-test{tag}", lambda: frame_arrays(parts["test"]))
+    target = cache.features(f"{s}-rest{tag}", lambda: frame_arrays(rest))
     shifted = {} if a.no_shifts else {
-        sh.name: cache.features(f"{b}-validation-shift-{sh.name}",
+        sh.name: cache.features(f"{b}-validation{tag}-shift-{sh.name}",
                                 lambda sh=sh: frame_arrays(apply_shift(sh, parts["validation"])))
         for sh in SHIFTS if sh.name != "none"
     }  # fmt: skip
     policy = load_settings(None).alerts
     mr = policy.model_risk
     grid = {"raise_at": sweep.GRID["raise_at"], "persistence": (mr.persistence,), "refractory_h": (mr.refractory_h,)}
-    out_dir = a.out / (f"{b}-to-{s}" + ("" if a.model_seed is None else f"-seed{a.model_seed}"))
+    out_dir = a.out / (f"{b}-to-{s}{tag}" + ("" if a.model_seed is None else f"-seed{a.model_seed}"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     for name in a.variants.split(","):
@@ -335,10 +336,12 @@ def main() -> None:
         t0 = time.perf_counter()
         if v.augment:
             aug = ShiftAugment(**v.augment)
-            key = f"{b}-train-aug-" + "-".join(f"{k}{val_}" for k, val_ in sorted(v.augment.items())).replace(" ", "")
+            key = f"{b}-train{tag}-aug-" + "-".join(f"{k}{val_}" for k, val_ in sorted(v.augment.items())).replace(
+                " ", ""
+            )
             train = cache.features(key, lambda aug=aug: frame_arrays(augment_frame(parts["train"], aug, a.seed)))
         else:
-            train = cache.features(f"{b}-train", lambda: frame_arrays(parts["train"]))
+            train = cache.features(f"{b}-train{tag}", lambda: frame_arrays(parts["train"]))
         mseed = a.seed if a.model_seed is None else a.model_seed
         booster, info = fit(v, train, val, mseed, a.threads, a.patience)
         p_val = booster.predict(val["x"])
