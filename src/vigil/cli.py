@@ -167,8 +167,8 @@ def demo(ctx: click.Context, data: Path | None, limit: int | None, workers: int)
               help="Train N copies (seeds seed..seed+N-1) and export their mean as one model.")
 @click.option("--max-stays", type=int, default=None, help="Use only the first N stays (smoke runs).")
 @click.option("--gbm-preset", type=click.Choice(["default", "transfer"]), default="default", show_default=True,
-              help="LightGBM settings (gbm family): transfer = 7 leaves, >= 2000 rows per leaf, which moved better "
-                   "between set A's units (docs/evaluation/robustness.md).")
+              help="LightGBM settings (gbm family): transfer = 7 leaves, >= 2000 rows per leaf, which ranked "
+                   "better across set A's units at one of two splits (docs/evaluation/robustness.md).")
 @click.option("--on-drift", is_flag=True,
               help="First wait for a drift event on model-drift (published by the workers), then train.")
 @click.option("--drift-model", default=None, help="With --on-drift: only events of this model name.")

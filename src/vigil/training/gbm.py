@@ -55,8 +55,8 @@ class GbmHyper:
 # Named settings for ``vigil train --gbm-preset``. "transfer" (a much simpler tree model: 7 leaves, >= 2000 rows per
 # leaf) transferred better between set A's two ICU units without any label of the other unit (issue 16, item 3;
 # docs/evaluation/robustness.md): trained on one unit's ~3,700 training stays, its AUROC at the other unit rose in
-# both directions, but its validation utility at the training unit fell in one of them, and it was never measured
-# on all of set A or on another hospital, so it is an option, not the default.
+# both directions over three model seeds of one split, but not at a second split, and the utility at the other unit
+# swung with the threshold; never measured on another hospital, so it is an option, not the default.
 PRESETS: dict[str, GbmHyper] = {
     "default": GbmHyper(),
     "transfer": GbmHyper(num_leaves=7, min_child_samples=2000),
