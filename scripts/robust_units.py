@@ -204,6 +204,31 @@ def describe_units(work: Path) -> dict[str, Any]:
     return out
 
 
+def set_a_presets(data: Path, names: list[str], threads: int) -> dict[str, Any]:
+    """One member per GbmHyper preset on all of ``data`` (the trainer's split, seed 7): validation AUROC and utility at
+    the best validation threshold. Not a transfer measurement: whether a preset costs ranking at full scale."""
+    from vigil.evaluation.metrics import auroc
+    from vigil.evaluation.utility import best_threshold
+    from vigil.training import gbm, trainer
+
+    t0 = time.perf_counter()
+    ds = trainer.prepare(data, seed=7, with_sequence=False)
+    out: dict[str, Any] = {"featurize_s": round(time.perf_counter() - t0, 1)}
+    for name in names:
+        t = time.perf_counter()
+        x, y, ss = ds.x, ds.y, ds.stay_start
+        b, info = gbm.fit_members(x["train"], y["train"], x["validation"], y["validation"], [7], gbm.PRESETS[name],
+                                  threads=threads, train_stay_start=ss["train"])  # fmt: skip
+        p = gbm.predict(b, ds.x["validation"])
+        thr, u = best_threshold(p, ds.y["validation"], ds.stay_start["validation"])
+        out[name] = {"rounds": info["rounds"][0], "best_val_auc": info["best_val_auc"][0],
+                     "val_auroc": round(auroc(ds.y["validation"], p), 4),
+                     "val_utility_at_best_threshold": round(u, 4), "threshold": thr,
+                     "fit_s": round(time.perf_counter() - t, 1)}  # fmt: skip
+        print(json.dumps({name: out[name]}), flush=True)
+    return out
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -276,10 +301,20 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=100)
     ap.add_argument("--no-shifts", action="store_true")
     ap.add_argument("--describe-units", action="store_true", help="write OUT/units.json (habits, case mix) and exit")
+    ap.add_argument(
+        "--set-a-presets",
+        action="store_true",
+        help="one member per GbmHyper preset on all of --data (validation only): OUT/set-a-presets.json",
+    )
     ap.add_argument("--tables", action="store_true", help="print the markdown tables of OUT's results and exit")
     a = ap.parse_args()
     if a.tables:
         print(tables(a.out))
+        return
+    if a.set_a_presets:
+        d = set_a_presets(a.data, ["transfer", "default"], a.threads)
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "set-a-presets.json").write_text(json.dumps(d, indent=2) + "\n")
         return
     if a.describe_units:
         d = describe_units(a.work)
