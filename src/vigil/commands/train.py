@@ -31,6 +31,9 @@ __all__ = ["train"]
 @click.option("--members", type=int, default=1, show_default=True,
               help="Train N copies (seeds seed..seed+N-1) and export their mean as one model.")
 @click.option("--max-stays", type=int, default=None, help="Use only the first N stays (smoke runs).")
+@click.option("--gbm-preset", type=click.Choice(["default", "transfer"]), default="default", show_default=True,
+              help="LightGBM settings (gbm family): transfer = 7 leaves, >= 2000 rows per leaf, which ranked "
+                   "better across set A's units at one of two splits (docs/evaluation/robustness.md).")
 @click.option("--on-drift", is_flag=True,
               help="First wait for a drift event on model-drift (published by the workers), then train.")
 @click.option("--drift-model", default=None, help="With --on-drift: only events of this model name.")
@@ -41,7 +44,7 @@ __all__ = ["train"]
 @click.pass_context
 def train(ctx: click.Context, data: Path, out: Path, family: str, name: str | None, version: str | None, seed: int,
           epochs: int, batch_size: int, patience: int, filters: int, members: int, max_stays: int | None,
-          on_drift: bool, drift_model: str | None, drift_timeout: float | None,
+          gbm_preset: str, on_drift: bool, drift_model: str | None, drift_timeout: float | None,
           skip_demand: bool) -> None:  # fmt: skip
     """Train, export (ONNX, parity-checked) and register sepsis models (needs the [train] extra).
 
@@ -57,6 +60,7 @@ def train(ctx: click.Context, data: Path, out: Path, family: str, name: str | No
             raise click.ClickException(f"no drift event within {drift_timeout} s; nothing trained")
         click.echo(json.dumps({"drift": event}))
     try:
+        from vigil.training.gbm import PRESETS
         from vigil.training.models import FAMILIES, Hyper
         from vigil.training.trainer import prepare, train_family
     except ImportError as exc:  # pragma: no cover - depends on the extra
@@ -67,7 +71,8 @@ def train(ctx: click.Context, data: Path, out: Path, family: str, name: str | No
     ds = prepare(data, seed=seed, max_stays=max_stays, with_sequence="tcn" in families)
     for fam in families:
         path = train_family(ds, fam, out, name=name, version=version, epochs=epochs, batch_size=batch_size,
-                            patience=patience, hyper=Hyper(filters=filters), members=members)  # fmt: skip
+                            patience=patience, hyper=Hyper(filters=filters), members=members,
+                            gbm=PRESETS[gbm_preset])  # fmt: skip
         card = ModelCard.from_dict(json.loads((path / CARD_FILE).read_text()), str(path / CARD_FILE))
         spec = f"{card.name}:{card.version}"
         calibration = None if skip_demand else _train_demand(ctx, path, spec, data, out)

@@ -489,8 +489,9 @@ class Processor:
     def monitor(self, sc: Scorer) -> DriftMonitor | None:
         """The drift monitor of a serving model (None when its card has no training reference)."""
         key = (sc.name, sc.version)
-        if key not in self.drift:  # the reference: vigil.card.ModelCard
-            self.drift[key] = DriftMonitor.for_model(*key, sc.ref.model_card.reference, FEATURE_NAMES, self.settings.drift)
+        if key not in self.drift:
+            ref = sc.ref.model_card.reference  # vigil.card.ModelCard
+            self.drift[key] = DriftMonitor.for_model(*key, ref, FEATURE_NAMES, self.settings.drift)
         return self.drift[key]
 
 
