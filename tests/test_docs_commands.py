@@ -37,7 +37,10 @@ SNIPPETS = _snippets()
 
 
 def _options(cmd: click.Command) -> set[str]:
-    return {o for p in cmd.params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts)}
+    """The command's options, with click's own ``--help`` (every command has it; it is not in ``params``)."""
+    return {o for p in cmd.params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts)} | set(
+        cmd.get_help_option_names(click.Context(cmd))
+    )
 
 
 def check(snippet: str) -> list[str]:
