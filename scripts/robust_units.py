@@ -162,7 +162,7 @@ def fit(v: Variant, train: dict[str, np.ndarray], val: dict[str, np.ndarray], se
         x_tr, x_va = x_tr.copy(), x_va.copy()
         x_tr[:, cols] = 0.0
         x_va[:, cols] = 0.0
-    params = gbm._params(h, seed, round(float(y_tr.size - y_tr.sum()) / max(float(y_tr.sum()), 1.0), 4), threads)
+    params = gbm.lgb_params(h, seed, round(float(y_tr.size - y_tr.sum()) / max(float(y_tr.sum()), 1.0), 4), threads)
     if v.max_bin_habits:
         habit = set(habit_columns("habits"))
         params["max_bin_by_feature"] = [v.max_bin_habits if i in habit else 255 for i in range(len(FEATURE_NAMES))]

@@ -168,7 +168,7 @@ def test_the_adapted_graphs_reproduce_their_framework_within_1e_4() -> None:
     x, y, p = _toy(0)
     rec = adapt.fit_recalibration(p, y)
     boost = adapt.fit_boost(x[:2000], y[:2000], p[:2000], x[2000:], y[2000:], p[2000:], seed=1,
-                            h=adapt.BoostHyper(min_child_samples=20, max_rounds=80, patience=20))  # fmt: skip
+                            h=adapt.site_boost_hyper(min_child_samples=20, max_rounds=80, patience=20))  # fmt: skip
     assert boost.rounds >= 1
     for proto, native in ((adapt.recalibrated_onnx(base, rec, 5), rec(p)),
                           (adapt.boosted_onnx(base, boost, 5), boost(p, x))):  # fmt: skip

@@ -118,3 +118,14 @@ def test_context_strings_are_shared_between_patients() -> None:
         st.set_context(AdtEvent(st.patient, "s", 1, T0, "admit", "".join(["W", "1"]), "".join(["1", "2"]), "MICU",
                                 T0, 55.0, "M", -1.0))  # fmt: skip
     assert c.ward is d.ward and c.bed is d.bed and c.unit is d.unit
+
+
+def test_seen_ids_behave_as_a_bounded_insertion_ordered_set() -> None:
+    """The compact de-duplication memory against the dict it replaced, with many sources (table pruning)."""
+    rng = random.Random(7)
+    for window in (1, 3, 256, 300):
+        uids = [event_uid(f"src-{rng.randint(0, 400)}", rng.randint(0, rng.choice([10, 5000, 2**40])))
+                for _ in range(3000)]  # fmt: skip
+        s = SeenIds(window=window)
+        ref = _reference_run(s, uids, window)
+        assert SeenIds(s.to_bytes(), window).keys() == list(ref)  # the changelog round trip

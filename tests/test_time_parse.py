@@ -8,7 +8,6 @@ from datetime import datetime
 import pytest
 
 from vigil.records import _parse_time, decode, encode_observation
-from vigil.state import SeenIds, event_uid
 
 CASES = [
     "2026-01-01T05:00:00Z", "2026-01-01T05:00:00+00:00", "2026-01-01T05:00:00-00:00", "2026-01-01T05:00:00+05:30",
@@ -47,22 +46,3 @@ def test_naive_time_still_rejected_at_decode() -> None:
     assert decode(good, "vitals", b"p").time == 1767225600.0
     naive = good.replace(b"2026-01-01T00:00:00+00:00", b"2026-01-01T00:00:00")
     assert naive != good and decode(naive, "vitals", b"p").reason == "naive_timestamp"
-
-
-def test_seen_ids_behave_as_a_bounded_insertion_ordered_set() -> None:
-    """The compact de-duplication memory against the dict it replaced, with many sources (table pruning)."""
-    import random
-
-    rng = random.Random(7)
-    for window in (1, 3, 256, 300):
-        s, ref = SeenIds(window=window), {}
-        for _ in range(3000):
-            uid = event_uid(f"src-{rng.randint(0, 400)}", rng.randint(0, rng.choice([10, 5000, 2**40])))
-            new = uid not in ref
-            if new:
-                ref[uid] = None
-                if len(ref) > window:
-                    del ref[next(iter(ref))]
-            assert s.add_if_new(uid, window) is new
-        assert s.keys() == list(ref)
-        assert SeenIds(s.to_bytes(), window).keys() == list(ref)  # the changelog round trip

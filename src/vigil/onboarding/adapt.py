@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["EPS", "logit", "Recalibration", "fit_recalibration", "SiteBoost", "fit_boost", "recalibrated_onnx",
-           "boosted_onnx", "BoostHyper"]  # fmt: skip
+           "boosted_onnx", "site_boost_hyper"]  # fmt: skip
 
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit (float32 in the graph too)
 
@@ -93,18 +93,16 @@ def fit_recalibration(p: np.ndarray, y: np.ndarray, positive_weight: float | Non
     return Recalibration(float(beta[0]), float(beta[1]), round(w_pos, 4))
 
 
-@dataclass(frozen=True, slots=True)
-class BoostHyper:
-    """LightGBM settings of the site trees: small trees and a slow rate (a site sample is a few thousand stays)."""
+def site_boost_hyper(**changes: Any) -> Any:
+    """LightGBM settings of the site trees (the trainer's :class:`~vigil.training.gbm.GbmHyper`, smaller): small
+    trees and a slow rate, since a site sample is a few thousand stays; no ADT dropout (the site's own fields)."""
+    from dataclasses import replace
 
-    learning_rate: float = 0.03
-    num_leaves: int = 15
-    min_child_samples: int = 100
-    feature_fraction: float = 0.5
-    bagging_fraction: float = 0.7
-    lambda_l2: float = 5.0
-    max_rounds: int = 600
-    patience: int = 60
+    from vigil.training.gbm import GbmHyper
+
+    site = GbmHyper(learning_rate=0.03, num_leaves=15, min_child_samples=100, feature_fraction=0.5,
+                    bagging_fraction=0.7, lambda_l2=5.0, max_rounds=600, patience=60, admin_dropout=0.0)  # fmt: skip
+    return replace(site, **changes)
 
 
 @dataclass
@@ -119,23 +117,19 @@ class SiteBoost:
 
 
 def fit_boost(x_train: np.ndarray, y_train: np.ndarray, p_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-              p_val: np.ndarray, *, seed: int, threads: int = 1, h: BoostHyper | None = None) -> SiteBoost:  # fmt: skip
+              p_val: np.ndarray, *, seed: int, threads: int = 1, h: Any = None) -> SiteBoost:  # fmt: skip
     """New trees on the site's training stays from the base margin (``init_score``), early-stopped on the
     tuning stays' AUROC; cut to the best round and made float32-exact
-    (:func:`vigil.training.gbm.float32_thresholds`)."""
+    (:func:`vigil.training.gbm.float32_thresholds`). ``h``: a :class:`vigil.training.gbm.GbmHyper`, default
+    :func:`site_boost_hyper`."""
     import lightgbm as lgb
 
-    from vigil.training.gbm import float32_thresholds
+    from vigil.training.gbm import float32_thresholds, lgb_params
 
-    h = h or BoostHyper()
+    h = h or site_boost_hyper()
     pos = float(np.sum(y_train))
     spw = round((y_train.size - pos) / max(pos, 1.0), 4)
-    params = {
-        "objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": threads, "seed": seed,
-        "deterministic": True, "force_row_wise": True, "bagging_freq": 1, "scale_pos_weight": spw,
-        "learning_rate": h.learning_rate, "num_leaves": h.num_leaves, "min_child_samples": h.min_child_samples,
-        "feature_fraction": h.feature_fraction, "bagging_fraction": h.bagging_fraction, "lambda_l2": h.lambda_l2,
-    }  # fmt: skip
+    params = lgb_params(h, seed, spw, threads)
     train = lgb.Dataset(x_train, y_train, init_score=logit(p_train), free_raw_data=False)
     val = lgb.Dataset(x_val, y_val, init_score=logit(p_val), reference=train, free_raw_data=False)
     b = lgb.train(params, train, h.max_rounds, valid_sets=[val],
@@ -148,7 +142,8 @@ def fit_boost(x_train: np.ndarray, y_train: np.ndarray, p_train: np.ndarray, x_v
         raise RuntimeError("rounding the site trees' thresholds to float32 changed LightGBM's predictions")
     auc = b.best_score.get("valid_0", {}).get("auc") if b.best_score else None
     info = {"rounds": best, "best_tune_auc": None if auc is None else round(float(auc), 4), "scale_pos_weight": spw,
-            "hyper": {k: getattr(h, k) for k in h.__dataclass_fields__}, "lightgbm": lgb.__version__}  # fmt: skip
+            "hyper": {k: getattr(h, k) for k in h.__dataclass_fields__ if k != "admin_dropout"},
+            "lightgbm": lgb.__version__}  # fmt: skip
     return SiteBoost(exact, best, spw, info)
 
 

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "GbmHyper", "PRESETS", "UNKNOWN_ADMIN", "admin_dropout", "describe", "fit_members", "float32_thresholds", "predict",
-    "to_onnx", "OPSET",
+    "GbmHyper", "PRESETS", "UNKNOWN_ADMIN", "admin_dropout", "describe", "fit_members", "float32_thresholds",
+    "lgb_params", "predict", "to_onnx", "OPSET",
 ]  # fmt: skip
 
 OPSET = 15  # the highest default-domain opset onnxmltools' LightGBM converter supports
@@ -105,7 +105,9 @@ def admin_dropout(x: np.ndarray, stay_start: np.ndarray, share: float, seed: int
     return out
 
 
-def _params(h: GbmHyper, seed: int, scale_pos_weight: float, threads: int) -> dict[str, Any]:
+def lgb_params(h: GbmHyper, seed: int, scale_pos_weight: float, threads: int) -> dict[str, Any]:
+    """LightGBM's parameters for ``h`` (binary, AUROC metric, deterministic, row bagging every iteration); the
+    trainer's members and onboarding's site trees both use them."""
     d = asdict(h)
     for k in ("max_rounds", "patience", "admin_dropout"):
         d.pop(k)
@@ -158,7 +160,7 @@ def fit_members(
     val = lgb.Dataset(x_val, y_val, reference=train, free_raw_data=False)
     boosters, rounds, best_auc, changed = [], [], [], 0
     for seed in seeds:
-        b = lgb.train(_params(h, seed, spw, threads), train, h.max_rounds, valid_sets=[val],
+        b = lgb.train(lgb_params(h, seed, spw, threads), train, h.max_rounds, valid_sets=[val],
                       callbacks=[lgb.early_stopping(h.patience, verbose=False)])  # fmt: skip
         best = int(b.best_iteration or b.current_iteration())
         cut = lgb.Booster(model_str=b.model_to_string(num_iteration=best))
