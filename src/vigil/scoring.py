@@ -184,13 +184,13 @@ class Scorer:
     ) -> tuple[np.ndarray, np.ndarray | None, list[str | None] | None]:
         """Probabilities [B] and, when the card has an abstention block, the indeterminate flags [B] and each
         row's reason (None where determinate); ``(probabilities, None, None)`` without a block."""
-        if self.abstainer is None or not self.member_names or x.shape[0] == 0:
+        if self.abstainer is None or not self.abstainer.needs_members or not self.member_names or x.shape[0] == 0:
             p = self.predict(x, seq)
             if self.abstainer is None:
                 return p, None, None
             if x.shape[0] == 0:
                 return p, np.zeros(0, bool), []
-            ind, why = self.abstainer.flags(p, None, x)  # a measure without members (low_coverage)
+            ind, why = self.abstainer.flags(p, None, x)  # a measure without members (low_coverage): one output
             return p, ind, why
         feeds = self._feeds(x, seq)
         outs = self.session.run([self.output_name, *self.member_names], feeds)
