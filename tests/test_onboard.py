@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from vigil.cli import cli
 from vigil.demand.calibration import CALIBRATION_FILE, Calibration
-from vigil.registry import Registry
+from vigil.registry import ModelRef, Registry
 from vigil.scoring import Scorer
 
 lgb = pytest.importorskip("lightgbm", reason="the [train] extra is part of `make test` (make install-train)")
@@ -39,8 +39,36 @@ def site(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> dict[st
     hyper = GbmHyper(num_leaves=7, min_child_samples=20, max_rounds=60, patience=20)
     path = trainer.train_family(ds, "gbm", reg, name="sepsis-gbm", members=1, gbm=hyper)
     trainer.calibrate_demand(path, data)
+    _add_abstention_block(path, data)
     Registry(reg)._write_serving({"sepsis-gbm": "1"})
     return {"root": root, "data": data, "registry": reg}
+
+
+def _add_abstention_block(path: Path, data: Path) -> None:
+    """A ``low_coverage`` block on the base as ``scripts/fit_abstention.py --write`` makes one (fit and figures
+    at the base's level; here on the base's own sample, which is all a test has)."""
+    from vigil.card import read_card, write_card
+    from vigil.config import load_settings
+    from vigil.evaluation.abstention import evaluate_abstention, fit_member_spread, indeterminate_rows
+    from vigil.evaluation.alerting import simulate_policy
+    from vigil.evaluation.report import jsonable
+    from vigil.offline import score_frame
+    from vigil.onboarding.run import _features, _labels
+    from vigil.training.data import load_training_frame
+
+    df = load_training_frame(data)
+    ref = Registry(path.parents[1]).get("sepsis-gbm:1")
+    p, _ = score_frame(Scorer(ref), df)
+    x, s = _features(df)
+    y = _labels(df)
+    block = fit_member_spread(None, p, ref.alert_level, 0.2, "the base's sample (test)", "low_coverage", x)
+    fired = simulate_policy(load_settings(None).alerts, risk=p, threshold=ref.alert_level,
+                            news2_total=np.zeros(len(p), np.int16), stay_start=s)["model_risk"]  # fmt: skip
+    block["evaluation"] = {"test": evaluate_abstention(fired, indeterminate_rows(block, p, None, x), y, s),
+                           "script": "tests/test_onboard.py"}  # fmt: skip
+    card = read_card(path / "card.json")
+    card["abstention"] = block
+    write_card(path / "card.json", jsonable(card))
 
 
 def _run(site: dict[str, Path], *args: str) -> tuple[dict, str]:
@@ -83,6 +111,7 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
     report = json.loads((out / "report.json").read_text())
     assert report["check"]["onboarded"]["threshold"] == ref.threshold
     assert reg.serving()["sepsis-gbm"] != ref.version  # registered, not serving (no --promote)
+    _assert_site_abstention(site, ref, reg.get("sepsis-gbm:1"), report)
 
     # `vigil evaluate` and `vigil predict` read the site's threshold and level from the card
     env = {"VIGIL_MODELS_DIR": str(site["registry"])}
@@ -96,12 +125,55 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
     assert metrics["model"]["onset_probability"]["horizon_h"] == 12  # the site's calibration, evaluated
     assert 0 <= metrics["model"]["onset_probability"]["ece"] <= 1
     assert metrics["alerting"]["model_risk"]["alerts"] >= 0 and metrics["model"]["name"] == "sepsis-gbm"
+    ab = metrics["abstention"]  # the site version's block serves: `vigil evaluate` splits its alerts
+    assert (ab["measure"], ab["cutoff"]) == ("low_coverage", ref.card["abstention"]["cutoff"])
+    assert ab["all"]["alerts"] == metrics["alerting"]["model_risk"]["alerts"] >= ab["confident"]["alerts"]
     pred = site["root"] / "pred"
     res = CliRunner().invoke(cli, ["predict", "--input", str(site["data"]), "--output", str(pred), "--model",
                                    line["model"], "--limit", "3"], env=env)  # fmt: skip
     assert res.exit_code == 0, res.output
     rows = [r.split("|") for f in sorted(pred.glob("*.psv")) for r in f.read_text().splitlines()[1:]]
     assert rows and all(int(lab) == int(float(p) >= ref.threshold) for p, lab in rows)
+
+
+def _assert_site_abstention(site: dict[str, Path], ref: ModelRef, base: ModelRef, report: dict) -> None:
+    """The site card's abstention block: the base's measure and cut-off, named as inherited; the base's fit and
+    figures under base_* keys; the site's own figures on the held-back check stays, equal to a recomputation."""
+    from vigil.abstain import coverage
+    from vigil.onboarding.run import _features
+    from vigil.onboarding.sample import split_site
+    from vigil.training.data import load_training_frame
+
+    ab, bb = ref.card["abstention"], base.card["abstention"]
+    assert (ab["measure"], ab["cutoff"], ab["fitted_on"]) == ("low_coverage", bb["cutoff"], bb["fitted_on"])
+    assert ab["inherited_from"] == "sepsis-gbm:1" and "kept from the base" in ab["cutoff_rule"]
+    assert "evaluation" not in ab and "level" not in ab  # the base's figures and level are not the site's
+    assert ab["base_fit"]["level"] == bb["level"] == base.alert_level
+    assert ab["base_evaluation"]["test"] == bb["evaluation"]["test"] and "not this site" in ab["base_evaluation"]["of"]
+    se = ab["site_evaluation"]
+    ob = ref.card["onboarding"]
+    check = split_site(load_training_frame(site["data"]), 3).check  # the CLI's --seed 3, default fractions
+    assert se["stays"] == ob["split"]["check"]["stays"] == check["patient_id"].nunique() > 0
+    assert se["rows"] == ob["split"]["check"]["rows"] == len(check)
+    assert se["model"] == f"{ref.name}:{ref.version}" and se["alert_level"] == ref.alert_level
+    assert se["labels_read"] is True and "check stays" in se["on"] and ob["site_sample"]["sha256"] in se["on"]
+    # the indeterminate share is serving's flag on the check rows: coverage below the inherited cut-off
+    x, _ = _features(check)
+    flags = coverage(x) < ab["cutoff"]
+    assert 0.0 < flags.mean() < 1.0 and se["share_rows_indeterminate"] == pytest.approx(flags.mean())
+    _, ind, _ = Scorer(ref).predict_flagged(x)
+    assert ind is not None and int(ind.sum()) == int(flags.sum())
+    a, c = se["all"]["alerts"], se["confident"]["alerts"]
+    assert a >= c and se["share_alerts_indeterminate"] == pytest.approx((a - c) / a)
+    assert se["all"]["ppv_stay"] is not None and "ppv_relative_gain" in se
+    # the report shows base and onboarded on the same check stays, each at its own level
+    rb, ro = report["check"]["base"]["abstention"], report["check"]["onboarded"]["abstention"]
+    assert ro == {k: v for k, v in se.items() if k not in ("on", "policy")} | {"measure": "low_coverage",
+                                                                                "cutoff": ab["cutoff"]}
+    assert (rb["model"], rb["alert_level"], rb["stays"], rb["rows"]) == ("sepsis-gbm:1", base.alert_level, se["stays"],
+                                                                         se["rows"])  # fmt: skip
+    assert rb["share_rows_indeterminate"] == se["share_rows_indeterminate"]  # same inputs, same cut-off
+    assert report["abstention"]["inherited_from"] == "sepsis-gbm:1"
 
 
 def test_unlabelled_onboarding_moves_only_the_level_and_marks_the_calibration(site: dict[str, Path]) -> None:

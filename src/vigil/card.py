@@ -90,6 +90,14 @@ class AbstentionSpec(_Open):
     cutoff: float = Field(ge=0.0)
     level: float | None = Field(default=None, gt=0.0, lt=1.0)  # decision_margin_z: measured from this alert level
     fitted_on: str | None = None
+    # a site version's block (vigil onboard; vigil.onboarding.abstention): the version the measure and cut-off come
+    # from, how the cut-off was set, the base's fit facts (its alert level among them) and evaluation (not this
+    # version's figures), and this version's own figures on the site's held-back check stays
+    inherited_from: str | None = None
+    cutoff_rule: str | None = None
+    base_fit: dict[str, Any] | None = None
+    base_evaluation: dict[str, Any] | None = None
+    site_evaluation: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _level_for_margin(self) -> AbstentionSpec:

@@ -46,8 +46,38 @@ def report_markdown(summary: dict[str, Any], gate_text: str) -> str:
                      f"{_fmt(r.get('auroc'))} | {_fmt(r.get('alerts_per_patient_day'))} | "
                      f"{_fmt(r.get('share_septic_alerted_early'), True)} | {_fmt(r.get('median_lead_h'))} | "
                      f"{_fmt(r.get('ppv_stay'), True)} | {_fmt(ece)} |")  # fmt: skip
+    lines += _abstention(summary)
     lines += ["", f"Calibration of the onset probability: {summary['calibration']}", "",
               "## Promotion gate (against the base, on the check stays)", "", "```", gate_text, "```", "",
               "## How the adaptation was chosen", "", "```json",
               json.dumps(jsonable(summary["adapted"]), indent=2), "```", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _abstention(summary: dict[str, Any]) -> list[str]:
+    """The abstention table (each version's block, graph and alert level on the check stays), or nothing."""
+    b, o = summary["check"]["base"].get("abstention"), summary["check"]["onboarded"].get("abstention")
+    if b is None and o is None:
+        return []
+    ab = summary.get("abstention") or {}
+    src = (f"the onboarded card's block: measure `{ab.get('measure')}`, cut-off {_fmt(ab.get('cutoff'))}, "
+           f"{ab.get('cutoff_rule') or ''}; the base's own figures are under `base_evaluation`, the site's under "
+           "`site_evaluation`" if ab else "the onboarded version has no abstention block")  # fmt: skip
+    lines = ["", f"Abstention on the check stays (confident vs all model-risk alerts at each version's level; {src}):",
+             "", "| | measure, cut-off | stays | rows indeterminate | alerts indeterminate | alerts (all / confident) "
+             "| PPV (stays), all | confident | relative gain | septic alerted before onset, all | confident |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label, r in (("base", b), ("onboarded", o)):
+        if r is None:
+            lines.append(f"| {label} | no block | | | | | | | | | |")
+            continue
+        a, c = r.get("all") or {}, r.get("confident") or {}
+        lines.append(f"| {label} {r['model']} | `{r['measure']}` {_fmt(r['cutoff'])} | {r['stays']} | "
+                     f"{_fmt(r.get('share_rows_indeterminate'), True)} | "
+                     f"{_fmt(r.get('share_alerts_indeterminate'), True)} | {a.get('alerts')} / {c.get('alerts')} | "
+                     f"{_fmt(a.get('ppv_stay'), True)} | {_fmt(c.get('ppv_stay'), True)} | "
+                     f"{_fmt(r.get('ppv_relative_gain'), True)} | {_fmt(a.get('share_septic_alerted_early'), True)} | "
+                     f"{_fmt(c.get('share_septic_alerted_early'), True)} |")  # fmt: skip
+    if not (o or b or {}).get("labels_read", True):
+        lines += ["", "No label read: shares and alert counts only (PPV and sensitivity need labels)."]
+    return lines

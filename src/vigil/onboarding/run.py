@@ -42,6 +42,7 @@ from vigil.config import AlertSettings, Settings
 from vigil.errors import ConfigError, ModelError
 from vigil.evaluation.metrics import auroc
 from vigil.evaluation.report import jsonable
+from vigil.onboarding import abstention as ob_abs
 from vigil.onboarding import levels as lv
 from vigil.onboarding.markdown import report_markdown
 from vigil.onboarding.onset import onset_ece
@@ -364,8 +365,12 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         p_fit_all = p_fix if adapted.fit_on == "fit" else _onnx_probs(target / "model.onnx", x_fit_all)
         sha = sample_sha256(data)
         card = copy.deepcopy(base.card)
-        for k in ("evaluation", "alert_policy", "metrics"):
+        for k in ("evaluation", "alert_policy", "metrics", "abstention"):
             card.pop(k, None)
+        # the base's abstention block, not its figures (vigil.onboarding.abstention); site figures after the check
+        ab_block, ab_note = ob_abs.site_block(base, adapted.native is None, sp.fit, chosen.level)
+        if ab_block is not None:
+            card["abstention"] = ab_block
         card.update({
             "name": name, "version": version, "created_at": _utc(),
             "output": {"name": "probability", "kind": "probability"},
@@ -402,6 +407,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             "adapted": adapted.kind, "adaptation": adapted.details, "fit_on": adapted.fit_on,
             "threshold_utility_fit": u_thr,
             **({} if labelled else {"threshold_by_quantile_matching_not_used": quantile}),
+            **({"abstention": ab_note} if ab_note else {}),
             "levels_tried": [p.as_dict() for p in pts],
             "calibration": {"site_validated": labelled,
                             "fitted_on": f"site {adapted.fit_on} stays" if labelled
@@ -430,6 +436,12 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     rep_new = _evaluate(ref, new_scorer, sp.check, data.name, policy, check_labelled)
     gate = _gate(reg, ref, base, sp.check, data.name, settings, check_labelled)
     card = read_card(target / CARD_FILE)
+    for rep, (r, sc) in ((rep_base, (base, base_scorer)), (rep_new, (ref, new_scorer))):
+        if (fig := ob_abs.check_figures(r, sc, sp.check, policy, check_labelled)) is not None:
+            rep["abstention"] = fig  # confident vs all alerts of each version on the check stays
+    if "abstention" in rep_new and "abstention" in card:
+        card["abstention"]["site_evaluation"] = ob_abs.site_evaluation(
+            rep_new["abstention"], labelled, f"held-back check stays of the site sample {data.name} (sha256 {sha})")
     card["onboarding"]["site_metrics"] = {"check": {"base": rep_base, "onboarded": rep_new}}
     card["onboarding"]["gate"] = gate.as_dict()
     card["metrics"] = {"site_check": {k: rep_new.get(k) for k in ("auroc", "auprc", "utility")}}
@@ -450,6 +462,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
                         else f"not site-validated (copied from {base.name}:{base.version})"),
         "adapted": adapted.details,
         "check": {"base": rep_base, "onboarded": rep_new},
+        "abstention": {k: v for k, v in (card.get("abstention") or {}).items() if k in ob_abs.SUMMARY_KEYS} or None,
         "gate": {"passed": gate.passed, "reasons": list(gate.reasons)}, "promoted": promoted,
     }  # fmt: skip
     out = Path(opts.out) if opts.out else Path("reports") / f"onboard-{name}-{version}"
