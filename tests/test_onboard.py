@@ -197,6 +197,18 @@ def test_unlabelled_onboarding_moves_only_the_level_and_marks_the_calibration(si
     within = [p["level"] for p in tried if p["burden"] <= 0.27]
     assert ref.alert_level == min(within)
     assert ref.card["onboarding"]["gate"]["passed"] is True  # loads and reproduces its card
+    # abstention: the base's cut-off kept; label-free onboarding reads no label, so the block has shares only
+    ab = ref.card["abstention"]
+    assert (ab["cutoff"], ab["inherited_from"]) == (base.card["abstention"]["cutoff"], "sepsis-gbm:1")
+    se = ab["site_evaluation"]
+    assert se["labels_read"] is False and "ppv" in se and "ppv_relative_gain" not in se
+    assert not any("ppv" in k or "septic" in k for w in ("all", "confident") for k in se[w])
+    assert se["stays"] == ref.card["onboarding"]["split"]["check"]["stays"] and se["alert_level"] == ref.alert_level
+    assert 0.0 <= se["share_rows_indeterminate"] <= 1.0 and se["all"]["alerts"] >= se["confident"]["alerts"]
+    # the file has labels: the report reads them for the check stays only (as its other figures), marked so
+    report = json.loads((site["root"] / "report-unlabelled" / "report.json").read_text())
+    ro = report["check"]["onboarded"]["abstention"]
+    assert ro["labels_read"] is True and ro["share_rows_indeterminate"] == se["share_rows_indeterminate"]
 
 
 def test_labelled_onboarding_refuses_a_sample_without_labels(site: dict[str, Path]) -> None:
@@ -214,6 +226,32 @@ def test_labelled_onboarding_refuses_a_sample_without_labels(site: dict[str, Pat
     assert line["gate_passed"] is True and set(line["check"]["onboarded"]) == {"alerts_per_patient_day"}
     card = Registry(site["registry"]).get(line["model"]).card
     assert "no labels at the site" in card["onboarding"]["gate"]["notes"][0]
+    # no label anywhere: the abstention figures of both versions are shares and alert counts only
+    report = json.loads((site["root"] / "report-bare" / "report.json").read_text())
+    for fig in (card["abstention"]["site_evaluation"], report["check"]["base"]["abstention"],
+                report["check"]["onboarded"]["abstention"]):  # fmt: skip
+        assert fig["labels_read"] is False and "ppv_relative_gain" not in fig and "ppv_stay" not in fig["all"]
+        assert 0.0 <= fig["share_rows_indeterminate"] <= 1.0
+    assert "No label read" in (site["root"] / "report-bare" / "report.md").read_text()
+
+
+def test_site_block_drops_a_member_measure_the_adapted_graph_cannot_serve() -> None:
+    from types import SimpleNamespace
+
+    from vigil.card import AbstentionSpec
+    from vigil.onboarding.abstention import site_block
+
+    block = {"version": 1, "measure": "member_logit_sd", "cutoff": 0.3, "level": 0.55, "fitted_on": "validation",
+             "rows": 10, "evaluation": {"test": {"share_rows_indeterminate": 0.1}}}  # fmt: skip
+    base = SimpleNamespace(name="m", version="1", card={"abstention": block})
+    assert site_block(base, graph_is_base=False)[0] is None
+    assert "dropped" in site_block(base, graph_is_base=False)[1]
+    kept, note = site_block(base, graph_is_base=True)  # the base graph, members and all: kept as inherited
+    assert note is None and (kept["measure"], kept["cutoff"], kept["inherited_from"]) == ("member_logit_sd", 0.3, "m:1")
+    assert "level" not in kept and kept["base_fit"] == {"level": 0.55, "rows": 10, "note": kept["base_fit"]["note"]}
+    assert kept["base_evaluation"]["test"] == block["evaluation"]["test"] and "evaluation" not in kept
+    assert AbstentionSpec.model_validate(kept).inherited_from == "m:1"  # the card schema takes it
+    assert site_block(SimpleNamespace(name="m", version="1", card={}), graph_is_base=True) == (None, None)
 
 
 def _toy(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
