@@ -254,6 +254,48 @@ def test_site_block_drops_a_member_measure_the_adapted_graph_cannot_serve() -> N
     assert site_block(SimpleNamespace(name="m", version="1", card={}), graph_is_base=True) == (None, None)
 
 
+def test_label_free_onboarding_re_derives_a_decision_margin_block_at_the_site_level(tmp_path: Path,
+                                                                                   sample_path: Path) -> None:
+    """``decision_margin_z`` is measured from the alert level: a label-free onboarding of the shipped 5-member
+    ``sepsis-gbm:1`` (base graph kept, members and all) re-fits its cut-off on the site's fit stays at the site
+    version's level, and the version serves it."""
+    import shutil
+
+    from vigil.abstain import decision_margin_z
+    from vigil.card import read_card, write_card
+    from vigil.evaluation.abstention import members_frame
+    from vigil.onboarding.run import _features
+    from vigil.onboarding.sample import split_site
+    from vigil.training.data import load_training_frame
+
+    repo = Path(__file__).resolve().parents[1] / "models"
+    models = tmp_path / "models"
+    shutil.copytree(repo / "sepsis-gbm" / "1", models / "sepsis-gbm" / "1")
+    shutil.copy(repo / "card.schema.json", models / "card.schema.json")
+    Registry(models)._write_serving({"sepsis-gbm": "1"})
+    card = read_card(models / "sepsis-gbm" / "1" / "card.json")
+    card["abstention"] = {"version": 1, "measure": "decision_margin_z", "cutoff": 1.5, "level": 0.55,
+                          "fitted_on": "test", "share_of_alerting_rows": 0.25, "evaluation": {"test": {}}}  # fmt: skip
+    write_card(models / "sepsis-gbm" / "1" / "card.json", card)
+    data = tmp_path / "site.parquet"
+    load_training_frame(sample_path).to_parquet(data)
+    line, _ = _run({"registry": models, "data": data}, "--unlabelled", "--budget", "0.3", "--out",
+                   str(tmp_path / "report"))  # fmt: skip
+    ref = Registry(models).get(line["model"])
+    ab = ref.card["abstention"]
+    assert ab["measure"] == "decision_margin_z" and ab["level"] == ref.alert_level and "re-derived" in ab["cutoff_rule"]
+    assert ab["base_fit"]["level"] == 0.55 and ab["inherited_from"] == "sepsis-gbm:1" and "evaluation" not in ab
+    sp = split_site(load_training_frame(data), 3)  # the CLI's --seed 3
+    p, mem, _, _ = members_frame(ref, sp.fit)
+    z = decision_margin_z(p, mem, ref.alert_level)
+    assert ab["site_fit"]["rows"] == len(sp.fit) and ab["site_fit"]["members"] == 5
+    assert ab["cutoff"] == pytest.approx(float(np.quantile(z[p >= ref.alert_level], 0.25)))
+    x, _ = _features(sp.check)
+    _, ind, why = Scorer(ref).predict_flagged(x)  # serving reads the members of the kept graph
+    assert ind is not None and ab["site_evaluation"]["share_rows_indeterminate"] == pytest.approx(ind.mean())
+    assert {w for w, f in zip(why, ind, strict=True) if f} <= {"members_split_at_level"}
+
+
 def _toy(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(3000, 5)).astype(np.float32)
