@@ -255,7 +255,7 @@ def test_site_block_drops_a_member_measure_the_adapted_graph_cannot_serve() -> N
 
 
 def test_label_free_onboarding_re_derives_a_decision_margin_block_at_the_site_level(tmp_path: Path,
-                                                                                   sample_path: Path) -> None:
+                                                                                   site: dict[str, Path]) -> None:
     """``decision_margin_z`` is measured from the alert level: a label-free onboarding of the shipped 5-member
     ``sepsis-gbm:1`` (base graph kept, members and all) re-fits its cut-off on the site's fit stays at the site
     version's level, and the version serves it."""
@@ -264,7 +264,7 @@ def test_label_free_onboarding_re_derives_a_decision_margin_block_at_the_site_le
     from vigil.abstain import decision_margin_z
     from vigil.card import read_card, write_card
     from vigil.evaluation.abstention import members_frame
-    from vigil.onboarding.run import _features
+    from vigil.onboarding.run import _features, site_sample_mask
     from vigil.onboarding.sample import split_site
     from vigil.training.data import load_training_frame
 
@@ -277,15 +277,15 @@ def test_label_free_onboarding_re_derives_a_decision_margin_block_at_the_site_le
     card["abstention"] = {"version": 1, "measure": "decision_margin_z", "cutoff": 1.5, "level": 0.55,
                           "fitted_on": "test", "share_of_alerting_rows": 0.25, "evaluation": {"test": {}}}  # fmt: skip
     write_card(models / "sepsis-gbm" / "1" / "card.json", card)
-    data = tmp_path / "site.parquet"
-    load_training_frame(sample_path).to_parquet(data)
-    line, _ = _run({"registry": models, "data": data}, "--unlabelled", "--budget", "0.3", "--out",
-                   str(tmp_path / "report"))  # fmt: skip
+    data = site["data"]
+    line, _ = _run({"registry": models, "data": data}, "--unlabelled", "--budget", "0.3", "--sample-frac", "0.5",
+                   "--out", str(tmp_path / "report"))  # fmt: skip
     ref = Registry(models).get(line["model"])
     ab = ref.card["abstention"]
     assert ab["measure"] == "decision_margin_z" and ab["level"] == ref.alert_level and "re-derived" in ab["cutoff_rule"]
     assert ab["base_fit"]["level"] == 0.55 and ab["inherited_from"] == "sepsis-gbm:1" and "evaluation" not in ab
-    sp = split_site(load_training_frame(data), 3)  # the CLI's --seed 3
+    df = load_training_frame(data)
+    sp = split_site(df[site_sample_mask(df["patient_id"].to_numpy(), 0.5, 3)].reset_index(drop=True), 3)  # --seed 3
     p, mem, _, _ = members_frame(ref, sp.fit)
     z = decision_margin_z(p, mem, ref.alert_level)
     assert ab["site_fit"]["rows"] == len(sp.fit) and ab["site_fit"]["members"] == 5
