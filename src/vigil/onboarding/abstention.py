@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["site_block", "check_figures", "site_evaluation", "KEPT_MEASURES", "LABEL_FREE_KEYS", "SUMMARY_KEYS"]
 
 KEPT_MEASURES = ("low_coverage", "member_logit_sd")  # cut-off kept from the base (see the module docstring)
-_SPEC_KEYS = ("version", "measure", "cutoff", "level", "fitted_on")
 # the figures that need no label (what a label-free onboarding's site_evaluation keeps)
 LABEL_FREE_KEYS = ("stays", "rows", "alert_level", "share_rows_indeterminate", "share_alerts_indeterminate")
 _LABEL_FREE_ALERTS = ("alerts", "alerts_per_patient_day", "stays_alerted")
@@ -57,7 +56,7 @@ def site_block(base: ModelRef, graph_is_base: bool, fix_df: pd.DataFrame | None 
         return None, None
     src = f"{base.name}:{base.version}"
     measure = block["measure"]
-    base_fit = {k: v for k, v in block.items() if k not in (*_SPEC_KEYS, "evaluation") or k == "level"}
+    base_fit = {k: v for k, v in block.items() if k not in ("version", "measure", "cutoff", "fitted_on", "evaluation")}
     base_fit["note"] = (f"facts of the fit of {src}'s block (on {block.get('fitted_on') or 'its data'}"
                         + (f", at {src}'s alert level {block['level']:g}" if block.get("level") is not None else "")
                         + "): not this version's")  # fmt: skip
@@ -79,7 +78,7 @@ def site_block(base: ModelRef, graph_is_base: bool, fix_df: pd.DataFrame | None 
                                     "version's level"),
                     "site_fit": {k: fit[k] for k in ("share_of_alerting_rows", "members", "rows", "alerting_rows",
                                                      "share_rows_indeterminate")}})  # fmt: skip
-    else:
+    else:  # KEPT_MEASURES
         out.update({"cutoff": float(block["cutoff"]), "fitted_on": block.get("fitted_on"),
                     "cutoff_rule": ("kept from the base: the cut-off marks where the base's training inputs end "
                                     "(a property of the inputs, not of the site's labels)")})  # fmt: skip
