@@ -202,8 +202,10 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Whether the engine holds input partitions (consumer started and assigned)."""
-        return self._consumer is not None and bool(self._consumer.assignment())
+        """Whether the engine holds input partitions with their state restored (consumer started, assigned, and
+        the assignment's restore finished: before that the first batch would wait on the restore)."""
+        tps = self._consumer.assignment() if self._consumer is not None else set()
+        return bool(tps) and {tp.partition for tp in tps if tp.topic in self._topic_names} == self._owned
 
     async def swap_models(self, action: str, name: str, new: Scorer | None, replaces: str | None = None) -> None:
         """Switch models between batches (under the engine's lock: atomic for the pipeline).
@@ -357,16 +359,16 @@ class Engine:
         c, st, now = self._consumer, self.settings.state, time.time()
         paused = c.paused()
         inputs: list[Input] = []
+        # positions not known yet (after an assignment: one committed-offset lookup each), looked up together
+        missing = [tp for tp in c.assignment() if self.checkpoint.position(tp) is None and c.highwater(tp) is not None]
+        found = await asyncio.gather(*map(c.position, missing), return_exceptions=True)
+        for tp, got in zip(missing, found, strict=True):
+            if isinstance(got, BaseException) and not isinstance(got, IllegalStateError):  # revoked: None
+                raise got
+            if isinstance(got, int):
+                self.checkpoint.fetched(tp, got)
         for tp in c.assignment():
-            hw = c.highwater(tp)
-            pos = self.checkpoint.position(tp)
-            if pos is None and hw is not None:
-                try:
-                    pos = await c.position(tp)
-                except IllegalStateError:
-                    pos = None
-                if pos is not None:
-                    self.checkpoint.fetched(tp, pos)
+            hw, pos = c.highwater(tp), self.checkpoint.position(tp)
             # a paused topic-partition is never "caught up": it is not fetched, so its high watermark is stale
             # and records beyond it (all later than its newest fetched event) may already be on the broker
             caught_up = tp not in paused and hw is not None and pos is not None and pos >= hw
