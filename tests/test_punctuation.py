@@ -146,3 +146,16 @@ def test_replay_watermarks_order_the_worker_without_the_hold(settings_factory: C
     assert _metric(metrics, "vigil_reorder_held_events") == 1
     log = (tmp_path / "worker.log").read_text()
     assert "before its producers' watermark" in log and first_patient_absent(log, recs)
+
+
+def test_watermark_records_match_their_published_schema() -> None:
+    import jsonschema
+
+    from vigil.catalog import CONTROL_SCHEMAS
+    from vigil.config import REPO_ROOT
+
+    schema = orjson.loads((REPO_ROOT / "streams" / CONTROL_SCHEMAS[0]).read_bytes())
+    v = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    for final in (False, True):
+        v.validate(orjson.loads(encode_watermark("replay-1", T0, final=final)))
+    assert not v.is_valid({"v": 1, "source": "p", "watermark": "2026-01-01T00:00:00"})  # naive: refused

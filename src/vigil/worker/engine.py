@@ -137,6 +137,8 @@ class Engine:
         self.events_seen = 0  # records fetched
         self.events_done = 0  # records applied to state or dead-lettered, outputs acknowledged
         self.first_fetch_at: float | None = None  # perf_counter when the first non-empty fetch returned
+        for t in INPUT_TOPICS:  # present from the start (0), so rates and alert rules see them
+            self.metrics.watermarks.labels(t), self.metrics.watermark_violations.labels(t)
         for sc in self.scorers:
             self.metrics.model_info.labels(sc.name, sc.version, sc.provider).set(1)
         for sc in self.shadows:
