@@ -27,17 +27,19 @@ __all__ = ["latency_step", "memory_child", "memory_step"]
 
 
 # ---------------------------------------------------------------------------------------------- latency step
-async def _paced_publish(s: Settings, wl: Workload, rate: float, watermarks: bool = True) -> float:
+async def _paced_publish(s: Settings, wl: Workload, rate: float, watermarks: bool = True,
+                         interval_s: float = 0.05) -> float:  # fmt: skip
     """Publish the workload at ``rate`` events/s (in publish order, one ``send`` each); returns the seconds.
     ``watermarks``: with the producer's event-time watermarks, as ``vigil replay`` writes them
-    (:class:`vigil.punctuate.Punctuator`, every 50 ms)."""
+    (:class:`vigil.punctuate.Punctuator`, every ``interval_s``)."""
     from vigil.punctuate import Punctuator
 
     producer = kafka_io.producer(s, linger_ms=1)
     await producer.start()
     futs = []
     try:
-        punct = Punctuator(producer, [s.topic(t) for t in ("adt", "vitals", "labs")], source="bench-latency")
+        punct = Punctuator(producer, [s.topic(t) for t in ("adt", "vitals", "labs")], source="bench-latency",
+                           interval_s=interval_s)  # fmt: skip
         if watermarks:
             await punct.start()
             await punct.emit(wl.times[0])
@@ -66,8 +68,8 @@ def _metric_total(text: str, name: str) -> int:
 
 
 def latency_step(base: Settings, wl: Workload, rates: Sequence[float], logdir: Path,
-                 log: Callable[[str], None] = print, without: Sequence[float] = ()
-                 ) -> list[dict[str, Any]]:  # fmt: skip
+                 log: Callable[[str], None] = print, without: Sequence[float] = (),
+                 watermark_interval_s: float = 0.05) -> list[dict[str, Any]]:  # fmt: skip
     """For each offered rate: a fresh `vigil worker` process on its own prefix, the workload published at that
     rate with the producer's watermarks (as `vigil replay` does), every expected score awaited (0 late
     required); latency per score = its record's broker timestamp minus the broker timestamp of the event that
@@ -86,7 +88,7 @@ def latency_step(base: Settings, wl: Workload, rates: Sequence[float], logdir: P
                                extra_env={"VIGIL_TIME_WINDOW__MODE": s.time_window.mode}).start()  # fmt: skip
         try:
             worker.wait_ready(120.0)
-            seconds = asyncio.run(_paced_publish(s, wl, rate, wms))
+            seconds = asyncio.run(_paced_publish(s, wl, rate, wms, watermark_interval_s))
             recs: list[Any] = []
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
@@ -117,7 +119,9 @@ def latency_step(base: Settings, wl: Workload, rates: Sequence[float], logdir: P
                "p99_ms": round(float(np.percentile(lat_arr, 99)) * 1000, 1),
                "max_ms": round(float(lat_arr[-1]) * 1000, 1),
                "reorder_min_hold_s": s.state.reorder_min_hold_s, "producer_watermarks": wms,
-               "watermarks": _metric_total(text, "vigil_watermarks"), "watermark_violations": violations}  # fmt: skip
+               "watermarks": _metric_total(text, "vigil_watermarks"), "watermark_violations": violations,
+               "watermark_interval_ms": round(watermark_interval_s * 1000) if wms else None,
+               "fetch_max_wait_ms": s.fetch_max_wait_ms}  # fmt: skip
         log(f"latency at {rate:,.0f} events/s offered: {row}")
         out.append(row)
     return out
