@@ -159,3 +159,27 @@ def test_watermark_records_match_their_published_schema() -> None:
     for final in (False, True):
         v.validate(orjson.loads(encode_watermark("replay-1", T0, final=final)))
     assert not v.is_valid({"v": 1, "source": "p", "watermark": "2026-01-01T00:00:00"})  # naive: refused
+
+
+def test_other_readers_of_adt_skip_watermark_records_without_counting_them_invalid() -> None:
+    """`vigil demand run` and `vigil api` read `adt` too: a producer's watermark there is not an event."""
+    from vigil.api.auth import hash_token
+    from vigil.api.server import ApiServer
+    from vigil.config import load_settings
+    from vigil.demand.calibration import Calibration
+    from vigil.demand.job import DemandJob
+    from vigil.records import encode_adt
+
+    s = load_settings(None, demand={"interval_min": 60, "horizons_h": [6], "beds": {"W1": 4}},
+                      api={"tokens_sha256": [hash_token("t")]})  # fmt: skip
+    wm = encode_watermark("replay-1", T0)
+    admit = encode_adt(patient="pt-a", source="adt", seq=1, time=T0, kind="admit", ward="W1", bed="1", unit="MICU")
+    job = DemandJob(s, Calibration.synthetic(horizons=(6,)), emit_history=True)
+    job.process([("adt", None, wm), ("adt", b"pt-a", admit)])  # type: ignore[list-item]
+    outcomes = {x.labels["outcome"]: x.value for f in job.metrics.registry.collect() for x in f.samples
+                if x.name == "vigil_demand_input_events_total" and x.labels["topic"] == "adt"}
+    assert "invalid" not in outcomes and sum(outcomes.values()) == 1  # the admit only
+    api = ApiServer(s)
+    rec = E(topic=s.topic("adt"), key=None, value=wm, partition=0, offset=0)
+    api._apply(rec)  # noqa: SLF001
+    assert not any(x.value for f in api.metrics.skipped.collect() for x in f.samples if x.name.endswith("_total"))
