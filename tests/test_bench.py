@@ -70,6 +70,8 @@ def test_latency_step_awaits_every_score_with_no_late_event(
     (row,) = latency_step(bench_base, wl, [2000.0], tmp_path, log=lambda _: None)
     assert row["scores"] == wl.rows * n_scorers(bench_base)[0] and row["late"] == 0
     assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    # published as `vigil replay` does, with the producer's watermarks: consumed, none contradicted
+    assert row["producer_watermarks"] is True and row["watermarks"] > 0 and row["watermark_violations"] == 0
 
 
 def test_memory_step_holds_the_patients_it_reports() -> None:

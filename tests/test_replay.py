@@ -16,7 +16,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from vigil.config import Settings, load_settings
 from vigil.physionet import Stay, iter_stays
 from vigil.privacy import pseudonymise
-from vigil.records import AdtEvent, Invalid, Observation, decode
+from vigil.records import AdtEvent, Invalid, Observation, Watermark, decode
 from vigil.replay import (
     DEFAULT_BASE,
     DEFAULT_STAGGER,
@@ -270,11 +270,35 @@ def test_replay_into_broker(broker: str, sample_path: Path) -> None:
     stats = asyncio.run(replay(s, sample_path, limit=5, progress=lambda st: seen.append(st.events)))
     assert stats.stays == 5 and stats.events == expected and seen[-1] == expected
     assert stats.by_stream["adt"] == 10 and sum(stats.by_stream.values()) == expected
-    recs = asyncio.run(_consume(s, expected))
-    assert len(recs) == expected
+    n_parts = 3 * 3  # adt, vitals, labs x 3 partitions: every watermark goes to each
+    assert stats.watermarks > 0 and stats.watermarks % n_parts == 0
+    recs = asyncio.run(_consume(s, expected + stats.watermarks))
+    assert len(recs) == expected + stats.watermarks
+    # the producer's watermarks: first and last record of every partition (the last one final), and every data
+    # record at or after the watermark before it in its partition (the promise the worker orders on)
+    by_tp: dict[tuple[str, int], list[object]] = {}
+    for r in sorted(recs, key=lambda r: r.offset):  # type: ignore[attr-defined]
+        by_tp.setdefault((r.topic, r.partition), []).append(r)  # type: ignore[attr-defined]
+    assert len(by_tp) == n_parts
+    data = []
+    for (topic, _), rs in by_tp.items():
+        stream = topic.removeprefix(s.topic_prefix)
+        evs = [decode(r.value, stream, r.key) for r in rs]  # type: ignore[attr-defined]
+        assert type(evs[0]) is Watermark and not evs[0].final
+        assert type(evs[-1]) is Watermark and evs[-1].final
+        assert len({e.source for e in evs if type(e) is Watermark}) == 1
+        mark = evs[0].time
+        for r, e in zip(rs, evs, strict=True):
+            if type(e) is Watermark:
+                assert e.time >= mark and r.key is None  # type: ignore[attr-defined]
+                mark = e.time
+            else:
+                assert e.time >= mark  # type: ignore[union-attr]
+                data.append(r)
+    assert len(data) == expected
     by_key: dict[bytes, list[tuple[int, int]]] = {}
     partitioner = DefaultPartitioner()
-    for r in recs:
+    for r in data:
         # the partition send() would have picked for the key (batches are built by hand)
         assert r.partition == partitioner(r.key, [0, 1, 2], [0, 1, 2])  # type: ignore[attr-defined]
         stream = r.topic.removeprefix(s.topic_prefix)  # type: ignore[attr-defined]

@@ -64,6 +64,9 @@ class TopicSpec:
         return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
 
 
+CONTROL_SCHEMAS = ("schemas/watermark.schema.json",)  # control records on the input topics (vigil.punctuate)
+
+
 def load_catalog(streams_dir: Path) -> dict[str, TopicSpec]:
     """Read and validate ``streams_dir/topics.yaml``; raises :class:`ConfigError` naming what is wrong."""
     import yaml
@@ -294,4 +297,9 @@ def render_markdown(catalog: dict[str, TopicSpec], streams_dir: Path) -> str:
         if props:
             lines += ["| field | type | required | description |", "|---|---|---|---|"]
             lines += _fields(props, set(schema.get("required", ())))
+    for name in CONTROL_SCHEMAS:  # records that share a topic with events but are not events
+        schema = json.loads((Path(streams_dir) / name).read_text(encoding="utf-8"))
+        lines += ["", f"## Control record: {schema.get('title', name)}", "", schema.get("description", ""), "",
+                  f"Schema: `streams/{name}`.", "", "| field | type | required | description |", "|---|---|---|---|"]
+        lines += _fields(schema.get("properties", {}), set(schema.get("required", ())))
     return "\n".join(lines).rstrip() + "\n"

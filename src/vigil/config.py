@@ -150,6 +150,13 @@ class StateSettings(BaseModel):
     # A caught-up input counts as idle (no longer holds the watermark) only after this many wall seconds
     # without a record: a live feed that produces continuously but lags the others still holds it.
     reorder_idle_s: float = 0.05
+    # Producer watermarks (records {"v":1,"source":...,"watermark":...} on every input partition, written by
+    # vigil replay and any producer that writes in event-time order; worker/punctuation.py): a topic-partition
+    # whose producers publish them is ordered by them, and a partition whose inputs all are needs no minimum
+    # hold. A producer silent for edge_watermark_timeout_s no longer counts; a data record below the
+    # watermark (a violation, counted) sends its input back to the inferred watermark and the hold that long.
+    edge_watermarks: bool = True
+    edge_watermark_timeout_s: float = 5.0
     reorder_slack_s: float = 600.0
     reorder_max_held: int = 50_000
     reorder_stall_s: float = 30.0

@@ -94,6 +94,16 @@ class WorkerMetrics:
             "Input topic-partitions that stopped holding the others back after making no fetch progress",
             ["topic"], registry=r,
         )  # fmt: skip
+        # edge watermarks (worker/punctuation.py): producers' progress records, and data that contradicted them
+        self.watermarks = Counter(f"{p}_watermarks", "Producer watermark records consumed", ["topic"], registry=r)
+        self.watermark_violations = Counter(
+            f"{p}_watermark_violations",
+            "Data records earlier than their topic-partition's producer watermark (that input falls back to the "
+            "inferred watermark and the minimum hold for state.edge_watermark_timeout_s)", ["topic"], registry=r,
+        )  # fmt: skip
+        self.reorder_edge_inputs = Gauge(
+            f"{p}_reorder_edge_ordered_inputs", "Input topic-partitions ordered by producer watermarks", registry=r
+        )
         self.up = Gauge(f"{p}_worker_up", "1 while the worker's consume loop runs", registry=r)
         self.ack_seconds = Histogram(
             f"{p}_alert_ack_seconds", "Time from an alert being raised to its first acknowledgement (event time)",

@@ -50,7 +50,7 @@ from vigil.errors import InvalidEvent
 
 __all__ = [
     "Observation", "AdtEvent", "AckEvent", "ACK_ACTIONS", "Invalid", "decode", "encode_observation", "encode_adt",
-    "dead_letter_record",
+    "dead_letter_record", "Watermark", "encode_watermark",
     "ADT_KINDS", "SEXES", "MAX_STR", "STREAMS",
 ]  # fmt: skip
 
@@ -109,6 +109,19 @@ class AckEvent:
 
 
 ACK_ACTIONS = ("acknowledged", "escalated", "dismissed", "treated")
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """A producer's event-time watermark (punctuation) on one input topic-partition: every record that
+    ``source`` writes to this topic-partition after this one has an event time >= ``time`` (``final``: it
+    writes nothing more). Written by the edge (``vigil replay``, ...) to every partition, keyless; the worker
+    orders on it instead of a wall-clock hold (:mod:`vigil.worker.punctuation`). Never applied to a patient."""
+
+    source: str  # the producer (one id per producer process), not a record's feed id
+    time: float  # POSIX seconds
+    final: bool = False
+    kind: str = "watermark"
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +338,13 @@ def _ack(d: dict[str, Any]) -> AckEvent:
     return AckEvent(patient, t, alert_id, by, action)
 
 
+def _watermark(d: dict[str, Any]) -> Watermark:
+    final = d.get("final", False)
+    if type(final) is not bool:
+        raise InvalidEvent("bad_type", f"final must be true or false, not {_short(final)}", "final")
+    return Watermark(_str(d, "source"), _time(d, "watermark"), final)
+
+
 def _loads(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
@@ -339,11 +359,16 @@ def _loads(raw: bytes) -> Any:
 
 def decode(
     raw: bytes | None, stream: str, key: bytes | None = None
-) -> Observation | AdtEvent | AckEvent | Invalid:
+) -> Observation | AdtEvent | AckEvent | Watermark | Invalid:
     """Validate one raw event from ``stream`` (``"adt"``, ``"alert-acks"``; anything else is decoded as an
     observation — the ``kind`` comes from the code table, not from the topic). Never raises.
 
     When ``key`` (the Kafka key) is given it must equal the event's patient (UTF-8), else ``key_mismatch``.
+    A record with a ``watermark`` field is a producer's :class:`Watermark` on any input topic (its key is
+    not checked: it belongs to no patient).
+
+    >>> decode(encode_watermark("replay-1", datetime(2026, 1, 1, tzinfo=UTC)), "labs")
+    Watermark(source='replay-1', time=1767225600.0, final=False, kind='watermark')
     """
     try:
         if raw is None:
@@ -359,6 +384,8 @@ def decode(
             return Invalid(
                 "unsupported_version", "InvalidEvent", f"unsupported event version {_short(v)}", "v"
             )
+        if "watermark" in d:
+            return _watermark(d)
         ev: Observation | AdtEvent | AckEvent = (
             _adt(d) if stream == "adt" else _ack(d) if stream == "alert-acks" else _observation(d)
         )
@@ -409,6 +436,14 @@ def encode_adt(
     d.update({k: v for k, v in optional.items() if v is not None})
     if admit_time is not None:
         d["admit_time"] = _iso(admit_time, "admit_time")
+    return orjson.dumps(d)
+
+
+def encode_watermark(source: str, time: datetime, *, final: bool = False) -> bytes:
+    """A :class:`Watermark` record's value (send it keyless to an explicit partition)."""
+    d: dict[str, Any] = {"v": 1, "source": source, "watermark": _iso(time, "watermark")}
+    if final:
+        d["final"] = True
     return orjson.dumps(d)
 
 

@@ -31,6 +31,7 @@ import heapq
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -225,6 +226,7 @@ class ReplayStats:
     seconds: float = 0.0
     first_event_time: float | None = None  # POSIX s
     last_event_time: float | None = None
+    watermarks: int = 0  # watermark records written (vigil.punctuate)
 
     @property
     def events_per_s(self) -> float:
@@ -235,6 +237,7 @@ class ReplayStats:
             "events": self.events, "stays": self.stays, "by_stream": dict(self.by_stream),
             "seconds": round(self.seconds, 3), "events_per_s": round(self.events_per_s, 1),
             "first_event_time": self.first_event_time, "last_event_time": self.last_event_time,
+            "watermarks": self.watermarks,
         }  # fmt: skip
 
 
@@ -315,6 +318,7 @@ async def replay(
     base: datetime = DEFAULT_BASE,
     stagger: timedelta = DEFAULT_STAGGER,
     stays: Iterable[Stay] | None = None,
+    watermarks: bool = True,
 ) -> ReplayStats:
     """Publish the stays under ``path`` (any :func:`vigil.physionet.iter_stays` layout) to Kafka.
 
@@ -327,9 +331,12 @@ async def replay(
 
     As fast as possible, records are packed into per-partition batches by hand (see ``_Batcher``); paced,
     each goes through ``send()`` when due. Every record is acknowledged (``acks="all"``) before this
-    returns, and the producer is flushed and stopped whatever happens.
+    returns, and the producer is flushed and stopped whatever happens. ``watermarks``: the producer's
+    event-time progress is written to every input partition (:class:`vigil.punctuate.Punctuator`: first,
+    every 50 ms of wall time, and a final one), which lets the worker order without a wall-clock hold.
     """
     from vigil import kafka_io
+    from vigil.punctuate import Punctuator
 
     if speed is not None and speed <= 0:
         msg = f"speed must be > 0 or None, not {speed}"
@@ -359,11 +366,17 @@ async def replay(
     futures: list[asyncio.Future[Any]] = []
     try:
         batcher = None if speed is not None else await _Batcher.create(producer, list(topics.values()))
+        punct = Punctuator(producer, list(topics.values()), source=f"replay-{uuid.uuid4().hex[:12]}",
+                           batcher=batcher) if watermarks else None  # fmt: skip
+        if punct is not None:
+            await punct.start()
         wall0: float | None = None
         t0 = 0.0
         n = 0
         for stream, t, key, value in events:
             ts_ms = None  # the broker timestamp is the send (ingest) time; event time is in the payload
+            if punct is not None and n == 0:
+                await punct.emit(t)  # before the first record: its progress starts here
             if batcher is not None:
                 await batcher.add(topics[stream], key, value, ts_ms)
             else:
@@ -373,6 +386,8 @@ async def replay(
                 if delay > 0:
                     await asyncio.sleep(delay)
                 futures.append(await producer.send(topics[stream], value=value, key=key, timestamp_ms=ts_ms))
+            if punct is not None and (batcher is None or (n + 1) % _BATCH_WINDOW == 0):
+                await punct.maybe(t)  # everything up to t is written; nothing earlier follows (merged order)
             by_stream[stream] = by_stream.get(stream, 0) + 1
             if stats.first_event_time is None:
                 stats.first_event_time = t
@@ -381,12 +396,19 @@ async def replay(
             if batcher is not None and n % _BATCH_WINDOW == 0:
                 await batcher.send_open()
             if n % _CHUNK == 0:
+                if punct is not None:
+                    futures += punct.futures
+                    punct.futures = []
                 await _settle(futures, batcher)
                 _update(stats, by_stream, started)
                 if progress:
                     progress(stats)
         if batcher is not None:
             await batcher.send_open()
+        if punct is not None and stats.last_event_time is not None:
+            await punct.emit(stats.last_event_time, final=True)
+            futures += punct.futures
+            stats.watermarks = punct.sent
         await _settle(futures, batcher)
         await producer.flush()
     finally:

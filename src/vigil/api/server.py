@@ -35,7 +35,7 @@ from vigil.audit import audit_id, audit_record
 from vigil.config import Settings
 from vigil.errors import ConfigError
 from vigil.kafka_io import wait_for_topic
-from vigil.records import ACK_ACTIONS, AckEvent, AdtEvent, decode
+from vigil.records import ACK_ACTIONS, AckEvent, AdtEvent, Watermark, decode
 
 __all__ = ["ApiServer", "TOPICS", "ack_id"]
 
@@ -106,6 +106,8 @@ class ApiServer:
                     self.view.apply_adt(ev)
                 elif isinstance(ev, AckEvent):
                     self.view.apply_ack(ev)
+                elif isinstance(ev, Watermark):  # a producer's event-time progress (vigil.punctuate): not an event
+                    return
                 else:
                     self._skip(topic, ev.reason, rec)
                 return

@@ -46,7 +46,7 @@ from vigil.demand.state import AlertEvent, DemandState, ScoreEvent, decode_alert
 from vigil.demand.verify import VERIFIABLE_NEEDS, Verifier
 from vigil.errors import ConfigError, VigilError
 from vigil.metrics import DemandMetrics
-from vigil.records import AckEvent, AdtEvent, Invalid, decode
+from vigil.records import AckEvent, AdtEvent, Invalid, Watermark, decode
 
 __all__ = ["DemandJob", "load_job_calibration", "version_calibration", "iso", "INPUTS"]
 
@@ -160,6 +160,8 @@ class DemandJob:
                 if stream == "scores":
                     self._scores_clock = max(self._scores_clock, t)
                 self._max_seen = max(self._max_seen, t)
+            elif isinstance(ev, Watermark):  # a producer's event-time progress on adt (vigil.punctuate): not an event
+                continue
             else:
                 log.debug("skipped a %s record: %s", stream, ev)
                 self.metrics.events.labels(stream, "invalid").inc()
@@ -368,7 +370,8 @@ class DemandJob:
         self.emitted += len(futs)
 
 
-def _decode(stream: str, key: bytes | None, raw: bytes | None) -> AdtEvent | ScoreEvent | AlertEvent | AckEvent | str:
+def _decode(stream: str, key: bytes | None, raw: bytes | None
+            ) -> AdtEvent | ScoreEvent | AlertEvent | AckEvent | Watermark | str:  # fmt: skip
     """The event of one input record, or why it could not be read."""
     if stream == "scores":
         return decode_score(raw)

@@ -216,7 +216,7 @@ class AdtTopicFeed:
                     ev = records.decode(r.value, "adt", r.key)
                     if isinstance(ev, AdtEvent):
                         self.census.apply(ev, adt_room(r.value))
-                    else:
+                    elif not isinstance(ev, records.Watermark):  # a producer's watermark is not an event
                         self.invalid += 1
             if not self.caught_up.is_set() and await self._reached(ends):
                 self.caught_up.set()

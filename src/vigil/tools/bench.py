@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--latency-stays", type=int, default=300)
     ap.add_argument("--latency-rates", default="2000,5000,10000", help="offered events/s; empty: no latency step")
+    ap.add_argument("--latency-without-watermarks", default="5000",
+                    help="offered events/s measured again without producer watermarks (comparison); empty: none")
+    ap.add_argument("--watermark-interval-ms", type=float, default=50.0,
+                    help="the latency step's producer writes its watermark this often (vigil replay: 50)")
     ap.add_argument("--memory-sizes", default="10000,50000", help="open patients; empty: no memory step")
     ap.add_argument("--memory-events", type=int, default=300, help="events per patient in the memory step")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -134,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             rates = [float(x) for x in args.latency_rates.split(",") if x]
             if rates:
                 lwl = workload(args.data, args.latency_stays, base)
-                results["latency"] = latency_step(base, lwl, rates, logdir)
+                without = [float(x) for x in args.latency_without_watermarks.split(",") if x]
+                results["latency"] = latency_step(base, lwl, rates, logdir, without=without,
+                                                  watermark_interval_s=args.watermark_interval_ms / 1000)  # fmt: skip
         sizes = [int(x) for x in args.memory_sizes.split(",") if x]
         if sizes:
             results["memory"] = memory_step(sizes, args.memory_events)

@@ -42,6 +42,7 @@ class Workload:
     stays: int
     rows: int  # closed hourly rows, each scored once per serving model
     invalid: int = 0  # events the edge validation rejects (implausible values in the data): dead letters
+    times: list[float] = field(default_factory=list)  # event time of each event (non-decreasing: merged order)
 
 
 @dataclass
@@ -79,10 +80,10 @@ def workload(data: Path, stays: int, settings: Settings) -> Workload:
     rows = sum(expected_rows(s.iculos, settings.scoring.max_gap_rows) for s in loaded)
     from vigil.records import Invalid, decode
 
-    events = [(stream, key, value) for stream, _, key, value in
-              merged_events(loaded, settings.pseudonym_key.get_secret_value())]  # fmt: skip
+    merged = list(merged_events(loaded, settings.pseudonym_key.get_secret_value()))
+    events = [(stream, key, value) for stream, _, key, value in merged]
     invalid = sum(1 for stream, key, value in events if type(decode(value, stream, key)) is Invalid)
-    return Workload(events, len(loaded), rows, invalid)
+    return Workload(events, len(loaded), rows, invalid, [t for _, t, _, _ in merged])
 
 
 # ----------------------------------------------------------------------------------------------- Kafka helpers

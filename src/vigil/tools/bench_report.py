@@ -105,18 +105,23 @@ stays are dated 2026-01-01). Repetitions: {t['reps']}, contenders interleaved
         parts.append(f"""
 ## End-to-end latency at fixed offered rates
 
-{stays_ev:,} events (the first stays of the same data) published at a fixed rate, one `send` each, into a running
-`vigil worker` process (its own prefix per rate, default settings: reorder minimum hold
-{lat[0]['reorder_min_hold_s']:g} s). Latency per score = the score record's broker timestamp minus the broker
+{stays_ev:,} events (the first stays of the same data) published in event-time order at a fixed rate, one `send`
+each, into a running `vigil worker` process (its own prefix per run, default settings: reorder minimum hold
+{lat[0]['reorder_min_hold_s']:g} s). "Producer watermarks: yes" = the publisher also writes its event-time
+watermark to every input partition every 50 ms, as `vigil replay` does (`vigil.punctuate`; those records are not
+counted in the rates), and the worker orders on them without the minimum hold; "no" = the worker's inferred
+watermark and the minimum hold. Latency per score = the score record's broker timestamp minus the broker
 timestamp of the event that closed the row (the first event of the next hour, or the discharge). Every expected
 score was awaited and 0 late events were required.
 
-| offered events/s | achieved | scores | late | p50 | p99 | max |
-|---:|---:|---:|---:|---:|---:|---:|
+| offered events/s | producer watermarks | achieved | scores | late | watermark violations | p50 | p99 | max |
+|---:|---|---:|---:|---:|---:|---:|---:|---:|
 """)
         for row in lat:
-            cells = [_f(row["offered_events_per_s"]), _f(row["achieved_events_per_s"]), f"{row['scores']:,}",
-                     str(row["late"]), f"{row['p50_ms']:.0f} ms", f"{row['p99_ms']:.0f} ms", f"{row['max_ms']:.0f} ms"]
+            wms = row.get("producer_watermarks", False)
+            cells = [_f(row["offered_events_per_s"]), "yes" if wms else "no", _f(row["achieved_events_per_s"]),
+                     f"{row['scores']:,}", str(row["late"]), str(row.get("watermark_violations", 0)),
+                     f"{row['p50_ms']:.0f} ms", f"{row['p99_ms']:.0f} ms", f"{row['max_ms']:.0f} ms"]
             parts.append("| " + " | ".join(cells) + " |\n")
     mem = r.get("memory")
     if mem:

@@ -27,12 +27,22 @@ __all__ = ["latency_step", "memory_child", "memory_step"]
 
 
 # ---------------------------------------------------------------------------------------------- latency step
-async def _paced_publish(s: Settings, wl: Workload, rate: float) -> float:
-    """Publish the workload at ``rate`` events/s (in publish order, one ``send`` each); returns the seconds."""
+async def _paced_publish(s: Settings, wl: Workload, rate: float, watermarks: bool = True,
+                         interval_s: float = 0.05) -> float:  # fmt: skip
+    """Publish the workload at ``rate`` events/s (in publish order, one ``send`` each); returns the seconds.
+    ``watermarks``: with the producer's event-time watermarks, as ``vigil replay`` writes them
+    (:class:`vigil.punctuate.Punctuator`, every ``interval_s``)."""
+    from vigil.punctuate import Punctuator
+
     producer = kafka_io.producer(s, linger_ms=1)
     await producer.start()
     futs = []
     try:
+        punct = Punctuator(producer, [s.topic(t) for t in ("adt", "vitals", "labs")], source="bench-latency",
+                           interval_s=interval_s)  # fmt: skip
+        if watermarks:
+            await punct.start()
+            await punct.emit(wl.times[0])
         t0 = time.perf_counter()
         n = 0
         total = len(wl.events)
@@ -42,8 +52,12 @@ async def _paced_publish(s: Settings, wl: Workload, rate: float) -> float:
                 stream, key, value = wl.events[n]
                 futs.append(await producer.send(s.topic(stream), value, key=key))
                 n += 1
+            if watermarks:
+                await punct.maybe(wl.times[n - 1])  # merged order: nothing earlier follows
             await asyncio.sleep(0.002)
-        await asyncio.gather(*futs)
+        if watermarks:
+            await punct.emit(wl.times[-1], final=True)
+        await asyncio.gather(*futs, *punct.futures)
         return time.perf_counter() - t0
     finally:
         await producer.stop()
@@ -54,24 +68,27 @@ def _metric_total(text: str, name: str) -> int:
 
 
 def latency_step(base: Settings, wl: Workload, rates: Sequence[float], logdir: Path,
-                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:  # fmt: skip
+                 log: Callable[[str], None] = print, without: Sequence[float] = (),
+                 watermark_interval_s: float = 0.05) -> list[dict[str, Any]]:  # fmt: skip
     """For each offered rate: a fresh `vigil worker` process on its own prefix, the workload published at that
-    rate, every expected score awaited (0 late required); latency per score = its record's broker timestamp
-    minus the broker timestamp of the event that closed the row."""
+    rate with the producer's watermarks (as `vigil replay` does), every expected score awaited (0 late
+    required); latency per score = its record's broker timestamp minus the broker timestamp of the event that
+    closed the row. Then each rate in ``without`` again without producer watermarks (the worker's inferred
+    watermark and minimum hold), for comparison."""
     from vigil.catalog import create_topics, load_catalog
     from vigil.tools.procs import WorkerProcess
 
     k, _ = n_scorers(base)
     expected = wl.rows * k
     out = []
-    for rate in rates:
-        s = contender_settings(base, f"lat{int(rate)}")
+    for rate, wms in [(r, True) for r in rates] + [(r, False) for r in without]:
+        s = contender_settings(base, f"lat{int(rate)}{'' if wms else 'nw'}")
         asyncio.run(create_topics(s.kafka.client_kwargs(), load_catalog(s.streams_dir), s.topic_prefix))
-        worker = WorkerProcess(s, log_path=logdir / f"latency-{int(rate)}.log",
+        worker = WorkerProcess(s, log_path=logdir / f"latency-{int(rate)}{'' if wms else '-nw'}.log",
                                extra_env={"VIGIL_TIME_WINDOW__MODE": s.time_window.mode}).start()  # fmt: skip
         try:
             worker.wait_ready(120.0)
-            seconds = asyncio.run(_paced_publish(s, wl, rate))
+            seconds = asyncio.run(_paced_publish(s, wl, rate, wms, watermark_interval_s))
             recs: list[Any] = []
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
@@ -84,6 +101,7 @@ def latency_step(base: Settings, wl: Workload, rates: Sequence[float], logdir: P
             worker.stop()
         late, dups = _metric_total(text, "vigil_late_events"), _metric_total(text, "vigil_duplicate_events")
         dead = _metric_total(text, "vigil_dead_letters")
+        violations = _metric_total(text, "vigil_watermark_violations")
         first: dict[str, float] = {}
         for r in recs:
             v = orjson.loads(r.value)
@@ -92,13 +110,18 @@ def latency_step(base: Settings, wl: Workload, rates: Sequence[float], logdir: P
         res = Result(f"latency@{int(rate)}", len(wl.events), seconds, scores=len(first), expected_scores=expected,
                      late=late, duplicates=dups, dead_letters=dead)  # fmt: skip
         check(res, wl)
+        (logdir / f"latency-{int(rate)}{'' if wms else '-nw'}.json").write_bytes(orjson.dumps(sorted(
+            (r.timestamp, orjson.loads(r.value)["trigger_time"]) for r in recs)))  # for a closer look
         lat_arr = np.sort(np.fromiter(first.values(), dtype=np.float64))
         row = {"offered_events_per_s": rate, "achieved_events_per_s": round(len(wl.events) / seconds, 1),
                "events": len(wl.events), "scores": len(first), "late": late,
                "p50_ms": round(float(np.percentile(lat_arr, 50)) * 1000, 1),
                "p99_ms": round(float(np.percentile(lat_arr, 99)) * 1000, 1),
                "max_ms": round(float(lat_arr[-1]) * 1000, 1),
-               "reorder_min_hold_s": s.state.reorder_min_hold_s}  # fmt: skip
+               "reorder_min_hold_s": s.state.reorder_min_hold_s, "producer_watermarks": wms,
+               "watermarks": _metric_total(text, "vigil_watermarks"), "watermark_violations": violations,
+               "watermark_interval_ms": round(watermark_interval_s * 1000) if wms else None,
+               "fetch_max_wait_ms": s.fetch_max_wait_ms}  # fmt: skip
         log(f"latency at {rate:,.0f} events/s offered: {row}")
         out.append(row)
     return out

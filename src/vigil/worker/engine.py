@@ -56,6 +56,7 @@ from vigil.worker.batch import InEvent, Outputs, Processor
 from vigil.worker.checkpoint import Checkpoint
 from vigil.worker.intake import Intake, Side
 from vigil.worker.produce import BatchSender, output_records
+from vigil.worker.punctuation import EdgeMarks
 from vigil.worker.reorder import Input, Progress, ReorderBuffer, plan
 from vigil.worker.restore import CHANGELOG, ChangelogRestore
 from vigil.worker.tally import count_outputs
@@ -122,6 +123,8 @@ class Engine:
         self._tp_quiet: dict[TopicPartition, float] = {}  # per input: wall time of its last record (reorder.Input)
         self._wake = math.inf  # wall time the reorder buffer may release by the clock (idle input, min hold)
         self._idle_wake = math.inf  # wall time the next active caught-up input turns idle
+        self.edges = EdgeMarks(settings.state.edge_watermark_timeout_s, enabled=settings.state.edge_watermarks)
+        self._unheld: set[int] = set()  # partitions ordered by producer watermarks: no minimum hold
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
         self.checkpoint = Checkpoint(self.reorder, self._topic_names)  # offsets and commit: worker/checkpoint.py
@@ -134,6 +137,8 @@ class Engine:
         self.events_seen = 0  # records fetched
         self.events_done = 0  # records applied to state or dead-lettered, outputs acknowledged
         self.first_fetch_at: float | None = None  # perf_counter when the first non-empty fetch returned
+        for t in INPUT_TOPICS:  # present from the start (0), so rates and alert rules see them
+            self.metrics.watermarks.labels(t), self.metrics.watermark_violations.labels(t)
         for sc in self.scorers:
             self.metrics.model_info.labels(sc.name, sc.version, sc.provider).set(1)
         for sc in self.shadows:
@@ -199,8 +204,10 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Whether the engine holds input partitions (consumer started and assigned)."""
-        return self._consumer is not None and bool(self._consumer.assignment())
+        """Whether the engine holds input partitions with their state restored (consumer started, assigned, and
+        the assignment's restore finished: before that the first batch would wait on the restore)."""
+        tps = self._consumer.assignment() if self._consumer is not None else set()
+        return bool(tps) and {tp.partition for tp in tps if tp.topic in self._topic_names} == self._owned
 
     async def swap_models(self, action: str, name: str, new: Scorer | None, replaces: str | None = None) -> None:
         """Switch models between batches (under the engine's lock: atomic for the pipeline).
@@ -289,29 +296,18 @@ class Engine:
         events: list[InEvent] = []
         side = Side()  # dead letters and re-routes (worker/intake.py)
         kinds: dict[tuple[str, str], int] = {}
-        now = time.time()
-        n = 0
+        edged: dict[tuple[str, int], int] = {}  # input -> offset after which its events are edge-ordered
+        now, n = time.time(), 0
         for tp, records in batch.items():
             name = self._topic_names[tp.topic]
             self.checkpoint.fetched(tp, records[-1].offset + 1)
             n += len(records)
-            newest = self._tp_time.get(tp, -math.inf)
-            screen, append, part = self.intake.screen, events.append, tp.partition  # the per-record loop
-            by_kind: dict[str, int] = {}
-            for r in records:
-                ev = screen(r, tp, name, now, side)
-                if ev is None:  # dead-lettered or re-routed
-                    continue
-                append(InEvent(ev, name, part, r.timestamp / 1000.0, r.offset))  # type: ignore[arg-type]
-                t = ev.time  # type: ignore[union-attr]
-                if t > newest:
-                    newest = t
-                kd = ev.kind  # type: ignore[union-attr]
-                by_kind[kd] = by_kind.get(kd, 0) + 1
+            newest, by_kind = self.intake.take(records, tp, name, now, side, events, self.edges, edged,
+                                               self._tp_time.get(tp, -math.inf), self.metrics)  # fmt: skip
             for kd, c in by_kind.items():
                 kinds[(name, kd)] = kinds.get((name, kd), 0) + c
             self._tp_time[tp] = newest
-        self.reorder.add(events, now)
+        self.reorder.add(events, now, edged)
         self._quiet(batch, now)
         self.events_seen += n
         if n and self.first_fetch_at is None:
@@ -320,9 +316,13 @@ class Engine:
             self.batches += 1
             m.batch_size.observe(n)
             for (topic, kind), c in kinds.items():
-                m.events.labels(topic, kind).inc(c)
-        due = self.reorder.release(math.inf if flush else now, await self._watermarks())
-        self._wake = min(self._idle_wake, self.reorder.wake(now)) if self.reorder.held else math.inf
+                if kind == "watermark":
+                    m.watermarks.labels(topic).inc(c)
+                else:
+                    m.events.labels(topic, kind).inc(c)
+        due = self.reorder.release(math.inf if flush else now, await self._watermarks(), self._unheld)
+        self._wake = min(self._idle_wake, self.reorder.wake(now, self._unheld)) if self.reorder.held else math.inf
+        wms = sum(c for (_, kd), c in kinds.items() if kd == "watermark")  # consumed: done with the batch
         if not due and not side and not self.checkpoint.pending():
             return
         out = self.processor.process(due)
@@ -330,15 +330,14 @@ class Engine:
         await self._emit(out, side)  # every output acknowledged ...
         await self.checkpoint.commit(self._consumer)  # ... then the input offsets committed
         # after the commit: what is durable
-        self.events_done += len(due) + len(side.dead) - len(out.dead) + len(side.reroutes)
+        self.events_done += len(due) + len(side.dead) - len(out.dead) + len(side.reroutes) + wms
         self.intake.count(side)
         self._count(out)
         m.batch_seconds.observe(time.perf_counter() - t0)
 
     def _quiet(self, batch: dict[TopicPartition, list], now: float) -> None:  # type: ignore[type-arg]
-        """Per input topic-partition, since when it has been silent (reorder.Input.quiet_since): its last
-        fetched record, or, for one that has not delivered since the assignment, its partition's first
-        (a feed that starts a little after the others is not idle before anything arrived)."""
+        """Per input topic-partition, since when it has been silent (reorder.Input.quiet_since): its last record,
+        or for one silent since the assignment its partition's first (not idle before anything arrived)."""
         delivered = {tp for tp, records in batch.items() if records}
         if not delivered or self._consumer is None:
             return
@@ -355,24 +354,23 @@ class Engine:
     async def _watermarks(self) -> dict[int, tuple[float, float]]:
         """Per input partition: (event-time watermark, fresh_since), and pace the consumer: pause the
         topic-partitions that run ahead of their partition's watermark, resume the others (see
-        :func:`vigil.worker.reorder.plan`). The watermark is the min over the input topics of the newest
-        event time fetched, a caught-up topic-partition (position at its high watermark) or a stalled one
-        not counting; fresh_since is the oldest last-poll time among the caught-up ones (their "caught
-        up" is only known as of that poll)."""
+        :func:`vigil.worker.reorder.plan`): the min over the input topics of the producers' watermark or the
+        newest event time fetched (idle or stalled ones not counting); fresh_since: the oldest last poll of the
+        idle ones (their "caught up" is only known as of that poll)."""
         assert self._consumer is not None
         c, st, now = self._consumer, self.settings.state, time.time()
         paused = c.paused()
         inputs: list[Input] = []
+        # positions not known yet (after an assignment: one committed-offset lookup each), looked up together
+        missing = [tp for tp in c.assignment() if self.checkpoint.position(tp) is None and c.highwater(tp) is not None]
+        found = await asyncio.gather(*map(c.position, missing), return_exceptions=True)
+        for tp, got in zip(missing, found, strict=True):
+            if isinstance(got, BaseException) and not isinstance(got, IllegalStateError):  # revoked: None
+                raise got
+            if isinstance(got, int):
+                self.checkpoint.fetched(tp, got)
         for tp in c.assignment():
-            hw = c.highwater(tp)
-            pos = self.checkpoint.position(tp)
-            if pos is None and hw is not None:
-                try:
-                    pos = await c.position(tp)
-                except IllegalStateError:
-                    pos = None
-                if pos is not None:
-                    self.checkpoint.fetched(tp, pos)
+            hw, pos = c.highwater(tp), self.checkpoint.position(tp)
             # a paused topic-partition is never "caught up": it is not fetched, so its high watermark is stale
             # and records beyond it (all later than its newest fetched event) may already be on the broker
             caught_up = tp not in paused and hw is not None and pos is not None and pos >= hw
@@ -388,11 +386,12 @@ class Engine:
                 log.info("input %s partition %d progresses again", tp.topic, tp.partition)
             polled = c.last_poll_timestamp(tp)
             inputs.append(Input(tp, tp.partition, self._tp_time.get(tp, -math.inf), caught_up,
-                                polled / 1000.0 if polled is not None else -math.inf,
-                                tp in self._progress.stalled, self._tp_quiet.get(tp, -math.inf)))  # fmt: skip
+                                polled / 1000.0 if polled is not None else -math.inf, tp in self._progress.stalled,
+                                self._tp_quiet.get(tp, -math.inf), self.edges.current(tp, now)))  # fmt: skip
         pl = plan(inputs, self.reorder.held_by_partition(), st.reorder_slack_s, st.reorder_max_held,
                   now=now, idle_s=st.reorder_idle_s)  # fmt: skip
-        self._idle_wake = pl.wake
+        self._idle_wake, self._unheld = pl.wake, pl.unheld
+        self.metrics.reorder_edge_inputs.set(sum(1 for i in inputs if i.edge is not None))
         if resume := paused - pl.pause:
             c.resume(*resume)
         if pause := pl.pause - paused:
@@ -472,6 +471,7 @@ class Engine:
             self.checkpoint.reset()
             self._tp_time.clear()
             self._tp_quiet.clear()
+            self.edges.clear()
             if new:
                 restored = await self.restorer.restore(sorted(new))
                 for p in new:

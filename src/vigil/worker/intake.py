@@ -41,7 +41,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 
 from vigil import deadletters
-from vigil.records import AckEvent, AdtEvent, Invalid, Observation, dead_letter_record, decode
+from vigil.records import AckEvent, AdtEvent, Invalid, Observation, Watermark, dead_letter_record, decode
 from vigil.timewindow import bounds, check_time
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from vigil.config import Settings
     from vigil.metrics import WorkerMetrics
+    from vigil.worker.punctuation import EdgeMarks
 
 __all__ = ["Intake", "Side", "DeadLetter", "Reroute", "MAX_EVENT_BYTES", "partition_for"]
 
@@ -137,8 +138,10 @@ class Intake:
 
     def screen(
         self, r: Any, tp: TopicPartition, stream: str, now: float, side: Side
-    ) -> Observation | AdtEvent | AckEvent | None:
-        """The event of record ``r`` (read from ``tp``), or None when it went to ``side``."""
+    ) -> Observation | AdtEvent | AckEvent | Watermark | None:
+        """The event of record ``r`` (read from ``tp``), or None when it went to ``side``. A producer's
+        :class:`~vigil.records.Watermark` belongs to the partition it was written to (no key check), and its
+        time must be plausible like an event's (a watermark far in the future would release everything)."""
         raw: bytes | None = r.value
         if raw is not None and len(raw) > MAX_EVENT_BYTES:
             msg = f"a record of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte bound of an input event"
@@ -150,7 +153,7 @@ class Intake:
             else:
                 hit = self._parts.get(tp.topic)  # the partition count, re-read every 30 s
                 n = hit[1] if hit is not None and 0.0 <= now - hit[0] <= 30.0 else self._n_partitions(tp.topic, now)
-                if n:
+                if n and type(ev) is not Watermark:
                     key = r.key if r.key is not None else ev.patient.encode()  # type: ignore[union-attr]
                     if n != self._key_n:  # a topic with another partition count: a cache per count
                         self._key_part = self._key_parts.setdefault(n, {})
@@ -176,7 +179,7 @@ class Intake:
                 adm = ev.admit_time if type(ev) is AdtEvent else None
                 if lo <= t <= hi and (adm is None or adm <= hi):
                     return ev
-                fld = "at" if type(ev) is AckEvent else "time"
+                fld = "at" if type(ev) is AckEvent else "watermark" if type(ev) is Watermark else "time"
                 reason = check_time(t, now=now, window=self.window)
                 if reason is None:
                     reason, fld = check_time(adm, now=now, window=self.window), "admit_time"  # type: ignore[arg-type]
@@ -185,6 +188,45 @@ class Intake:
         k = (stream, inv.reason)
         side.invalid[k] = side.invalid.get(k, 0) + 1
         return None
+
+    def take(self, records: list[Any], tp: TopicPartition, name: str, now: float, side: Side, events: list[Any],
+             edges: EdgeMarks, edged: dict[tuple[str, int], int], newest: float, metrics: WorkerMetrics | None = None
+             ) -> tuple[float, dict[str, int]]:  # fmt: skip
+        """The per-record loop of one fetched topic-partition: each record screened; a producer's watermark
+        recorded (:mod:`vigil.worker.punctuation`), never applied; every event appended to ``events`` as an
+        :class:`~vigil.worker.batch.InEvent`. A data record below the input's producer watermark is counted as a
+        violation and kept. ``edged[(name, partition)]`` is set to the offset after which this input's events were
+        edge-ordered (no minimum hold of their own), unless a violation came. Returns (newest event time, count
+        per kind)."""
+        from vigil.worker.batch import InEvent  # batch imports this module
+
+        screen, append, part = self.screen, events.append, tp.partition
+        by_kind: dict[str, int] = {}
+        edge = edges.current(tp, now)  # the producers' watermark, None: not edge-ordered
+        since = -1 if edge is not None else None
+        for r in records:
+            ev = screen(r, tp, name, now, side)
+            if ev is None:  # dead-lettered or re-routed
+                continue
+            t = ev.time
+            if type(ev) is Watermark:  # consumed (committed with the batch), never applied
+                edges.observe(tp, ev, now)
+                was, edge = edge, edges.current(tp, now)
+                if was is None and edge is not None and since is None:
+                    since = r.offset  # what follows in this partition is covered
+                by_kind["watermark"] = by_kind.get("watermark", 0) + 1
+                continue
+            if edge is not None and t < edge:  # a producer that does not punctuate, or out of order
+                edges.violation(tp, name, edge - t, now, metrics)
+                edge = None
+            append(InEvent(ev, name, part, r.timestamp / 1000.0, r.offset))  # type: ignore[arg-type]
+            if t > newest:
+                newest = t
+            kd = ev.kind
+            by_kind[kd] = by_kind.get(kd, 0) + 1
+        if edge is not None and since is not None:
+            edged[(name, part)] = since
+        return newest, by_kind
 
     @staticmethod
     def dead_letter(inv: Invalid, topic: str, partition: int, offset: int, raw: bytes | None, key: bytes | None,

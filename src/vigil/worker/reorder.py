@@ -24,6 +24,11 @@ tolerated without late events, whatever the feed's lag; a sparser feed that lags
 that pauses longer than ``idle_s`` and then resumes behind the others, delivers events for rows already
 closed (counted late).
 
+**Edge watermarks** (:mod:`vigil.worker.punctuation`). A topic-partition whose producers publish watermark
+records contributes their minimum instead (no idleness, no freshness: the record follows, in the log, the data
+it covers), and a partition whose inputs are all edge-ordered, idle or stalled needs **no minimum hold**
+(``Plan.unheld``): its events leave as soon as the producers' progress passes them.
+
 "Caught up" is only as fresh as the last fetch response, so a chunk is released past an idle
 topic-partition only once that topic-partition has been polled after the chunk arrived (``fresh_since``):
 data produced before the chunk was fetched is then visible. Every event is also held at least
@@ -65,7 +70,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Input", "Plan", "Progress", "ReorderBuffer", "plan"]
@@ -78,9 +83,10 @@ class _Chunk:
     max_time: float
     events: list[Any]
     low: dict[tuple[str, int], int]  # (topic, partition) -> lowest offset in the chunk
+    hold: bool = True  # False: every event came from an edge-ordered input (no minimum hold of its own)
 
 
-def _chunk(arrived: float, events: list[Any]) -> _Chunk:
+def _chunk(arrived: float, events: list[Any], edged: dict[tuple[str, int], int] | None = None) -> _Chunk:
     low: dict[tuple[str, int], int] = {}
     lo_t, hi_t = math.inf, -math.inf
     for ie in events:
@@ -90,7 +96,8 @@ def _chunk(arrived: float, events: list[Any]) -> _Chunk:
         t = ie.event.time
         lo_t = t if t < lo_t else lo_t
         hi_t = t if t > hi_t else hi_t
-    return _Chunk(arrived, lo_t, hi_t, events, low)
+    hold = not edged or any(k not in edged or off <= edged[k] for k, off in low.items())
+    return _Chunk(arrived, lo_t, hi_t, events, low, hold)
 
 
 class ReorderBuffer:
@@ -100,23 +107,28 @@ class ReorderBuffer:
         self._held: dict[int, int] = {}  # partition -> events held
         self.held = 0
 
-    def add(self, events: list[Any], now: float) -> None:
-        """Hold a fetched batch (events of one fetch, per partition in fetch order)."""
+    def add(self, events: list[Any], now: float, edged: dict[tuple[str, int], int] | None = None) -> None:
+        """Hold a fetched batch (events of one fetch, per partition in fetch order); ``edged``: (topic, partition)
+        -> the offset after which that input's events were edge-ordered when fetched (no minimum hold of their
+        own)."""
         by_part: dict[int, list[Any]] = {}
         for ie in events:
             by_part.setdefault(ie.partition, []).append(ie)
         for p, evs in by_part.items():
-            self._q.setdefault(p, []).append(_chunk(now, evs))
+            self._q.setdefault(p, []).append(_chunk(now, evs, edged))
             self._held[p] = self._held.get(p, 0) + len(evs)
         self.held += len(events)
 
-    def wake(self, now: float) -> float:
-        """The next wall time after ``now`` at which a held chunk completes ``min_hold_s`` (inf: none)."""
+    def wake(self, now: float, unheld: frozenset[int] | set[int] = frozenset()) -> float:
+        """The next wall time after ``now`` at which a held chunk completes ``min_hold_s`` (inf: none);
+        ``unheld``: partitions without a minimum hold (edge-ordered)."""
         if self.min_hold_s <= 0:
             return math.inf
         due = math.inf
-        for q in self._q.values():
-            for c in q:  # in arrival order: the first one still young is the next one due
+        for p, q in self._q.items():
+            for c in q:
+                if p in unheld and not c.hold:
+                    continue  # in arrival order: the first one still young is the next one due
                 if c.arrived + self.min_hold_s > now:
                     due = min(due, c.arrived + self.min_hold_s)
                     break
@@ -125,23 +137,27 @@ class ReorderBuffer:
     def held_by_partition(self) -> dict[int, int]:
         return dict(self._held)
 
-    def release(self, now: float, watermarks: dict[int, tuple[float, float]]) -> list[Any]:
+    def release(self, now: float, watermarks: dict[int, tuple[float, float]],
+                unheld: frozenset[int] | set[int] = frozenset()) -> list[Any]:  # fmt: skip
         """Events that can no longer be overtaken by an earlier event of their partition.
 
         A chunk is *eligible* once held ``min_hold_s`` and fetched before the caught-up topics were
         last polled. The partition's bound is the lowest of its watermark and the earliest event time
         in a chunk that is not eligible yet; eligible events at or below the bound are released.
         ``watermarks``: partition -> (event-time watermark, fresh_since wall time); ``now=inf`` with
-        infinite watermarks releases everything (shutdown).
+        infinite watermarks releases everything (shutdown). ``unheld``: partitions whose chunks need no
+        minimum hold (every input edge-ordered, idle or stalled: :class:`Plan`) unless they hold an event of an
+        input that was not edge-ordered when fetched.
         """
         out: list[Any] = []
         for p, chunks in self._q.items():
             if not chunks:
                 continue
             wm, fresh = watermarks.get(p, (-math.inf, -math.inf))
+            free = p in unheld
             eligible, young = [], []
             for c in chunks:
-                if now - c.arrived >= self.min_hold_s and c.arrived <= fresh:
+                if (now - c.arrived >= self.min_hold_s or (free and not c.hold)) and c.arrived <= fresh:
                     eligible.append(c)
                 else:
                     young.append(c)
@@ -158,7 +174,9 @@ class ReorderBuffer:
                     go = [ie for ie in c.events if ie.event.time <= bound]
                     out += go
                     n += len(go)
-                    kept.append(_chunk(c.arrived, [ie for ie in c.events if ie.event.time > bound]))
+                    rest = _chunk(c.arrived, [ie for ie in c.events if ie.event.time > bound])
+                    rest.hold = c.hold
+                    kept.append(rest)
             self._q[p] = sorted(kept + young, key=lambda c: c.arrived)
             self._held[p] -= n
         self.held -= len(out)
@@ -195,6 +213,7 @@ class Input:
     stalled: bool = False  # behind, fetchable, no progress for stall_s (see Progress)
     # wall time of its last fetched record (for one that never delivered: of its partition's first); -inf: idle
     quiet_since: float = -math.inf
+    edge: float | None = None  # its producers' watermark (vigil.worker.punctuation); None: not edge-ordered
 
 
 @dataclass(slots=True)
@@ -202,6 +221,7 @@ class Plan:
     watermarks: dict[int, tuple[float, float]]  # partition -> (event-time watermark, fresh_since)
     pause: set[Hashable]  # topic-partitions to pause (every other one runs)
     wake: float = math.inf  # wall time the next active caught-up input turns idle (the watermark may move)
+    unheld: set[int] = field(default_factory=set)  # partitions needing no minimum hold (edge-ordered)
 
 
 def plan(inputs: Iterable[Input], held: dict[int, int], slack_s: float, max_held: int, *,
@@ -209,8 +229,10 @@ def plan(inputs: Iterable[Input], held: dict[int, int], slack_s: float, max_held
     """Watermarks per partition and the topic-partitions to pause.
 
     Watermark: min of ``newest`` over the topic-partitions that are neither idle (caught up and
-    ``quiet_since`` at least ``idle_s`` before ``now``) nor stalled (+inf if none); fresh_since: the
-    oldest ``polled`` among the idle ones. Pause: a
+    ``quiet_since`` at least ``idle_s`` before ``now``) nor stalled nor edge-ordered, and of ``edge`` over
+    the edge-ordered ones that are not stalled (+inf if none); fresh_since: the oldest ``polled`` among the
+    idle ones. ``unheld``: the partitions with an edge-ordered input and no input counted by ``newest``.
+    Pause: a
     topic-partition that is not caught up and whose ``newest`` is more than ``slack_s`` ahead of its
     partition's watermark, or ahead at all when the partition holds more than ``max_held`` events.
     Those at the watermark are never paused, so the watermark always advances while input flows; a
@@ -222,21 +244,31 @@ def plan(inputs: Iterable[Input], held: dict[int, int], slack_s: float, max_held
     marks: dict[int, tuple[float, float]] = {}
     pause: set[Hashable] = set()
     wake = math.inf
+    unheld: set[int] = set()
     for p, ins in by_part.items():
         wm, fresh = math.inf, math.inf
+        edged, inferred = False, False
         for i in ins:
-            if i.caught_up and now - i.quiet_since >= idle_s:  # idle: nothing on the broker, nothing lately
+            if i.edge is not None:  # its producers say how far it is: no idleness, no freshness needed
+                if not i.stalled:
+                    wm = min(wm, i.edge)
+                    edged = True
+            elif i.caught_up and now - i.quiet_since >= idle_s:  # idle: nothing on the broker, nothing lately
                 fresh = min(fresh, i.polled)
             elif not i.stalled:
                 wm = min(wm, i.newest)
+                inferred = True
                 if i.caught_up:  # a live feed between two records: it holds the watermark until idle
                     wake = min(wake, i.quiet_since + idle_s)
         marks[p] = (wm, fresh)
+        if edged and not inferred:
+            unheld.add(p)
         limit = wm if held.get(p, 0) > max_held else wm + slack_s
         for i in ins:
-            if not i.caught_up and i.newest > limit:
+            # an edge-ordered input whose producers' watermark is the partition's must keep being read
+            if not i.caught_up and i.newest > limit and (i.edge is None or i.edge > wm):
                 pause.add(i.key)
-    return Plan(marks, pause, wake)
+    return Plan(marks, pause, wake, unheld)
 
 
 class Progress:
