@@ -124,7 +124,8 @@ class Engine:
         self._idle_wake = math.inf  # wall time the next active caught-up input turns idle
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
-        self.checkpoint = Checkpoint(self.reorder, self._topic_names)  # offsets and commit: worker/checkpoint.py
+        # offsets and commit (worker/checkpoint.py), never past an event held or not yet in a written state
+        self.checkpoint = Checkpoint(self.reorder, self._topic_names, self.processor.changelog)
         self.restorer = ChangelogRestore(settings, self.metrics)  # state of assigned partitions: worker/restore.py
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -268,6 +269,7 @@ class Engine:
                 self.metrics.commit_failures.inc()
         async with self._lock:  # stopping: apply what is held, then commit everything
             await self._handle({}, flush=True)
+            await self._write_changelog(everything=True)  # coalesced changelog: every unwritten state
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         """The consume loop must never die silently: a fatal error ends the process (crash-only design:
@@ -435,6 +437,7 @@ class Engine:
         if out.changelog:
             await self._emit(out)
             self._count(out)
+        await self._write_changelog()  # coalesced changelog: the partitions due, then the commit they allow
         for tp in self._consumer.assignment():
             hw = self._consumer.highwater(tp)
             if hw is None:
@@ -458,6 +461,22 @@ class Engine:
     async def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in flight: it commits before we let go
             log.info("partitions revoked: %s", sorted({tp.partition for tp in revoked}))
+            try:  # coalesced changelog: every unwritten state, and the commit (else the next owner replays more)
+                await self._write_changelog(everything=True)
+            except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+                log.warning("commit on revoke failed (%s): the next owner replays more", type(exc).__name__)
+
+    async def _write_changelog(self, everything: bool = False) -> None:
+        """``state.changelog_interval_s`` > 0: write the unwritten states of the partitions due (or of all), await
+        their acknowledgement, then commit the input offsets that this lets move (worker/changelog.py)."""
+        if self.processor.changelog.interval_s <= 0 or self._producer is None or self._consumer is None:
+            return
+        out = Outputs()
+        out.changelog = self.processor.changelog.flush(self.processor.states, everything)
+        if out.changelog:
+            await self._emit(out)
+        if self.checkpoint.pending():
+            await self.checkpoint.commit(self._consumer)
 
     async def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self._lock:
