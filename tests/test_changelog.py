@@ -92,7 +92,7 @@ def test_a_partition_is_written_at_most_once_per_interval_and_its_offsets_bound_
     assert w.min_offsets() == {} and w.dirty() == 0 and w.due() == []
 
 
-def test_finalised_states_are_written_at_once_and_the_partition_bound_stays_until_its_flush() -> None:
+def test_finalised_states_wait_for_their_partitions_flush_and_revoke_or_stop_writes_everything() -> None:
     clock = Clock()
     w = ChangelogWriter(5.0, clock)
     a, b = st("a"), st("b")
@@ -103,11 +103,13 @@ def test_finalised_states_are_written_at_once_and_the_partition_bound_stays_unti
     w.write(log, states, [(0, a), (0, b)], [], [[ev("vitals", 0, 2)], [ev("vitals", 0, 3)]])
     assert len(log) == 1
     b.discharged = True
-    w.write(log, states, [], [(0, b)])  # a discharge finalised (housekeeping): written now
-    assert [k for _, k, _ in log] == ["a", "b"] and not w.is_dirty(0, "b") and w.is_dirty(0, "a")
-    assert w.min_offsets() == {("vitals", 0): 2}  # a's change (offset 2) is still unwritten
-    assert [k for _, k, _ in w.flush(states, everything=True)] == ["a"]  # revoke / stop: before the interval
-    assert w.min_offsets() == {}
+    b.pending = [object()]  # type: ignore[list-item]
+    w.write(log, states, [], [(0, b)])  # a discharge finalised by the clock (housekeeping)
+    assert len(log) == 1 and w.is_dirty(0, "b") and b.pending == []  # a closed record keeps no pending events
+    assert w.min_offsets() == {("vitals", 0): 2}
+    recs = w.flush(states, everything=True)  # revoke / stop: before the interval
+    assert [k for _, k, _ in recs] == ["a", "b"] and PatientState.from_bytes(recs[1][2]).discharged  # type: ignore[arg-type]
+    assert w.min_offsets() == {} and w.dirty() == 0
 
 
 def test_an_evicted_patient_is_not_written_again_and_dropped_partitions_are_forgotten() -> None:

@@ -3,11 +3,13 @@
 With the interval at 0 (the behaviour before this module), every patient touched by a batch is written,
 whole, once per batch. With an interval ``> 0`` the writes are **coalesced per partition**: a patient
 touched by a batch becomes *dirty*, and partition ``p``'s dirty set is written as a whole at most once
-per interval — at the first batch, or the engine's housekeeping tick, after the interval has passed
-since ``p``'s last flush (so the first change after a quiet spell is written at once). Some states are
-always written at once: those finalised (a discharge closed, an inferred admission anchored). The
+per interval — at the first batch, or the engine's housekeeping tick (every 0.5 s), after the interval
+has passed since ``p``'s last flush (so the first change after a quiet spell is written at once). The
 engine writes every dirty state on a partition revoke and on a worker stop (drain), each followed by a
-commit.
+commit. A discharge is not written early: all of a partition's states are written together, so what a
+restore reads back is the partition as it stood at its last flush (one consistent cut), and the replay
+after it re-applies exactly the events applied since (each one new to the restored states: none depends
+on the per-patient de-duplication window).
 
 **The recovery guarantee** is kept by the commit, not by the writes: per input topic-partition of
 partition ``p``, :meth:`ChangelogWriter.min_offsets` is the lowest offset applied since ``p``'s last
@@ -64,7 +66,8 @@ class ChangelogWriter:
               touched: list[tuple[int, PatientState]], done: list[tuple[int, PatientState]],
               applied: Iterable[Iterable[_Applied]] = ()) -> None:  # fmt: skip
         """Append to ``changelog`` the records of a batch: ``touched`` states (changed by the batch's events,
-        ``applied`` grouped per patient) and ``done`` ones (finalised: always written)."""
+        ``applied`` grouped per patient) and ``done`` ones (finalised by the clock: a discharge closed, an
+        admission inferred) — each at once (interval 0), or with its partition's next flush."""
         if self.interval_s <= 0:  # every touched or finalised state, once, now
             written: set[int] = set()
             for p, st in touched + done:
@@ -82,18 +85,10 @@ class ChangelogWriter:
                     key = (ie.topic, ie.partition)
                     if ie.offset < low.get(key, math.inf):
                         low[key] = ie.offset
-        for p, st in touched:
+        for p, st in touched + done:  # finalised states too: the partition's records stay one consistent cut
             if st.discharged:
                 st.pending = []
             self._dirty.setdefault(p, {})[st.patient] = None
-        once: set[int] = set()
-        for p, st in done:
-            if st.discharged:
-                st.pending = []
-            if id(st) not in once:
-                once.add(id(st))
-                changelog.append((p, st.patient, st.to_bytes()))
-                self._dirty.get(p, {}).pop(st.patient, None)  # written; the partition's bound stays until its flush
         changelog += self.flush(states)
 
     def due(self) -> list[int]:
