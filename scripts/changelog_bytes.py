@@ -22,6 +22,7 @@ from vigil.config import load_settings
 from vigil.records import Invalid, decode
 from vigil.tools.bench_contenders import workload
 from vigil.worker.batch import InEvent, Processor
+from vigil.worker.changelog import ChangelogWriter
 from vigil.worker.engine import load_scorers
 
 
@@ -33,10 +34,10 @@ class _Clock:
 
 
 def measure(events: list[tuple[str, bytes, bytes]], batch: int, interval: float, rate: float) -> dict[str, float]:
-    s = load_settings(None, state={"changelog_interval_s": interval})
+    s = load_settings(None)
     proc = Processor(s, load_scorers(s))
     clock = _Clock()
-    proc.changelog.clock = clock
+    proc.changelog = ChangelogWriter(interval, clock)  # as the engine sets it (state.changelog_interval_s)
     offsets: dict[str, int] = {}
     decoded: list[InEvent] = []
     in_bytes = 0

@@ -193,9 +193,10 @@ def _events(n_patients: int = 8, hours: float = 9.0, seed: int = 7) -> list[InEv
 def _proc(interval: float, clock: Clock) -> Processor:
     from vigil.worker.engine import load_scorers
 
-    s = load_settings(None, state={"discharge_grace_s": 0, "admit_grace_s": 60, "changelog_interval_s": interval})
+    s = load_settings(None, state={"discharge_grace_s": 0, "admit_grace_s": 60})
     proc = Processor(s, load_scorers(s))
-    proc.changelog.clock = clock
+    assert proc.changelog.interval_s == 0  # a Processor alone writes every touched state; the Engine coalesces
+    proc.changelog = ChangelogWriter(interval, clock)
     return proc
 
 

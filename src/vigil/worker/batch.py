@@ -76,7 +76,7 @@ class Processor:
         self.watermark: dict[int, float] = {}  # max event time seen per partition
         # partition -> patients waiting for a grace period: observations without an admit yet, or a discharge
         self._waiting: dict[int, set[str]] = {}
-        self.changelog = ChangelogWriter(settings.state.changelog_interval_s)  # what to write, the commit bound
+        self.changelog = ChangelogWriter(0.0)  # every touched state every batch; the engine may coalesce
 
     # -- state ownership -----------------------------------------------------------------------
     def patients(self) -> int:

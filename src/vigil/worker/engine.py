@@ -53,6 +53,7 @@ from vigil.registry import Registry
 from vigil.scoring import Scorer
 from vigil.worker import gctune
 from vigil.worker.batch import InEvent, Outputs, Processor
+from vigil.worker.changelog import ChangelogWriter
 from vigil.worker.checkpoint import Checkpoint
 from vigil.worker.intake import Intake, Side
 from vigil.worker.produce import BatchSender, output_records
@@ -108,6 +109,7 @@ class Engine:
         self.scorers = scorers if scorers is not None else load_scorers(settings)
         self.shadows: list[Scorer] = load_shadows(settings)
         self.processor = Processor(settings, self.scorers, self.shadows)
+        self.processor.changelog = ChangelogWriter(settings.state.changelog_interval_s)  # bounded by our commit
         if self.processor.budget is not None:
             self.processor.budget.metrics = self.metrics
         self._high_risk_wards: set[str] = set()
@@ -124,8 +126,7 @@ class Engine:
         self._idle_wake = math.inf  # wall time the next active caught-up input turns idle
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
-        # offsets and commit (worker/checkpoint.py), never past an event held or not yet in a written state
-        self.checkpoint = Checkpoint(self.reorder, self._topic_names, self.processor.changelog)
+        self.checkpoint = Checkpoint(self.reorder, self._topic_names, self.processor.changelog)  # worker/checkpoint.py
         self.restorer = ChangelogRestore(settings, self.metrics)  # state of assigned partitions: worker/restore.py
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -467,8 +468,7 @@ class Engine:
                 log.warning("commit on revoke failed (%s): the next owner replays more", type(exc).__name__)
 
     async def _write_changelog(self, everything: bool = False) -> None:
-        """``state.changelog_interval_s`` > 0: write the unwritten states of the partitions due (or of all), await
-        their acknowledgement, then commit the input offsets that this lets move (worker/changelog.py)."""
+        """Coalesced changelog: write the partitions due (or all), await the acks, commit (worker/changelog.py)."""
         if self.processor.changelog.interval_s <= 0 or self._producer is None or self._consumer is None:
             return
         out = Outputs()
