@@ -32,14 +32,20 @@ after the next flush and commit.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
+
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from vigil.state import PatientState
+from vigil.worker.outputs import Outputs
 
-__all__ = ["ChangelogWriter"]
+__all__ = ["ChangelogWriter", "write_and_commit"]
+
+log = logging.getLogger(__name__)
 
 
 class _Applied(Protocol):  # vigil.worker.batch.InEvent
@@ -140,3 +146,34 @@ class ChangelogWriter:
             self._flushed.pop(p, None)
             for k in [k for k in self._low if k[1] == p]:
                 del self._low[k]
+
+
+async def write_and_commit(engine: Any, everything: bool = False, revoking: bool = False) -> None:
+    """The engine's side (:class:`vigil.worker.engine.Engine`, coalescing on): write the dirty states of the
+    partitions due (``everything``: of all), await their acknowledgement (``Engine._emit``), then commit the
+    input offsets this lets move. On a revoke (``revoking``, inside the rebalance callback, whose exceptions
+    aiokafka would only log) a failed commit is logged — the next owner replays from the last commit — and any
+    other failure ends the worker as a failure of the consume loop does (crash-only): states that no longer
+    count as dirty but were not written must never be committed past."""
+    writer: ChangelogWriter = engine.processor.changelog
+    if writer.interval_s <= 0 or engine._producer is None or engine._consumer is None:  # noqa: SLF001
+        return
+    try:
+        out = Outputs()
+        out.changelog = writer.flush(engine.processor.states, everything)
+        if out.changelog:
+            await engine._emit(out)  # noqa: SLF001
+        if engine.checkpoint.pending():
+            await engine.checkpoint.commit(engine._consumer)  # noqa: SLF001
+    except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+        if not revoking:
+            raise
+        log.warning("commit on revoke failed (%s): the next owner replays from the last commit", type(exc).__name__)
+        engine.metrics.commit_failures.inc()
+    except Exception as exc:
+        if revoking:
+            log.critical("changelog write on revoke failed: %s", type(exc).__name__)
+            engine.fatal = exc
+            if engine.on_fatal is not None:
+                engine.on_fatal(exc)
+        raise

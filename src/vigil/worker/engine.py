@@ -53,7 +53,7 @@ from vigil.registry import Registry
 from vigil.scoring import Scorer
 from vigil.worker import gctune
 from vigil.worker.batch import InEvent, Outputs, Processor
-from vigil.worker.changelog import ChangelogWriter
+from vigil.worker.changelog import ChangelogWriter, write_and_commit
 from vigil.worker.checkpoint import Checkpoint
 from vigil.worker.intake import Intake, Side
 from vigil.worker.produce import BatchSender, output_records
@@ -270,7 +270,7 @@ class Engine:
                 self.metrics.commit_failures.inc()
         async with self._lock:  # stopping: apply what is held, then commit everything
             await self._handle({}, flush=True)
-            await self._write_changelog(everything=True)  # coalesced changelog: every unwritten state
+            await write_and_commit(self, everything=True)  # coalesced changelog (worker/changelog.py): every state
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         """The consume loop must never die silently: a fatal error ends the process (crash-only design:
@@ -438,7 +438,7 @@ class Engine:
         if out.changelog:
             await self._emit(out)
             self._count(out)
-        await self._write_changelog()  # coalesced changelog: the partitions due, then the commit they allow
+        await write_and_commit(self)  # coalesced changelog (worker/changelog.py): the partitions due, then commit
         for tp in self._consumer.assignment():
             hw = self._consumer.highwater(tp)
             if hw is None:
@@ -462,21 +462,7 @@ class Engine:
     async def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in flight: it commits before we let go
             log.info("partitions revoked: %s", sorted({tp.partition for tp in revoked}))
-            try:  # coalesced changelog: every unwritten state, and the commit (else the next owner replays more)
-                await self._write_changelog(everything=True)
-            except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
-                log.warning("commit on revoke failed (%s): the next owner replays more", type(exc).__name__)
-
-    async def _write_changelog(self, everything: bool = False) -> None:
-        """Coalesced changelog: write the partitions due (or all), await the acks, commit (worker/changelog.py)."""
-        if self.processor.changelog.interval_s <= 0 or self._producer is None or self._consumer is None:
-            return
-        out = Outputs()
-        out.changelog = self.processor.changelog.flush(self.processor.states, everything)
-        if out.changelog:
-            await self._emit(out)
-        if self.checkpoint.pending():
-            await self.checkpoint.commit(self._consumer)
+            await write_and_commit(self, everything=True, revoking=True)  # coalesced changelog: every state, commit
 
     async def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self._lock:
