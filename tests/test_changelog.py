@@ -288,3 +288,75 @@ def test_a_dirty_patient_is_not_evicted_before_its_state_is_written() -> None:
     assert [k for _, k, _ in proc.changelog.flush(proc.states)] == ["pt-0"]
     tombstones, _ = proc.evict_idle(now=later)
     assert tombstones == [(0, "pt-0", None)]
+
+
+# ------------------------------------------------------------------ the engine's side: write, acknowledge, commit
+class _Engine:
+    """What write_and_commit uses of vigil.worker.engine.Engine."""
+
+    def __init__(self, emit_error: Exception | None = None, commit_error: Exception | None = None) -> None:
+        self.clock = Clock()
+        self.processor = SimpleNamespace(changelog=ChangelogWriter(5.0, self.clock), states={0: {"a": st("a")}})
+        self.checkpoint = Checkpoint(ReorderBuffer(0.0), NAMES, self.processor.changelog)
+        self.emitted: list = []  # type: ignore[type-arg]
+        self.committed: list = []  # type: ignore[type-arg]
+        self.emit_error, self.commit_error = emit_error, commit_error
+        self._producer = object()
+        self._consumer = self
+        self.failures = 0
+        self.metrics = SimpleNamespace(commit_failures=SimpleNamespace(inc=self._failed))
+        self.fatal: BaseException | None = None
+        self.on_fatal = lambda exc: self.emitted.append(("fatal", type(exc).__name__))
+
+    def _failed(self) -> None:
+        self.failures += 1
+
+    async def _emit(self, out: object) -> None:
+        if self.emit_error is not None:
+            raise self.emit_error
+        self.emitted += out.changelog  # type: ignore[attr-defined]
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.commit_error is not None:
+            raise self.commit_error
+        self.committed.append(dict(offsets))
+
+    def dirty_a(self) -> None:
+        w, a = self.processor.changelog, self.processor.states[0]["a"]
+        w.write([], self.processor.states, [(0, a)], [], [[ev("vitals", 0, 3)]])  # leading edge: written
+        self.clock.t = 1.0
+        w.write([], self.processor.states, [(0, a)], [], [[ev("vitals", 0, 4)]])  # dirty, bound 4
+        self.checkpoint.fetched(TopicPartition("t-vitals", 0), 5)
+
+
+def test_write_and_commit_writes_every_dirty_state_then_commits_past_the_bound() -> None:
+    from vigil.worker.changelog import write_and_commit
+
+    eng = _Engine()
+    eng.dirty_a()
+    asyncio.run(write_and_commit(eng))  # not due yet (1 s of 5): nothing written, the commit stays at 4
+    assert eng.emitted == [] and eng.committed == [{TopicPartition("t-vitals", 0): 4}]
+    asyncio.run(write_and_commit(eng, everything=True, revoking=True))
+    assert [k for _, k, _ in eng.emitted] == ["a"]
+    assert eng.committed[-1] == {TopicPartition("t-vitals", 0): 5}
+
+
+def test_a_failed_write_on_revoke_ends_the_worker_and_a_failed_commit_is_counted() -> None:
+    from aiokafka.errors import CommitFailedError
+
+    from vigil.worker.changelog import write_and_commit
+
+    eng = _Engine(emit_error=RuntimeError("broker gone"))
+    eng.dirty_a()
+    with pytest.raises(RuntimeError):
+        asyncio.run(write_and_commit(eng, everything=True, revoking=True))
+    assert eng.emitted == [("fatal", "RuntimeError")] and isinstance(eng.fatal, RuntimeError)
+    assert eng.committed == []  # never committed past the unwritten state
+    eng = _Engine(commit_error=CommitFailedError("rebalancing"))
+    eng.dirty_a()
+    asyncio.run(write_and_commit(eng, everything=True, revoking=True))  # logged and counted, not raised
+    assert eng.failures == 1 and eng.fatal is None and [k for _, k, _ in eng.emitted] == ["a"]
+    eng = _Engine(commit_error=CommitFailedError("rebalancing"))
+    eng.dirty_a()
+    with pytest.raises(CommitFailedError):  # outside a revoke: the consume loop handles it
+        asyncio.run(write_and_commit(eng, everything=True))
