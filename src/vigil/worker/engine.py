@@ -7,10 +7,11 @@ Delivery guarantee (per batch):
    bounded dead-letter records, ones on a partition their key does not hash to are re-routed (never
    dropped, never an exception).
 3. :class:`~vigil.worker.batch.Processor` updates patient state and scores closed rows.
-4. Scores, alerts, dead letters and the new state of every touched patient (changelog, compacted,
-   same partition number as the input) are produced with ``acks=all`` and **all acknowledgements are
-   awaited**.
-5. Only then are the input offsets committed.
+4. Scores, alerts, dead letters and the new state of the touched patients (changelog, compacted,
+   same partition number as the input; with ``state.changelog_interval_s`` > 0 a partition's changed
+   states at most once per interval, :mod:`vigil.worker.changelog`) are produced with ``acks=all`` and
+   **all acknowledgements are awaited**.
+5. Only then are the input offsets committed — never past an event applied to a state not yet written.
 
 A crash between 4 and 5 replays the batch: state restored from the changelog already contains the
 events, which the per-patient (source, seq) de-duplication drops, so nothing is applied twice; a crash
