@@ -160,6 +160,11 @@ class StateSettings(BaseModel):
     reorder_slack_s: float = 600.0
     reorder_max_held: int = 50_000
     reorder_stall_s: float = 30.0
+    # Changelog writes (worker/changelog.py): 0 writes every patient touched by a batch, whole, once per batch;
+    # > 0 writes a partition's changed patients at most once per this many seconds (and at once on a
+    # discharge, a partition revoke and a stop), while the input commit stays behind the oldest event not yet
+    # in a written state, so a crash replays it (docs/integrity.md "Changelog interval").
+    changelog_interval_s: float = Field(default=1.0, ge=0.0)
     # TEST ONLY, off by default: processing an event whose seq equals this raises (a RuntimeError inside the
     # worker's per-event processing), to prove the per-patient quarantine (tests/test_faults_poison.py).
     fault_inject_seq: int | None = None

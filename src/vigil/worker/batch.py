@@ -31,6 +31,7 @@ from vigil.records import AckEvent, AdtEvent, Observation
 from vigil.scoring import Scorer
 from vigil.state import HOUR, PatientState, Snapshot, event_uid, stack_snapshots
 from vigil.timewindow import check_time
+from vigil.worker.changelog import ChangelogWriter
 from vigil.worker.intake import DeadLetter
 from vigil.worker.outputs import Fired, Outputs, ack_record, alert_records, iso, merge, score_record
 
@@ -75,6 +76,7 @@ class Processor:
         self.watermark: dict[int, float] = {}  # max event time seen per partition
         # partition -> patients waiting for a grace period: observations without an admit yet, or a discharge
         self._waiting: dict[int, set[str]] = {}
+        self.changelog = ChangelogWriter(0.0)  # every touched state every batch; the engine may coalesce
 
     # -- state ownership -----------------------------------------------------------------------
     def patients(self) -> int:
@@ -86,6 +88,7 @@ class Processor:
             self.states.pop(p, None)
             self.watermark.pop(p, None)
             self._waiting.pop(p, None)
+            self.changelog.drop([p])
 
     def load_partition(self, p: int, states: dict[str, PatientState]) -> None:
         self.states[p] = states
@@ -152,7 +155,7 @@ class Processor:
                              by_patient: dict[str, list[InEvent]] | None = None) -> None:  # fmt: skip
         """Patients past a grace period: anchor those whose admit never came (and score their rows);
         close the last rows of the discharged (their record stays, closed, for ``closed_keep_s``). Then
-        write the changelog of every touched state."""
+        the changelog of the touched states (every one, or coalesced: worker/changelog.py)."""
         st_cfg = self.settings.state
         max_gap = self.settings.scoring.max_gap_rows
         row_mode = self.settings.scoring.mode == "row"
@@ -184,14 +187,7 @@ class Processor:
                 done.append((p, st))
         if snaps:
             self._score_safe(snaps, {id(st): st for _, st in done}, out, by_patient or {})
-        written: set[int] = set()
-        for p, st in touched + done:
-            if id(st) in written:
-                continue
-            written.add(id(st))
-            if st.discharged:  # keep a closed record: stragglers and duplicates are dropped, not revived
-                st.pending = []
-            out.changelog.append((p, st.patient, st.to_bytes()))
+        self.changelog.write(out.changelog, self.states, touched, done, (by_patient or {}).values())
 
     def evict_idle(self, now: float | None = None) -> tuple[list[tuple[int, str, bytes | None]], dict[str, int]]:
         """Tombstones for closed (discharged) records past ``closed_keep_s`` and for patients silent for
@@ -202,10 +198,10 @@ class Processor:
         reasons = {"discharge": 0, "ttl": 0}
         for p, part in self.states.items():
             wm = self.watermark.get(p, -math.inf)
-            stale = [
-                k for k, s in part.items()
-                if (s.discharged and now - (s.discharge_seen or 0.0) > cfg.closed_keep_s)
-                or (wm - s.last_event_time > cfg.ttl_s and now - s.last_wall > cfg.ttl_wall_s)
+            stale = [  # a state with unwritten changes waits for its flush and commit (worker/changelog.py)
+                k for k, s in part.items() if not self.changelog.is_dirty(p, k) and (
+                (s.discharged and now - (s.discharge_seen or 0.0) > cfg.closed_keep_s)
+                or (wm - s.last_event_time > cfg.ttl_s and now - s.last_wall > cfg.ttl_wall_s))
             ]  # fmt: skip
             for k in stale:
                 reasons["discharge" if part[k].discharged else "ttl"] += 1

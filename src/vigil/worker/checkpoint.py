@@ -6,17 +6,23 @@ commit replays the batch, which the changelog's de-duplication and the outputs' 
 
 The commit offset of a partition is the next offset to read, **or the lowest offset still held in the
 reorder buffer** (:class:`vigil.worker.reorder.ReorderBuffer`), whichever is lower: a held event has not
-been applied to state or produced anything yet, so committing past it would lose it on a crash.
+been applied to state or produced anything yet, so committing past it would lose it on a crash. With
+coalesced changelog writes (``state.changelog_interval_s`` > 0, :mod:`vigil.worker.changelog`), it is
+also never past **the lowest offset applied since the partition's states were last written**: an event
+whose effect lives only in an unwritten state is replayed after a crash.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiokafka import TopicPartition
 
 from vigil.worker.reorder import ReorderBuffer
+
+if TYPE_CHECKING:
+    from vigil.worker.changelog import ChangelogWriter
 
 __all__ = ["Checkpoint", "Committer"]
 
@@ -31,11 +37,15 @@ class Checkpoint:
     """Per input topic-partition: the next offset to read and the offset last committed.
 
     ``topic_names`` maps broker topic names to catalogue names (the keys of the reorder buffer's held
-    offsets); ``reorder`` is the engine's reorder buffer, read for the lowest held offset per partition.
+    offsets); ``reorder`` is the engine's reorder buffer, read for the lowest held offset per partition;
+    ``changelog`` (optional) the processor's changelog writer, read for the lowest offset applied to a state
+    not written yet.
     """
 
-    def __init__(self, reorder: ReorderBuffer, topic_names: Mapping[str, str]) -> None:
+    def __init__(self, reorder: ReorderBuffer, topic_names: Mapping[str, str],
+                 changelog: ChangelogWriter | None = None) -> None:  # fmt: skip
         self.reorder = reorder
+        self.changelog = changelog
         self.topic_names = topic_names
         self._next: dict[TopicPartition, int] = {}  # next offset to read, per fetched partition
         self._committed: dict[TopicPartition, int] = {}
@@ -49,10 +59,18 @@ class Checkpoint:
         return self._next.get(tp)
 
     def offsets(self) -> dict[TopicPartition, int]:
-        """Per partition: the next offset, or the lowest offset still held in the reorder buffer."""
+        """Per partition: the lowest of the next offset, the lowest offset still held in the reorder buffer
+        and the lowest offset applied to a state not yet written to the changelog."""
         held = self.reorder.min_offsets()
         names = self.topic_names
-        return {tp: held.get((names[tp.topic], tp.partition), nxt) for tp, nxt in self._next.items()}
+        dirty = self.changelog.min_offsets() if self.changelog is not None else {}
+        if not dirty:
+            return {tp: held.get((names[tp.topic], tp.partition), nxt) for tp, nxt in self._next.items()}
+        out: dict[TopicPartition, int] = {}
+        for tp, nxt in self._next.items():
+            key = (names[tp.topic], tp.partition)
+            out[tp] = min(nxt, held.get(key, nxt), dirty.get(key, nxt))
+        return out
 
     def pending(self) -> bool:
         """Whether a commit would move any partition's committed offset."""

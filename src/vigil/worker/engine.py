@@ -7,10 +7,11 @@ Delivery guarantee (per batch):
    bounded dead-letter records, ones on a partition their key does not hash to are re-routed (never
    dropped, never an exception).
 3. :class:`~vigil.worker.batch.Processor` updates patient state and scores closed rows.
-4. Scores, alerts, dead letters and the new state of every touched patient (changelog, compacted,
-   same partition number as the input) are produced with ``acks=all`` and **all acknowledgements are
-   awaited**.
-5. Only then are the input offsets committed.
+4. Scores, alerts, dead letters and the new state of the touched patients (changelog, compacted,
+   same partition number as the input; with ``state.changelog_interval_s`` > 0 a partition's changed
+   states at most once per interval, :mod:`vigil.worker.changelog`) are produced with ``acks=all`` and
+   **all acknowledgements are awaited**.
+5. Only then are the input offsets committed — never past an event applied to a state not yet written.
 
 A crash between 4 and 5 replays the batch: state restored from the changelog already contains the
 events, which the per-patient (source, seq) de-duplication drops, so nothing is applied twice; a crash
@@ -53,6 +54,7 @@ from vigil.registry import Registry
 from vigil.scoring import Scorer
 from vigil.worker import gctune
 from vigil.worker.batch import InEvent, Outputs, Processor
+from vigil.worker.changelog import ChangelogWriter, write_and_commit
 from vigil.worker.checkpoint import Checkpoint
 from vigil.worker.intake import Intake, Side
 from vigil.worker.produce import BatchSender, output_records
@@ -109,6 +111,7 @@ class Engine:
         self.scorers = scorers if scorers is not None else load_scorers(settings)
         self.shadows: list[Scorer] = load_shadows(settings)
         self.processor = Processor(settings, self.scorers, self.shadows)
+        self.processor.changelog = ChangelogWriter(settings.state.changelog_interval_s)  # bounded by our commit
         if self.processor.budget is not None:
             self.processor.budget.metrics = self.metrics
         self._high_risk_wards: set[str] = set()
@@ -127,7 +130,7 @@ class Engine:
         self._unheld: set[int] = set()  # partitions ordered by producer watermarks: no minimum hold
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
-        self.checkpoint = Checkpoint(self.reorder, self._topic_names)  # offsets and commit: worker/checkpoint.py
+        self.checkpoint = Checkpoint(self.reorder, self._topic_names, self.processor.changelog)  # worker/checkpoint.py
         self.restorer = ChangelogRestore(settings, self.metrics)  # state of assigned partitions: worker/restore.py
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -275,6 +278,7 @@ class Engine:
                 self.metrics.commit_failures.inc()
         async with self._lock:  # stopping: apply what is held, then commit everything
             await self._handle({}, flush=True)
+            await write_and_commit(self, everything=True)  # coalesced changelog (worker/changelog.py): every state
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         """The consume loop must never die silently: a fatal error ends the process (crash-only design:
@@ -434,6 +438,7 @@ class Engine:
         if out.changelog:
             await self._emit(out)
             self._count(out)
+        await write_and_commit(self)  # coalesced changelog (worker/changelog.py): the partitions due, then commit
         for tp in self._consumer.assignment():
             hw = self._consumer.highwater(tp)
             if hw is None:
@@ -457,6 +462,7 @@ class Engine:
     async def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in flight: it commits before we let go
             log.info("partitions revoked: %s", sorted({tp.partition for tp in revoked}))
+            await write_and_commit(self, everything=True, revoking=True)  # coalesced changelog: every state, commit
 
     async def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self._lock:
