@@ -358,6 +358,13 @@ def test_an_ack_through_the_api_reaches_the_worker(settings_factory: Callable[..
     with serving(s) as (url, _), WorkerProcess(s, log_path=tmp_path / "worker.log", extra_env=alert_env) as w:
         w.wait_ready()
         produce(s, events)
+
+        def settled(text: str) -> bool:  # every event applied, none held: no later row can resolve the alert
+            total = sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("vigil_events_total{"))
+            held = [ln for ln in text.splitlines() if ln.startswith("vigil_reorder_held_events ")]
+            return total == len(events) and held == ["vigil_reorder_held_events 0.0"]
+
+        until(w.metrics_text, settled, timeout_s=90)
         alerts = until(lambda: requests.get(url + "/alerts", headers=AUTH, timeout=10).json()["alerts"],
                        lambda a: len(a) > 0, timeout_s=90)  # fmt: skip
         first = alerts[0]

@@ -307,7 +307,7 @@ class Engine:
             self.checkpoint.fetched(tp, records[-1].offset + 1)
             n += len(records)
             newest, by_kind = self.intake.take(records, tp, name, now, side, events, self.edges, edged,
-                                               self._tp_time.get(tp, -math.inf), self.metrics)  # fmt: skip
+                                               self._tp_time.get(tp, -math.inf), InEvent, self.metrics)  # fmt: skip
             for kd, c in by_kind.items():
                 kinds[(name, kd)] = kinds.get((name, kd), 0) + c
             self._tp_time[tp] = newest

@@ -190,16 +190,14 @@ class Intake:
         return None
 
     def take(self, records: list[Any], tp: TopicPartition, name: str, now: float, side: Side, events: list[Any],
-             edges: EdgeMarks, edged: dict[tuple[str, int], int], newest: float, metrics: WorkerMetrics | None = None
-             ) -> tuple[float, dict[str, int]]:  # fmt: skip
+             edges: EdgeMarks, edged: dict[tuple[str, int], int], newest: float, make: Callable[..., Any],
+             metrics: WorkerMetrics | None = None) -> tuple[float, dict[str, int]]:  # fmt: skip
         """The per-record loop of one fetched topic-partition: each record screened; a producer's watermark
         recorded (:mod:`vigil.worker.punctuation`), never applied; every event appended to ``events`` as an
-        :class:`~vigil.worker.batch.InEvent`. A data record below the input's producer watermark is counted as a
-        violation and kept. ``edged[(name, partition)]`` is set to the offset after which this input's events were
-        edge-ordered (no minimum hold of their own), unless a violation came. Returns (newest event time, count
-        per kind)."""
-        from vigil.worker.batch import InEvent  # batch imports this module
-
+        :class:`~vigil.worker.batch.InEvent` (``make``). A data record below the input's producer watermark is
+        counted as a violation and kept. ``edged[(name, partition)]`` is set to the offset after which this
+        input's events were edge-ordered (no minimum hold of their own), unless a violation came. Returns (newest
+        event time, count per kind)."""
         screen, append, part = self.screen, events.append, tp.partition
         by_kind: dict[str, int] = {}
         edge = edges.current(tp, now)  # the producers' watermark, None: not edge-ordered
@@ -219,7 +217,7 @@ class Intake:
             if edge is not None and t < edge:  # a producer that does not punctuate, or out of order
                 edges.violation(tp, name, edge - t, now, metrics)
                 edge = None
-            append(InEvent(ev, name, part, r.timestamp / 1000.0, r.offset))  # type: ignore[arg-type]
+            append(make(ev, name, part, r.timestamp / 1000.0, r.offset))
             if t > newest:
                 newest = t
             kd = ev.kind
