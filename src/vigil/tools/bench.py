@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-rates", default="2000,5000,10000", help="offered events/s; empty: no latency step")
     ap.add_argument("--latency-without-watermarks", default="5000",
                     help="offered events/s measured again without producer watermarks (comparison); empty: none")
+    ap.add_argument("--fresh-broker", action=argparse.BooleanOptionalAction, default=True,
+                    help="each contender run and each latency run on its own new embedded broker")
     ap.add_argument("--watermark-interval-ms", type=float, default=50.0,
                     help="the latency step's producer writes its watermark this often (vigil replay: 50)")
     ap.add_argument("--memory-sizes", default="10000,50000", help="open patients; empty: no memory step")
@@ -130,17 +132,21 @@ def main(argv: list[str] | None = None) -> int:
                     nested[section] = json.loads(value)
                 os.environ["VIGIL_" + key.upper().replace(".", "__")] = value  # worker processes
             results["settings"] = args.set
+            results["fresh_broker"] = args.fresh_broker
             base = load_settings(None, kafka={"bootstrap_servers": b.bootstrap},
                                  topic_prefix=f"b{uuid.uuid4().hex[:6]}-", **nested)  # fmt: skip
             wl = workload(args.data, args.stays, base)
             print(f"workload: {len(wl.events):,} events, {wl.stays} stays, {wl.rows:,} rows to score", flush=True)
-            results["throughput"] = throughput(base, wl, args.reps, contenders, logdir)
+            # each contender run and each latency run on a new broker: the memory-only broker keeps every record
+            fresh = (lambda: EmbeddedBroker(log_path=logdir / "broker.log")) if args.fresh_broker else None
+            results["throughput"] = throughput(base, wl, args.reps, contenders, logdir, fresh=fresh)
             rates = [float(x) for x in args.latency_rates.split(",") if x]
             if rates:
                 lwl = workload(args.data, args.latency_stays, base)
                 without = [float(x) for x in args.latency_without_watermarks.split(",") if x]
                 results["latency"] = latency_step(base, lwl, rates, logdir, without=without,
-                                                  watermark_interval_s=args.watermark_interval_ms / 1000)  # fmt: skip
+                                                  watermark_interval_s=args.watermark_interval_ms / 1000,
+                                                  fresh=fresh)  # fmt: skip
         sizes = [int(x) for x in args.memory_sizes.split(",") if x]
         if sizes:
             results["memory"] = memory_step(sizes, args.memory_events)

@@ -288,10 +288,22 @@ def check(res: Result, wl: Workload) -> None:
         raise BenchFailure(f"{res.contender} failed: " + "; ".join(problems))
 
 
-def contender_settings(base: Settings, name: str) -> Settings:
+def contender_settings(base: Settings, name: str, bootstrap: str | None = None) -> Settings:
+    """``base`` on the contender's own topic prefix and group (and broker, when ``bootstrap`` is given)."""
     tag = uuid.uuid4().hex[:8]
-    return base.model_copy(update={"topic_prefix": f"{base.topic_prefix}{name}-{tag}-",
-                                   "group_id": f"bench-{name}-{tag}"})  # fmt: skip
+    update: dict[str, Any] = {"topic_prefix": f"{base.topic_prefix}{name}-{tag}-", "group_id": f"bench-{name}-{tag}"}
+    if bootstrap is not None:
+        update["kafka"] = base.kafka.model_copy(update={"bootstrap_servers": bootstrap})
+    return base.model_copy(update=update)
+
+
+def on_broker(fresh: Callable[[], Any] | None) -> Any:
+    """A fresh embedded broker for one run (``fresh()``: an unstarted :class:`vigil.broker.EmbeddedBroker`), or
+    none: the memory-only broker keeps every record of every earlier run, and after the naive agent's per-event
+    changelog it slowed the next runs (measured: docs/benchmarks.md)."""
+    import contextlib
+
+    return fresh() if fresh is not None else contextlib.nullcontext(None)
 
 
 def run_contender(name: str, s: Settings, wl: Workload, expected: int, logdir: Path, *, publish: bool = True) -> Result:
@@ -319,13 +331,17 @@ def n_scorers(s: Settings) -> tuple[int, list[str]]:
 
 
 def throughput(base: Settings, wl: Workload, reps: int, contenders: Sequence[str], logdir: Path,
-               log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+               log: Callable[[str], None] = print, fresh: Callable[[], Any] | None = None
+               ) -> dict[str, Any]:  # fmt: skip
+    """Every contender ``reps`` times, in turn; ``fresh``: each run on its own new broker (:func:`on_broker`)."""
     k, models = n_scorers(base)
     expected = wl.rows * k
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
     for rep in range(reps):
         for name in contenders:
-            res = run_contender(name, contender_settings(base, name), wl, expected, logdir)
+            with on_broker(fresh) as b:
+                s = contender_settings(base, name, b.bootstrap if b is not None else None)
+                res = run_contender(name, s, wl, expected, logdir)
             runs[name].append({**asdict(res), "rate": round(res.rate, 1)})
             done = (f"{res.events:,} records read" if name == "raw"
                     else f"{res.scores}/{expected} scores, {res.late} late")  # fmt: skip

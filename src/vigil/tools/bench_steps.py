@@ -21,7 +21,7 @@ import orjson
 
 from vigil import kafka_io
 from vigil.config import Settings
-from vigil.tools.bench_contenders import Result, Workload, _read_all, check, contender_settings, n_scorers
+from vigil.tools.bench_contenders import Result, Workload, _read_all, check, contender_settings, n_scorers, on_broker
 
 __all__ = ["latency_step", "memory_child", "memory_step"]
 
@@ -69,62 +69,71 @@ def _metric_total(text: str, name: str) -> int:
 
 def latency_step(base: Settings, wl: Workload, rates: Sequence[float], logdir: Path,
                  log: Callable[[str], None] = print, without: Sequence[float] = (),
-                 watermark_interval_s: float = 0.05) -> list[dict[str, Any]]:  # fmt: skip
+                 watermark_interval_s: float = 0.05, fresh: Callable[[], Any] | None = None
+                 ) -> list[dict[str, Any]]:  # fmt: skip
     """For each offered rate: a fresh `vigil worker` process on its own prefix, the workload published at that
     rate with the producer's watermarks (as `vigil replay` does), every expected score awaited (0 late
     required); latency per score = its record's broker timestamp minus the broker timestamp of the event that
     closed the row. Then each rate in ``without`` again without producer watermarks (the worker's inferred
-    watermark and minimum hold), for comparison."""
-    from vigil.catalog import create_topics, load_catalog
-    from vigil.tools.procs import WorkerProcess
-
+    watermark and minimum hold), for comparison. ``fresh``: each run on its own new broker."""
     k, _ = n_scorers(base)
     expected = wl.rows * k
     out = []
     for rate, wms in [(r, True) for r in rates] + [(r, False) for r in without]:
-        s = contender_settings(base, f"lat{int(rate)}{'' if wms else 'nw'}")
-        asyncio.run(create_topics(s.kafka.client_kwargs(), load_catalog(s.streams_dir), s.topic_prefix))
-        worker = WorkerProcess(s, log_path=logdir / f"latency-{int(rate)}{'' if wms else '-nw'}.log",
-                               extra_env={"VIGIL_TIME_WINDOW__MODE": s.time_window.mode}).start()  # fmt: skip
-        try:
-            worker.wait_ready(120.0)
-            seconds = asyncio.run(_paced_publish(s, wl, rate, wms, watermark_interval_s))
-            recs: list[Any] = []
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                recs = asyncio.run(_read_all(s, s.topic("scores")))
-                if len({orjson.loads(r.value)["score_id"] for r in recs}) >= expected:
-                    break
-                time.sleep(1.0)
-            text = worker.metrics_text()
-        finally:
-            worker.stop()
-        late, dups = _metric_total(text, "vigil_late_events"), _metric_total(text, "vigil_duplicate_events")
-        dead = _metric_total(text, "vigil_dead_letters")
-        violations = _metric_total(text, "vigil_watermark_violations")
-        first: dict[str, float] = {}
-        for r in recs:
-            v = orjson.loads(r.value)
-            lat = r.timestamp / 1000.0 - datetime.fromisoformat(v["trigger_time"]).timestamp()
-            first[v["score_id"]] = min(first.get(v["score_id"], lat), lat)
-        res = Result(f"latency@{int(rate)}", len(wl.events), seconds, scores=len(first), expected_scores=expected,
-                     late=late, duplicates=dups, dead_letters=dead)  # fmt: skip
-        check(res, wl)
-        (logdir / f"latency-{int(rate)}{'' if wms else '-nw'}.json").write_bytes(orjson.dumps(sorted(
-            (r.timestamp, orjson.loads(r.value)["trigger_time"]) for r in recs)))  # for a closer look
-        lat_arr = np.sort(np.fromiter(first.values(), dtype=np.float64))
-        row = {"offered_events_per_s": rate, "achieved_events_per_s": round(len(wl.events) / seconds, 1),
-               "events": len(wl.events), "scores": len(first), "late": late,
-               "p50_ms": round(float(np.percentile(lat_arr, 50)) * 1000, 1),
-               "p99_ms": round(float(np.percentile(lat_arr, 99)) * 1000, 1),
-               "max_ms": round(float(lat_arr[-1]) * 1000, 1),
-               "reorder_min_hold_s": s.state.reorder_min_hold_s, "producer_watermarks": wms,
-               "watermarks": _metric_total(text, "vigil_watermarks"), "watermark_violations": violations,
-               "watermark_interval_ms": round(watermark_interval_s * 1000) if wms else None,
-               "fetch_max_wait_ms": s.fetch_max_wait_ms}  # fmt: skip
-        log(f"latency at {rate:,.0f} events/s offered: {row}")
+        with on_broker(fresh) as b:  # each run on its own broker when ``fresh`` is given
+            row = _latency_run(base, wl, rate, wms, logdir, log, watermark_interval_s, expected,
+                               b.bootstrap if b is not None else None)  # fmt: skip
         out.append(row)
     return out
+
+
+def _latency_run(base: Settings, wl: Workload, rate: float, wms: bool, logdir: Path, log: Callable[[str], None],
+                 watermark_interval_s: float, expected: int, bootstrap: str | None) -> dict[str, Any]:  # fmt: skip
+    from vigil.catalog import create_topics, load_catalog
+    from vigil.tools.procs import WorkerProcess
+
+    s = contender_settings(base, f"lat{int(rate)}{'' if wms else 'nw'}", bootstrap)
+    asyncio.run(create_topics(s.kafka.client_kwargs(), load_catalog(s.streams_dir), s.topic_prefix))
+    worker = WorkerProcess(s, log_path=logdir / f"latency-{int(rate)}{'' if wms else '-nw'}.log",
+                           extra_env={"VIGIL_TIME_WINDOW__MODE": s.time_window.mode}).start()  # fmt: skip
+    try:
+        worker.wait_ready(120.0)
+        seconds = asyncio.run(_paced_publish(s, wl, rate, wms, watermark_interval_s))
+        recs: list[Any] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            recs = asyncio.run(_read_all(s, s.topic("scores")))
+            if len({orjson.loads(r.value)["score_id"] for r in recs}) >= expected:
+                break
+            time.sleep(1.0)
+        text = worker.metrics_text()
+    finally:
+        worker.stop()
+    late, dups = _metric_total(text, "vigil_late_events"), _metric_total(text, "vigil_duplicate_events")
+    dead = _metric_total(text, "vigil_dead_letters")
+    violations = _metric_total(text, "vigil_watermark_violations")
+    first: dict[str, float] = {}
+    for r in recs:
+        v = orjson.loads(r.value)
+        lat = r.timestamp / 1000.0 - datetime.fromisoformat(v["trigger_time"]).timestamp()
+        first[v["score_id"]] = min(first.get(v["score_id"], lat), lat)
+    res = Result(f"latency@{int(rate)}", len(wl.events), seconds, scores=len(first), expected_scores=expected,
+                 late=late, duplicates=dups, dead_letters=dead)  # fmt: skip
+    check(res, wl)
+    (logdir / f"latency-{int(rate)}{'' if wms else '-nw'}.json").write_bytes(orjson.dumps(sorted(
+        (r.timestamp, orjson.loads(r.value)["trigger_time"]) for r in recs)))  # for a closer look
+    lat_arr = np.sort(np.fromiter(first.values(), dtype=np.float64))
+    row = {"offered_events_per_s": rate, "achieved_events_per_s": round(len(wl.events) / seconds, 1),
+           "events": len(wl.events), "scores": len(first), "late": late,
+           "p50_ms": round(float(np.percentile(lat_arr, 50)) * 1000, 1),
+           "p99_ms": round(float(np.percentile(lat_arr, 99)) * 1000, 1),
+           "max_ms": round(float(lat_arr[-1]) * 1000, 1),
+           "reorder_min_hold_s": s.state.reorder_min_hold_s, "producer_watermarks": wms,
+           "watermarks": _metric_total(text, "vigil_watermarks"), "watermark_violations": violations,
+           "watermark_interval_ms": round(watermark_interval_s * 1000) if wms else None,
+           "fetch_max_wait_ms": s.fetch_max_wait_ms}  # fmt: skip
+    log(f"latency at {rate:,.0f} events/s offered: {row}")
+    return row
 
 
 # ----------------------------------------------------------------------------------------------- memory step
