@@ -37,6 +37,12 @@ GPU_PAGE = next(
 )
 
 
+_FRESH = ("each run (every contender, every repetition, every latency rate) on its own newly started broker: the "
+          "memory-only broker keeps every record, and after the naive agent's per-event changelog writes the runs "
+          "that followed it on the same broker were slower (third session: pipeline 27.4k vs 34-36k events/s, "
+          "latency p99 508 vs 145-223 ms at 5k events/s)")
+
+
 def gpu_section(page: Path | None = None) -> str:
     """The GPU section: a link to the separately measured page when it exists, else 'not measured'."""
     page = GPU_PAGE if page is None else page
@@ -77,7 +83,7 @@ def render(r: dict[str, Any]) -> str:
 
 Input: {t['stays']:,} PhysioNet stays from `{r['data']}`, replayed as {t['events']:,} vital-sign / lab / ADT
 events, published to the embedded broker (Tansu, memory storage, 4 partitions per input topic) before each run;
-{"each run (every contender, every repetition, every latency rate) on its own newly started broker: the memory-only broker keeps every record, and after the naive agent's per-event changelog writes the runs that followed it on the same broker were slower (third session: pipeline 27.4k vs 34-36k events/s, latency p99 508 vs 145-223 ms at 5k events/s)" if r.get("fresh_broker") else "one broker for the whole run"}.
+{_FRESH if r.get("fresh_broker") else "one broker for the whole run"}.
 Every contender, in every repetition, gets its **own topic prefix** (inputs, outputs, changelog, group) and must
 produce exactly **{t['expected_scores']:,} scores** ({t['rows']:,} closed hourly rows x models
 {', '.join(t['models'])}) with **0 late and 0 duplicate events**, and exactly {dead} dead letters (the events
