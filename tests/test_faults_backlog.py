@@ -114,6 +114,18 @@ def test_backlog_larger_than_every_hold_bound_loses_nothing(settings_factory, to
     _check_metrics(metrics)
 
 
+def _kill_mid_backlog(s: Settings, tmp_path: Path, env: dict[str, str], n: int) -> None:
+    """A worker on the backlog, SIGKILLed (no final commit, no clean leave) once a third of the ``n`` rows are
+    scored (and before all of them)."""
+    first = WorkerProcess(s, log_path=tmp_path / "w1.log", extra_env=env).start()
+    try:
+        first.wait_ready()
+        part = _scores(s, n // 3, quiet_s=0)
+    finally:
+        first.kill()
+    assert n // 3 <= len({d["score_id"] for d in part}) < n, "not mid-stream"
+
+
 def test_sigkill_mid_backlog_then_restart_scores_every_row_once(settings_factory, topics_factory, sample_path,
                                                                 expected, tmp_path):  # fmt: skip
     """Held events' offsets are not committed: a worker killed while pacing holds events loses none.
@@ -125,13 +137,7 @@ def test_sigkill_mid_backlog_then_restart_scores_every_row_once(settings_factory
     below are the outcome that matters."""
     s = settings_factory()
     _backlog(s, topics_factory, sample_path)
-    first = WorkerProcess(s, log_path=tmp_path / "w1.log", extra_env=PACING).start()
-    try:
-        first.wait_ready()
-        part = _scores(s, len(expected) // 3, quiet_s=0)
-    finally:
-        first.kill()  # SIGKILL: no final commit, no clean leave
-    assert len(expected) // 3 <= len({d["score_id"] for d in part}) < len(expected), "not mid-stream"
+    _kill_mid_backlog(s, tmp_path, PACING, len(expected))
     with WorkerProcess(s, log_path=tmp_path / "w2.log", extra_env=PACING) as w:
         w.wait_ready()
         recs = _scores(s, len(expected), timeout_s=90)
@@ -182,13 +188,7 @@ def test_sigkill_between_coalesced_changelog_writes_then_restart_scores_every_ro
     env = {**PACING, "VIGIL_STATE__CHANGELOG_INTERVAL_S": "5"}
     s = settings_factory()
     _backlog(s, topics_factory, sample_path)
-    first = WorkerProcess(s, log_path=tmp_path / "w1.log", extra_env=env).start()
-    try:
-        first.wait_ready()
-        part = _scores(s, len(expected) // 3, quiet_s=0)
-    finally:
-        first.kill()  # SIGKILL: no changelog flush, no final commit, no clean leave
-    assert len(expected) // 3 <= len({d["score_id"] for d in part}) < len(expected), "not mid-stream"
+    _kill_mid_backlog(s, tmp_path, env, len(expected))  # no changelog flush either
     with WorkerProcess(s, log_path=tmp_path / "w2.log", extra_env=env) as w:
         w.wait_ready()
         recs = _scores(s, len(expected), timeout_s=90)
