@@ -107,7 +107,3 @@ class EdgeMarks:
         """Forget everything (a rebalance: every assigned topic-partition is read again from its commit)."""
         self._marks.clear()
         self._mixed_until.clear()
-
-    def edge_ordered(self, now: float) -> int:
-        """How many topic-partitions are edge-ordered now (a gauge)."""
-        return sum(1 for tp in list(self._marks) if self.current(tp, now) is not None)
