@@ -12,19 +12,18 @@ import math
 import time
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
 from vigil import deadletters
-from vigil.abstain import abstain_flags, scored
+from vigil.abstain import abstain_flags
 from vigil.alerting import AlertStage, Decision, ModelRisk, high_risk_by_ward
 from vigil.budget import budget_controller
 from vigil.config import Settings
 from vigil.drift import DriftMonitor
-from vigil.features import FEATURE_NAMES, featurize, sequence
+from vigil.features import FEATURE_NAMES
 from vigil.levels import level_in_force
 from vigil.news2 import news2_from_last, news2_parts_dict
 from vigil.records import AckEvent, AdtEvent, Observation
@@ -32,7 +31,8 @@ from vigil.scoring import Scorer
 from vigil.state import HOUR, PatientState, Snapshot, event_uid, stack_snapshots
 from vigil.timewindow import check_time
 from vigil.worker.changelog import ChangelogWriter
-from vigil.worker.intake import DeadLetter
+from vigil.worker.infer import Ahead, chunks
+from vigil.worker.intake import DeadLetter, InEvent
 from vigil.worker.outputs import Fired, Outputs, ack_record, alert_records, iso, merge, score_record
 
 __all__ = ["Processor", "Outputs", "InEvent", "iso"]
@@ -41,17 +41,6 @@ log = logging.getLogger(__name__)
 
 # Order of kinds at the same event time: admit first, discharge last.
 _ORDER = {"admit": 0, "transfer": 2, "ack": 2, "discharge": 3}
-
-
-@dataclass(slots=True)
-class InEvent:
-    """A decoded event with its Kafka coordinates."""
-
-    event: Observation | AdtEvent | AckEvent
-    topic: str  # catalogue name: vitals | labs | adt | alert-acks
-    partition: int
-    broker_ts: float  # Kafka record timestamp, seconds
-    offset: int = -1  # Kafka offset in (topic, partition)
 
 
 class Processor:
@@ -109,6 +98,7 @@ class Processor:
                 lst.append(ie)
 
         snaps: list[Snapshot] = []
+        ahead = Ahead([*self.scorers, *self.shadows], self.settings.scoring.overlap_rows)  # worker/infer.py
         touched: list[tuple[int, PatientState]] = []
         self._dead = out.dead
         self._quarantined: set[str] = set()  # patients whose events of this batch were quarantined by scoring
@@ -131,8 +121,9 @@ class Processor:
             if st.last_event_time > wm:
                 self.watermark[p] = st.last_event_time
             touched.append((p, st))
+            ahead.offer(snaps)  # inference of the rows closed so far starts while the other patients are applied
 
-        self._score_safe(snaps, {id(st): st for _, st in touched}, out, by_patient)
+        self._score_safe(snaps, {id(st): st for _, st in touched}, out, by_patient, ahead)
         for st, d in self._acks:
             if d.since is not None and d.time >= d.since:
                 out.ack_latency.append((d.kind, d.time - d.since))
@@ -379,22 +370,24 @@ class Processor:
 
     # -- scoring -------------------------------------------------------------------------------
     def _score_safe(self, snaps: list[Snapshot], by_state: dict[int, PatientState], out: Outputs,
-                    by_patient: dict[str, list[InEvent]]) -> None:  # fmt: skip
+                    by_patient: dict[str, list[InEvent]], ahead: Ahead | None = None) -> None:  # fmt: skip
         """Score ``snaps`` into ``out``; if that raises, score patient by patient and quarantine the events of
         the batch of each patient whose scoring raises (every other patient is scored)."""
         if not snaps:
             return
+        ahead = ahead or Ahead([*self.scorers, *self.shadows], self.settings.scoring.overlap_rows)
         try:
             tmp = Outputs()
-            self._score(snaps, by_state, tmp)
+            self._score(snaps, by_state, tmp, ahead)
         except Exception:  # noqa: BLE001
+            ahead.wait()
             groups: dict[str, list[Snapshot]] = {}
             for sn in snaps:
                 groups.setdefault(sn.patient, []).append(sn)
             for patient, group in groups.items():
                 try:
                     tmp = Outputs()
-                    self._score(group, by_state, tmp)
+                    self._score(group, by_state, tmp, Ahead([*self.scorers, *self.shadows], 0))
                 except Exception as exc:  # noqa: BLE001
                     evs = [] if patient in self._quarantined else by_patient.get(patient, [])
                     if evs:
@@ -409,24 +402,32 @@ class Processor:
             return
         merge(out, tmp)
 
-    def _score(self, snaps: list[Snapshot], by_state: dict[int, PatientState], out: Outputs) -> None:
+    def _score(self, snaps: list[Snapshot], by_state: dict[int, PatientState], out: Outputs, ahead: Ahead) -> None:
         if not snaps:
             return
-        t0 = time.perf_counter()
-        inp = stack_snapshots(snaps)
-        x = featurize(inp)
-        seq = sequence(inp) if any(sc.needs_sequence for sc in [*self.scorers, *self.shadows]) else None
-        out.featurize_s = time.perf_counter() - t0
+        inp, x = ahead.close(snaps)
+        out.featurize_s = ahead.featurize_s
         news = news2_from_last(np.stack([s.last_value for s in snaps]))
-        risks: list[np.ndarray] = []
         flags: dict[tuple[int, int], tuple[bool, str | None]] = {}  # (row, scorer) -> indeterminate, reason
-        for j, sc in enumerate(self.scorers):
-            t1 = time.perf_counter()
-            risk_arr, ind, why = scored(sc, x, seq)
-            risks.append(risk_arr)
-            out.inference_s[sc.name] = time.perf_counter() - t1
-            flags.update(abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)))
-        shadow = [scored(sc, x, seq) for sc in self.shadows]
+        states = {st.patient: st for st in by_state.values()}
+        now_iso = iso(time.time())
+        fired: list[Fired] = []
+        n2s: list[dict[str, Any]] = []
+        got: list[list[np.ndarray]] = [[] for _ in self.scorers]  # each scorer's risks, chunk after chunk
+        out.inference_s = {sc.name: 0.0 for sc in self.scorers}
+        self._by_name = {sc.name: j for j, sc in enumerate(self.scorers)}
+        with chunks(ahead) as parts:
+            for part in parts:  # worker/infer.py: the next chunks are inferred while this one's records are built
+                for j, sc in enumerate(self.scorers):
+                    risk_arr, ind, why = part.results[j]
+                    got[j].append(risk_arr)
+                    out.inference_s[sc.name] += part.seconds[j]
+                    for (i, _), flag in abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)).items():
+                        flags[(part.start + i, j)] = flag
+                for i in range(part.start, part.stop):
+                    self._score_row(i, i - part.start, snaps[i], states[snaps[i].patient], news, part.results,
+                                    flags, now_iso, out, n2s, fired)  # fmt: skip
+        risks = [arrs[0] if len(arrs) == 1 else np.concatenate(arrs) for arrs in got]
         for sc, risk_arr in zip(self.scorers, risks, strict=True):
             out.risks[sc.name] = risk_arr
         if self.settings.drift.enabled:
@@ -435,38 +436,8 @@ class Processor:
                 if mon is not None:
                     out.drift += [(sc.name, orjson.dumps({**e, "time": iso(snaps[-1].row_time)}))
                                   for e in mon.update(x, risk_arr)]  # fmt: skip
-        states = {st.patient: st for st in by_state.values()}
-        now = time.time()
-        now_iso = iso(now)
-        fired: list[Fired] = []
-        by_name = {sc.name: j for j, sc in enumerate(self.scorers)}
-        n2s: list[dict[str, Any]] = []
-        for i, snap in enumerate(snaps):
-            st = states[snap.patient]
-            n2 = news2_parts_dict(news, i)
-            n2s.append(n2)
-            live: dict[str, Any] | None = None
-            levels = [level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit) for sc in self.scorers]
-            models: list[ModelRisk] = []
-            for j, (sc, risk_arr, level) in enumerate(zip(self.scorers, risks, levels, strict=True)):
-                risk = float(risk_arr[i])
-                rec = score_record(snap, sc, risk, n2, now_iso, level=level, flag=flags.get((i, j), (False, None)))
-                out.scores.append((snap.patient, orjson.dumps(rec)))
-                live = live or rec
-                out.score_trigger_ts.append(snap.trigger_ts)
-                out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
-                models.append(ModelRisk(sc.name, sc.version, risk, sc.alert_level))
-            for d in self.alerting.step(st.alerts, snap, models, n2):  # model rules (by model), then NEWS2 (primary)
-                j = by_name[d.model] if d.model is not None else 0
-                ok = j < len(self.scorers)
-                fired.append((i, self.scorers[j] if ok else None, d, models[j].risk if ok else math.nan,
-                              levels[j] if ok else math.nan))  # fmt: skip
-            for sc, (risk_arr, ind, why) in zip(self.shadows, shadow, strict=True):
-                level = level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit)
-                flag = (bool(ind[i]), why[i]) if ind is not None and why else (False, None)
-                rec = score_record(snap, sc, float(risk_arr[i]), n2, now_iso, live=live, level=level, flag=flag)
-                out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
         if fired:
+            inp = stack_snapshots(snaps) if inp is None else inp  # the batch's input (explain), if it was chunked
             alerts = alert_records(fired, self.scorers, snaps, inp, risks, n2s, now_iso, flags)
             for patient, rec, trigger_ts, labels in alerts:
                 out.alerts.append((patient, orjson.dumps(rec)))
@@ -477,6 +448,35 @@ class Processor:
                       and d.event in ("raised", "escalated")}  # fmt: skip
             sc0 = self.scorers[0]
             self.budget.observe_scored(snaps, raised, self.policy.rule, sc0.alert_level, f"{sc0.name}:{sc0.version}")
+
+    def _score_row(self, i: int, r: int, snap: Snapshot, st: PatientState, news: np.ndarray,
+                   results: list[tuple[Any, Any, Any]], flags: dict[tuple[int, int], tuple[bool, str | None]],
+                   now_iso: str, out: Outputs, n2s: list[dict[str, Any]], fired: list[Fired]) -> None:  # fmt: skip
+        """Row ``i`` of the batch, row ``r`` of its inference chunk (``results``: per live then shadow model):
+        its score records and the alert policy's step."""
+        n2 = news2_parts_dict(news, i)
+        n2s.append(n2)
+        live: dict[str, Any] | None = None
+        levels = [level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit) for sc in self.scorers]
+        models: list[ModelRisk] = []
+        for j, (sc, (risk_arr, _, _), level) in enumerate(zip(self.scorers, results, levels, strict=False)):
+            risk = float(risk_arr[r])
+            rec = score_record(snap, sc, risk, n2, now_iso, level=level, flag=flags.get((i, j), (False, None)))
+            out.scores.append((snap.patient, orjson.dumps(rec)))
+            live = live or rec
+            out.score_trigger_ts.append(snap.trigger_ts)
+            out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
+            models.append(ModelRisk(sc.name, sc.version, risk, sc.alert_level))
+        for d in self.alerting.step(st.alerts, snap, models, n2):  # model rules (by model), then NEWS2 (primary)
+            j = self._by_name[d.model] if d.model is not None else 0
+            ok = j < len(self.scorers)
+            fired.append((i, self.scorers[j] if ok else None, d, models[j].risk if ok else math.nan,
+                          levels[j] if ok else math.nan))  # fmt: skip
+        for sc, (risk_arr, ind, why) in zip(self.shadows, results[len(self.scorers) :], strict=True):
+            level = level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit)
+            flag = (bool(ind[r]), why[r]) if ind is not None and why else (False, None)
+            rec = score_record(snap, sc, float(risk_arr[r]), n2, now_iso, live=live, level=level, flag=flag)
+            out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
 
     def high_risk_by_ward(self) -> dict[str, int]:
         """Patients in care with a model-risk alert raised and not yet cleared, per ward (counts only)."""

@@ -51,12 +51,23 @@ if TYPE_CHECKING:
     from vigil.metrics import WorkerMetrics
     from vigil.worker.punctuation import EdgeMarks
 
-__all__ = ["Intake", "Side", "DeadLetter", "Reroute", "MAX_EVENT_BYTES", "partition_for"]
+__all__ = ["Intake", "InEvent", "Side", "DeadLetter", "Reroute", "MAX_EVENT_BYTES", "partition_for"]
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 64 * 1024  # a valid input event is a few hundred bytes; anything this large is refused unparsed
 _KEY_CACHE = 100_000
+
+
+@dataclass(slots=True)
+class InEvent:
+    """A decoded event with its Kafka coordinates."""
+
+    event: Observation | AdtEvent | AckEvent
+    topic: str  # catalogue name: vitals | labs | adt | alert-acks
+    partition: int
+    broker_ts: float  # Kafka record timestamp, seconds
+    offset: int = -1  # Kafka offset in (topic, partition)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -194,7 +205,7 @@ class Intake:
              metrics: WorkerMetrics | None = None) -> tuple[float, dict[str, int]]:  # fmt: skip
         """The per-record loop of one fetched topic-partition: each record screened; a producer's watermark
         recorded (:mod:`vigil.worker.punctuation`), never applied; every event appended to ``events`` as an
-        :class:`~vigil.worker.batch.InEvent` (``make``). A data record below the input's producer watermark is
+        :class:`InEvent` (``make``). A data record below the input's producer watermark is
         counted as a violation and kept. ``edged[(name, partition)]`` is set to the offset after which this
         input's events were edge-ordered (no minimum hold of their own), unless a violation came. Returns (newest
         event time, count per kind)."""

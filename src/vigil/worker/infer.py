@@ -1,0 +1,128 @@
+"""Model inference of one batch's rows, in chunks, overlapped with the work around it.
+
+ONNX Runtime releases the GIL while it runs, so a second thread can run a chunk of a batch's feature rows
+through every model while the event loop's thread goes on: :class:`Ahead` starts a chunk as soon as the
+state updates of a batch have closed ``scoring.overlap_rows`` rows (the other patients of the batch are
+applied meanwhile), and :func:`chunks` hands the chunks back in row order while the score and alert records
+of the previous one are built. The results are the same as one call over the whole batch: each row's
+features and tree-ensemble / network output do not depend on the other rows of its call
+(``intra_op_num_threads`` 1), and every chunk is finished before the batch's records are (tests/test_infer.py
+compares every record). A batch of at most ``overlap_rows`` rows (every batch at live rates) is one call on
+the caller's thread, as is every batch with ``overlap_rows = 0``.
+
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vigil.abstain import scored
+from vigil.features import featurize, sequence
+from vigil.state import FeatureInput, Snapshot, stack_snapshots
+
+__all__ = ["Ahead", "Chunk", "chunks"]
+
+_POOL: ThreadPoolExecutor | None = None  # one inference thread per process, started on first use
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Rows ``start:stop`` of the batch: per model (in the order given), ``(risk, indeterminate, reasons)``
+    as :func:`vigil.abstain.scored` returns them, and the seconds each model's call took."""
+
+    start: int
+    stop: int
+    results: list[tuple[np.ndarray, Any, Any]]
+    seconds: list[float]
+
+
+def _run_at(models: Sequence[Any], x: np.ndarray, seq: np.ndarray | None, start: int) -> Chunk:
+    results, seconds = [], []
+    for sc in models:
+        t0 = time.perf_counter()
+        results.append(scored(sc, x, seq))
+        seconds.append(time.perf_counter() - t0)
+    return Chunk(start, start + x.shape[0], results, seconds)
+
+
+class Ahead:
+    """Inference of a batch's rows started while the batch is still being applied: :meth:`offer` after each
+    patient's state update submits every full chunk of ``rows`` rows closed so far (featurized on the
+    caller's thread, inferred on the inference thread); :meth:`close` featurizes the rest. ``rows`` 0: nothing
+    is started early (one chunk, inferred on the caller's thread when :func:`chunks` reads it)."""
+
+    def __init__(self, models: Sequence[Any], rows: int) -> None:
+        self.models = list(models)
+        self.rows = rows
+        self.needs_sequence = any(getattr(sc, "needs_sequence", False) for sc in self.models)
+        self.parts: list[tuple[int, np.ndarray, np.ndarray | None, Future[Chunk] | None]] = []  # start, x, seq
+        self.done = 0  # rows featurized
+        self.featurize_s = 0.0
+
+    def _features(self, snaps: list[Snapshot]) -> tuple[FeatureInput, np.ndarray, np.ndarray | None]:
+        t0 = time.perf_counter()
+        inp = stack_snapshots(snaps)
+        x = featurize(inp)
+        seq = sequence(inp) if self.needs_sequence else None
+        self.featurize_s += time.perf_counter() - t0
+        return inp, x, seq
+
+    def offer(self, snaps: list[Snapshot]) -> None:
+        if self.rows <= 0:
+            return
+        while len(snaps) - self.done >= self.rows:
+            a, b = self.done, self.done + self.rows
+            _, x, seq = self._features(snaps[a:b])
+            self.parts.append((a, x, seq, _pool().submit(_run_at, self.models, x, seq, a)))
+            self.done = b
+
+    def close(self, snaps: list[Snapshot]) -> tuple[FeatureInput | None, np.ndarray]:
+        """Featurize the rows not offered yet; returns the whole batch's feature input when it was featurized
+        in one piece (else None: :func:`vigil.state.stack_snapshots` it again if needed) and feature matrix."""
+        self.offer(snaps)  # full chunks not offered yet (a caller that did not offer as it went)
+        inp = None
+        if self.done < len(snaps):
+            inp, x, seq = self._features(snaps[self.done :])
+            self.parts.append((self.done, x, seq, None))
+            self.done = len(snaps)
+            if len(self.parts) > 1:
+                inp = None
+        xs = [x for _, x, _, _ in self.parts]
+        return inp, xs[0] if len(xs) == 1 else np.concatenate(xs)
+
+    def wait(self) -> None:
+        """Let every started call finish (their results unread): no call outlives its batch."""
+        for _, _, _, fut in self.parts:
+            if fut is not None and not fut.cancel():
+                fut.exception()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL  # noqa: PLW0603 - one thread per process, shared by every processor
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-infer")
+    return _POOL
+
+
+@contextmanager
+def chunks(ahead: Ahead) -> Iterator[Iterator[Chunk]]:
+    """The rows of ``ahead`` (closed) scored by every model, chunk after chunk in row order (see the module
+    docstring). An exception of a model call is raised when its chunk is reached; leaving the block (normally
+    or by an exception) waits for every call started, so no call outlives the batch."""
+    models, parts = ahead.models, ahead.parts
+
+    def walk() -> Iterator[Chunk]:
+        for a, x, seq, fut in parts:
+            yield _run_at(models, x, seq, a) if fut is None else fut.result()  # None: the last rows, on this thread
+
+    try:
+        yield walk()
+    finally:
+        ahead.wait()
