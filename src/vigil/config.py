@@ -113,7 +113,7 @@ class ScoringSettings(BaseModel):
     intra_op_threads: int = 1
     # rows per inference call when a batch is larger: the next chunk runs on a second thread while the records
     # of this one are built (worker/infer.py; same results); 0 = one call per batch on the event loop's thread
-    overlap_rows: int = Field(128, ge=0)
+    overlap_rows: int = Field(256, ge=0)
     models: list[str] = Field(default_factory=list, description="NAME[:VERSION]; empty = serving models")
     shadow: list[str] = Field(
         default_factory=list, description="NAME:VERSION candidates scored beside the live models (scores-shadow)"

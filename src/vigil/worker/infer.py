@@ -90,7 +90,9 @@ class Ahead:
         inp = None
         if self.done < len(snaps):
             inp, x, seq = self._features(snaps[self.done :])
-            self.parts.append((self.done, x, seq, None))
+            # after chunks, on the inference thread too (it overlaps the records of the chunks before it)
+            fut = _pool().submit(_run_at, self.models, x, seq, self.done) if self.parts else None
+            self.parts.append((self.done, x, seq, fut))
             self.done = len(snaps)
             if len(self.parts) > 1:
                 inp = None
