@@ -6,6 +6,10 @@ patient and the failing patient's events quarantined)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import numpy as np
 import orjson
 import pytest
@@ -147,3 +151,34 @@ def test_a_model_error_in_a_chunk_quarantines_only_that_patient(sample_path) -> 
     assert scored_patients == set(admits) - {victim}  # everyone else scored
     assert {d.reason for d in out.dead} == {"processing_error"}
     assert len(out.dead) == sum(1 for e in events if e.event.patient == victim)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_gets_its_own_inference_thread() -> None:
+    snaps = _snaps(7)
+    with chunks(_closed(snaps)) as parts:  # the parent's inference thread exists now
+        assert [p.start for p in parts] == [0, 3, 6]
+    pid = os.fork()
+    if pid == 0:  # the child: chunked inference must still complete (exit 0), not wait for a thread it lacks
+        code = 1
+        try:
+            with chunks(_closed(snaps)) as parts:
+                code = 0 if [p.stop for p in parts] == [3, 6, 7] else 2
+        finally:
+            os._exit(code)
+    for _ in range(600):  # bounded: without the fix the child waits forever for the parent's thread
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's chunked inference never finished (it waited for the parent's thread)")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _closed(snaps: list[Snapshot]) -> Ahead:
+    ahead = Ahead([Boom(0)], rows=3)
+    ahead.close(snaps)
+    return ahead

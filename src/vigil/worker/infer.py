@@ -14,6 +14,7 @@ the caller's thread, as is every batch with ``overlap_rows = 0``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -111,6 +112,17 @@ def _pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-infer")
     return _POOL
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's inference thread does not exist there (its pool would queue work that
+    no thread runs), so the child starts its own on first use."""
+    global _POOL  # noqa: PLW0603
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 @contextmanager
