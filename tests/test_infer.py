@@ -22,6 +22,7 @@ from vigil.privacy import pseudonymise
 from vigil.records import Invalid, decode
 from vigil.replay import stay_events
 from vigil.state import PatientState, Snapshot
+from vigil.variables import STATIC_INDEX
 from vigil.worker.batch import InEvent, Processor
 from vigil.worker.engine import load_scorers, load_shadows
 from vigil.worker.infer import Ahead, chunks
@@ -80,47 +81,49 @@ def test_chunked_inference_gives_the_same_records_as_one_call_per_batch(sample_p
 
 
 class Boom:
-    """A model whose ``fail_at``-th call raises; the others return the call's number for every row."""
+    """Returns each row's number (its ``age`` feature, see :func:`_snaps`); a call holding row ``fail_row``
+    raises."""
 
     abstainer = None
     needs_sequence = False
 
-    def __init__(self, fail_at: int) -> None:
-        self.fail_at, self.calls = fail_at, 0
+    def __init__(self, fail_row: int = -1) -> None:
+        self.fail_row = fail_row
 
     def predict(self, x, seq=None):  # type: ignore[no-untyped-def]
-        self.calls += 1
-        if self.calls == self.fail_at:
+        rows = x[:, FEATURE_NAMES.index("age")]
+        if (rows == self.fail_row).any():
             msg = "boom"
             raise RuntimeError(msg)
-        return np.full(x.shape[0], self.calls, np.float32)
+        return rows.astype(np.float32)
 
 
 def _snaps(n: int) -> list[Snapshot]:
+    """``n`` snapshots whose ``age`` is their row number."""
     st = PatientState("pt-x")
-    return [st.snapshot(0.0) for _ in range(n)]
+    out = []
+    for i in range(n):
+        st.static[STATIC_INDEX["Age"]] = i
+        out.append(st.snapshot(0.0))
+    return out
 
 
-def test_chunks_come_back_in_row_order_and_a_failing_one_raises_at_its_turn() -> None:
+def test_chunks_come_back_in_row_order_and_a_failing_one_raises_once_all_are_done() -> None:
     snaps = _snaps(10)
-    ok = Ahead([Boom(0)], rows=3)
+    ok = Ahead([Boom()], rows=3)
     ok.offer(snaps[:4])  # one full chunk (0..3) started, as after a patient's rows were applied
     assert [(a, fut is not None) for a, _, _, fut in ok.parts] == [(0, True)]
-    ok.offer(snaps)  # two more (3..6, 6..9); the last row is left for close()
+    ok.offer(snaps)  # two more (3..6, 6..9); the last row is left for close(), to run on this thread
     _, x = ok.close(snaps)
-    assert x.shape[0] == 10
-    with chunks(ok) as parts:  # the calls ran in row order, the last one (row 9) on this thread
-        assert [(p.start, p.stop, p.results[0][0].tolist()) for p in parts] == [
-            (0, 3, [1.0] * 3), (3, 6, [2.0] * 3), (6, 9, [3.0] * 3), (9, 10, [4.0])]  # fmt: skip
+    assert x.shape[0] == 10 and [fut is None for *_, fut in ok.parts] == [False, False, False, True]
+    assert [(p.start, p.stop, p.results[0][0].tolist()) for p in chunks(ok)] == [
+        (0, 3, [0.0, 1.0, 2.0]), (3, 6, [3.0, 4.0, 5.0]), (6, 9, [6.0, 7.0, 8.0]), (9, 10, [9.0])]  # fmt: skip
 
-    bad = Ahead([Boom(3)], rows=3)
+    bad = Ahead([Boom(fail_row=4)], rows=3)
     bad.close(snaps)  # close() alone starts every full chunk too
-    seen = []
-    with pytest.raises(RuntimeError, match="boom"), chunks(bad) as parts:
-        for part in parts:
-            seen.append((part.start, part.stop))
-    assert seen == [(0, 3), (3, 6)]  # 6..9 raised when it was reached; the chunks before it came in order
-    assert all(fut.done() for _, _, _, fut in bad.parts if fut is not None)  # no call outlives the block
+    with pytest.raises(RuntimeError, match="boom"):
+        chunks(bad)
+    assert all(fut.done() for *_, fut in bad.parts if fut is not None)  # no call outlives it
 
 
 def test_a_model_error_in_a_chunk_quarantines_only_that_patient(sample_path) -> None:  # type: ignore[no-untyped-def]
@@ -130,7 +133,8 @@ def test_a_model_error_in_a_chunk_quarantines_only_that_patient(sample_path) -> 
     proc = Processor(s, load_scorers(s))
     real = proc.scorers[0]
     admits = {e.event.patient: e.event.age for e in events if getattr(e.event, "kind", "") == "admit"}
-    victim = next(p for p, age in admits.items() if list(admits.values()).count(age) == 1)
+    victim = list(admits)[-1]  # the last patient of the batch: its rows are in the last chunk, after the others'
+    assert list(admits.values()).count(admits[victim]) == 1  # known by its age alone
     age_col = FEATURE_NAMES.index("age")
 
     class OnePatientFails:
@@ -151,19 +155,24 @@ def test_a_model_error_in_a_chunk_quarantines_only_that_patient(sample_path) -> 
     assert scored_patients == set(admits) - {victim}  # everyone else scored
     assert {d.reason for d in out.dead} == {"processing_error"}
     assert len(out.dead) == sum(1 for e in events if e.event.patient == victim)
+    # ... exactly as if the victim had not been there: the failed chunked call moved no alert state, so the
+    # patient-by-patient retry stepped no row twice (same score and alert records, same alert states)
+    clean = Processor(s, load_scorers(s))
+    want = clean.process([e for e in events if e.event.patient != victim])
+    assert _records(out) == _records(want) and want.alerts
+    for p in set(admits) - {victim}:
+        assert repr(proc.states[0][p].alerts) == repr(clean.states[0][p].alerts)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_forked_child_gets_its_own_inference_thread() -> None:
     snaps = _snaps(7)
-    with chunks(_closed(snaps)) as parts:  # the parent's inference thread exists now
-        assert [p.start for p in parts] == [0, 3, 6]
+    assert [p.start for p in chunks(_closed(snaps))] == [0, 3, 6]  # the parent's inference thread exists now
     pid = os.fork()
     if pid == 0:  # the child: chunked inference must still complete (exit 0), not wait for a thread it lacks
         code = 1
         try:
-            with chunks(_closed(snaps)) as parts:
-                code = 0 if [p.stop for p in parts] == [3, 6, 7] else 2
+            code = 0 if [p.stop for p in chunks(_closed(snaps))] == [3, 6, 7] else 2
         finally:
             os._exit(code)
     for _ in range(600):  # bounded: without the fix the child waits forever for the parent's thread
@@ -179,6 +188,6 @@ def test_a_forked_child_gets_its_own_inference_thread() -> None:
 
 
 def _closed(snaps: list[Snapshot]) -> Ahead:
-    ahead = Ahead([Boom(0)], rows=3)
+    ahead = Ahead([Boom()], rows=3)
     ahead.close(snaps)
     return ahead

@@ -416,17 +416,18 @@ class Processor:
         got: list[list[np.ndarray]] = [[] for _ in self.scorers]  # each scorer's risks, chunk after chunk
         out.inference_s = {sc.name: 0.0 for sc in self.scorers}
         self._by_name = {sc.name: j for j, sc in enumerate(self.scorers)}
-        with chunks(ahead) as parts:
-            for part in parts:  # worker/infer.py: the next chunks are inferred while this one's records are built
-                for j, sc in enumerate(self.scorers):
-                    risk_arr, ind, why = part.results[j]
-                    got[j].append(risk_arr)
-                    out.inference_s[sc.name] += part.seconds[j]
-                    for (i, _), flag in abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)).items():
-                        flags[(part.start + i, j)] = flag
-                for i in range(part.start, part.stop):
-                    self._score_row(i, i - part.start, snaps[i], states[snaps[i].patient], news, part.results,
-                                    flags, now_iso, out, n2s, fired)  # fmt: skip
+        # every chunk's results before any alert state moves: a model error leaves every state as it was, so the
+        # patient-by-patient retry of _score_safe steps no row twice (worker/infer.py)
+        for part in chunks(ahead):
+            for j, sc in enumerate(self.scorers):
+                risk_arr, ind, why = part.results[j]
+                got[j].append(risk_arr)
+                out.inference_s[sc.name] += part.seconds[j]
+                for (i, _), flag in abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)).items():
+                    flags[(part.start + i, j)] = flag
+            for i in range(part.start, part.stop):
+                self._score_row(i, i - part.start, snaps[i], states[snaps[i].patient], news, part.results,
+                                flags, now_iso, out, n2s, fired)  # fmt: skip
         risks = [arrs[0] if len(arrs) == 1 else np.concatenate(arrs) for arrs in got]
         for sc, risk_arr in zip(self.scorers, risks, strict=True):
             out.risks[sc.name] = risk_arr

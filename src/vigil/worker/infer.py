@@ -3,12 +3,13 @@
 ONNX Runtime releases the GIL while it runs, so a second thread can run a chunk of a batch's feature rows
 through every model while the event loop's thread goes on: :class:`Ahead` starts a chunk as soon as the
 state updates of a batch have closed ``scoring.overlap_rows`` rows (the other patients of the batch are
-applied meanwhile), and :func:`chunks` hands the chunks back in row order while the score and alert records
-of the previous one are built. The results are the same as one call over the whole batch: each row's
-features and tree-ensemble / network output do not depend on the other rows of its call
-(``intra_op_num_threads`` 1), and every chunk is finished before the batch's records are (tests/test_infer.py
-compares every record). A batch of at most ``overlap_rows`` rows (every batch at live rates) is one call on
-the caller's thread, as is every batch with ``overlap_rows = 0``.
+applied meanwhile), and :func:`chunks` runs the rest on the caller's thread and hands every chunk back in row
+order. The records are built only once every chunk is back, so a model error is seen before any patient's
+alert state has moved (the worker then scores patient by patient, as with one call). The results are the same as
+one call over the whole batch: each row's features and tree-ensemble / network output do not depend on the other
+rows of its call (``intra_op_num_threads`` 1); tests/test_infer.py compares every record. A batch of at most
+``overlap_rows`` rows (every batch at live rates) is one call on the caller's thread, as is every batch with
+``overlap_rows = 0``.
 
 """
 
@@ -16,9 +17,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +91,7 @@ class Ahead:
         inp = None
         if self.done < len(snaps):
             inp, x, seq = self._features(snaps[self.done :])
-            # after chunks, on the inference thread too (it overlaps the records of the chunks before it)
-            fut = _pool().submit(_run_at, self.models, x, seq, self.done) if self.parts else None
-            self.parts.append((self.done, x, seq, fut))
+            self.parts.append((self.done, x, seq, None))  # the last rows: on the caller's thread (chunks)
             self.done = len(snaps)
             if len(self.parts) > 1:
                 inp = None
@@ -125,18 +123,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-@contextmanager
-def chunks(ahead: Ahead) -> Iterator[Iterator[Chunk]]:
-    """The rows of ``ahead`` (closed) scored by every model, chunk after chunk in row order (see the module
-    docstring). An exception of a model call is raised when its chunk is reached; leaving the block (normally
-    or by an exception) waits for every call started, so no call outlives the batch."""
-    models, parts = ahead.models, ahead.parts
-
-    def walk() -> Iterator[Chunk]:
-        for a, x, seq, fut in parts:
-            yield _run_at(models, x, seq, a) if fut is None else fut.result()  # None: the last rows, on this thread
-
+def chunks(ahead: Ahead) -> list[Chunk]:
+    """Every chunk of ``ahead`` (closed) scored by every model, in row order: the rows not started yet on the
+    caller's thread first (while the inference thread finishes the started chunks), then the started ones. All of
+    them are finished before it returns, so no call outlives the batch and the caller sees a model error before
+    it has used any result; the first error is raised once every call has finished."""
     try:
-        yield walk()
+        mine = {a: _run_at(ahead.models, x, seq, a) for a, x, seq, fut in ahead.parts if fut is None}
+        return [mine[a] if fut is None else fut.result() for a, _, _, fut in ahead.parts]
     finally:
         ahead.wait()
