@@ -111,8 +111,8 @@ class ScoringSettings(BaseModel):
         default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     intra_op_threads: int = 1
-    # rows per inference call when a batch is larger: the next chunk runs on a second thread while the records
-    # of this one are built (worker/infer.py; same results); 0 = one call per batch on the event loop's thread
+    # rows per inference call when a batch is larger: each full chunk runs on a second thread while the batch's
+    # other patients are applied (worker/infer.py; same results); 0 = one call per batch on the event loop's thread
     overlap_rows: int = Field(256, ge=0)
     models: list[str] = Field(default_factory=list, description="NAME[:VERSION]; empty = serving models")
     shadow: list[str] = Field(
