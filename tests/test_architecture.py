@@ -149,7 +149,7 @@ SHARED = frozenset({
     "vigil.units", "vigil.codes", "vigil.deadletters", "vigil.records", "vigil.card", "vigil.registry", "vigil.onset",
     "vigil.registry_view",
     "vigil.features", "vigil.news2", "vigil.scoring", "vigil.alerts", "vigil.levels", "vigil.metrics",
-    "vigil.timewindow", "vigil.privacy", "vigil.logs", "vigil.state", "vigil.explain", "vigil.drift",
+    "vigil.timewindow", "vigil.timeparse", "vigil.privacy", "vigil.logs", "vigil.state", "vigil.explain", "vigil.drift",
     "vigil.alerting", "vigil.alerting.state", "vigil.alerting.rules", "vigil.alerting.stage",
     "vigil.abstain",
 })  # fmt: skip

@@ -74,3 +74,83 @@ def test_decode_reports_the_first_field_at_fault_as_before() -> None:
     bad = orjson.dumps({**GOOD, "source": "", "value": "88"})
     inv = decode(bad, "vitals", b"pt-0f3a9c")
     assert (inv.reason, inv.field) == ("bad_type", "source")  # type: ignore[union-attr]
+
+
+# -- the msgspec decoder (vigil.records._fast_observation) in front of orjson + the checks ------------------------
+def _raw(d: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(d, allow_nan=True).encode()  # NaN / Infinity / 10**400 as literals: what a bad producer sends
+
+
+RAW_ODD: list[bytes] = [
+    b"", b"null", b"[]", b"[1]", b'"x"', b"1", b"{}", b"{", b"\xef\xbb\xbf" + _raw(GOOD), _raw(GOOD) + b"x",
+    _raw(GOOD) + b" \n", _raw(GOOD)[:-1] + b',"patient":"pt-2"}', _raw(GOOD)[:-1] + b',"patient":null}',
+    _raw(GOOD)[:-1] + b',"watermark":null}', _raw({**GOOD, "watermark": "2026-01-01T05:00:00Z"}),
+    _raw({**GOOD, "v": 1.0}), _raw({**GOOD, "v": 2}), _raw({**GOOD, "v": True}), _raw({**GOOD, "v": None}),
+    _raw({**GOOD, "v": 10**30}), _raw({k: v for k, v in GOOD.items() if k != "v"}),
+    _raw({**GOOD, "seq": 2**63 - 1}), _raw({**GOOD, "seq": 2**63}), _raw({**GOOD, "seq": 2**64 - 1}),
+    _raw({**GOOD, "seq": 2**64}), _raw({**GOOD, "seq": -0}), _raw({**GOOD, "value": 10**30}),
+    _raw({**GOOD, "value": -(10**30)}), _raw({**GOOD, "value": 10**400}), _raw({**GOOD, "value": 1e308}),
+    _raw(GOOD).replace(b'"value": 88', b'"value": 1e400'), _raw(GOOD).replace(b'"value": 88', b'"value": -0.0'),
+    _raw(GOOD).replace(b'"value": 88', b'"value": 8.8E1'), _raw(GOOD).replace(b'"value": 88', b'"value": 088'),
+    _raw({**GOOD, "patient": "\U0001f600" * MAX_STR}), _raw({**GOOD, "patient": "\U0001f600" * (MAX_STR + 1)}),
+    _raw({**GOOD, "patient": "a\u0000b"}), _raw(GOOD).replace(b"monitor-7", b"\\ud800"),
+    _raw(GOOD).replace(b"monitor-7", b"\xff\xfe"), _raw(GOOD).replace(b"monitor-7", b"a\x01"),
+    _raw({**GOOD, "extra": {"a": [1, 2, {"b": None}]}}), _raw(GOOD)[:-1] + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    _raw({**GOOD, "code": "0000-0"}), _raw({**GOOD, "unit": "kg"}), _raw({**GOOD, "value": 100000}),
+    _raw({**GOOD, "unit": ""}), _raw({**GOOD, "time": "2026-01-01 05:00:00Z"}), _raw({**GOOD, "time": "x" * 65}),
+    _raw({**GOOD, "system": "http://loinc.org"}), _raw({**GOOD, "code": "8310-5", "value": 100.4, "unit": "[degF]"}),
+]  # fmt: skip
+
+
+def _invalid(ev: Any) -> tuple[Any, ...]:
+    from vigil.records import Invalid
+
+    return (ev.reason, ev.error_type, ev.detail, ev.field) if type(ev) is Invalid else (ev,)
+
+
+def _decoded_both_ways(raw: bytes, key: bytes | None) -> tuple[Any, Any]:
+    """``decode`` as shipped, and with the msgspec decoder switched off (orjson + the checks only)."""
+    import vigil.records as records
+
+    fast = decode(raw, "vitals", key)
+    real = records._fast_observation
+    records._fast_observation = lambda raw: None  # type: ignore[assignment]
+    try:
+        checked = decode(raw, "vitals", key)
+    finally:
+        records._fast_observation = real
+    return fast, checked
+
+
+@pytest.mark.parametrize("i", range(len(RAW_ODD)))
+def test_the_msgspec_decoder_accepts_exactly_what_the_checked_path_accepts(i: int) -> None:
+    raw = RAW_ODD[i]
+    for key in (None, b"pt-0f3a9c", b"pt-2"):
+        fast, checked = _decoded_both_ways(raw, key)
+        assert type(fast) is type(checked), (raw[:80], key, fast, checked)
+        assert _invalid(fast) == _invalid(checked), (raw[:80], key)
+
+
+def test_the_msgspec_decoder_takes_well_formed_observations(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vigil.records as records
+
+    seen: list[Any] = []
+    real = records._fast_observation
+    monkeypatch.setattr(records, "_fast_observation", lambda raw: seen.append(real(raw)) or seen[-1])
+    ev = decode(_raw(GOOD), "labs", b"pt-0f3a9c")
+    assert type(ev) is Observation and seen == [ev]  # decoded by msgspec, not re-read by the checked path
+    assert real(_raw({**GOOD, "v": 2})) is None and real(_raw({**GOOD, "watermark": None})) is None
+    from vigil.records import AdtEvent
+
+    assert type(decode(_raw({**GOOD, "kind": "admit"}), "adt")) is AdtEvent and len(seen) == 1  # not an observation
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from([*sorted(GOOD), "watermark", "extra"]), st.sampled_from(ODD[1:]),
+                               max_size=4))  # fmt: skip
+def test_any_combination_decodes_the_same_both_ways(changes: dict[str, Any]) -> None:
+    raw = _raw({**GOOD, **changes})
+    fast, checked = _decoded_both_ways(raw, b"pt-0f3a9c")
+    assert _invalid(fast) == _invalid(checked), (raw, fast, checked)

@@ -5,11 +5,14 @@ Labels are topics, partitions, reasons, models, alert types and wards — never 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from vigil.errors import REASONS
 
-__all__ = ["WorkerMetrics", "DemandMetrics", "IngestMetrics", "LATENCY_BUCKETS"]
+__all__ = ["WorkerMetrics", "DemandMetrics", "IngestMetrics", "LATENCY_BUCKETS", "observe_many"]
 
 # Resolve 10 ms - 2 s finely (the latency budget is a p99 of 250 ms), coarse beyond.
 LATENCY_BUCKETS = (
@@ -17,6 +20,30 @@ LATENCY_BUCKETS = (
     1.5, 2.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
+
+
+def observe_many(hist: Histogram, amounts: Sequence[float] | np.ndarray) -> None:
+    """``hist.observe(a)`` for every ``a`` of ``amounts`` (a histogram child: labels already applied), in one pass:
+    each bucket incremented once by its count and the sum once (the worker observes two latencies per score; one
+    ``observe`` per score was ~3 % of the event loop's time). Reads prometheus_client's ``_upper_bounds``,
+    ``_buckets`` and ``_sum`` (the fields ``Histogram.observe`` writes); ``tests/test_metrics.py`` checks that the
+    exposition equals the one of ``observe`` per value, so a client upgrade that changes them fails there.
+
+    >>> h = Histogram("h_seconds", "h", buckets=(0.1, 1.0), registry=CollectorRegistry())
+    >>> observe_many(h, [0.05, 0.1, 0.5, 7.0])
+    >>> [(s.labels.get("le"), s.value) for s in h.collect()[0].samples if s.name == "h_seconds_bucket"]
+    [('0.1', 2.0), ('1.0', 3.0), ('+Inf', 4.0)]
+    """
+    a = np.asarray(amounts, dtype=np.float64)
+    if not a.size:
+        return
+    hist._raise_if_not_observable()  # noqa: SLF001 - what observe() checks first
+    hist._sum.inc(float(a.sum()))  # noqa: SLF001
+    bounds = hist._upper_bounds  # noqa: SLF001 - ascending, the last +Inf
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), a, side="left")  # first bound >= amount, as observe
+    counts = np.bincount(idx, minlength=len(bounds) + 1)[: len(bounds)]  # a NaN lands past the end: no bucket
+    for i in np.flatnonzero(counts).tolist():
+        hist._buckets[i].inc(int(counts[i]))  # noqa: SLF001
 
 
 class WorkerMetrics:

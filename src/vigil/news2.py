@@ -237,6 +237,22 @@ def news2_parts_dict(n: News2, i: int) -> dict[str, Any]:
     }
 
 
+def news2_parts_dicts(n: News2) -> list[dict[str, Any]]:
+    """:func:`news2_parts_dict` of every row, with one conversion per array instead of one per row (the worker
+    builds one per scored row).
+
+    >>> n = news2([30, 12], [float("nan"), 97], [120, 120], [80, 80], [37.0, 37.0])
+    >>> news2_parts_dicts(n) == [news2_parts_dict(n, 0), news2_parts_dict(n, 1)]
+    True
+    """
+    names = NEWS2_PARAMS
+    return [
+        {"total": total, "parts": dict(zip(names, parts, strict=True)),
+         "missing": [p for p, m in zip(names, missing, strict=True) if m]}
+        for total, parts, missing in zip(n.total.tolist(), n.parts.tolist(), n.missing.tolist(), strict=True)
+    ]  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------- qSOFA and SIRS
 def _criteria(met: np.ndarray, missing: np.ndarray) -> Criteria:
     met = met & ~missing

@@ -39,14 +39,14 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime  # noqa: F401 - UTC: used by the module doctest
-from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
-from ciso8601 import parse_rfc3339
 
 from vigil.codes import normaliser as _normaliser
 from vigil.errors import InvalidEvent
+from vigil.timeparse import parse_time as _parse_time
 
 __all__ = [
     "Observation", "AdtEvent", "AckEvent", "ACK_ACTIONS", "Invalid", "decode", "encode_observation", "encode_adt",
@@ -62,9 +62,10 @@ _MAX_TIME_STR = 64
 _AGE_RANGE = (0.0, 130.0)
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """A vital sign or a lab result, already normalised."""
+class Observation(msgspec.Struct, frozen=True, gc=False):
+    """A vital sign or a lab result, already normalised. A frozen msgspec struct (issue 15): built in C by the
+    decoder, one per event, ~0.1 us instead of ~0.6 us for a frozen dataclass; not tracked by the cycle
+    collector (its fields are strings and numbers). Equality, hashing, ``repr`` and pickling as a dataclass's."""
 
     patient: str  # pseudonymised patient id (== Kafka key)
     source: str  # feed / system id
@@ -205,41 +206,6 @@ def _opt_time(d: dict[str, Any], name: str) -> float | None:
     raise InvalidEvent("bad_timestamp", f"field {name!r} is not ISO 8601: {v!r}", name)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@lru_cache(maxsize=1 << 14)
-def _parse_time(v: str) -> float | str:
-    """POSIX seconds of an ISO 8601 string with an offset, or why not (``bad``, ``naive_timestamp``,
-    ``out_of_range``): exactly what ``datetime.fromisoformat(v).timestamp()`` accepts and returns.
-
-    Events of one hour share their time string, so results are cached. The common RFC 3339 shape
-    (``YYYY-MM-DDTHH:MM:SS[.f]`` then ``Z`` or ``+hh:mm``), on which both parsers agree, goes through the
-    C parser ``ciso8601``; every other string through ``fromisoformat``.
-
-    >>> _parse_time("2026-01-01T00:00:00Z"), _parse_time("2026-01-01T01:00:00+01:00")
-    (1767225600.0, 1767225600.0)
-    >>> _parse_time("2026-01-01T00:00:00"), _parse_time("2026-13-01T00:00:00Z"), _parse_time("20260101T000000Z")
-    ('naive_timestamp', 'bad', 1767225600.0)
-    """
-    n = len(v)
-    if n >= 20 and v[10] == "T" and (v[-1] == "Z" or (n >= 25 and v[-6] in "+-" and v[-3] == ":")):
-        try:
-            return (parse_rfc3339(v) - _EPOCH).total_seconds()
-        except ValueError:
-            pass  # the reference parser decides (and words the error)
-    try:
-        dt = datetime.fromisoformat(v)
-    except ValueError:
-        return "bad"
-    if dt.tzinfo is None:
-        return "naive_timestamp"
-    try:
-        return dt.timestamp()
-    except (OverflowError, ValueError):
-        return "out_of_range"
-
-
 def _time(d: dict[str, Any], name: str) -> float:
     v = _opt_time(d, name)
     if v is None:
@@ -253,27 +219,7 @@ def _short(v: object) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-_new = object.__new__
-_OBS_SET = tuple(getattr(Observation, f).__set__ for f in ("patient", "source", "seq", "time", "var", "value", "kind"))
-
-
-def _make_observation(patient: str, source: str, seq: int, t: float, var: int, value: float, kind: str) -> Observation:
-    """``Observation(...)`` without the frozen dataclass's ``__init__`` (one ``object.__setattr__`` call per
-    field, half of the construction time): the slots are written through their descriptors. Same object.
-
-    >>> _make_observation("pt-1", "m", 1, 0.0, 2, 38.0, "vital") == Observation("pt-1", "m", 1, 0.0, 2, 38.0, "vital")
-    True
-    """
-    o = _new(Observation)
-    sp, ss, sq, st, sv, sa, sk = _OBS_SET
-    sp(o, patient)
-    ss(o, source)
-    sq(o, seq)
-    st(o, t)
-    sv(o, var)
-    sa(o, value)
-    sk(o, kind)
-    return o
+_make_observation = Observation  # positional: patient, source, seq, time, var, value, kind
 
 
 def _observation(d: dict[str, Any]) -> Observation:
@@ -296,6 +242,48 @@ def _observation(d: dict[str, Any]) -> Observation:
                 var, canonical, kind = _normaliser().normalise(system, code, unit, f)
                 return _make_observation(patient, source, seq, t, var, canonical, kind)
     return _observation_checked(d)
+
+
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STR)]
+_UNSET = msgspec.UNSET
+
+
+class _Wire(msgspec.Struct):
+    """A well-formed observation as msgspec decodes it in C: JSON parsing, field presence, types and sizes in one
+    call (issue 15: ~1.5 us of the ~3.4 us per event of orjson + the Python checks). A ``seq`` over 2**63 - 1 (msgspec's
+    bound) takes the checked path, which reads up to 2**64 - 1 as orjson does (a larger one as a float: refused)."""
+
+    patient: _Name
+    source: _Name
+    seq: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+    time: Annotated[str, msgspec.Meta(max_length=_MAX_TIME_STR)]
+    system: _Name
+    code: _Name
+    value: float  # an int is read as a float; true/false and NaN/Infinity are refused
+    unit: Annotated[str, msgspec.Meta(max_length=MAX_STR)]
+    v: int = 1
+    watermark: Any = _UNSET  # present (even null): a producer's watermark, not an observation
+
+
+_wire = msgspec.json.Decoder(_Wire).decode
+
+
+def _fast_observation(raw: bytes) -> Observation | None:
+    """The observation of ``raw`` when it is well-formed, else None: :func:`decode`'s checked path then reads the
+    record (and names what is wrong). Accepts exactly what that path accepts (``tests/test_records.py`` compares
+    both on valid and broken records)."""
+    try:
+        w = _wire(raw)
+    except Exception:  # noqa: BLE001 - malformed, mistyped, too deep: the checked path says which
+        return None
+    if w.v != 1 or w.watermark is not _UNSET:
+        return None
+    t = _parse_time(w.time)
+    f = w.value
+    if type(t) is not float or not math.isfinite(f):
+        return None
+    var, canonical, kind = _normaliser().normalise(w.system, w.code, w.unit, f)
+    return _make_observation(w.patient, w.source, w.seq, t, var, canonical, kind)
 
 
 def _observation_checked(d: dict[str, Any]) -> Observation:
@@ -373,6 +361,13 @@ def decode(
     try:
         if raw is None:
             return Invalid("malformed_json", "EmptyValue", "the record has no value (null)")
+        if stream != "adt" and stream != "alert-acks":
+            fast = _fast_observation(raw)
+            if fast is not None:
+                if key is not None and key != fast.patient.encode():
+                    msg = f"the Kafka key {_short(key)} differs from the event's patient {fast.patient!r}"
+                    return Invalid("key_mismatch", "InvalidEvent", msg, "patient")
+                return fast
         try:
             d = _loads(raw)
         except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ...

@@ -84,11 +84,12 @@ class SeenIds:
     True
     """
 
-    __slots__ = ("buf", "pos", "sources", "width")
+    __slots__ = ("buf", "pos", "sources", "tops", "width")
 
     def __init__(self, uids: bytes = b"", window: int = 256) -> None:
         self.width = 4  # bytes per entry: seq (4), + source index (1 or 2) once there are two sources
         self.sources: list[int] = []  # source hashes; an entry refers to one by index
+        self.tops: list[int] = []  # per source: the highest 32-bit seq remembered (a higher one is new: no search)
         self.buf = bytearray()  # entries oldest first until the ring is full; then the oldest is at ``pos``
         self.pos = 0  # next entry to overwrite (a byte offset) once the ring is full
         ids = np.frombuffer(uids, dtype="<u8", count=len(uids) >> 3)[-window:] if window > 0 else ()
@@ -105,6 +106,9 @@ class SeenIds:
                 e[:, 4:] = idx.astype("<u1" if w == 5 else "<u2").view(np.uint8).reshape(n, w - 4)
             self.width = w
             self.sources = src.tolist()
+            tops = np.zeros(len(src), dtype=np.int64)
+            np.maximum.at(tops, idx, (ids & np.uint64(0xFFFFFFFF)).astype(np.int64))
+            self.tops = tops.tolist()
             self.buf = bytearray(e.tobytes())
         else:
             for uid in ids.tolist():
@@ -130,12 +134,19 @@ class SeenIds:
                 keep = keep[len(keep) - window + 1 :]
             self._rebuild(keep, self.width, window)
         self.sources.append(h)
+        self.tops.append(-1)
         return len(self.sources) - 1
 
     def _rebuild(self, keep: list[int], width: int, window: int) -> None:
-        self.sources, self.buf, self.pos, self.width = [], bytearray(), 0, width
+        self.sources, self.tops, self.buf, self.pos, self.width = [], [], bytearray(), 0, width
         for u in keep:
             self.buf += self._entry(u, True, window)  # type: ignore[operator]
+            self._raise_top(u)
+
+    def _raise_top(self, uid: int) -> None:
+        i, seq = self.sources.index(uid >> 32), uid & 0xFFFFFFFF
+        if seq > self.tops[i]:
+            self.tops[i] = seq
 
     def __contains__(self, uid: int) -> bool:
         e = self._entry(uid, False)
@@ -153,13 +164,32 @@ class SeenIds:
         return len(self.buf) // self.width
 
     def add_if_new(self, uid: int, window: int) -> bool:
-        """Remember ``uid`` unless it is already remembered; True if it was new."""
-        if uid in self:
-            return False
+        """Remember ``uid`` unless it is already remembered; True if it was new. (``__contains__`` inlined: the
+        entry of a known source is built once, for the search and the write; once per event on the hot path.)"""
+        h, seq = uid >> 32, uid & 0xFFFFFFFF
+        srcs = self.sources
+        e: bytes | None = None
+        if h in srcs:
+            k = srcs.index(h)
+            w = self.width
+            e = ((uid * _MIX) & 0xFFFFFFFF).to_bytes(4, "little")
+            if w != 4:
+                e += k.to_bytes(w - 4, "little")
+            if seq <= self.tops[k]:  # not above every seq remembered of this source: search the ring
+                buf = self.buf
+                i = buf.find(e)
+                while i >= 0:
+                    if not i % w:
+                        return False
+                    i = buf.find(e, i + 1)
         if window <= 0:
             return True
-        e = self._entry(uid, True, window)  # may widen or prune the ring: read buf and width after
+        if e is None:
+            e = self._entry(uid, True, window)  # a new source: may widen or prune the ring (read buf, width after)
+            k = len(self.sources) - 1
         assert e is not None
+        if seq > self.tops[k]:
+            self.tops[k] = seq
         buf, w = self.buf, self.width
         cap = window * w
         if len(buf) < cap:
@@ -169,7 +199,7 @@ class SeenIds:
         else:
             if len(buf) > cap:  # the window shrank (a new setting): keep the newest ids
                 keep = self._uids()[-(window - 1) :] if window > 1 else []
-                self.sources, self.buf, self.pos = [], bytearray(), 0
+                self.sources, self.tops, self.buf, self.pos = [], [], bytearray(), 0
                 for u in keep:
                     self.add_if_new(u, window)
                 return self.add_if_new(uid, window)
@@ -221,6 +251,26 @@ class Snapshot:
     unit: str | None
     trigger_ts: float  # broker timestamp (s) of the event that caused the scoring
     partial: bool = False  # True when the row was still open (interval cadence)
+
+
+_SNAP_FIELDS = ("patient", "row", "row_time", "window", "last_value", "hours_since", "static", "ward", "bed", "unit",
+                "trigger_ts", "partial")  # fmt: skip
+_SNAP_SET = tuple(getattr(Snapshot, f).__set__ for f in _SNAP_FIELDS)
+
+
+def _make_snapshot(*values: Any) -> Snapshot:
+    """``Snapshot(*values)`` without the frozen dataclass's ``__init__`` (an ``object.__setattr__`` call per field):
+    the slots written through their descriptors, one snapshot per closed row on the hot path. Same object.
+
+    >>> a = np.zeros(1)
+    >>> _make_snapshot("p", 1, 0.0, a, a, a, a, None, None, None, 0.0, False) == Snapshot("p", 1, 0.0, a, a, a, a,
+    ...     None, None, None, 0.0, False)
+    True
+    """
+    s = object.__new__(Snapshot)
+    for put, v in zip(_SNAP_SET, values, strict=True):
+        put(s, v)
+    return s
 
 
 def stack_snapshots(snaps: list[Snapshot]) -> FeatureInput:
@@ -300,7 +350,7 @@ class PatientState:
         static = self.static.copy()
         static[STATIC_INDEX["ICULOS"]] = self.row
         row_time = (self.admit_time or 0.0) + self.row * HOUR
-        return Snapshot(
+        return _make_snapshot(
             self.patient, self.row, row_time, self.window.copy(), self.last_value.copy(),
             since, static, self.ward, self.bed, self.unit, trigger_ts, partial,
         )  # fmt: skip

@@ -25,7 +25,7 @@ from vigil.config import Settings
 from vigil.drift import DriftMonitor
 from vigil.features import FEATURE_NAMES
 from vigil.levels import level_in_force
-from vigil.news2 import news2_from_last, news2_parts_dict
+from vigil.news2 import news2_from_last, news2_parts_dicts
 from vigil.records import AckEvent, AdtEvent, Observation
 from vigil.scoring import Scorer
 from vigil.state import HOUR, PatientState, Snapshot, event_uid, stack_snapshots
@@ -407,12 +407,11 @@ class Processor:
             return
         inp, x = ahead.close(snaps)
         out.featurize_s = ahead.featurize_s
-        news = news2_from_last(np.stack([s.last_value for s in snaps]))
+        n2s = news2_parts_dicts(news2_from_last(np.stack([s.last_value for s in snaps])))  # row -> its NEWS2 dict
         flags: dict[tuple[int, int], tuple[bool, str | None]] = {}  # (row, scorer) -> indeterminate, reason
         states = {st.patient: st for st in by_state.values()}
         now_iso = iso(time.time())
         fired: list[Fired] = []
-        n2s: list[dict[str, Any]] = []
         got: list[list[np.ndarray]] = [[] for _ in self.scorers]  # each scorer's risks, chunk after chunk
         out.inference_s = {sc.name: 0.0 for sc in self.scorers}
         self._by_name = {sc.name: j for j, sc in enumerate(self.scorers)}
@@ -426,8 +425,8 @@ class Processor:
                 for (i, _), flag in abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)).items():
                     flags[(part.start + i, j)] = flag
             for i in range(part.start, part.stop):
-                self._score_row(i, i - part.start, snaps[i], states[snaps[i].patient], news, part.results,
-                                flags, now_iso, out, n2s, fired)  # fmt: skip
+                self._score_row(i, i - part.start, snaps[i], states[snaps[i].patient], part.results, flags,
+                                now_iso, out, n2s[i], fired)  # fmt: skip
         risks = [arrs[0] if len(arrs) == 1 else np.concatenate(arrs) for arrs in got]
         for sc, risk_arr in zip(self.scorers, risks, strict=True):
             out.risks[sc.name] = risk_arr
@@ -450,13 +449,11 @@ class Processor:
             sc0 = self.scorers[0]
             self.budget.observe_scored(snaps, raised, self.policy.rule, sc0.alert_level, f"{sc0.name}:{sc0.version}")
 
-    def _score_row(self, i: int, r: int, snap: Snapshot, st: PatientState, news: np.ndarray,
-                   results: list[tuple[Any, Any, Any]], flags: dict[tuple[int, int], tuple[bool, str | None]],
-                   now_iso: str, out: Outputs, n2s: list[dict[str, Any]], fired: list[Fired]) -> None:  # fmt: skip
+    def _score_row(self, i: int, r: int, snap: Snapshot, st: PatientState, results: list[tuple[Any, Any, Any]],
+                   flags: dict[tuple[int, int], tuple[bool, str | None]], now_iso: str, out: Outputs,
+                   n2: dict[str, Any], fired: list[Fired]) -> None:  # fmt: skip
         """Row ``i`` of the batch, row ``r`` of its inference chunk (``results``: per live then shadow model):
-        its score records and the alert policy's step."""
-        n2 = news2_parts_dict(news, i)
-        n2s.append(n2)
+        its score records and the alert policy's step (``n2``: its NEWS2 dict)."""
         live: dict[str, Any] | None = None
         levels = [level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit) for sc in self.scorers]
         models: list[ModelRisk] = []

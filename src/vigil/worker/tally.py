@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vigil.drift import DriftMonitor
-from vigil.metrics import WorkerMetrics
+from vigil.metrics import WorkerMetrics, observe_many
 from vigil.scoring import Scorer
 from vigil.worker.outputs import Outputs
 
@@ -26,9 +26,7 @@ def count_outputs(m: WorkerMetrics, out: Outputs, scorers: Sequence[Scorer],
     for kind, secs in out.ack_latency:
         m.ack_seconds.labels(kind).observe(secs)
     for model, risks in out.risks.items():
-        hist = m.risk.labels(model)
-        for r in risks.tolist():
-            hist.observe(r)
+        observe_many(m.risk.labels(model), risks)
     if out.scores:
         m.featurize_seconds.observe(out.featurize_s)
         for name, secs in out.inference_s.items():
