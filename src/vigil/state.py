@@ -378,18 +378,20 @@ class PatientState:
     # -- applying events -----------------------------------------------------------------------
     def observe(self, obs: Observation) -> bool:
         """Write an observation into the open row (or a recent past row). Returns True if it was late."""
-        k = self.row_of(obs.time)
-        v = obs.var
-        late = k < self.row
+        assert self.admit_time is not None
+        k = math.floor((obs.time - self.admit_time) / HOUR)  # row_of, inline (once per event)
+        v, value, row = obs.var, obs.value, self.row
+        late = k < row
         if late:
-            back = self.row - k
+            back = row - k
             if back < WINDOW:
-                self.window[WINDOW - 1 - back, v] = obs.value
+                self.window[WINDOW - 1 - back, v] = value
         else:
-            self.window[-1, v] = obs.value
-        if self.last_row[v] == _NEVER or k >= self.last_row[v]:
-            self.last_value[v] = obs.value
-            self.last_row[v] = k
+            self.window[-1, v] = value
+        last_row = self.last_row
+        if k >= last_row[v]:  # also when never measured: _NEVER is the smallest int32
+            self.last_value[v] = value
+            last_row[v] = k
         return late
 
     def set_context(self, adt: AdtEvent) -> None:

@@ -148,17 +148,18 @@ class Intake:
         return hit[1]
 
     def screen(
-        self, r: Any, tp: TopicPartition, stream: str, now: float, side: Side
+        self, r: Any, tp: TopicPartition, stream: str, now: float, side: Side, decoded: Any = None
     ) -> Observation | AdtEvent | AckEvent | Watermark | None:
         """The event of record ``r`` (read from ``tp``), or None when it went to ``side``. A producer's
         :class:`~vigil.records.Watermark` belongs to the partition it was written to (no key check), and its
-        time must be plausible like an event's (a watermark far in the future would release everything)."""
+        time must be plausible like an event's (a watermark far in the future would release everything).
+        ``decoded``: ``decode`` of the record's value already (:meth:`take`'s fast path), else None."""
         raw: bytes | None = r.value
-        if raw is not None and len(raw) > MAX_EVENT_BYTES:
+        if decoded is None and raw is not None and len(raw) > MAX_EVENT_BYTES:
             msg = f"a record of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte bound of an input event"
             inv = Invalid("oversize", "OversizeRecord", msg)
         else:
-            ev = decode(raw, stream, r.key)
+            ev = decode(raw, stream, r.key) if decoded is None else decoded
             if type(ev) is Invalid:
                 inv = ev
             else:
@@ -213,8 +214,22 @@ class Intake:
         by_kind: dict[str, int] = {}
         edge = edges.current(tp, now)  # the producers' watermark, None: not edge-ordered
         since = -1 if edge is not None else None
+        # the fast path of screen() for a well-formed observation on its own partition in the time window: the
+        # partition count, the key -> partition cache and the window looked up once per fetch, not per record
+        n = self._n_partitions(tp.topic, now)
+        parts = self._key_parts.setdefault(n, {}) if n else {}  # the dict screen() fills (cleared in place when full)
+        if self._bounds_at != now:
+            self._bounds_at, self._bounds = now, bounds(now, self.window)
+        lo, hi = self._bounds
         for r in records:
-            ev = screen(r, tp, name, now, side)
+            raw = r.value
+            if raw is None or len(raw) > MAX_EVENT_BYTES:
+                ev = screen(r, tp, name, now, side)
+            else:
+                ev = decode(raw, name, r.key)
+                if type(ev) is not Observation or not lo <= ev.time <= hi or (
+                        n and parts.get(r.key if r.key is not None else ev.patient.encode()) != part):
+                    ev = screen(r, tp, name, now, side, ev)  # every other case, word for word as before
             if ev is None:  # dead-lettered or re-routed
                 continue
             t = ev.time
