@@ -189,3 +189,27 @@ def test_sirs():
 def test_length_mismatch_rejected():
     with pytest.raises(ValueError):
         news2([16, 16], [97], [120], [70], [37])
+
+
+def test_parts_dicts_of_a_batch_equal_the_row_by_row_dicts() -> None:
+    """news2_parts_dicts codes each row and shares one dict per code: the same dicts as row by row, on every
+    pattern of parts and missing values a batch of random vitals gives (and on parts that are not NEWS2's)."""
+    import numpy as np
+
+    from vigil.news2 import News2, news2, news2_parts_dict, news2_parts_dicts
+
+    rng = np.random.default_rng(5)
+    n_rows = 3000
+
+    def col(lo: float, hi: float) -> np.ndarray:
+        v = rng.uniform(lo, hi, n_rows)
+        v[rng.random(n_rows) < 0.3] = np.nan
+        return v
+
+    n = news2(col(4, 40), col(80, 100), col(60, 220), col(30, 160), col(34, 41))
+    got = news2_parts_dicts(n)
+    assert got == [news2_parts_dict(n, i) for i in range(n_rows)]
+    assert len({id(d) for d in got}) < n_rows // 2  # shared
+    odd = News2(total=np.array([9], np.int16), parts=np.array([[9, 0, 0, 0, 0, 0, 0]], np.int8),
+                missing=np.zeros((1, 7), bool))  # fmt: skip
+    assert news2_parts_dicts(odd) == [news2_parts_dict(odd, 0)]

@@ -237,20 +237,34 @@ def news2_parts_dict(n: News2, i: int) -> dict[str, Any]:
     }
 
 
-def news2_parts_dicts(n: News2) -> list[dict[str, Any]]:
-    """:func:`news2_parts_dict` of every row, with one conversion per array instead of one per row (the worker
-    builds one per scored row).
+_PARTS_CODE = 4 ** np.arange(7, dtype=np.int64)  # a part is 0..3: two bits each
+_MISSING_CODE = 2 ** np.arange(7, dtype=np.int64) << 14
+_DICTS: dict[int, dict[str, Any]] = {}  # row code -> its dict (a few hundred distinct rows in practice)
 
-    >>> n = news2([30, 12], [float("nan"), 97], [120, 120], [80, 80], [37.0, 37.0])
-    >>> news2_parts_dicts(n) == [news2_parts_dict(n, 0), news2_parts_dict(n, 1)]
+
+def news2_parts_dicts(n: News2) -> list[dict[str, Any]]:
+    """:func:`news2_parts_dict` of every row. The worker builds one per scored row, and rows repeat a few hundred
+    patterns: each row's parts and missing flags are coded as one integer (vectorised) and rows with the same
+    code share one dict (the total is the sum of the parts), built once. **Read-only**: they are serialised into
+    score and alert records, never changed.
+
+    >>> n = news2([30, 12, 30], [float("nan"), 97, float("nan")], [120, 120, 120], [80, 80, 80], [37.0, 37.0, 37.0])
+    >>> d = news2_parts_dicts(n)
+    >>> d == [news2_parts_dict(n, 0), news2_parts_dict(n, 1), news2_parts_dict(n, 0)] and d[0] is d[2]
     True
     """
-    names = NEWS2_PARAMS
-    return [
-        {"total": total, "parts": dict(zip(names, parts, strict=True)),
-         "missing": [p for p, m in zip(names, missing, strict=True) if m]}
-        for total, parts, missing in zip(n.total.tolist(), n.parts.tolist(), n.missing.tolist(), strict=True)
-    ]  # fmt: skip
+    if len(n.total) and (n.parts.min() < 0 or n.parts.max() > 3):  # not a NEWS2 part: no code, one dict per row
+        return [news2_parts_dict(n, i) for i in range(len(n.total))]
+    codes = (n.parts.astype(np.int64) @ _PARTS_CODE) | (n.missing.astype(np.int64) @ _MISSING_CODE)
+    if len(_DICTS) > 1 << 16:  # bounded (4^7 * 2^7 codes exist)
+        _DICTS.clear()
+    out, cache = [], _DICTS
+    for i, code in enumerate(codes.tolist()):
+        d = cache.get(code)
+        if d is None:
+            d = cache[code] = news2_parts_dict(n, i)
+        out.append(d)
+    return out
 
 
 # ---------------------------------------------------------------------------------- qSOFA and SIRS

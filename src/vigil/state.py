@@ -18,10 +18,10 @@ import struct
 import sys
 import time
 import zlib
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -235,9 +235,10 @@ class SeenIds:
         return self._uids()
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything needed to score one row of one patient, frozen at the moment the row was closed."""
+class Snapshot(msgspec.Struct, frozen=True, gc=False):
+    """Everything needed to score one row of one patient, frozen at the moment the row was closed. A frozen
+    msgspec struct: one per closed row on the hot path, built in ~0.1 us (a frozen dataclass took ~1.5 us); not
+    tracked by the cycle collector (strings, numbers and arrays that never refer back to it)."""
 
     patient: str
     row: int
@@ -251,26 +252,6 @@ class Snapshot:
     unit: str | None
     trigger_ts: float  # broker timestamp (s) of the event that caused the scoring
     partial: bool = False  # True when the row was still open (interval cadence)
-
-
-_SNAP_FIELDS = ("patient", "row", "row_time", "window", "last_value", "hours_since", "static", "ward", "bed", "unit",
-                "trigger_ts", "partial")  # fmt: skip
-_SNAP_SET = tuple(getattr(Snapshot, f).__set__ for f in _SNAP_FIELDS)
-
-
-def _make_snapshot(*values: Any) -> Snapshot:
-    """``Snapshot(*values)`` without the frozen dataclass's ``__init__`` (an ``object.__setattr__`` call per field):
-    the slots written through their descriptors, one snapshot per closed row on the hot path. Same object.
-
-    >>> a = np.zeros(1)
-    >>> _make_snapshot("p", 1, 0.0, a, a, a, a, None, None, None, 0.0, False) == Snapshot("p", 1, 0.0, a, a, a, a,
-    ...     None, None, None, 0.0, False)
-    True
-    """
-    s = object.__new__(Snapshot)
-    for put, v in zip(_SNAP_SET, values, strict=True):
-        put(s, v)
-    return s
 
 
 def stack_snapshots(snaps: list[Snapshot]) -> FeatureInput:
@@ -350,7 +331,7 @@ class PatientState:
         static = self.static.copy()
         static[STATIC_INDEX["ICULOS"]] = self.row
         row_time = (self.admit_time or 0.0) + self.row * HOUR
-        return _make_snapshot(
+        return Snapshot(
             self.patient, self.row, row_time, self.window.copy(), self.last_value.copy(),
             since, static, self.ward, self.bed, self.unit, trigger_ts, partial,
         )  # fmt: skip
