@@ -109,21 +109,38 @@ def _snaps(n: int) -> list[Snapshot]:
 
 
 def test_chunks_come_back_in_row_order_and_a_failing_one_raises_once_all_are_done() -> None:
+    from contextlib import closing
+
     snaps = _snaps(10)
     ok = Ahead([Boom()], rows=3)
     ok.offer(snaps[:4])  # one full chunk (0..3) started, as after a patient's rows were applied
     assert [(a, fut is not None) for a, _, _, fut in ok.parts] == [(0, True)]
-    ok.offer(snaps)  # two more (3..6, 6..9); the last row is left for close(), to run on this thread
+    ok.offer(snaps)  # two more (3..6, 6..9); the last row is left for close(), after them on the inference thread
     _, x = ok.close(snaps)
-    assert x.shape[0] == 10 and [fut is None for *_, fut in ok.parts] == [False, False, False, True]
+    assert x.shape[0] == 10 and [fut is None for *_, fut in ok.parts] == [False, False, False, False]
     assert [(p.start, p.stop, p.results[0][0].tolist()) for p in chunks(ok)] == [
         (0, 3, [0.0, 1.0, 2.0]), (3, 6, [3.0, 4.0, 5.0]), (6, 9, [6.0, 7.0, 8.0]), (9, 10, [9.0])]  # fmt: skip
 
+    one = Ahead([Boom()], rows=20)  # a batch of one chunk (live rates): one call on the caller's thread
+    one.offer(snaps)
+    one.close(snaps)
+    assert [fut for *_, fut in one.parts] == [None]
+    assert [(p.start, p.stop) for p in chunks(one)] == [(0, 10)]
+
     bad = Ahead([Boom(fail_row=4)], rows=3)
-    bad.close(snaps)  # close() alone starts every full chunk too
-    with pytest.raises(RuntimeError, match="boom"):
-        chunks(bad)
+    bad.close(snaps)  # close() alone starts every chunk too
+    got = []
+    with pytest.raises(RuntimeError, match="boom"), closing(chunks(bad)) as parts:
+        for p in parts:  # the chunk before the failing one comes back first; the error when its chunk is reached
+            got.append(p.start)
+    assert got == [0]
     assert all(fut.done() for *_, fut in bad.parts if fut is not None)  # no call outlives it
+
+    left = Ahead([Boom()], rows=3)
+    left.close(snaps)
+    with closing(chunks(left)) as parts:
+        assert next(parts).start == 0  # a caller that stops reading (an error of its own) and closes it
+    assert all(fut.done() for *_, fut in left.parts if fut is not None)
 
 
 def test_a_model_error_in_a_chunk_quarantines_only_that_patient(sample_path) -> None:  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ import math
 import time
 import traceback
 from collections.abc import Iterable
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -415,18 +416,27 @@ class Processor:
         got: list[list[np.ndarray]] = [[] for _ in self.scorers]  # each scorer's risks, chunk after chunk
         out.inference_s = {sc.name: 0.0 for sc in self.scorers}
         self._by_name = {sc.name: j for j, sc in enumerate(self.scorers)}
-        # every chunk's results before any alert state moves: a model error leaves every state as it was, so the
-        # patient-by-patient retry of _score_safe steps no row twice (worker/infer.py)
-        for part in chunks(ahead):
-            for j, sc in enumerate(self.scorers):
-                risk_arr, ind, why = part.results[j]
-                got[j].append(risk_arr)
-                out.inference_s[sc.name] += part.seconds[j]
-                for (i, _), flag in abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)).items():
-                    flags[(part.start + i, j)] = flag
-            for i in range(part.start, part.stop):
-                self._score_row(i, i - part.start, snaps[i], states[snaps[i].patient], part.results, flags,
-                                now_iso, out, n2s[i], fired)  # fmt: skip
+        # each chunk's score records as it comes back (while the inference thread runs the next ones); the alert
+        # policy steps only once every chunk is back: a model error leaves every alert state as it was, so the
+        # patient-by-patient retry of _score_safe (which drops this `out`) steps no row twice (worker/infer.py)
+        rows: list[tuple[list[ModelRisk], list[float]]] = []
+        with closing(chunks(ahead)) as parts:
+            for part in parts:
+                for j, sc in enumerate(self.scorers):
+                    risk_arr, ind, why = part.results[j]
+                    got[j].append(risk_arr)
+                    out.inference_s[sc.name] += part.seconds[j]
+                    for (i, _), flag in abstain_flags(j, ind, why, out.indeterminate, (sc.name, sc.version)).items():
+                        flags[(part.start + i, j)] = flag
+                for i in range(part.start, part.stop):
+                    rows.append(self._score_row(i, i - part.start, snaps[i], part.results, flags, now_iso, out,
+                                                n2s[i]))  # fmt: skip
+        for i, (models, levels) in enumerate(rows):  # every chunk is back: the alert policy's step, row by row
+            for d in self.alerting.step(states[snaps[i].patient].alerts, snaps[i], models, n2s[i]):
+                j = self._by_name[d.model] if d.model is not None else 0  # model rules (by model), then NEWS2
+                ok = j < len(self.scorers)
+                fired.append((i, self.scorers[j] if ok else None, d, models[j].risk if ok else math.nan,
+                              levels[j] if ok else math.nan))  # fmt: skip
         risks = [arrs[0] if len(arrs) == 1 else np.concatenate(arrs) for arrs in got]
         for sc, risk_arr in zip(self.scorers, risks, strict=True):
             out.risks[sc.name] = risk_arr
@@ -449,11 +459,12 @@ class Processor:
             sc0 = self.scorers[0]
             self.budget.observe_scored(snaps, raised, self.policy.rule, sc0.alert_level, f"{sc0.name}:{sc0.version}")
 
-    def _score_row(self, i: int, r: int, snap: Snapshot, st: PatientState, results: list[tuple[Any, Any, Any]],
+    def _score_row(self, i: int, r: int, snap: Snapshot, results: list[tuple[Any, Any, Any]],
                    flags: dict[tuple[int, int], tuple[bool, str | None]], now_iso: str, out: Outputs,
-                   n2: dict[str, Any], fired: list[Fired]) -> None:  # fmt: skip
+                   n2: dict[str, Any]) -> tuple[list[ModelRisk], list[float]]:  # fmt: skip
         """Row ``i`` of the batch, row ``r`` of its inference chunk (``results``: per live then shadow model):
-        its score records and the alert policy's step (``n2``: its NEWS2 dict)."""
+        its score records (``n2``: its NEWS2 dict); returns what the alert policy's step needs (each live model's
+        risk and the level in force)."""
         live: dict[str, Any] | None = None
         levels = [level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit) for sc in self.scorers]
         models: list[ModelRisk] = []
@@ -465,16 +476,12 @@ class Processor:
             out.score_trigger_ts.append(snap.trigger_ts)
             out.row_end_times.append(snap.row_time + (0.0 if snap.partial else HOUR))
             models.append(ModelRisk(sc.name, sc.version, risk, sc.alert_level))
-        for d in self.alerting.step(st.alerts, snap, models, n2):  # model rules (by model), then NEWS2 (primary)
-            j = self._by_name[d.model] if d.model is not None else 0
-            ok = j < len(self.scorers)
-            fired.append((i, self.scorers[j] if ok else None, d, models[j].risk if ok else math.nan,
-                          levels[j] if ok else math.nan))  # fmt: skip
         for sc, (risk_arr, ind, why) in zip(self.shadows, results[len(self.scorers) :], strict=True):
             level = level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit)
             flag = (bool(ind[r]), why[r]) if ind is not None and why else (False, None)
             rec = score_record(snap, sc, float(risk_arr[r]), n2, now_iso, live=live, level=level, flag=flag)
             out.shadow_scores.append((snap.patient, orjson.dumps(rec)))
+        return models, levels
 
     def high_risk_by_ward(self) -> dict[str, int]:
         """Patients in care with a model-risk alert raised and not yet cleared, per ward (counts only)."""

@@ -3,13 +3,14 @@
 ONNX Runtime releases the GIL while it runs, so a second thread can run a chunk of a batch's feature rows
 through every model while the event loop's thread goes on: :class:`Ahead` starts a chunk as soon as the
 state updates of a batch have closed ``scoring.overlap_rows`` rows (the other patients of the batch are
-applied meanwhile), and :func:`chunks` runs the rest on the caller's thread and hands every chunk back in row
-order. The records are built only once every chunk is back, so a model error is seen before any patient's
-alert state has moved (the worker then scores patient by patient, as with one call). The results are the same as
-one call over the whole batch: each row's features and tree-ensemble / network output do not depend on the other
-rows of its call (``intra_op_num_threads`` 1); tests/test_infer.py compares every record. A batch of at most
-``overlap_rows`` rows (every batch at live rates) is one call on the caller's thread, as is every batch with
-``overlap_rows = 0``.
+applied meanwhile); the batch's last rows follow on the same thread, and :func:`chunks` hands every chunk back in
+row order as it comes back, so the caller builds a chunk's score records while the next chunks run. The alert
+policy steps only once every chunk is back, so a model error is seen before any patient's alert state has moved
+(the worker then scores patient by patient, as with one call, and drops the records built so far). The results
+are the same as one call over the whole batch: each row's features and tree-ensemble / network output do not
+depend on the other rows of its call (``intra_op_num_threads`` 1); tests/test_infer.py compares every record. A
+batch of at most ``overlap_rows`` rows (every batch at live rates) is one call on the caller's thread, as is every
+batch with ``overlap_rows = 0``.
 
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -91,7 +92,10 @@ class Ahead:
         inp = None
         if self.done < len(snaps):
             inp, x, seq = self._features(snaps[self.done :])
-            self.parts.append((self.done, x, seq, None))  # the last rows: on the caller's thread (chunks)
+            # the last rows: after the started chunks on the inference thread (the caller builds the records of the
+            # chunks back meanwhile); a batch of one chunk on the caller's thread (chunks), with no thread hop
+            fut = _pool().submit(_run_at, self.models, x, seq, self.done) if self.parts else None
+            self.parts.append((self.done, x, seq, fut))
             self.done = len(snaps)
             if len(self.parts) > 1:
                 inp = None
@@ -123,13 +127,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def chunks(ahead: Ahead) -> list[Chunk]:
-    """Every chunk of ``ahead`` (closed) scored by every model, in row order: the rows not started yet on the
-    caller's thread first (while the inference thread finishes the started chunks), then the started ones. All of
-    them are finished before it returns, so no call outlives the batch and the caller sees a model error before
-    it has used any result; the first error is raised once every call has finished."""
+def chunks(ahead: Ahead) -> Iterator[Chunk]:
+    """Every chunk of ``ahead`` (closed) scored by every model, in row order, each as soon as it is back (a chunk
+    not started is run on the caller's thread). Close it (``contextlib.closing``): when it is closed, exhausted or
+    left by an error, every started call has finished, so no call outlives the batch. A model error is raised when
+    its chunk is reached, once every call has finished; the caller steps no alert state before the last chunk."""
     try:
-        mine = {a: _run_at(ahead.models, x, seq, a) for a, x, seq, fut in ahead.parts if fut is None}
-        return [mine[a] if fut is None else fut.result() for a, _, _, fut in ahead.parts]
+        for a, x, seq, fut in ahead.parts:
+            if fut is None:
+                yield _run_at(ahead.models, x, seq, a)
+            else:
+                try:
+                    yield fut.result()
+                except Exception:
+                    ahead.wait()  # every other call finished before the error reaches the caller
+                    raise
     finally:
         ahead.wait()
