@@ -462,9 +462,8 @@ class Processor:
     def _score_row(self, i: int, r: int, snap: Snapshot, results: list[tuple[Any, Any, Any]],
                    flags: dict[tuple[int, int], tuple[bool, str | None]], now_iso: str, out: Outputs,
                    n2: dict[str, Any]) -> tuple[list[ModelRisk], list[float]]:  # fmt: skip
-        """Row ``i`` of the batch, row ``r`` of its inference chunk (``results``: per live then shadow model):
-        its score records (``n2``: its NEWS2 dict); returns what the alert policy's step needs (each live model's
-        risk and the level in force)."""
+        """Row ``i`` of the batch, row ``r`` of its chunk (``results``: per live then shadow model): its score records;
+        returns what the alert step needs (each live model's risk, the level in force)."""
         live: dict[str, Any] | None = None
         levels = [level_in_force(self.policy, sc.alert_level, snap.ward, snap.unit) for sc in self.scorers]
         models: list[ModelRisk] = []
