@@ -30,6 +30,11 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--modes", default="labelled,labelled_early,unlabelled,unlabelled_prevalence",
+                    help="comma-separated; unlabelled_prevalence[_xM]: "
+                         "--unlabelled --prevalence at the site unit's "
+                         "share of septic stays (all its stays: what its records say), times M if given")
+    ap.add_argument("--tag", default="", help="suffix of the output JSON's name")
     a = ap.parse_args()
 
     import pandas as pd
@@ -85,6 +90,20 @@ def main() -> None:
         reg._write_serving({base_name: "1"})
         timings["base_train_s"] = time.perf_counter() - t
     base = reg.get(f"{base_name}:1")
+    if base.card.get("prior_shift") is None:  # a base trained before vigil train wrote it
+        from vigil.card import write_card
+        from vigil.evaluation.selection import select_rows
+        from vigil.offline import score_frame
+        from vigil.onboarding.prior import fit_prior_shift
+
+        sel = select_rows(base, files[a.base_unit], "validation", None)
+        p, s = score_frame(Scorer(base, threads=a.threads), sel.df)
+        y = sel.df["SepsisLabel"].to_numpy(dtype=np.float64, na_value=0.0).astype(np.int8)
+        card = dict(base.card)
+        card["prior_shift"] = jsonable(fit_prior_shift(p, y, s, f"validation split of {sel.source}"))
+        write_card(base.path / "card.json", card)
+        base = reg.get(f"{base_name}:1")
+    site_prevalence = float(site.groupby("patient_id")["SepsisLabel"].max().mean())
     results: dict[str, object] = {"base": f"{base_name}:1", "site": site_unit, "sample": sample_path.name,
                                   "sample_stays": int(site[m]["patient_id"].nunique()),
                                   "rest_stays": int(rest["patient_id"].nunique()),
@@ -92,10 +111,14 @@ def main() -> None:
                                   "base_card": {"threshold": base.threshold, "alert_level": base.alert_level,
                                                 "validation": base.card["metrics"]["validation"],
                                                 "test": base.card["metrics"]["test"]}}  # fmt: skip
+    results["site_stay_prevalence"] = site_prevalence
     specs = {"base": f"{base_name}:1"}
-    for mode in ("labelled", "labelled_early", "unlabelled"):
+    for mode in a.modes.split(","):
         t = time.perf_counter()
-        opts = OnboardOptions(budget=a.budget, unlabelled=mode == "unlabelled", seed=a.seed, threads=a.threads,
+        mult = float(mode.split("_x")[1]) if "_x" in mode else 1.0
+        prevalence = site_prevalence * mult if mode.startswith("unlabelled_prevalence") else None
+        opts = OnboardOptions(budget=a.budget, unlabelled=mode.startswith("unlabelled"), seed=a.seed,
+                              threads=a.threads, prevalence=prevalence,
                               level_by="early" if mode == "labelled_early" else "utility",
                               name=f"{base_name}-at-{site_unit.lower()}", out=a.work / f"report-{mode}")  # fmt: skip
         s = onboard(settings, sample_path, f"{base_name}:1", opts)
@@ -114,7 +137,7 @@ def main() -> None:
     results["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     results["conditions"] = f"{os.cpu_count()} CPU cores shared with other jobs; LightGBM/ONNX threads {a.threads}"
     a.out.mkdir(parents=True, exist_ok=True)
-    out = a.out / f"{a.base_unit.lower()}-to-{site_unit.lower()}.json"
+    out = a.out / f"{a.base_unit.lower()}-to-{site_unit.lower()}{a.tag}.json"
     out.write_text(json.dumps(jsonable(results), indent=2) + "\n")
     print(json.dumps({"written": str(out)}))
 

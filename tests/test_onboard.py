@@ -93,6 +93,9 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
     compared = ob["adaptation"]["compared"]
     assert set(compared) >= {"recalibration", "continued_boosting"}
     assert ob["calibration"]["site_validated"] is True
+    # a new graph: its own score -> posterior map (vigil.onboarding.prior), fitted on the site's rows, not the base's
+    assert ref.card["prior_shift"]["fitted_on"] == f"site {ob['fit_on']} stays"
+    assert "inherited_from" not in ref.card["prior_shift"]
     # the gate compared base and candidate on the held-back check stays, which nothing was fitted on
     gate = ob["gate"]
     assert gate["serving"] == "sepsis-gbm:1" and gate["candidate"] == line["model"]

@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vigil.errors import ModelError
 
-__all__ = ["ModelCard", "AbstentionSpec", "CARD_FILE", "SCHEMA_FILE", "SCHEMA_VERSION", "json_schema", "read_card",
-           "write_card", "validate_card", "schema_text"]  # fmt: skip
+__all__ = ["ModelCard", "AbstentionSpec", "PriorShiftSpec", "CARD_FILE", "SCHEMA_FILE", "SCHEMA_VERSION",
+           "json_schema", "read_card", "write_card", "validate_card", "schema_text"]  # fmt: skip
 
 CARD_FILE = "card.json"
 SCHEMA_FILE = "card.schema.json"  # in the registry root (models/)
@@ -106,6 +106,21 @@ class AbstentionSpec(_Open):
         return self
 
 
+class PriorShiftSpec(_Open):
+    """How the version's score maps to a row posterior, and the prevalence it was fitted at
+    (:mod:`vigil.onboarding.prior`): what ``vigil onboard --unlabelled --prevalence`` moves the threshold with.
+    Versioned by ``version``; further keys (counts, what it was fitted on) are kept as they are."""
+
+    version: Literal[1] = 1
+    slope: float = Field(gt=0.0)
+    intercept: float
+    row_prior: float = Field(gt=0.0, lt=1.0)
+    stay_prevalence: float = Field(gt=0.0, lt=1.0)
+    rows_per_stay: float = Field(gt=0.0)
+    positive_rows_per_septic_stay: float = Field(gt=0.0)
+    fitted_on: str | None = None
+
+
 class ModelCard(BaseModel):
     """One model version's card. Field order follows the trainer's card."""
 
@@ -134,6 +149,7 @@ class ModelCard(BaseModel):
     alert_policy: AlertPolicy | None = None
     onboarding: dict[str, Any] | None = None  # written by `vigil onboard`
     abstention: AbstentionSpec | None = None  # when a score is indeterminate (vigil.abstain); None: never
+    prior_shift: PriorShiftSpec | None = None  # score -> row posterior and its prevalence (vigil.onboarding.prior)
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "model card") -> ModelCard:

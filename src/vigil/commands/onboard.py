@@ -18,8 +18,13 @@ from vigil.commands.common import settings_of
 @click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True,
               help="Alerts per patient-day the site allows.")
 @click.option("--unlabelled", is_flag=True,
-              help="Label-free: only the alert level (the site's own score distribution gives the budgeted alert "
-                   "rate) and the threshold move; the calibration is the base's, marked not site-validated.")
+              help="Label-free: the alert level moves (the site's own score distribution gives the budgeted alert "
+                   "rate), and the threshold with --prevalence; the calibration is the base's, marked not "
+                   "site-validated.")
+@click.option("--prevalence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              metavar="P", help="With --unlabelled: the share of the site's ICU stays that become septic (what the "
+                   "hospital knows from its own records). Moves the threshold by Bayes' rule from the base's "
+                   "prevalence (vigil.onboarding.prior). Without it the base's threshold is kept.")
 @click.option("--sample-frac", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Use only this seeded share of the file's stays as the site sample.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the split by patient.")
@@ -37,8 +42,9 @@ from vigil.commands.common import settings_of
 @click.option("--promote", is_flag=True, help="Make the new version serve if it passed the gate.")
 @click.pass_context
 def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unlabelled: bool,
-            sample_frac: float | None, seed: int, check_frac: float, headroom: float, level_by: str, name: str | None,
-            threads: int, out: Path | None, promote: bool) -> None:  # fmt: skip
+            prevalence: float | None, sample_frac: float | None, seed: int, check_frac: float, headroom: float,
+            level_by: str, name: str | None, threads: int, out: Path | None,
+            promote: bool) -> None:  # fmt: skip
     """A new site in one step: adapt (labelled: recalibration layer or continued boosting, chosen by measurement),
     calibrate, pick the alert level for the budget, register a new version, gate it against the base on the
     site's held-back stays and report. The last line printed is JSON with "model": "NAME:VERSION"."""
@@ -47,7 +53,8 @@ def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unl
     from vigil.onboarding.run import onboard as run_onboard
 
     opts = OnboardOptions(budget=budget, unlabelled=unlabelled, seed=seed, check_frac=check_frac, headroom=headroom,
-                          sample_frac=sample_frac, level_by=level_by, name=name, threads=max(1, threads), out=out,
+                          prevalence=prevalence, sample_frac=sample_frac, level_by=level_by,
+                          name=name, threads=max(1, threads), out=out,
                           promote=promote)  # fmt: skip
     try:
         summary = run_onboard(settings_of(ctx), data, base, opts)

@@ -34,6 +34,8 @@ def report_markdown(summary: dict[str, Any], gate_text: str) -> str:
         f"**{summary['adaptation']}**; budget {summary['budget']:g} alerts per patient-day (chosen within "
         f"{summary['budget'] * (1 - summary['headroom']):.3g}).",
         "",
+        f"Threshold {summary['threshold']:g}: {summary.get('threshold_rule', '-')}.",
+        "",
         "Held-back check stays (never used to fit anything):",
         "",
         "| | threshold | alert level | utility | AUROC | alerts / patient-day | septic alerted before onset | "

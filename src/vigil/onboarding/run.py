@@ -24,6 +24,7 @@ Nothing serves until promoted (``promote=True`` does it when the gate passed).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -44,9 +45,12 @@ from vigil.evaluation.metrics import auroc
 from vigil.evaluation.report import jsonable
 from vigil.onboarding import abstention as ob_abs
 from vigil.onboarding import levels as lv
+from vigil.onboarding import prior as pr
 from vigil.onboarding.markdown import report_markdown
 from vigil.onboarding.onset import onset_ece
-from vigil.onboarding.sample import SiteSplit, sample_sha256, split_site
+from vigil.onboarding.sample import SiteSplit, sample_sha256, site_sample_mask, split_site
+from vigil.onboarding.sample import frame_features as _features
+from vigil.onboarding.sample import frame_labels as _labels
 from vigil.registry import ModelRef, Registry
 
 if TYPE_CHECKING:
@@ -67,6 +71,7 @@ class OnboardOptions:
     check_frac: float = 0.3
     tune_share: float = 0.3
     headroom: float = 0.1
+    prevalence: float | None = None  # unlabelled: the site's share of septic stays moves the threshold (prior)
     level_by: str = "utility"  # labelled: the level maximises "utility" or "early" (share alerted before onset)
     min_gain: float = 0.01  # utility the site trees must gain on tune over the recalibration layer
     sample_frac: float | None = None  # use only this seeded share of the file's stays as the site sample
@@ -76,32 +81,8 @@ class OnboardOptions:
     promote: bool = False
 
 
-def site_sample_mask(patient_ids: np.ndarray, frac: float, seed: int) -> np.ndarray:
-    """Rows of the seeded ``frac`` of the stays that ``--sample-frac`` keeps (the rest is never read)."""
-    from vigil.training.data import split_by_patient
-
-    return split_by_patient(patient_ids, seed, (frac, 0.0, 1.0 - frac))["train"]
-
-
 def _utc() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _features(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    from vigil.features import FEATURE_NAMES, featurize, frame_chunks
-
-    stay_start, chunks = frame_chunks(df)
-    x = np.empty((stay_start.shape[0], len(FEATURE_NAMES)), dtype=np.float32)
-    for a, b, inp in chunks:
-        x[a:b] = featurize(inp)
-    stay_start = stay_start.copy()
-    if stay_start.size:
-        stay_start[0] = True
-    return x, stay_start
-
-
-def _labels(df: pd.DataFrame) -> np.ndarray:
-    return df["SepsisLabel"].to_numpy(dtype=np.float64, na_value=0.0).astype(np.int8)
 
 
 # ------------------------------------------------------------------------------------------------ adaptation
@@ -289,6 +270,11 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     if not opts.unlabelled and not has_labels:
         raise ConfigError(f"{data.name} has no SepsisLabel column: onboard it with --unlabelled")
     labelled = not opts.unlabelled
+    if labelled and opts.prevalence is not None:
+        raise ConfigError("--prevalence moves the threshold without labels: use it with --unlabelled (with labels "
+                          "the threshold is fitted on them)")  # fmt: skip
+    if opts.prevalence is not None:  # before any work: the base must say how its score maps to a posterior
+        pr.check_prevalence(base.card.get("prior_shift"), f"{base.name}:{base.version}", opts.prevalence)
     sp = split_site(df, opts.seed, opts.check_frac, opts.tune_share)
     steps.update(1)  # sample loaded and split
     counts = sp.counts()
@@ -346,13 +332,18 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             # where the site's utility peaks (matching the base's training alert rate instead moved it the wrong
             # way at a site with fewer septic stays: docs/evaluation/onboarding.md)
             rate = (base.model_card.reference or {}).get("alert_rate")
-            thr, u_thr = base.threshold, None
+            thr, u_thr, by_prior = base.threshold, None, None
+            if opts.prevalence is not None:  # the site's stated share of septic stays moves it (a prior shift)
+                thr, by_prior = pr.prevalence_threshold(base.card.get("prior_shift"), f"{base.name}:{base.version}",
+                                                        base.threshold, opts.prevalence, s_fix)  # fmt: skip
             pts = lv.replay_levels(p_fix, s_fix, policy, grid)
             chosen = lv.choose_level_unlabelled(pts, opts.budget, opts.headroom)
             rule = (f"lowest level with <= {opts.budget * (1 - opts.headroom):.3g} alerts per patient-day on the "
                     f"site's own scores of its fit stays (budget {opts.budget:g}, headroom {opts.headroom:g}); "
                     "no label read")
-            thr_rule = f"the base version's ({base.name}:{base.version}) threshold, kept: no site label to move it"
+            thr_rule = (f"the base version's ({base.name}:{base.version}) threshold, kept: no site label to move it"
+                        if by_prior is None else f"the base version's ({base.name}:{base.version}) threshold moved to"
+                        f" the site's stated prevalence of septic stays ({opts.prevalence:g}); no label read")
             quantile = lv.quantile_threshold(p_fix, float(rate)) if rate else None
         if chosen is None:
             raise ConfigError(f"no alert level keeps the site within {opts.budget:g} alerts per patient-day "
@@ -365,8 +356,13 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         p_fit_all = p_fix if adapted.fit_on == "fit" else _onnx_probs(target / "model.onnx", x_fit_all)
         sha = sample_sha256(data)
         card = copy.deepcopy(base.card)
-        for k in ("evaluation", "alert_policy", "metrics", "abstention"):
+        for k in ("evaluation", "alert_policy", "metrics", "abstention", "prior_shift"):
             card.pop(k, None)
+        if labelled:  # the new graph's own score -> posterior map, on the site rows that fixed its threshold
+            with contextlib.suppress(ConfigError):  # a sample it cannot be fitted on: no block, no --prevalence
+                card["prior_shift"] = pr.fit_prior_shift(p_fix, y_fix, s_fix, f"site {adapted.fit_on} stays")
+        elif base.card.get("prior_shift") is not None:  # the same graph: the base's map still holds
+            card["prior_shift"] = {**base.card["prior_shift"], "inherited_from": f"{base.name}:{base.version}"}
         # the base's abstention block, not its figures (vigil.onboarding.abstention); site figures after the check
         ab_block, ab_note = ob_abs.site_block(base, adapted.native is None, sp.fit, chosen.level)
         if ab_block is not None:
@@ -406,7 +402,8 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
                                                        "check": sp.fractions[2]}, "by": "patient", **counts},
             "adapted": adapted.kind, "adaptation": adapted.details, "fit_on": adapted.fit_on,
             "threshold_utility_fit": u_thr,
-            **({} if labelled else {"threshold_by_quantile_matching_not_used": quantile}),
+            **({} if labelled else {"threshold_by_quantile_matching_not_used": quantile,
+                                    "threshold_by_prior_shift": by_prior}),
             **({"abstention": ab_note} if ab_note else {}),
             "levels_tried": [p.as_dict() for p in pts],
             "calibration": {"site_validated": labelled,
@@ -457,6 +454,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         "model": f"{name}:{version}", "base": f"{base.name}:{base.version}",
         "mode": "labelled" if labelled else "unlabelled", "adaptation": adapted.kind, "budget": opts.budget,
         "headroom": opts.headroom, "threshold": card["threshold"], "alert_level": chosen.level,
+        "threshold_rule": card["threshold_rule"],
         "sample": {"file": data.name, "sha256": sha, "seed": opts.seed, "split": counts},
         "calibration": ("site isotonic map fitted on the site's " + adapted.fit_on + " stays" if labelled
                         else f"not site-validated (copied from {base.name}:{base.version})"),

@@ -19,7 +19,7 @@ from vigil.training.data import split_by_patient
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["sample_sha256", "SiteSplit", "split_site"]
+__all__ = ["sample_sha256", "SiteSplit", "split_site", "site_sample_mask", "frame_features", "frame_labels"]
 
 
 def sample_sha256(path: Path) -> str:
@@ -72,3 +72,27 @@ def split_site(df: pd.DataFrame, seed: int, check_frac: float = 0.3, tune_share:
         return df[mask].reset_index(drop=True)
 
     return SiteSplit(part(m["train"]), part(m["validation"]), part(m["test"]), seed, fr)
+
+
+def site_sample_mask(patient_ids: np.ndarray, frac: float, seed: int) -> np.ndarray:
+    """Rows of the seeded ``frac`` of the stays that ``--sample-frac`` keeps (the rest is never read)."""
+    return split_by_patient(patient_ids, seed, (frac, 0.0, 1.0 - frac))["train"]
+
+
+def frame_features(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(features float32 [N, F], stay_start bool [N]) of a frame sorted by stay, then hour."""
+    from vigil.features import FEATURE_NAMES, featurize, frame_chunks
+
+    stay_start, chunks = frame_chunks(df)
+    x = np.empty((stay_start.shape[0], len(FEATURE_NAMES)), dtype=np.float32)
+    for a, b, inp in chunks:
+        x[a:b] = featurize(inp)
+    stay_start = stay_start.copy()
+    if stay_start.size:
+        stay_start[0] = True
+    return x, stay_start
+
+
+def frame_labels(df: pd.DataFrame) -> np.ndarray:
+    """SepsisLabel as int8 (a missing label is 0)."""
+    return df["SepsisLabel"].to_numpy(dtype=np.float64, na_value=0.0).astype(np.int8)

@@ -24,6 +24,7 @@ loads them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from vigil.card import CARD_FILE, write_card
+from vigil.errors import ConfigError
 from vigil.evaluation.metrics import auprc, auroc
 from vigil.evaluation.report import jsonable
 from vigil.evaluation.utility import best_threshold, normalized_utility
@@ -49,6 +51,7 @@ from vigil.features import (
     frame_chunks,
     sequence,
 )
+from vigil.onboarding.prior import fit_prior_shift
 from vigil.scoring import canary_inputs
 from vigil.training.data import SPLITS, load_training_frame, split_by_patient
 from vigil.training.gbm import GbmHyper
@@ -315,6 +318,11 @@ def train_family(
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
     }
+    # score -> row posterior on the rows the threshold was chosen on: `vigil onboard --prevalence` moves the
+    # threshold with it (vigil.onboarding.prior); none when the validation split has no septic stay (tiny runs)
+    with contextlib.suppress(ConfigError):
+        card["prior_shift"] = fit_prior_shift(probs["validation"], ds.y["validation"], ds.stay_start["validation"],
+                                              "validation split (the trainer's patient-level split)")  # fmt: skip
     if uses_seq:
         card["input"]["sequence"] = {"name": "sequence", "shape": [WINDOW, len(SEQUENCE_NAMES)]}
         card["sequence_schema"] = {"names": list(SEQUENCE_NAMES), "hash": SEQUENCE_SCHEMA_HASH, "window_h": WINDOW}
