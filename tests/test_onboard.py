@@ -346,6 +346,30 @@ def test_level_grid_is_scale_free_and_the_labelled_choice_respects_the_budget() 
     assert levels.choose_level_labelled(pts, 0.05) is None
 
 
+def test_the_label_free_level_is_refined_between_grid_levels_up_to_the_cap() -> None:
+    from vigil.config import load_settings
+
+    rng = np.random.default_rng(5)
+    starts = np.zeros(30_000, bool)
+    starts[::40] = True  # 750 stays of 40 h
+    scores = rng.beta(1.2, 6.0, starts.size) ** 0.7
+    policy = load_settings(None).alerts
+    grid = levels.replay_levels(scores, starts, policy, levels.level_grid(scores))
+    coarse = levels.choose_level_unlabelled(grid, 0.2)
+    chosen, tried = levels.refine_unlabelled(scores, starts, policy, grid, 0.2)
+    assert chosen is not None and coarse is not None and len(tried) > len(grid)
+    cap = 0.2 * 0.9
+    # within the cap, at least as many alerts as the grid's choice, and no tried level below it is within the cap
+    assert coarse.burden < chosen.burden <= cap and chosen.level < coarse.level
+    assert all(p.burden > cap for p in tried if p.level < chosen.level)
+    # the bracket is tight: the nearest lower level tried is within 2 % of the chosen one
+    below = max(p.level for p in tried if p.level < chosen.level)
+    assert (chosen.level - below) / chosen.level < 0.02
+    assert [p.level for p in tried] == sorted(p.level for p in tried)
+    # a grid with nothing over the cap below the choice needs no bisection
+    top = [p for p in grid if p.level >= coarse.level]
+    assert levels.refine_unlabelled(scores, starts, policy, top, 0.2)[0] == levels.choose_level_unlabelled(top, 0.2)
+
 def test_abstention_cutoffs_come_from_the_reference_and_confident_alerts_exclude_indeterminate_rows() -> None:
     from vigil.evaluation.abstention import HOURS_SENTINEL, evaluate_abstention, fit_abstention
     from vigil.features import FEATURE_NAMES

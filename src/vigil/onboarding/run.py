@@ -336,11 +336,11 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             if opts.prevalence is not None:  # the site's stated share of septic stays moves it (a prior shift)
                 thr, by_prior = pr.prevalence_threshold(base.card.get("prior_shift"), f"{base.name}:{base.version}",
                                                         base.threshold, opts.prevalence, s_fix)  # fmt: skip
-            pts = lv.replay_levels(p_fix, s_fix, policy, grid)
-            chosen = lv.choose_level_unlabelled(pts, opts.budget, opts.headroom)
+            chosen, pts = lv.refine_unlabelled(p_fix, s_fix, policy, lv.replay_levels(p_fix, s_fix, policy, grid),
+                                               opts.budget, opts.headroom)  # fmt: skip
             rule = (f"lowest level with <= {opts.budget * (1 - opts.headroom):.3g} alerts per patient-day on the "
-                    f"site's own scores of its fit stays (budget {opts.budget:g}, headroom {opts.headroom:g}); "
-                    "no label read")
+                    f"site's own scores of its fit stays (budget {opts.budget:g}, headroom {opts.headroom:g}; the grid "
+                    "refined by bisection next to the cap); no label read")
             thr_rule = (f"the base version's ({base.name}:{base.version}) threshold, kept: no site label to move it"
                         if by_prior is None else f"the base version's ({base.name}:{base.version}) threshold moved to"
                         f" the site's stated prevalence of septic stays ({opts.prevalence:g}); no label read")
