@@ -369,6 +369,14 @@ def test_the_label_free_level_is_refined_between_grid_levels_up_to_the_cap() -> 
     # a grid with nothing over the cap below the choice needs no bisection
     top = [p for p in grid if p.level >= coarse.level]
     assert levels.refine_unlabelled(scores, starts, policy, top, 0.2)[0] == levels.choose_level_unlabelled(top, 0.2)
+    # labelled: the bisection points are replayed with the labels and the criterion chooses among all points tried
+    y = (rng.random(starts.size) < scores * 0.2).astype(np.int8)
+    lgrid = levels.replay_levels(scores, starts, policy, levels.level_grid(scores), y)
+    for by in ("early", "utility"):
+        pick, tried = levels.refine_labelled(scores, starts, policy, lgrid, y, 0.2, by=by)
+        assert pick is not None and len(tried) > len(lgrid) and all(getattr(p, by) is not None for p in tried)
+        assert pick == levels.choose_level_labelled(tried, 0.2, by=by) and pick.burden <= cap
+        assert getattr(pick, by) >= getattr(levels.choose_level_labelled(lgrid, 0.2, by=by), by)
 
 def test_abstention_cutoffs_come_from_the_reference_and_confident_alerts_exclude_indeterminate_rows() -> None:
     from vigil.evaluation.abstention import HOURS_SENTINEL, evaluate_abstention, fit_abstention

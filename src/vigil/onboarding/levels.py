@@ -18,6 +18,7 @@ scores sit low, e.g. after site recalibration, gets as fine a grid as one whose 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,7 +29,8 @@ from vigil.evaluation.alerting import alert_summary, simulate_policy, stay_alert
 from vigil.evaluation.utility import DEFAULT_GRID, best_threshold, normalized_utility
 
 __all__ = ["LevelPoint", "level_grid", "replay_levels", "choose_level_labelled", "choose_level_unlabelled",
-           "refine_unlabelled", "quantile_threshold", "site_threshold", "model_risk_only"]  # fmt: skip
+           "refine_level", "refine_unlabelled", "refine_labelled", "quantile_threshold", "site_threshold",
+           "model_risk_only"]  # fmt: skip
 
 RATES = np.geomspace(0.001, 0.30, 40)
 
@@ -112,16 +114,17 @@ def choose_level_unlabelled(points: list[LevelPoint], budget: float, headroom: f
     return min(ok, key=lambda p: p.level) if ok else None
 
 
-def refine_unlabelled(scores: np.ndarray, stay_start: np.ndarray, policy: AlertSettings, points: list[LevelPoint],
-                      budget: float, headroom: float = 0.1, steps: int = 6,
-                      ) -> tuple[LevelPoint | None, list[LevelPoint]]:  # fmt: skip
-    """:func:`choose_level_unlabelled` on ``points``, then bisection between the chosen level and the next lower one
-    of the grid (whose burden is over the cap): the grid's steps are ~20 % apart in alerts per patient-day, so the
-    grid alone can stop well short of the budget (0.158 for a cap of 0.18 on one site's sample). Returns the chosen
-    point and every point tried, in level order (the burden is not strictly monotone in the level: each tried level
-    is replayed, and the lowest within the cap wins)."""
-    cap = budget * (1 - headroom)
-    chosen = choose_level_unlabelled(points, budget, headroom)
+def refine_level(scores: np.ndarray, stay_start: np.ndarray, policy: AlertSettings, points: list[LevelPoint],
+                 choose: Callable[[list[LevelPoint]], LevelPoint | None], cap: float,
+                 labels: np.ndarray | None = None, steps: int = 6,
+                 ) -> tuple[LevelPoint | None, list[LevelPoint]]:  # fmt: skip
+    """``choose`` on ``points``, refined: the grid's steps are ~20 % apart in alerts per patient-day, so a choice at
+    the cap's edge can stop well short of it (0.158 for a cap of 0.18 on one site's sample). When the next lower
+    grid level is over ``cap``, six bisection steps between the two (each a replay through the policy, with the
+    labels when given) find the lowest level within the cap, and ``choose`` picks again among every point tried.
+    Returns the chosen point and every point tried, in level order (each tried level is replayed: the burden need
+    not be strictly monotone in the level)."""
+    chosen = choose(points)
     tried = list(points)
     if chosen is None:
         return None, tried
@@ -131,14 +134,29 @@ def refine_unlabelled(scores: np.ndarray, stay_start: np.ndarray, policy: AlertS
         mid = float(f"{(lo + hi) / 2:.4g}")
         if not lo < mid < hi:
             break
-        pt = replay_levels(scores, stay_start, policy, np.array([mid]))[0]
+        pt = replay_levels(scores, stay_start, policy, np.array([mid]), labels)[0]
         tried.append(pt)
         if pt.burden <= cap:
             hi = mid
         else:
             lo = mid
     tried.sort(key=lambda p: p.level)
-    return choose_level_unlabelled(tried, budget, headroom), tried
+    return choose(tried), tried
+
+
+def refine_unlabelled(scores: np.ndarray, stay_start: np.ndarray, policy: AlertSettings, points: list[LevelPoint],
+                      budget: float, headroom: float = 0.1) -> tuple[LevelPoint | None, list[LevelPoint]]:
+    """:func:`choose_level_unlabelled` refined up to the cap (:func:`refine_level`)."""
+    return refine_level(scores, stay_start, policy, points,
+                        lambda pts: choose_level_unlabelled(pts, budget, headroom), budget * (1 - headroom))
+
+
+def refine_labelled(scores: np.ndarray, stay_start: np.ndarray, policy: AlertSettings, points: list[LevelPoint],
+                    labels: np.ndarray, budget: float, headroom: float = 0.1,
+                    by: str = "utility") -> tuple[LevelPoint | None, list[LevelPoint]]:  # fmt: skip
+    """:func:`choose_level_labelled` refined next to the cap (:func:`refine_level`)."""
+    return refine_level(scores, stay_start, policy, points,
+                        lambda pts: choose_level_labelled(pts, budget, headroom, by), budget * (1 - headroom), labels)
 
 
 def quantile_threshold(scores: np.ndarray, reference_rate: float) -> float:

@@ -320,12 +320,16 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             thr, u_thr = lv.site_threshold(p_fix, y_fix, s_fix)
             quantile = None
             pts = lv.replay_levels(p_fix, s_fix, policy, grid, y_fix)
-            chosen = lv.choose_level_labelled(pts, opts.budget, opts.headroom, opts.level_by)
+            if opts.level_by == "utility":  # refined next to the cap (not "early": ties on a small sample, notes s6)
+                chosen, pts = lv.refine_labelled(p_fix, s_fix, policy, pts, y_fix, opts.budget, opts.headroom)
+            else:
+                chosen = lv.choose_level_labelled(pts, opts.budget, opts.headroom, opts.level_by)
             crit = "normalized utility of risk >= level" if opts.level_by == "utility" else (
                 "share of septic stays alerted before onset")
             rule = (f"highest {crit} among levels with <= "
                     f"{opts.budget * (1 - opts.headroom):.3g} alerts per patient-day on the site's {adapted.fit_on} "
-                    f"stays (budget {opts.budget:g}, headroom {opts.headroom:g})")  # fmt: skip
+                    f"stays (budget {opts.budget:g}, headroom {opts.headroom:g}"
+                    f"{'; the grid refined by bisection next to the cap' if opts.level_by == 'utility' else ''})")
             thr_rule = f"maximises normalized utility on the site's {adapted.fit_on} stays"
         else:
             # the threshold (what utility and PredictedLabel read) stays the base's: without labels nothing says
