@@ -20,7 +20,7 @@ The site gives what a hospital knows without patient labels: the share of its IC
 stay (set by the label definition: ~9.6 in both of set A's units) and the site sample's own rows per stay.
 
 Estimating the site's prior from its unlabelled scores instead (the EM of Saerens et al.) failed on set A's units:
-MICU base at SICU stays: 7.9 % estimated for 1.1 % true; SICU base at MICU: 12.3 % for 2.6 %, because the units
+MICU base at SICU stays: 8.2 % estimated for 1.1 % true; SICU base at MICU: 11.9 % for 2.6 %, because the units
 differ in charting habits too, not only in septic share (docs/evaluation/onboarding.md). So the prevalence is an
 input, never guessed.
 """
