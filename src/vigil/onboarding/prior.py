@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from vigil.errors import ConfigError
+from vigil.evaluation.alerting import stay_table
 from vigil.onboarding.adapt import fit_recalibration, logit
 
 __all__ = ["check_prevalence", "fit_prior_shift", "posterior_logit", "prevalence_threshold",
-           "require_block", "shifted_threshold", "site_row_prior", "stay_counts", "threshold_at"]
+           "shifted_threshold", "site_row_prior", "stay_counts", "threshold_at"]
 
 PRIOR_CLIP = (1e-4, 0.5)  # a row share outside this is not a sepsis prevalence any site would state
 
@@ -46,15 +47,8 @@ def stay_counts(labels: np.ndarray, stay_start: np.ndarray) -> tuple[int, int, i
     >>> stay_counts(np.array([0, 0, 1, 0, 0]), np.array([1, 0, 0, 1, 0], bool))
     (2, 1, 5)
     """
-    y = np.asarray(labels) > 0
-    s = np.asarray(stay_start, dtype=bool).copy()
-    if y.size:
-        s[0] = True
-    ids = np.cumsum(s) - 1
-    n = int(s.sum())
-    septic = np.zeros(n, dtype=bool)
-    np.logical_or.at(septic, ids, y)
-    return n, int(septic.sum()), int(y.size)
+    t = stay_table(np.asarray(labels) > 0, stay_start)
+    return len(t.first), int(t.septic.sum()), int(t.n_rows.sum())
 
 
 def fit_prior_shift(probs: np.ndarray, labels: np.ndarray, stay_start: np.ndarray, fitted_on: str) -> dict[str, Any]:
@@ -82,9 +76,6 @@ def site_row_prior(block: dict[str, Any], stay_prevalence: float, rows_per_stay:
     >>> site_row_prior({"positive_rows_per_septic_stay": 9.6}, 0.05, 40.0)
     0.012
     """
-    if not 0.0 < stay_prevalence < 1.0:
-        raise ConfigError(f"--prevalence is the share of the site's stays that become septic: 0 < P < 1, not "
-                          f"{stay_prevalence:g}")  # fmt: skip
     if not rows_per_stay > 0:
         raise ConfigError("the site sample has no rows")
     pi = stay_prevalence * float(block["positive_rows_per_septic_stay"]) / rows_per_stay
@@ -132,14 +123,10 @@ def check_prevalence(block: dict[str, Any] | None, base: str, prevalence: float)
     if not 0.0 < prevalence < 1.0:
         raise ConfigError(f"--prevalence is the share of the site's stays that become septic: 0 < P < 1, not "
                           f"{prevalence:g}")  # fmt: skip
-    return require_block(block, base, "--prevalence")
-
-
-def require_block(block: dict[str, Any] | None, base: str, option: str) -> dict[str, Any]:
-    """``block``, or :class:`ConfigError` naming the base version and how to give it one."""
     if block is None:
-        raise ConfigError(f"{base} has no prior_shift block in its card, which {option} needs (vigil train writes "
-                          f"one; for an older version: scripts/fit_prior_shift.py --model {base} --write)")  # fmt: skip
+        raise ConfigError(f"{base} has no prior_shift block in its card, which --prevalence needs (vigil train "
+                          "writes one; for an older version: scripts/fit_prior_shift.py --model "
+                          f"{base} --write)")  # fmt: skip
     return block
 
 

@@ -24,7 +24,6 @@ Nothing serves until promoted (``promote=True`` does it when the gate passed).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -362,9 +361,12 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         card = copy.deepcopy(base.card)
         for k in ("evaluation", "alert_policy", "metrics", "abstention", "prior_shift"):
             card.pop(k, None)
+        no_prior = None
         if labelled:  # the new graph's own score -> posterior map, on the site rows that fixed its threshold
-            with contextlib.suppress(ConfigError):  # a sample it cannot be fitted on: no block, no --prevalence
+            try:
                 card["prior_shift"] = pr.fit_prior_shift(p_fix, y_fix, s_fix, f"site {adapted.fit_on} stays")
+            except ConfigError as exc:  # no block (so no later --prevalence from this version), said in the card
+                no_prior = str(exc)
         elif base.card.get("prior_shift") is not None:  # the same graph: the base's map still holds
             card["prior_shift"] = {**base.card["prior_shift"], "inherited_from": f"{base.name}:{base.version}"}
         # the base's abstention block, not its figures (vigil.onboarding.abstention); site figures after the check
@@ -409,6 +411,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             **({} if labelled else {"threshold_by_quantile_matching_not_used": quantile,
                                     "threshold_by_prior_shift": by_prior}),
             **({"abstention": ab_note} if ab_note else {}),
+            **({"prior_shift_not_fitted": no_prior} if no_prior else {}),
             "levels_tried": [p.as_dict() for p in pts],
             "calibration": {"site_validated": labelled,
                             "fitted_on": f"site {adapted.fit_on} stays" if labelled
