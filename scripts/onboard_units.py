@@ -30,8 +30,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--modes", default="labelled,labelled_early,unlabelled,unlabelled_prevalence",
-                    help="comma-separated; unlabelled_prevalence[_xM]: "
+    ap.add_argument("--modes", default="labelled,labelled_utility,unlabelled,unlabelled_prevalence",
+                    help="comma-separated; labelled = the default --level-by (early), labelled_utility / "
+                         "labelled_early name it; unlabelled_prevalence[_xM]: "
                          "--unlabelled --prevalence at the site unit's "
                          "share of septic stays (all its stays: what its records say), times M if given")
     ap.add_argument("--tag", default="", help="suffix of the output JSON's name")
@@ -119,7 +120,8 @@ def main() -> None:
         prevalence = site_prevalence * mult if mode.startswith("unlabelled_prevalence") else None
         opts = OnboardOptions(budget=a.budget, unlabelled=mode.startswith("unlabelled"), seed=a.seed,
                               threads=a.threads, prevalence=prevalence,
-                              level_by="early" if mode == "labelled_early" else "utility",
+                              level_by={"labelled_early": "early", "labelled_utility": "utility"}.get(
+                                  mode, OnboardOptions.level_by),  # "labelled": the default (early since s7)
                               name=f"{base_name}-at-{site_unit.lower()}", out=a.work / f"report-{mode}")  # fmt: skip
         s = onboard(settings, sample_path, f"{base_name}:1", opts)
         timings[f"onboard_{mode}_s"] = time.perf_counter() - t

@@ -81,7 +81,7 @@ def _run(site: dict[str, Path], *args: str) -> tuple[dict, str]:
 
 def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path]) -> None:
     out = site["root"] / "report-labelled"
-    line, _ = _run(site, "--out", str(out))
+    line, stdout = _run(site, "--out", str(out))
     assert line["base"] == "sepsis-gbm:1" and line["mode"] == "labelled"
     reg = Registry(site["registry"])
     ref = reg.get(line["model"])
@@ -102,9 +102,21 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
     assert gate["data"]["stays"] == ob["split"]["check"]["stays"] > 0
     assert gate["passed"] == line["gate_passed"]
     assert {gate["candidate_metrics"]["model"], gate["serving_metrics"]["model"]} == {line["model"], "sepsis-gbm:1"}
+    # how sure the comparison is: a paired stay bootstrap of the same two utilities on the same check stays
+    noise = gate["check_noise"]
+    assert noise == line["gate_check_noise"] and noise["stays"] == gate["data"]["stays"]
+    assert noise["septic_stays"] == gate["data"]["septic_stays"] and noise["margin"] == gate["margin_utility"]
+    util = gate["candidate_metrics"]["utility"] - gate["serving_metrics"]["utility"]
+    assert noise["difference"] == pytest.approx(util, abs=1e-9) and noise["low"] <= noise["high"]
+    assert any("paired stay bootstrap" in n for n in gate["notes"]) and "gate's utility comparison" in stdout
     # the level is within the budget on the stays it was fitted on, and the card serves it
     assert ref.alert_level == ref.card["alert_policy"]["raise_at"] == line["alert_level"]
     assert ref.card["alert_policy"]["site"]["burden"] <= 0.2 * 0.9
+    # by default the most septic stays alerted early within the cap, ties to the level that spends the budget
+    tried = [levels.LevelPoint(**p) for p in ob["levels_tried"]]
+    assert ref.alert_level == levels.choose_level_labelled(tried, 0.2, by="early").level
+    chosen_by = ref.card["alert_policy"]["chosen_by"]
+    assert "share of septic stays alerted before onset" in chosen_by and "ties to the higher burden" in chosen_by
     cal = Calibration.load(ref.path / CALIBRATION_FILE)
     assert (cal.model, cal.version) == (ref.name, ref.version) and 12 in cal.sepsis
     sc = Scorer(ref)
@@ -344,6 +356,11 @@ def test_level_grid_is_scale_free_and_the_labelled_choice_respects_the_budget() 
     assert levels.choose_level_labelled(pts, 0.2).level == 0.3  # highest utility within 0.18
     assert levels.choose_level_labelled(pts, 0.2, by="early").level == 0.2  # most septic stays alerted early
     assert levels.choose_level_labelled(pts, 0.05) is None
+    # ties: "early" spends the budget (the lower level within the cap), "utility" keeps to the lower burden
+    tied = [levels.LevelPoint(0.15, 0.25, 0.8, 0.3, 0.1), levels.LevelPoint(0.2, 0.17, 0.8, 0.45, 0.2),
+            levels.LevelPoint(0.25, 0.12, 0.8, 0.45, 0.25), levels.LevelPoint(0.3, 0.1, 0.6, 0.4, 0.3)]  # fmt: skip
+    assert levels.choose_level_labelled(tied, 0.2, by="early").level == 0.2  # 0.15 is over the cap of 0.18
+    assert levels.choose_level_labelled(tied, 0.2, by="utility").level == 0.25
 
 
 def test_the_label_free_level_is_refined_between_grid_levels_up_to_the_cap() -> None:

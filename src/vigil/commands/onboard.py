@@ -32,9 +32,10 @@ from vigil.commands.common import settings_of
               help="Share of the sample's stays held back for the report and the gate.")
 @click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
               help="Choose the level within budget x (1 - headroom): the burden is estimated on a sample.")
-@click.option("--level-by", type=click.Choice(["utility", "early"]), default="utility", show_default=True,
-              help="Labelled: the alert level within the budget maximises the normalized utility, or the share of "
-                   "septic stays alerted before onset (as vigil evaluate --policy-sweep).")
+@click.option("--level-by", type=click.Choice(["early", "utility"]), default="early", show_default=True,
+              help="Labelled: the alert level within the budget maximises the share of septic stays alerted before "
+                   "onset (as vigil evaluate --policy-sweep; ties to the level that spends the budget), or the "
+                   "normalized utility of risk >= level. Utility itself is read at the threshold, not the level.")
 @click.option("--name", default=None, help="Registry name of the new version (default: the base's).")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for LightGBM and ONNX Runtime.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -68,9 +69,14 @@ def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unl
     click.echo(f"registered {summary['model']} ({summary['mode']}, {summary['adaptation']}); threshold "
                f"{summary['threshold']}, alert level {summary['alert_level']}; gate against {summary['base']} on the "
                f"site's check stays: {verdict}; report {summary['report']}")  # fmt: skip
+    if summary["gate"].get("check_noise"):
+        from vigil.onboarding.noise import UtilityDifference
+
+        click.echo(f"gate's utility comparison: {UtilityDifference(**summary['gate']['check_noise']).describe()}")
     line = {"model": summary["model"], "base": summary["base"], "mode": summary["mode"],
             "adaptation": summary["adaptation"], "threshold": summary["threshold"],
             "alert_level": summary["alert_level"], "gate_passed": summary["gate"]["passed"],
+            "gate_check_noise": summary["gate"].get("check_noise"),
             "promoted": summary["promoted"],
             "check": {"base": _short(chk["base"]), "onboarded": _short(chk["onboarded"])},
             "report": summary["report"]}  # fmt: skip

@@ -46,6 +46,7 @@ from vigil.onboarding import abstention as ob_abs
 from vigil.onboarding import levels as lv
 from vigil.onboarding import prior as pr
 from vigil.onboarding.markdown import report_markdown
+from vigil.onboarding.noise import paired_utility_difference
 from vigil.onboarding.onset import onset_ece
 from vigil.onboarding.sample import SiteSplit, sample_sha256, site_sample_mask, split_site
 from vigil.onboarding.sample import frame_features as _features
@@ -71,7 +72,7 @@ class OnboardOptions:
     tune_share: float = 0.3
     headroom: float = 0.1
     prevalence: float | None = None  # unlabelled: the site's share of septic stays moves the threshold (prior)
-    level_by: str = "utility"  # labelled: the level maximises "utility" or "early" (share alerted before onset)
+    level_by: str = "early"  # labelled: the level maximises "early" (share alerted before onset) or "utility"
     min_gain: float = 0.01  # utility the site trees must gain on tune over the recalibration layer
     sample_frac: float | None = None  # use only this seeded share of the file's stays as the site sample
     name: str | None = None  # registry name of the new version (default: the base's)
@@ -207,9 +208,11 @@ def _evaluate(ref: ModelRef, scorer: Scorer, df: pd.DataFrame, source: str, poli
 
 
 def _gate(reg: Registry, cand: ModelRef, base: ModelRef, check: pd.DataFrame, data_name: str, settings: Settings,
-          labelled: bool) -> Any:  # fmt: skip
-    """The promotion gate's checks and rule (:mod:`vigil.gate`), base vs candidate on the check stays."""
+          labelled: bool) -> tuple[Any, dict[str, Any] | None]:  # fmt: skip
+    """The promotion gate's checks and rule (:mod:`vigil.gate`), base vs candidate on the check stays, and (with
+    labels) how sure the utility comparison is (:mod:`vigil.onboarding.noise`, also a note of the verdict)."""
     from vigil.gate import GateData, GateResult, demand_calibration_problem, load_checked, score_model, verdict
+    from vigil.offline import score_frame
 
     mu, ma = settings.registry.margin_utility, settings.registry.margin_auroc
     common: dict[str, Any] = {"candidate": f"{cand.name}:{cand.version}", "serving": f"{base.name}:{base.version}",
@@ -222,19 +225,22 @@ def _gate(reg: Registry, cand: ModelRef, base: ModelRef, check: pd.DataFrame, da
     try:
         cs = load_checked(cand)
     except ModelError as exc:
-        return GateResult(False, reasons=(f"the candidate cannot serve: {exc}",), data=desc, **common)
+        return GateResult(False, reasons=(f"the candidate cannot serve: {exc}",), data=desc, **common), None
     if not labelled:
         note = ("no labels at the site: the metric comparison cannot be made (the candidate loads and reproduces its "
                 "card)")
-        return GateResult(True, reasons=(), notes=(note,), data=desc, **common)
-    cm = score_model(cs, check)
-    bm = score_model(load_checked(base), check)
+        return GateResult(True, reasons=(), notes=(note,), data=desc, **common), None
+    bs = load_checked(base)
+    cm, bm = score_model(cs, check), score_model(bs, check)
     reasons = verdict(cm, bm, margin_utility=mu, margin_auroc=ma)
     problem = demand_calibration_problem(cand)
     if problem:
         reasons.append(problem)
-    return GateResult(not reasons, reasons=tuple(reasons), candidate_metrics=cm, serving_metrics=bm, data=desc,
-                      **common)  # fmt: skip
+    (pc, st), (pb, _) = score_frame(cs, check), score_frame(bs, check)
+    noise = paired_utility_difference(check["SepsisLabel"].to_numpy(), st, pc >= cs.threshold, pb >= bs.threshold,
+                                      margin=mu)  # fmt: skip
+    return GateResult(not reasons, reasons=tuple(reasons), notes=(noise.describe(),), candidate_metrics=cm,
+                      serving_metrics=bm, data=desc, **common), noise.as_dict()  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -319,16 +325,15 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             thr, u_thr = lv.site_threshold(p_fix, y_fix, s_fix)
             quantile = None
             pts = lv.replay_levels(p_fix, s_fix, policy, grid, y_fix)
-            if opts.level_by == "utility":  # refined next to the cap (not "early": ties on a small sample, notes s6)
-                chosen, pts = lv.refine_labelled(p_fix, s_fix, policy, pts, y_fix, opts.budget, opts.headroom)
-            else:
-                chosen = lv.choose_level_labelled(pts, opts.budget, opts.headroom, opts.level_by)
+            chosen, pts = lv.refine_labelled(p_fix, s_fix, policy, pts, y_fix, opts.budget, opts.headroom,
+                                             opts.level_by)  # fmt: skip
             crit = "normalized utility of risk >= level" if opts.level_by == "utility" else (
                 "share of septic stays alerted before onset")
             rule = (f"highest {crit} among levels with <= "
                     f"{opts.budget * (1 - opts.headroom):.3g} alerts per patient-day on the site's {adapted.fit_on} "
-                    f"stays (budget {opts.budget:g}, headroom {opts.headroom:g}"
-                    f"{'; the grid refined by bisection next to the cap' if opts.level_by == 'utility' else ''})")
+                    f"stays (budget {opts.budget:g}, headroom {opts.headroom:g}; ties to the "
+                    f"{'lower' if opts.level_by == 'utility' else 'higher'} burden; the grid refined by bisection "
+                    "next to the cap)")
             thr_rule = f"maximises normalized utility on the site's {adapted.fit_on} stays"
         else:
             # the threshold (what utility and PredictedLabel read) stays the base's: without labels nothing says
@@ -438,7 +443,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     new_scorer = Scorer(ref, threads=opts.threads)
     rep_base = _evaluate(base, base_scorer, sp.check, data.name, policy, check_labelled)
     rep_new = _evaluate(ref, new_scorer, sp.check, data.name, policy, check_labelled)
-    gate = _gate(reg, ref, base, sp.check, data.name, settings, check_labelled)
+    gate, check_noise = _gate(reg, ref, base, sp.check, data.name, settings, check_labelled)
     card = read_card(target / CARD_FILE)
     for rep, (r, sc) in ((rep_base, (base, base_scorer)), (rep_new, (ref, new_scorer))):
         if (fig := ob_abs.check_figures(r, sc, sp.check, policy, check_labelled)) is not None:
@@ -447,7 +452,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         card["abstention"]["site_evaluation"] = ob_abs.site_evaluation(
             rep_new["abstention"], labelled, f"held-back check stays of the site sample {data.name} (sha256 {sha})")
     card["onboarding"]["site_metrics"] = {"check": {"base": rep_base, "onboarded": rep_new}}
-    card["onboarding"]["gate"] = gate.as_dict()
+    card["onboarding"]["gate"] = {**gate.as_dict(), "check_noise": check_noise}
     card["metrics"] = {"site_check": {k: rep_new.get(k) for k in ("auroc", "auprc", "utility")}}
     write_card(target / CARD_FILE, jsonable(card))
     steps.update(1)  # checked and gated on the held-back stays
@@ -468,7 +473,8 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         "adapted": adapted.details,
         "check": {"base": rep_base, "onboarded": rep_new},
         "abstention": {k: v for k, v in (card.get("abstention") or {}).items() if k in ob_abs.SUMMARY_KEYS} or None,
-        "gate": {"passed": gate.passed, "reasons": list(gate.reasons)}, "promoted": promoted,
+        "gate": {"passed": gate.passed, "reasons": list(gate.reasons), "check_noise": check_noise},
+        "promoted": promoted,
     }  # fmt: skip
     out = Path(opts.out) if opts.out else Path("reports") / f"onboard-{name}-{version}"
     out.mkdir(parents=True, exist_ok=True)
