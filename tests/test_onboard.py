@@ -105,10 +105,13 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
     # how sure the comparison is: a paired stay bootstrap of the same two utilities on the same check stays
     noise = gate["check_noise"]
     assert noise == line["gate_check_noise"] and noise["stays"] == gate["data"]["stays"]
-    assert noise["septic_stays"] == gate["data"]["septic_stays"] and noise["margin"] == gate["margin_utility"]
-    util = gate["candidate_metrics"]["utility"] - gate["serving_metrics"]["utility"]
-    assert noise["difference"] == pytest.approx(util, abs=1e-9) and noise["low"] <= noise["high"]
-    assert any("paired stay bootstrap" in n for n in gate["notes"]) and "gate's utility comparison" in stdout
+    assert noise["septic_stays"] == gate["data"]["septic_stays"] and noise["resamples"] == 1000
+    for key, metric, margin in (("utility", "utility", "margin_utility"), ("auroc", "auroc", "margin_auroc")):
+        d = noise[key]
+        assert d["margin"] == gate[margin] and d["low"] <= d["high"] and 0.0 <= d["share_refused"] <= 1.0
+        diff = gate["candidate_metrics"][metric] - gate["serving_metrics"][metric]
+        assert d["difference"] == pytest.approx(diff, abs=1e-9)
+    assert any("paired stay bootstrap" in n for n in gate["notes"]) and "gate's comparisons" in stdout
     # the level is within the budget on the stays it was fitted on, and the card serves it
     assert ref.alert_level == ref.card["alert_policy"]["raise_at"] == line["alert_level"]
     assert ref.card["alert_policy"]["site"]["burden"] <= 0.2 * 0.9

@@ -1,12 +1,13 @@
-"""The paired stay bootstrap of the onboarding gate's utility comparison (:mod:`vigil.onboarding.noise`)."""
+"""The paired stay bootstrap of the onboarding gate's comparisons (:mod:`vigil.onboarding.noise`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from vigil.evaluation.metrics import auroc
 from vigil.evaluation.utility import normalized_utility
-from vigil.onboarding.noise import paired_utility_difference, resampled_differences
+from vigil.onboarding.noise import CheckNoise, paired_check_noise, resampled_auroc_differences, resampled_differences
 
 
 def _cohort(stays: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -25,49 +26,61 @@ def _cohort(stays: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return (np.concatenate(labels), np.concatenate(starts), np.concatenate(cand), np.concatenate(base), lengths)
 
 
-def test_resampled_differences_equal_the_utilities_of_the_resampled_stays_concatenated() -> None:
+def test_resampled_differences_equal_the_metrics_of_the_resampled_stays_concatenated() -> None:
     y, s, pc, pb, lengths = _cohort(60, 1)
+    pb = np.round(pb, 1)  # ties in the base's scores: mid-ranks
     cp, bp = pc >= 0.5, pb >= 0.5
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     rng = np.random.default_rng(2)
     counts = rng.multinomial(60, np.full(60, 1 / 60), size=5)
     got = resampled_differences(y, s, cp, bp, counts)
+    got_auc = resampled_auroc_differences(y, s, pc, pb, counts)
     for r in range(5):
         rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in range(60) for _ in range(counts[r, i])])
         starts = np.isin(rows, bounds[:-1])  # a stay's first row is where it starts, each time it is drawn
         want = normalized_utility(y[rows], cp[rows], starts) - normalized_utility(y[rows], bp[rows], starts)
         assert got[r] == pytest.approx(want, abs=1e-12)
+        assert got_auc[r] == pytest.approx(auroc(y[rows], pc[rows]) - auroc(y[rows], pb[rows]), abs=1e-12)
     # no septic stay drawn: undefined, not zero
     no_septic = np.array([[0 if y[bounds[i]:bounds[i + 1]].any() else 1 for i in range(60)]])
     assert np.isnan(resampled_differences(y, s, cp, bp, no_septic)[0])
+    assert np.isnan(resampled_auroc_differences(y, s, pc, pb, no_septic)[0])
 
 
-def test_the_difference_its_interval_and_how_often_the_rule_refuses() -> None:
+def test_the_differences_their_intervals_and_how_often_the_rules_refuse() -> None:
     y, s, pc, pb, _ = _cohort(300, 3)
-    cp, bp = pc >= 0.5, pb >= 0.5
-    d = paired_utility_difference(y, s, cp, bp, margin=0.01, resamples=800, seed=4)
-    assert d.difference == pytest.approx(normalized_utility(y, cp, s) - normalized_utility(y, bp, s), abs=1e-12)
-    assert d.low < d.difference < d.high and d.level == 0.9 and d.resamples == 800 and d.stays == 300
-    assert d.septic_stays == int(np.add.reduceat(y, np.flatnonzero(s)).astype(bool).sum())
-    assert d.difference > 0.1 and d.share_refused < 0.05  # the less noisy score is clearly better
-    # the same model on both sides: nothing to tell apart, the rule never refuses
-    same = paired_utility_difference(y, s, cp, cp, margin=0.01, resamples=200)
-    assert (same.difference, same.low, same.high, same.share_refused) == (0.0, 0.0, 0.0, 0.0)
-    # ten times the stays (the same cohort repeated): the interval narrows by about sqrt(10)
-    big = paired_utility_difference(np.tile(y, 10), np.tile(s, 10), np.tile(cp, 10), np.tile(bp, 10), margin=0.01,
-                                    resamples=800, seed=4)  # fmt: skip
-    assert big.difference == pytest.approx(d.difference)
-    assert 2.0 < (d.high - d.low) / (big.high - big.low) < 4.5
+    n = paired_check_noise(y, s, pc, 0.5, pb, 0.5, margin_utility=0.01, margin_auroc=0.01, resamples=800, seed=4)
+    u, a = n.utility, n.auroc
+    assert u.difference == pytest.approx(normalized_utility(y, pc >= 0.5, s) - normalized_utility(y, pb >= 0.5, s))
+    assert a.difference == pytest.approx(auroc(y, pc) - auroc(y, pb), abs=1e-12)
+    assert n.level == 0.9 and n.resamples == 800 and n.stays == 300
+    assert n.septic_stays == int(np.add.reduceat(y, np.flatnonzero(s)).astype(bool).sum())
+    for d in (u, a):  # the less noisy score is clearly better by both rules
+        assert d.low < d.difference < d.high and d.difference > 0.05 and d.share_refused < 0.05
+    # the same version on both sides: nothing to tell apart, neither rule refuses
+    same = paired_check_noise(y, s, pc, 0.5, pc, 0.5, margin_utility=0.01, margin_auroc=0.01, resamples=200)
+    for d in (same.utility, same.auroc):
+        assert (d.difference, d.low, d.high, d.share_refused) == (0.0, 0.0, 0.0, 0.0)
+    # ten times the stays (the same cohort repeated): the intervals narrow by about sqrt(10)
+    big = paired_check_noise(np.tile(y, 10), np.tile(s, 10), np.tile(pc, 10), 0.5, np.tile(pb, 10), 0.5,
+                             margin_utility=0.01, margin_auroc=0.01, resamples=800, seed=4)  # fmt: skip
+    assert big.utility.difference == pytest.approx(u.difference)
+    assert 2.0 < (u.high - u.low) / (big.utility.high - big.utility.low) < 4.5
+    assert 2.0 < (a.high - a.low) / (big.auroc.high - big.auroc.low) < 4.5
     # swapped: the refusal share is the other tail
-    swapped = paired_utility_difference(y, s, bp, cp, margin=0.01, resamples=800, seed=4)
-    assert swapped.difference == pytest.approx(-d.difference) and swapped.share_refused > 0.95
-    assert "cannot tell" not in d.describe() and "300 check stays" in d.describe()
+    swapped = paired_check_noise(y, s, pb, 0.5, pc, 0.5, margin_utility=0.01, margin_auroc=0.01, resamples=800,
+                                 seed=4)  # fmt: skip
+    assert swapped.utility.difference == pytest.approx(-u.difference) and swapped.utility.share_refused > 0.95
+    assert swapped.auroc.share_refused > 0.95
+    assert "cannot tell" not in n.describe() and "300 check stays" in n.describe()
+    assert CheckNoise.from_dict(n.as_dict()) == n
 
 
 def test_a_small_check_set_is_said_to_be_unable_to_tell() -> None:
     y, s, pc, _, _ = _cohort(40, 5)
-    d = paired_utility_difference(y, s, pc >= 0.5, pc >= 0.45, margin=0.01, resamples=500)
+    n = paired_check_noise(y, s, pc, 0.5, pc, 0.45, margin_utility=0.01, margin_auroc=0.01, resamples=500)
+    d = n.utility
     assert d.high - d.low > 0.02 and d.low <= d.difference <= d.high
-    tells = not (d.low < -0.01 < d.high)
-    assert ("cannot tell the two apart" in d.describe()) is not tells
-    assert ("separate them" in d.describe()) is tells
+    tells = not (d.low < -0.01 < d.high)  # the AUROC is the same score's: [0, 0], it tells
+    assert ("cannot tell the two apart" in n.describe()) is not tells
+    assert ("separate them" in n.describe()) is tells

@@ -70,9 +70,9 @@ def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unl
                f"{summary['threshold']}, alert level {summary['alert_level']}; gate against {summary['base']} on the "
                f"site's check stays: {verdict}; report {summary['report']}")  # fmt: skip
     if summary["gate"].get("check_noise"):
-        from vigil.onboarding.noise import UtilityDifference
+        from vigil.onboarding.noise import CheckNoise
 
-        click.echo(f"gate's utility comparison: {UtilityDifference(**summary['gate']['check_noise']).describe()}")
+        click.echo(f"gate's comparisons: {CheckNoise.from_dict(summary['gate']['check_noise']).describe()}")
     line = {"model": summary["model"], "base": summary["base"], "mode": summary["mode"],
             "adaptation": summary["adaptation"], "threshold": summary["threshold"],
             "alert_level": summary["alert_level"], "gate_passed": summary["gate"]["passed"],

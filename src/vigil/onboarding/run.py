@@ -46,7 +46,7 @@ from vigil.onboarding import abstention as ob_abs
 from vigil.onboarding import levels as lv
 from vigil.onboarding import prior as pr
 from vigil.onboarding.markdown import report_markdown
-from vigil.onboarding.noise import paired_utility_difference
+from vigil.onboarding.noise import paired_check_noise
 from vigil.onboarding.onset import onset_ece
 from vigil.onboarding.sample import SiteSplit, sample_sha256, site_sample_mask, split_site
 from vigil.onboarding.sample import frame_features as _features
@@ -210,7 +210,7 @@ def _evaluate(ref: ModelRef, scorer: Scorer, df: pd.DataFrame, source: str, poli
 def _gate(reg: Registry, cand: ModelRef, base: ModelRef, check: pd.DataFrame, data_name: str, settings: Settings,
           labelled: bool) -> tuple[Any, dict[str, Any] | None]:  # fmt: skip
     """The promotion gate's checks and rule (:mod:`vigil.gate`), base vs candidate on the check stays, and (with
-    labels) how sure the utility comparison is (:mod:`vigil.onboarding.noise`, also a note of the verdict)."""
+    labels) how sure its two comparisons are (:mod:`vigil.onboarding.noise`, also a note of the verdict)."""
     from vigil.gate import GateData, GateResult, demand_calibration_problem, load_checked, score_model, verdict
     from vigil.offline import score_frame
 
@@ -237,8 +237,8 @@ def _gate(reg: Registry, cand: ModelRef, base: ModelRef, check: pd.DataFrame, da
     if problem:
         reasons.append(problem)
     (pc, st), (pb, _) = score_frame(cs, check), score_frame(bs, check)
-    noise = paired_utility_difference(check["SepsisLabel"].to_numpy(), st, pc >= cs.threshold, pb >= bs.threshold,
-                                      margin=mu)  # fmt: skip
+    noise = paired_check_noise(check["SepsisLabel"].to_numpy(), st, pc, cs.threshold, pb, bs.threshold,
+                               margin_utility=mu, margin_auroc=ma)  # fmt: skip
     return GateResult(not reasons, reasons=tuple(reasons), notes=(noise.describe(),), candidate_metrics=cm,
                       serving_metrics=bm, data=desc, **common), noise.as_dict()  # fmt: skip
 
