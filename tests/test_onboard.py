@@ -96,22 +96,39 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
     # a new graph: its own score -> posterior map (vigil.onboarding.prior), fitted on the site's rows, not the base's
     assert ref.card["prior_shift"]["fitted_on"] == f"site {ob['fit_on']} stays"
     assert "inherited_from" not in ref.card["prior_shift"]
-    # the gate compared base and candidate on the held-back check stays, which nothing was fitted on
+    # the gate compared base and candidate on every sample stay, each scored by a version fitted without it
     gate = ob["gate"]
+    split = ob["split"]
+    n_stays = sum(split[k]["stays"] for k in ("train", "tune", "check"))
     assert gate["serving"] == "sepsis-gbm:1" and gate["candidate"] == line["model"]
-    assert gate["data"]["stays"] == ob["split"]["check"]["stays"] > 0
+    assert gate["on"] == line["gate_on"] == "every sample stay, cross-fitted"
+    assert gate["data"]["stays"] == n_stays and gate["data"]["septic_stays"] == sum(
+        split[k]["septic_stays"] for k in ("train", "tune", "check"))
     assert gate["passed"] == line["gate_passed"]
-    assert {gate["candidate_metrics"]["model"], gate["serving_metrics"]["model"]} == {line["model"], "sepsis-gbm:1"}
-    # how sure the comparison is: a paired stay bootstrap of the same two utilities on the same check stays
-    noise = gate["check_noise"]
-    assert noise == line["gate_check_noise"] and noise["stays"] == gate["data"]["stays"]
-    assert noise["septic_stays"] == gate["data"]["septic_stays"] and noise["resamples"] == 1000
+    assert gate["candidate_metrics"]["model"] == f"{line['model']} (cross-fitted)"
+    assert gate["serving_metrics"]["model"] == "sepsis-gbm:1"
+    folds = gate["crossfit"]["folds"]
+    assert [f["fold"] for f in folds] == [1, 2, 3] and sum(f["held_out"]["stays"] for f in folds) == n_stays
+    for f in folds:  # each fold's version fitted on the other two parts only
+        assert f["fitted_on"]["train"] + f["fitted_on"]["tune"] + f["held_out"]["stays"] in (n_stays, n_stays - 1)
+        assert f["adaptation"] in ("recalibration", "continued_boosting") and f["held_out"]["septic_stays"] >= 3
+    # how sure each comparison is: a paired stay bootstrap of the same two metrics on the same stays
+    cross, check = gate["crossfit"]["noise"], gate["check_noise"]
+    assert cross == line["gate_crossfit_noise"] and check == line["gate_check_noise"]
+    assert (cross["stays"], cross["septic_stays"]) == (n_stays, gate["data"]["septic_stays"])
+    assert (check["stays"], check["septic_stays"]) == (split["check"]["stays"], split["check"]["septic_stays"])
+    rep = ob["site_metrics"]["check"]
     for key, metric, margin in (("utility", "utility", "margin_utility"), ("auroc", "auroc", "margin_auroc")):
-        d = noise[key]
-        assert d["margin"] == gate[margin] and d["low"] <= d["high"] and 0.0 <= d["share_refused"] <= 1.0
+        for noise in (cross, check):
+            d = noise[key]
+            assert d["margin"] == gate[margin] and d["low"] <= d["high"] and 0.0 <= d["share_refused"] <= 1.0
         diff = gate["candidate_metrics"][metric] - gate["serving_metrics"][metric]
-        assert d["difference"] == pytest.approx(diff, abs=1e-9)
-    assert any("paired stay bootstrap" in n for n in gate["notes"]) and "gate's comparisons" in stdout
+        assert cross[key]["difference"] == pytest.approx(diff, abs=1e-9)
+        # the registered version's own comparison on the check stays is the report's
+        want = rep["onboarded"][metric] - rep["base"][metric]
+        assert check[key]["difference"] == pytest.approx(want, abs=1e-6)
+    assert any("cross-fitted" in n for n in gate["notes"]) and any("check stays" in n for n in gate["notes"])
+    assert "gate's comparisons on every sample stay" in stdout and "gate's comparisons on the check stays" in stdout
     # the level is within the budget on the stays it was fitted on, and the card serves it
     assert ref.alert_level == ref.card["alert_policy"]["raise_at"] == line["alert_level"]
     assert ref.card["alert_policy"]["site"]["burden"] <= 0.2 * 0.9
@@ -422,3 +439,37 @@ def test_abstention_cutoffs_come_from_the_reference_and_confident_alerts_exclude
     ind[2] = True  # the non-septic stay's alert was indeterminate
     r = evaluate_abstention(alerts, ind, y, starts)
     assert (r["all"]["ppv_stay"], r["confident"]["ppv_stay"], r["share_alerts_indeterminate"]) == (0.5, 1.0, 0.5)
+
+
+def test_the_cross_fit_scores_every_sample_stay_once_or_gives_way_to_the_check_stays(site: dict[str, Path]) -> None:
+    import pandas as pd
+
+    from vigil.offline import score_frame
+    from vigil.onboarding.crossfit import MIN_SEPTIC_PER_PART, crossfit
+    from vigil.scoring import Scorer
+
+    base = Registry(site["registry"]).get("sepsis-gbm:1")
+    scorer = Scorer(base)
+    df = pd.read_parquet(site["data"])
+    cf = crossfit(base, scorer, df, seed=3, tune_share=0.3, threads=1, min_gain=0.01)
+    assert cf is not None and len(cf.folds) == 3
+    n = len(df)
+    assert cf.labels.size == cf.cand_scores.size == cf.base_scores.size == cf.cand_pred.size == n
+    assert int(cf.stay_start.sum()) == df["patient_id"].nunique() == sum(f["held_out"]["stays"] for f in cf.folds)
+    assert int(cf.labels.sum()) == int(df["SepsisLabel"].sum())
+    # the base's scores are the base's, at its threshold; the candidate's predictions are its scores at its folds'
+    # thresholds (one per fold)
+    np.testing.assert_allclose(np.sort(cf.base_scores), np.sort(score_frame(scorer, df)[0]), atol=1e-7)
+    assert np.array_equal(cf.base_pred, cf.base_scores >= base.threshold)
+    starts = np.flatnonzero(cf.stay_start)
+    bounds = np.cumsum([0] + [f["held_out"]["stays"] for f in cf.folds])
+    rows = np.r_[starts, cf.labels.size]
+    for f, a, b in zip(cf.folds, bounds[:-1], bounds[1:], strict=True):
+        lo, hi = rows[a], rows[b]
+        assert np.array_equal(cf.cand_pred[lo:hi], cf.cand_scores[lo:hi] >= f["threshold"])
+        assert np.all(cf.fold[lo:hi] == f["fold"] - 1)  # the rows each fold's version scored
+    # a sample with too few septic stays for three parts: no cross-fit (the gate judges the check stays, and says so)
+    septic_ids = df.groupby("patient_id")["SepsisLabel"].max()
+    few = set(septic_ids[septic_ids > 0].index[: 2 * MIN_SEPTIC_PER_PART]) | set(septic_ids[septic_ids == 0].index)
+    assert crossfit(base, scorer, df[df["patient_id"].isin(few)].reset_index(drop=True), seed=3, tune_share=0.3,
+                    threads=1, min_gain=0.01) is None  # fmt: skip

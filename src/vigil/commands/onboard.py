@@ -69,14 +69,16 @@ def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unl
     click.echo(f"registered {summary['model']} ({summary['mode']}, {summary['adaptation']}); threshold "
                f"{summary['threshold']}, alert level {summary['alert_level']}; gate against {summary['base']} on the "
                f"site's check stays: {verdict}; report {summary['report']}")  # fmt: skip
-    if summary["gate"].get("check_noise"):
-        from vigil.onboarding.noise import CheckNoise
+    from vigil.onboarding.noise import CheckNoise
 
-        click.echo(f"gate's comparisons: {CheckNoise.from_dict(summary['gate']['check_noise']).describe()}")
+    for key, what in (("crossfit_noise", "every sample stay, cross-fitted"), ("check_noise", "the check stays")):
+        if summary["gate"].get(key):
+            click.echo(f"gate's comparisons on {what}: {CheckNoise.from_dict(summary['gate'][key]).describe()}")
     line = {"model": summary["model"], "base": summary["base"], "mode": summary["mode"],
             "adaptation": summary["adaptation"], "threshold": summary["threshold"],
             "alert_level": summary["alert_level"], "gate_passed": summary["gate"]["passed"],
-            "gate_check_noise": summary["gate"].get("check_noise"),
+            "gate_on": summary["gate"]["on"], "gate_check_noise": summary["gate"].get("check_noise"),
+            "gate_crossfit_noise": summary["gate"].get("crossfit_noise"),
             "promoted": summary["promoted"],
             "check": {"base": _short(chk["base"]), "onboarded": _short(chk["onboarded"])},
             "report": summary["report"]}  # fmt: skip

@@ -50,7 +50,8 @@ def report_markdown(summary: dict[str, Any], gate_text: str) -> str:
                      f"{_fmt(r.get('ppv_stay'), True)} | {_fmt(ece)} |")  # fmt: skip
     lines += _abstention(summary)
     lines += ["", f"Calibration of the onset probability: {summary['calibration']}", "",
-              "## Promotion gate (against the base, on the check stays)", "", "```", gate_text, "```", "",
+              f"## Promotion gate (against the base, on {summary['gate'].get('on', 'the check stays')})", "", "```",
+              gate_text, "```", "",
               "## How the adaptation was chosen", "", "```json",
               json.dumps(jsonable(summary["adapted"]), indent=2), "```", ""]  # fmt: skip
     return "\n".join(lines)

@@ -1,11 +1,12 @@
-"""How much the site's check stays can tell: a paired bootstrap of the gate's two comparisons.
+"""How much the stays the gate reads can tell: a paired bootstrap of its two comparisons.
 
-The onboarding gate compares the onboarded version with the base on the site's held-back *check* stays (30 % of a
-sample: a few hundred stays, a few dozen septic) by two rules: utility at each version's threshold, and AUROC, each
-refused when the candidate is more than a margin worse. On set A's units that comparison refused 4 of 11 labelled
-site versions that were better than the base on the other 80 % of the site (docs/evaluation/onboarding.md, "How
-much the check stays can tell"). The rules are unchanged; this module says how sure their inputs are, so that a
-refusal (or a pass) on a small check set is read as what it is.
+The onboarding gate compares the onboarded version with the base by two rules: utility at each version's
+threshold, and AUROC, each refused when the candidate is more than a margin worse; on every sample stay,
+cross-fitted (:mod:`vigil.onboarding.crossfit`), or on the held-back *check* stays (30 % of a sample: a few hundred
+stays, a few dozen septic). On set A's units the check stays refused 3 of 11 labelled site versions that the same
+rules pass on the other 80 % of the site (docs/evaluation/onboarding.md, "The gate on every sample stay,
+cross-fitted"). This module says how sure the comparisons are, so that a verdict on a small sample is read as what
+it is.
 
 Resampling is by stay (the rows of a stay stay together) and paired (both versions on the same resampled stays).
 Utility comes from the normalized utility's per-stay sums (one matrix product per block of resamples); AUROC is
@@ -22,7 +23,8 @@ import numpy as np
 
 from vigil.evaluation.utility import row_utilities
 
-__all__ = ["Difference", "CheckNoise", "paired_check_noise", "resampled_differences", "resampled_auroc_differences"]
+__all__ = ["Difference", "CheckNoise", "paired_check_noise", "resampled_differences", "resampled_auroc_differences",
+           "within_group_auroc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class CheckNoise:
     level: float  # 0.9
     utility: Difference
     auroc: Difference
+    on: str = "check stays"  # which stays: "check stays" or "sample stays (cross-fitted)"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,10 +66,11 @@ class CheckNoise:
         return cls(**{**d, "utility": Difference(**d["utility"]), "auroc": Difference(**d["auroc"])})
 
     def describe(self) -> str:
-        tell = ("the check stays cannot tell the two apart" if self.utility.cannot_tell() or self.auroc.cannot_tell()
-                else "the check stays separate them")  # fmt: skip
-        return (f"paired stay bootstrap ({self.resamples} resamples of {self.stays} check stays, {self.septic_stays} "
-                f"septic), candidate - base with {100 * self.level:.0f} % intervals: {self.utility.describe()}; "
+        tell = ("these stays cannot tell the two apart" if self.utility.cannot_tell() or self.auroc.cannot_tell()
+                else "these stays separate them")  # fmt: skip
+        return (f"paired stay bootstrap ({self.resamples} resamples of {self.stays} {self.on}, {self.septic_stays} "
+                f"septic), "
+                f"candidate - base with {100 * self.level:.0f} % intervals: {self.utility.describe()}; "
                 f"{self.auroc.describe()}; {tell}")  # fmt: skip
 
 
@@ -93,28 +97,57 @@ def resampled_differences(labels: np.ndarray, stay_start: np.ndarray, cand_pred:
         return np.where(den > 0, (w @ obs_c - w @ obs_b) / den, np.nan)
 
 
-def _weighted_auroc(inv: np.ndarray, groups: int, y: np.ndarray, w: np.ndarray) -> float:
-    pos = np.bincount(inv, weights=w * y, minlength=groups)
-    neg = np.bincount(inv, weights=w * (1.0 - y), minlength=groups)
-    n_pos, n_neg = pos.sum(), neg.sum()
-    if n_pos <= 0 or n_neg <= 0:
-        return float("nan")
-    return float((pos * (np.cumsum(neg) - 0.5 * neg)).sum() / (n_pos * n_neg))
+class _Ranked:
+    """Rows keyed by (group, score), keys in group-then-score order, for a within-group Mann-Whitney."""
+
+    def __init__(self, scores: np.ndarray, groups: np.ndarray) -> None:
+        order = np.lexsort((np.asarray(scores, np.float64), groups))
+        keys = np.stack([groups[order], np.asarray(scores, np.float64)[order]])
+        new = np.r_[True, np.any(keys[:, 1:] != keys[:, :-1], axis=0)] if order.size else np.zeros(0, bool)
+        self.inv = np.empty(order.size, np.int64)
+        self.inv[order] = np.cumsum(new) - 1
+        self.size = int(new.sum())
+        self.key_group = keys[0][new].astype(np.int64) if order.size else np.zeros(0, np.int64)
+        self.groups = int(groups.max()) + 1 if groups.size else 0
+
+    def auroc(self, y: np.ndarray, w: np.ndarray) -> float:
+        pos = np.bincount(self.inv, weights=w * y, minlength=self.size)
+        neg = np.bincount(self.inv, weights=w * (1.0 - y), minlength=self.size)
+        g_pos = np.bincount(self.key_group, weights=pos, minlength=self.groups)
+        g_neg = np.bincount(self.key_group, weights=neg, minlength=self.groups)
+        den = float((g_pos * g_neg).sum())
+        if den <= 0:
+            return float("nan")
+        below = np.cumsum(neg) - (np.cumsum(g_neg) - g_neg)[self.key_group] - 0.5 * neg  # within the group
+        return float((pos * below).sum() / den)
+
+
+def within_group_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """Row AUROC counting only (positive, negative) pairs of the same group (all rows one group by default): the
+    AUROC of cross-fitted scores, whose folds' versions need not share a scale (mid-ranks for ties).
+
+    >>> within_group_auroc(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))
+    1.0
+    """
+    y = (np.asarray(labels) > 0).astype(np.float64)
+    g = np.zeros(y.size, np.int64) if groups is None else np.asarray(groups, np.int64)
+    return _Ranked(np.asarray(scores), g).auroc(y, np.ones(y.size))
 
 
 def resampled_auroc_differences(labels: np.ndarray, stay_start: np.ndarray, cand_scores: np.ndarray,
-                                base_scores: np.ndarray, counts: np.ndarray) -> np.ndarray:  # fmt: skip
-    """Candidate minus base row AUROC on each resample (``counts`` as :func:`resampled_differences`; NaN where a
-    resample holds one class only)."""
+                                base_scores: np.ndarray, counts: np.ndarray,
+                                groups: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """Candidate minus base row AUROC on each resample (``counts`` as :func:`resampled_differences`; ``groups``:
+    pairs within a group only, as :func:`within_group_auroc`; NaN where a resample holds one class only)."""
     s = _starts(stay_start)
     sid = np.cumsum(s) - 1
     y = (np.asarray(labels) > 0).astype(np.float64)
-    vc, ic = np.unique(np.asarray(cand_scores, np.float64), return_inverse=True)
-    vb, ib = np.unique(np.asarray(base_scores, np.float64), return_inverse=True)
+    g = np.zeros(y.size, np.int64) if groups is None else np.asarray(groups, np.int64)
+    rc, rb = _Ranked(np.asarray(cand_scores), g), _Ranked(np.asarray(base_scores), g)
     out = np.empty(len(counts))
     for r, c in enumerate(np.asarray(counts, np.float64)):
         w = c[sid]
-        out[r] = _weighted_auroc(ic, vc.size, y, w) - _weighted_auroc(ib, vb.size, y, w)
+        out[r] = rc.auroc(y, w) - rb.auroc(y, w)
     return out
 
 
@@ -127,13 +160,16 @@ def _difference(metric: str, point: float, draws: np.ndarray, margin: float, lev
                       float((d < -margin).mean()), margin)  # fmt: skip
 
 
-def paired_check_noise(labels: np.ndarray, stay_start: np.ndarray, cand_scores: np.ndarray, cand_threshold: float,
-                       base_scores: np.ndarray, base_threshold: float, *, margin_utility: float, margin_auroc: float,
-                       resamples: int = 1000, level: float = 0.9, seed: int = 0) -> CheckNoise:  # fmt: skip
-    """The gate's utility (at each version's threshold) and AUROC comparisons, resampled by stay.
+def paired_check_noise(labels: np.ndarray, stay_start: np.ndarray, cand_scores: np.ndarray, cand_pred: np.ndarray,
+                       base_scores: np.ndarray, base_pred: np.ndarray, *, margin_utility: float, margin_auroc: float,
+                       resamples: int = 1000, level: float = 0.9, seed: int = 0, on: str = "check stays",
+                       groups: np.ndarray | None = None) -> CheckNoise:  # fmt: skip
+    """The gate's utility (of each version's binary predictions: its scores at its threshold) and AUROC (of its
+    scores; with ``groups``, within each group: :func:`within_group_auroc`) comparisons, resampled by stay.
 
     >>> y = np.array([0, 0, 1, 1, 0, 0, 0, 0] * 20); s = np.tile([1, 0, 0, 0, 1, 0, 0, 0], 20).astype(bool)
-    >>> n = paired_check_noise(y, s, y * 0.9, 0.5, np.full(y.size, 0.1), 0.5, margin_utility=0.01, margin_auroc=0.01)
+    >>> c, b = y * 0.9, np.full(y.size, 0.1)
+    >>> n = paired_check_noise(y, s, c, c >= 0.5, b, b >= 0.5, margin_utility=0.01, margin_auroc=0.01)
     >>> n.utility.difference > 0 and n.utility.low > 0 and n.utility.share_refused == 0.0, n.auroc.difference
     (True, 0.5)
     """
@@ -142,16 +178,17 @@ def paired_check_noise(labels: np.ndarray, stay_start: np.ndarray, cand_scores: 
     pc, pb = np.asarray(cand_scores, np.float64), np.asarray(base_scores, np.float64)
     septic = np.add.reduceat((y > 0).astype(np.int64), np.flatnonzero(s)) > 0 if s.size else np.zeros(0, bool)
     n = int(septic.size)
-    cp, bp = pc >= cand_threshold, pb >= base_threshold
+    cp, bp = np.asarray(cand_pred, bool), np.asarray(base_pred, bool)
     ones = np.ones((1, n))
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples) if n else np.zeros((0, 0))
     util = np.concatenate([resampled_differences(y, s, cp, bp, counts[i:i + 200]) for i in range(0, resamples, 200)])
-    auc = resampled_auroc_differences(y, s, pc, pb, counts)
+    auc = resampled_auroc_differences(y, s, pc, pb, counts, groups)
     return CheckNoise(
         stays=n, septic_stays=int(septic.sum()), resamples=int(resamples), level=level,
         utility=_difference("utility", float(resampled_differences(y, s, cp, bp, ones)[0]), util, margin_utility,
                             level),
-        auroc=_difference("AUROC", float(resampled_auroc_differences(y, s, pc, pb, ones)[0]), auc, margin_auroc,
-                          level),
+        auroc=_difference("AUROC", float(resampled_auroc_differences(y, s, pc, pb, ones, groups)[0]), auc,
+                          margin_auroc, level),
+        on=on,
     )  # fmt: skip

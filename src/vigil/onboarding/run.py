@@ -4,12 +4,13 @@ From the site's own silent-mode sample (PhysioNet-format stays):
 
 1. the sample is named by its sha256 and split by patient (:mod:`vigil.onboarding.sample`): ``train`` and
    ``tune`` stays adapt, ``check`` stays are held back for the report and the gate;
-2. **labelled**: two adaptations of the base model are fitted on ``train`` (:mod:`vigil.onboarding.adapt`:
-   a logistic recalibration layer on the base logit, and continued boosting from the base margin) and the one
+2. **labelled** (:mod:`vigil.onboarding.labelled`): two adaptations of the base model are fitted on ``train``
+   (:mod:`vigil.onboarding.adapt`: a logistic recalibration layer on the base logit, and continued boosting from
+   the base margin) and the one
    with the higher normalized utility on ``tune`` (each at its own best threshold there) is kept; the
    recalibration layer unless the site trees gain more than ``min_gain``. Then, on the stays the kept model did not
    train on (the recalibration layer: all fit stays, refitted; the site trees: ``tune``): the threshold with the
-   highest utility, the alert level with the highest utility within the budget
+   highest utility, the alert level that alerts the most septic stays before onset within the budget
    (:mod:`vigil.onboarding.levels`) and the onset-probability calibration (``demand_calibration.json``, the code
    of ``vigil demand calibrate``);
    **unlabelled** (``--unlabelled``; labels, if the file has them, are read only to report on ``check``): the base
@@ -17,7 +18,9 @@ From the site's own silent-mode sample (PhysioNet-format stays):
    budgeted alert rate, and the base version's calibration copied, marked not site-validated;
 3. a new version is registered (ONNX checked against the framework within 1e-4; a card naming the site sample,
    the base version, what was adapted and the site metrics) and put through the promotion gate against the base
-   **on the check stays** (:mod:`vigil.gate`'s checks and rule); the report compares base and onboarded there.
+   (:mod:`vigil.onboarding.gating`: :mod:`vigil.gate`'s checks and rule; with labels on every sample stay,
+   cross-fitted by :mod:`vigil.onboarding.crossfit`, else on the check stays; both comparisons bootstrapped by
+   :mod:`vigil.onboarding.noise`); the report compares base and onboarded on the check stays.
 
 Nothing serves until promoted (``promote=True`` does it when the gate passed).
 """
@@ -40,17 +43,18 @@ import numpy as np
 from vigil.card import CARD_FILE, read_card, write_card
 from vigil.config import AlertSettings, Settings
 from vigil.errors import ConfigError, ModelError
-from vigil.evaluation.metrics import auroc
 from vigil.evaluation.report import jsonable
 from vigil.onboarding import abstention as ob_abs
 from vigil.onboarding import levels as lv
 from vigil.onboarding import prior as pr
+from vigil.onboarding.crossfit import MIN_SEPTIC_PER_PART, crossfit
+from vigil.onboarding.gating import site_gate
+from vigil.onboarding.labelled import Adapted, adapt_labelled
 from vigil.onboarding.markdown import report_markdown
-from vigil.onboarding.noise import paired_check_noise
 from vigil.onboarding.onset import onset_ece
-from vigil.onboarding.sample import SiteSplit, sample_sha256, site_sample_mask, split_site
 from vigil.onboarding.sample import frame_features as _features
 from vigil.onboarding.sample import frame_labels as _labels
+from vigil.onboarding.sample import sample_sha256, site_sample_mask, split_site
 from vigil.registry import ModelRef, Registry
 
 if TYPE_CHECKING:
@@ -83,62 +87,6 @@ class OnboardOptions:
 
 def _utc() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-# ------------------------------------------------------------------------------------------------ adaptation
-@dataclass
-class _Adapted:
-    kind: str  # "recalibration", "continued_boosting" or "none"
-    proto: Any
-    native: Any  # callable (p_base, x) -> probabilities, the parity reference (None: the base graph unchanged)
-    fit_on: str  # which stays fix the threshold, level and calibration
-    details: dict[str, Any]
-
-
-def _utility_at_best(p: np.ndarray, y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
-    return lv.site_threshold(p, y, s)
-
-
-def _adapt_labelled(base: ModelRef, sp: SiteSplit, p_base: dict[str, np.ndarray], opts: OnboardOptions,
-                    doc: str) -> _Adapted:  # fmt: skip
-    import onnx
-
-    from vigil.features import FEATURE_NAMES
-    from vigil.onboarding import adapt
-
-    xs = {k: _features(getattr(sp, k)) for k in ("train", "tune")}
-    ys = {k: _labels(getattr(sp, k)) for k in ("train", "tune")}
-    pw = float((base.model_card.training.get("class_weight") or {}).get("1", 0)) or None
-    # (b) recalibration layer, fitted on train, judged on tune
-    rec = adapt.fit_recalibration(p_base["train"], ys["train"], positive_weight=pw)
-    p_rec = rec(p_base["tune"])
-    # (a) continued boosting from the base margin, early-stopped on tune
-    boost = adapt.fit_boost(xs["train"][0], ys["train"].astype(np.float32), p_base["train"], xs["tune"][0],
-                            ys["tune"].astype(np.float32), p_base["tune"], seed=opts.seed, threads=opts.threads)
-    p_boost = boost(p_base["tune"], xs["tune"][0])
-    s_tune = xs["tune"][1]
-    thr_r, u_r = _utility_at_best(p_rec, ys["tune"], s_tune)
-    thr_b, u_b = _utility_at_best(p_boost, ys["tune"], s_tune)
-    compared = {
-        "on": "tune stays (utility at each candidate's best threshold there)",
-        "recalibration": {"utility": u_r, "auroc": auroc(ys["tune"], p_rec), "threshold": thr_r},
-        "continued_boosting": {"utility": u_b, "auroc": auroc(ys["tune"], p_boost), "threshold": thr_b,
-                               "rounds": boost.rounds},
-        "rule": f"continued boosting only if it gains more than {opts.min_gain:g} utility on tune",
-    }  # fmt: skip
-    base_proto = onnx.load(str(base.onnx_path))
-    n = len(FEATURE_NAMES)
-    if np.isfinite(u_b) and np.isfinite(u_r) and u_b > u_r + opts.min_gain:
-        proto = adapt.boosted_onnx(base_proto, boost, n, doc)
-        details = {"compared": compared, "site_trees": boost.info, "base_margin": "init_score = logit(base risk)"}
-        return _Adapted("continued_boosting", proto, boost, "tune", details)
-    # keep the recalibration layer, refitted on every fit stay (2 parameters)
-    p_fit = np.concatenate([p_base["train"], p_base["tune"]])
-    rec = adapt.fit_recalibration(p_fit, np.concatenate([ys["train"], ys["tune"]]), positive_weight=pw)
-    proto = adapt.recalibrated_onnx(base_proto, rec, n, doc)
-    details = {"compared": compared, "layer": {"a": rec.a, "b": rec.b, "positive_weight": rec.positive_weight,
-                                               "form": "sigmoid(a * logit(base risk) + b)"}}  # fmt: skip
-    return _Adapted("recalibration", proto, lambda p, _x: rec(p), "fit", details)
 
 
 # ------------------------------------------------------------------------------------------------ registration
@@ -207,42 +155,6 @@ def _evaluate(ref: ModelRef, scorer: Scorer, df: pd.DataFrame, source: str, poli
     }  # fmt: skip
 
 
-def _gate(reg: Registry, cand: ModelRef, base: ModelRef, check: pd.DataFrame, data_name: str, settings: Settings,
-          labelled: bool) -> tuple[Any, dict[str, Any] | None]:  # fmt: skip
-    """The promotion gate's checks and rule (:mod:`vigil.gate`), base vs candidate on the check stays, and (with
-    labels) how sure its two comparisons are (:mod:`vigil.onboarding.noise`, also a note of the verdict)."""
-    from vigil.gate import GateData, GateResult, demand_calibration_problem, load_checked, score_model, verdict
-    from vigil.offline import score_frame
-
-    mu, ma = settings.registry.margin_utility, settings.registry.margin_auroc
-    common: dict[str, Any] = {"candidate": f"{cand.name}:{cand.version}", "serving": f"{base.name}:{base.version}",
-                              "margin_utility": mu, "margin_auroc": ma}  # fmt: skip
-    septic = check.groupby("patient_id", sort=False)["SepsisLabel"].max() if "SepsisLabel" in check else None
-    desc = GateData(path=f"{data_name} (site sample, held-back check stays)", subset="site check split",
-                    rows=len(check), stays=int(check["patient_id"].nunique()),
-                    septic_stays=int(septic.sum()) if septic is not None else 0,
-                    positive_rows=int(check["SepsisLabel"].sum()) if septic is not None else 0)  # fmt: skip
-    try:
-        cs = load_checked(cand)
-    except ModelError as exc:
-        return GateResult(False, reasons=(f"the candidate cannot serve: {exc}",), data=desc, **common), None
-    if not labelled:
-        note = ("no labels at the site: the metric comparison cannot be made (the candidate loads and reproduces its "
-                "card)")
-        return GateResult(True, reasons=(), notes=(note,), data=desc, **common), None
-    bs = load_checked(base)
-    cm, bm = score_model(cs, check), score_model(bs, check)
-    reasons = verdict(cm, bm, margin_utility=mu, margin_auroc=ma)
-    problem = demand_calibration_problem(cand)
-    if problem:
-        reasons.append(problem)
-    (pc, st), (pb, _) = score_frame(cs, check), score_frame(bs, check)
-    noise = paired_check_noise(check["SepsisLabel"].to_numpy(), st, pc, cs.threshold, pb, bs.threshold,
-                               margin_utility=mu, margin_auroc=ma)  # fmt: skip
-    return GateResult(not reasons, reasons=tuple(reasons), notes=(noise.describe(),), candidate_metrics=cm,
-                      serving_metrics=bm, data=desc, **common), noise.as_dict()  # fmt: skip
-
-
 # ------------------------------------------------------------------------------------------------ the command
 def onboard(settings: Settings, data: Path, base_spec: str | None = None,
             opts: OnboardOptions | None = None) -> dict[str, Any]:  # fmt: skip
@@ -296,9 +208,9 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     doc = f"{name} v{version}: {base.name}:{base.version} onboarded at a site"
 
     if labelled:
-        adapted = _adapt_labelled(base, sp, p_base, opts, doc)
+        adapted = adapt_labelled(base, sp, p_base, doc, seed=opts.seed, threads=opts.threads, min_gain=opts.min_gain)
     else:
-        adapted = _Adapted("none (label-free: level and threshold only)", onnx.load(str(base.onnx_path)), None, "fit",
+        adapted = Adapted("none (label-free: level and threshold only)", onnx.load(str(base.onnx_path)), None, "fit",
                            {"graph": f"the base graph of {base.name}:{base.version}, unchanged"})  # fmt: skip
 
     steps.update(1)  # adapted
@@ -443,7 +355,13 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     new_scorer = Scorer(ref, threads=opts.threads)
     rep_base = _evaluate(base, base_scorer, sp.check, data.name, policy, check_labelled)
     rep_new = _evaluate(ref, new_scorer, sp.check, data.name, policy, check_labelled)
-    gate, check_noise = _gate(reg, ref, base, sp.check, data.name, settings, check_labelled)
+    cross, why_not = None, "unlabelled onboarding fits nothing on labels to cross-fit: judged on the check stays"
+    if labelled:
+        cross = crossfit(base, base_scorer, df, seed=opts.seed, tune_share=opts.tune_share, threads=opts.threads,
+                         min_gain=opts.min_gain)  # fmt: skip
+        why_not = ("judged on the held-back check stays: the sample is too small to cross-fit (fewer than "
+                   f"{MIN_SEPTIC_PER_PART} septic stays in a fold's part)")  # fmt: skip
+    gate, gate_on = site_gate(ref, base, sp.check, df, data.name, settings, check_labelled, cross, why_not)
     card = read_card(target / CARD_FILE)
     for rep, (r, sc) in ((rep_base, (base, base_scorer)), (rep_new, (ref, new_scorer))):
         if (fig := ob_abs.check_figures(r, sc, sp.check, policy, check_labelled)) is not None:
@@ -452,7 +370,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         card["abstention"]["site_evaluation"] = ob_abs.site_evaluation(
             rep_new["abstention"], labelled, f"held-back check stays of the site sample {data.name} (sha256 {sha})")
     card["onboarding"]["site_metrics"] = {"check": {"base": rep_base, "onboarded": rep_new}}
-    card["onboarding"]["gate"] = {**gate.as_dict(), "check_noise": check_noise}
+    card["onboarding"]["gate"] = {**gate.as_dict(), **gate_on}
     card["metrics"] = {"site_check": {k: rep_new.get(k) for k in ("auroc", "auprc", "utility")}}
     write_card(target / CARD_FILE, jsonable(card))
     steps.update(1)  # checked and gated on the held-back stays
@@ -460,7 +378,8 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     if opts.promote and gate.passed:
         line = None if name == base.name else base.name
         entry = reg.switch(name, version, "promote", expect_from=reg.serving().get(line or name), replaces=line,
-                           reason="vigil onboard (gate on the site's check stays)", gate=gate.as_dict())  # fmt: skip
+                           reason=f"vigil onboard (gate on the site's {gate_on['on']})",
+                           gate=gate.as_dict())  # fmt: skip
         promoted = entry["to_version"]
     summary = {
         "model": f"{name}:{version}", "base": f"{base.name}:{base.version}",
@@ -473,7 +392,8 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
         "adapted": adapted.details,
         "check": {"base": rep_base, "onboarded": rep_new},
         "abstention": {k: v for k, v in (card.get("abstention") or {}).items() if k in ob_abs.SUMMARY_KEYS} or None,
-        "gate": {"passed": gate.passed, "reasons": list(gate.reasons), "check_noise": check_noise},
+        "gate": {"passed": gate.passed, "reasons": list(gate.reasons), "on": gate_on["on"],
+                 "check_noise": gate_on["check_noise"], "crossfit_noise": (gate_on["crossfit"] or {}).get("noise")},
         "promoted": promoted,
     }  # fmt: skip
     out = Path(opts.out) if opts.out else Path("reports") / f"onboard-{name}-{version}"
