@@ -129,6 +129,7 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
         assert check[key]["difference"] == pytest.approx(want, abs=1e-6)
     assert any("cross-fitted" in n for n in gate["notes"]) and any("check stays" in n for n in gate["notes"])
     assert "gate's comparisons on every sample stay" in stdout and "gate's comparisons on the check stays" in stdout
+    assert "gate against sepsis-gbm:1 on every sample stay, cross-fitted: " in stdout
     # the level is within the budget on the stays it was fitted on, and the card serves it
     assert ref.alert_level == ref.card["alert_policy"]["raise_at"] == line["alert_level"]
     assert ref.card["alert_policy"]["site"]["burden"] <= 0.2 * 0.9

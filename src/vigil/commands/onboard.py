@@ -67,8 +67,8 @@ def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unl
     chk = summary["check"]
     verdict = "PASSED" if summary["gate"]["passed"] else "REFUSED"
     click.echo(f"registered {summary['model']} ({summary['mode']}, {summary['adaptation']}); threshold "
-               f"{summary['threshold']}, alert level {summary['alert_level']}; gate against {summary['base']} on the "
-               f"site's check stays: {verdict}; report {summary['report']}")  # fmt: skip
+               f"{summary['threshold']}, alert level {summary['alert_level']}; gate against {summary['base']} on "
+               f"{summary['gate']['on']}: {verdict}; report {summary['report']}")  # fmt: skip
     from vigil.onboarding.noise import CheckNoise
 
     for key, what in (("crossfit_noise", "every sample stay, cross-fitted"), ("check_noise", "the check stays")):
