@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from vigil.scoring import Scorer
 
 __all__ = [
-    "ModelScore", "GateData", "GateResult", "run_gate", "gate_rows", "score_model", "verdict", "load_checked",
+    "ModelScore", "GateData", "GateResult", "run_gate", "gate_rows", "score_model", "scored", "verdict", "load_checked",
     "demand_calibration_problem",
 ]  # fmt: skip
 
@@ -175,16 +175,22 @@ def gate_rows(
 
 def score_model(scorer: Scorer, df: pd.DataFrame) -> ModelScore:
     """Metrics of ``scorer`` on ``df`` at its card threshold; :class:`ModelError` on non-finite output."""
-    from vigil.evaluation.metrics import auprc, auroc
-    from vigil.evaluation.utility import normalized_utility
     from vigil.offline import score_frame
 
     probs, stay_start = score_frame(scorer, df)
+    return scored(scorer, probs, df["SepsisLabel"].to_numpy(), stay_start)
+
+
+def scored(scorer: Scorer, probs: np.ndarray, labels: np.ndarray, stay_start: np.ndarray) -> ModelScore:
+    """:func:`score_model` from scores already computed (``score_frame``'s order); :class:`ModelError` on
+    non-finite ones."""
+    from vigil.evaluation.metrics import auprc, auroc
+    from vigil.evaluation.utility import normalized_utility
+
     bad = int((~np.isfinite(probs)).sum())
     if bad:
         msg = f"{scorer.name}:{scorer.version} gave {bad} non-finite probabilities on the gate data"
         raise ModelError(msg)
-    labels = df["SepsisLabel"].to_numpy()
     pred = probs >= scorer.threshold
     return ModelScore(
         model=f"{scorer.name}:{scorer.version}", threshold=scorer.threshold,

@@ -3,7 +3,7 @@
 The held-back *check* stays are 30 % of the sample; on set A's units (a 20 % sample: ~325 check stays, 7-44 septic)
 the gate's verdict on them was mostly luck (docs/evaluation/onboarding.md, "The gate on every sample stay,
 cross-fitted").
-Here the sample's stays are cut into ``folds`` parts by patient (seeded); for each part the whole labelled
+Here the sample's stays are cut into three parts by patient (seeded); for each part the whole labelled
 procedure (:func:`vigil.onboarding.labelled.adapt_labelled` on the other parts, cut into *train* / *tune* as the
 registered version's are, then the threshold with the highest utility on the stays that fix it) is fitted without
 it and scores it. The candidate's scores and binary predictions over every sample stay are then compared with the
@@ -27,7 +27,7 @@ import numpy as np
 
 from vigil.onboarding import levels as lv
 from vigil.onboarding.labelled import adapt_labelled
-from vigil.onboarding.sample import SiteSplit, frame_features, frame_labels
+from vigil.onboarding.sample import SiteSplit, frame_counts, frame_features, frame_labels
 from vigil.registry import ModelRef
 from vigil.training.data import split_by_patient
 
@@ -56,17 +56,15 @@ class CrossFit:
 
 
 def _septic(df: pd.DataFrame) -> int:
-    return int(df.groupby("patient_id", sort=False)["SepsisLabel"].max().sum()) if len(df) else 0
+    return frame_counts(df)["septic_stays"]
 
 
 def crossfit(base: ModelRef, base_scorer: Scorer, sample: pd.DataFrame, *, seed: int, tune_share: float,
-             threads: int, min_gain: float, folds: int = 3) -> CrossFit | None:  # fmt: skip
+             threads: int, min_gain: float) -> CrossFit | None:  # fmt: skip
     """The cross-fitted scores (module docstring), or None when a fold's train, tune or held-out part has fewer
     than :data:`MIN_SEPTIC_PER_PART` septic stays (the gate then judges the check stays alone, and says so)."""
     from vigil.offline import score_frame
 
-    if folds != 3:
-        raise ValueError("the cross-fit cuts the sample in three parts")
     cut = split_by_patient(sample["patient_id"].to_numpy(), seed + 1, (1 / 3, 1 / 3, 1 / 3))
     parts: list[tuple[SiteSplit, pd.DataFrame]] = []
     for held_mask in cut.values():

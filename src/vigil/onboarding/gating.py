@@ -22,6 +22,7 @@ import numpy as np
 
 from vigil.errors import ModelError
 from vigil.onboarding.noise import paired_check_noise, within_group_auroc
+from vigil.onboarding.sample import frame_counts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,10 +50,8 @@ def _score(model: str, cross: CrossFit, scores: np.ndarray, pred: np.ndarray, th
 
 
 def _counts(df: pd.DataFrame) -> tuple[int, int, int, int]:
-    labelled = "SepsisLabel" in df
-    septic = df.groupby("patient_id", sort=False)["SepsisLabel"].max() if labelled else None
-    return (len(df), int(df["patient_id"].nunique()), int(septic.sum()) if septic is not None else 0,
-            int(df["SepsisLabel"].sum()) if labelled else 0)  # fmt: skip
+    c = frame_counts(df)
+    return c["rows"], c["stays"], c["septic_stays"], c["positive_rows"]
 
 
 def site_gate(cand: ModelRef, base: ModelRef, check: pd.DataFrame, sample: pd.DataFrame, data_name: str,
@@ -60,7 +59,7 @@ def site_gate(cand: ModelRef, base: ModelRef, check: pd.DataFrame, sample: pd.Da
               why_not: str) -> tuple[GateResult, dict[str, Any]]:  # fmt: skip
     """The verdict (module docstring) and what it rests on: ``{"on": ..., "check_noise": ..., "crossfit": ...}``;
     ``why_not`` is the note when there is no cross-fit to judge on."""
-    from vigil.gate import GateData, GateResult, demand_calibration_problem, load_checked, score_model, verdict
+    from vigil.gate import GateData, GateResult, demand_calibration_problem, load_checked, scored, verdict
     from vigil.offline import score_frame
 
     mu, ma = settings.registry.margin_utility, settings.registry.margin_auroc
@@ -77,10 +76,11 @@ def site_gate(cand: ModelRef, base: ModelRef, check: pd.DataFrame, sample: pd.Da
                 "card)")
         return GateResult(True, reasons=(), notes=(note,), data=check_desc, **common), extra
     bs = load_checked(base)
-    cm, bm = score_model(cs, check), score_model(bs, check)
     (pc, st), (pb, _) = score_frame(cs, check), score_frame(bs, check)
-    check_noise = paired_check_noise(check["SepsisLabel"].to_numpy(), st, pc, pc >= cs.threshold, pb,
-                                     pb >= bs.threshold, margin_utility=mu, margin_auroc=ma)  # fmt: skip
+    labels = check["SepsisLabel"].to_numpy()
+    cm, bm = scored(cs, pc, labels, st), scored(bs, pb, labels, st)
+    check_noise = paired_check_noise(labels, st, pc, pc >= cs.threshold, pb, pb >= bs.threshold, margin_utility=mu,
+                                     margin_auroc=ma)  # fmt: skip
     extra["check_noise"] = check_noise.as_dict()
     notes = [f"the registered version on the check stays: {check_noise.describe()}"]
     desc = check_desc

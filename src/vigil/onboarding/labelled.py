@@ -21,7 +21,7 @@ from vigil.onboarding.sample import frame_features as _features
 from vigil.onboarding.sample import frame_labels as _labels
 from vigil.registry import ModelRef
 
-__all__ = ["Adapted", "adapt_labelled", "utility_at_best"]
+__all__ = ["Adapted", "adapt_labelled"]
 
 
 @dataclass
@@ -31,10 +31,6 @@ class Adapted:
     native: Any  # callable (p_base, x) -> probabilities, the parity reference (None: the base graph unchanged)
     fit_on: str  # which stays fix the threshold, level and calibration
     details: dict[str, Any]
-
-
-def utility_at_best(p: np.ndarray, y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
-    return lv.site_threshold(p, y, s)
 
 
 def adapt_labelled(base: ModelRef, sp: SiteSplit, p_base: dict[str, np.ndarray], doc: str, *, seed: int,
@@ -56,8 +52,8 @@ def adapt_labelled(base: ModelRef, sp: SiteSplit, p_base: dict[str, np.ndarray],
                             ys["tune"].astype(np.float32), p_base["tune"], seed=seed, threads=threads)
     p_boost = boost(p_base["tune"], xs["tune"][0])
     s_tune = xs["tune"][1]
-    thr_r, u_r = utility_at_best(p_rec, ys["tune"], s_tune)
-    thr_b, u_b = utility_at_best(p_boost, ys["tune"], s_tune)
+    thr_r, u_r = lv.site_threshold(p_rec, ys["tune"], s_tune)
+    thr_b, u_b = lv.site_threshold(p_boost, ys["tune"], s_tune)
     compared = {
         "on": "tune stays (utility at each candidate's best threshold there)",
         "recalibration": {"utility": u_r, "auroc": auroc(ys["tune"], p_rec), "threshold": thr_r},

@@ -19,7 +19,8 @@ from vigil.training.data import split_by_patient
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["sample_sha256", "SiteSplit", "split_site", "site_sample_mask", "frame_features", "frame_labels"]
+__all__ = ["sample_sha256", "SiteSplit", "split_site", "site_sample_mask", "frame_features", "frame_labels",
+           "frame_counts"]
 
 
 def sample_sha256(path: Path) -> str:
@@ -52,13 +53,16 @@ class SiteSplit:
         return pd.concat([self.train, self.tune], ignore_index=True)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        out = {}
-        for k in ("train", "tune", "check"):
-            df = getattr(self, k)
-            septic = df.groupby("patient_id", sort=False)["SepsisLabel"].max() if "SepsisLabel" in df else None
-            out[k] = {"stays": int(df["patient_id"].nunique()), "rows": len(df),
-                      "septic_stays": int(septic.sum()) if septic is not None else 0}  # fmt: skip
-        return out
+        return {k: frame_counts(getattr(self, k)) for k in ("train", "tune", "check")}
+
+
+def frame_counts(df: pd.DataFrame) -> dict[str, int]:
+    """``stays``, ``rows``, ``septic_stays`` and ``positive_rows`` of a frame (0 septic without labels)."""
+    labelled = "SepsisLabel" in df and len(df) > 0
+    septic = df.groupby("patient_id", sort=False)["SepsisLabel"].max() if labelled else None
+    return {"stays": int(df["patient_id"].nunique()), "rows": len(df),
+            "septic_stays": int(septic.sum()) if septic is not None else 0,
+            "positive_rows": int(df["SepsisLabel"].sum()) if labelled else 0}  # fmt: skip
 
 
 def split_site(df: pd.DataFrame, seed: int, check_frac: float = 0.3, tune_share: float = 0.3) -> SiteSplit:
