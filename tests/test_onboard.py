@@ -92,6 +92,13 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
     assert ob["adapted"] in ("recalibration", "continued_boosting") and line["adaptation"] == ob["adapted"]
     compared = ob["adaptation"]["compared"]
     assert set(compared) >= {"recalibration", "continued_boosting"}
+    # the preference follows the sample's size (a small sample: the layer), and the kept one follows the rule
+    from vigil.onboarding.labelled import BOOST_FROM_STAYS, choose_adaptation
+
+    fit_stays = ob["split"]["train"]["stays"] + ob["split"]["tune"]["stays"]
+    assert fit_stays < BOOST_FROM_STAYS and compared["preferred"] == "recalibration"
+    assert ob["adapted"] == choose_adaptation(compared["recalibration"]["utility"],
+                                              compared["continued_boosting"]["utility"], "recalibration", 0.01)
     assert ob["calibration"]["site_validated"] is True
     # a new graph: its own score -> posterior map (vigil.onboarding.prior), fitted on the site's rows, not the base's
     assert ref.card["prior_shift"]["fitted_on"] == f"site {ob['fit_on']} stays"
@@ -474,3 +481,50 @@ def test_the_cross_fit_scores_every_sample_stay_once_or_gives_way_to_the_check_s
     few = set(septic_ids[septic_ids > 0].index[: 2 * MIN_SEPTIC_PER_PART]) | set(septic_ids[septic_ids == 0].index)
     assert crossfit(base, scorer, df[df["patient_id"].isin(few)].reset_index(drop=True), seed=3, tune_share=0.3,
                     threads=1, min_gain=0.01) is None  # fmt: skip
+
+
+def test_the_preferred_adaptation_follows_the_sample_size_and_is_kept_unless_the_other_clearly_wins(
+        site: dict[str, Path]) -> None:  # fmt: skip
+    import click
+    import pandas as pd
+
+    from vigil.commands.onboard import onboard as onboard_cmd
+    from vigil.offline import score_frame
+    from vigil.onboarding.labelled import BOOST_FROM_STAYS, adapt_labelled, choose_adaptation, preferred_adaptation
+    from vigil.onboarding.run import OnboardOptions
+    from vigil.onboarding.sample import split_site
+    from vigil.scoring import Scorer
+
+    # the size rule, and the CLI's and the options' defaults are the module's
+    assert [preferred_adaptation(n) for n in (0, BOOST_FROM_STAYS - 1, BOOST_FROM_STAYS, 10**6)] == [
+        "recalibration", "recalibration", "continued_boosting", "continued_boosting"]
+    assert preferred_adaptation(100, boost_from=100) == "continued_boosting"
+    assert OnboardOptions().boost_from_stays == BOOST_FROM_STAYS
+    opt = next(p for p in onboard_cmd.params if p.name == "boost_from_stays")
+    assert isinstance(opt, click.Option) and opt.default == BOOST_FROM_STAYS
+    # the choice: the preferred one unless the other gains more than min_gain; trees never without a tune utility
+    nan = float("nan")
+    for prefer, other in (("recalibration", "continued_boosting"), ("continued_boosting", "recalibration")):
+        u = {prefer: 0.30, other: 0.30}
+        assert choose_adaptation(u["recalibration"], u["continued_boosting"], prefer, 0.01) == prefer
+        u[other] = 0.309
+        assert choose_adaptation(u["recalibration"], u["continued_boosting"], prefer, 0.01) == prefer
+        u[other] = 0.311
+        assert choose_adaptation(u["recalibration"], u["continued_boosting"], prefer, 0.01) == other
+    assert choose_adaptation(0.3, nan, "continued_boosting", 0.01) == "recalibration"
+    assert choose_adaptation(nan, 0.3, "continued_boosting", 0.01) == "continued_boosting"
+    assert choose_adaptation(nan, 0.3, "recalibration", 0.01) == "recalibration"
+    with pytest.raises(ValueError, match="prefer"):
+        choose_adaptation(0.3, 0.3, "boosting", 0.01)
+    # real fits: with a margin no tune difference can reach, the preferred adaptation is the one kept, and the
+    # details say which was preferred and what each scored on tune
+    base = Registry(site["registry"]).get("sepsis-gbm:1")
+    scorer = Scorer(base)
+    sp = split_site(pd.read_parquet(site["data"]), 7)
+    p_base = {k: score_frame(scorer, getattr(sp, k))[0] for k in ("train", "tune")}
+    for prefer in ("recalibration", "continued_boosting"):
+        ad = adapt_labelled(base, sp, p_base, "test", seed=7, threads=1, min_gain=10.0, prefer=prefer)
+        compared = ad.details["compared"]
+        assert ad.kind == prefer and compared["preferred"] == prefer
+        assert np.isfinite(compared["continued_boosting"]["utility"])
+        assert ad.fit_on == ("tune" if prefer == "continued_boosting" else "fit")

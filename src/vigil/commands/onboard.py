@@ -36,6 +36,10 @@ from vigil.commands.common import settings_of
               help="Labelled: the alert level within the budget maximises the share of septic stays alerted before "
                    "onset (as vigil evaluate --policy-sweep; ties to the level that spends the budget), or the "
                    "normalized utility of risk >= level. Utility itself is read at the threshold, not the level.")
+@click.option("--boost-from-stays", type=click.IntRange(min=0), default=1500, show_default=True,
+              help="Labelled: from this many fit stays (70 % of the sample at the default --check-frac) continued "
+                   "boosting is the preferred adaptation, below it the recalibration layer; the other is kept only "
+                   "if it gains more than 0.01 utility on the tune stays.")
 @click.option("--name", default=None, help="Registry name of the new version (default: the base's).")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for LightGBM and ONNX Runtime.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -44,7 +48,7 @@ from vigil.commands.common import settings_of
 @click.pass_context
 def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unlabelled: bool,
             prevalence: float | None, sample_frac: float | None, seed: int, check_frac: float, headroom: float,
-            level_by: str, name: str | None, threads: int, out: Path | None,
+            level_by: str, boost_from_stays: int, name: str | None, threads: int, out: Path | None,
             promote: bool) -> None:  # fmt: skip
     """A new site in one step: adapt (labelled: recalibration layer or continued boosting, chosen by measurement),
     calibrate, pick the alert level for the budget, register a new version, gate it against the base on the
@@ -55,6 +59,7 @@ def onboard(ctx: click.Context, data: Path, base: str | None, budget: float, unl
 
     opts = OnboardOptions(budget=budget, unlabelled=unlabelled, seed=seed, check_frac=check_frac, headroom=headroom,
                           prevalence=prevalence, sample_frac=sample_frac, level_by=level_by,
+                          boost_from_stays=boost_from_stays,
                           name=name, threads=max(1, threads), out=out,
                           promote=promote)  # fmt: skip
     try:

@@ -60,9 +60,10 @@ def _septic(df: pd.DataFrame) -> int:
 
 
 def crossfit(base: ModelRef, base_scorer: Scorer, sample: pd.DataFrame, *, seed: int, tune_share: float,
-             threads: int, min_gain: float) -> CrossFit | None:  # fmt: skip
+             threads: int, min_gain: float, prefer: str = "recalibration") -> CrossFit | None:  # fmt: skip
     """The cross-fitted scores (module docstring), or None when a fold's train, tune or held-out part has fewer
-    than :data:`MIN_SEPTIC_PER_PART` septic stays (the gate then judges the check stays alone, and says so)."""
+    than :data:`MIN_SEPTIC_PER_PART` septic stays (the gate then judges the check stays alone, and says so). Each
+    fold prefers the adaptation the registered version preferred (``prefer``: the procedure judged is the same)."""
     from vigil.offline import score_frame
 
     cut = split_by_patient(sample["patient_id"].to_numpy(), seed + 1, (1 / 3, 1 / 3, 1 / 3))
@@ -81,7 +82,7 @@ def crossfit(base: ModelRef, base_scorer: Scorer, sample: pd.DataFrame, *, seed:
     for k, (sp, held) in enumerate(parts):
         p_base = {part: score_frame(base_scorer, getattr(sp, part))[0] for part in ("train", "tune")}
         ad = adapt_labelled(base, sp, p_base, f"cross-fit fold {k + 1}", seed=seed, threads=threads,
-                            min_gain=min_gain)  # fmt: skip
+                            min_gain=min_gain, prefer=prefer)  # fmt: skip
         fix = sp.tune if ad.fit_on == "tune" else sp.fit
         pb_fix = p_base["tune"] if ad.fit_on == "tune" else np.concatenate([p_base["train"], p_base["tune"]])
         x_fix, s_fix = frame_features(fix)

@@ -6,9 +6,9 @@ From the site's own silent-mode sample (PhysioNet-format stays):
    ``tune`` stays adapt, ``check`` stays are held back for the report and the gate;
 2. **labelled** (:mod:`vigil.onboarding.labelled`): two adaptations of the base model are fitted on ``train``
    (:mod:`vigil.onboarding.adapt`: a logistic recalibration layer on the base logit, and continued boosting from
-   the base margin) and the one
-   with the higher normalized utility on ``tune`` (each at its own best threshold there) is kept; the
-   recalibration layer unless the site trees gain more than ``min_gain``. Then, on the stays the kept model did not
+   the base margin) and judged by their normalized utility on ``tune`` (each at its own best threshold there): the
+   preferred one (the layer below ``boost_from_stays`` fit stays, the site trees from there on) is kept unless the
+   other gains more than ``min_gain``. Then, on the stays the kept model did not
    train on (the recalibration layer: all fit stays, refitted; the site trees: ``tune``): the threshold with the
    highest utility, the alert level that alerts the most septic stays before onset within the budget
    (:mod:`vigil.onboarding.levels`) and the onset-probability calibration (``demand_calibration.json``, the code
@@ -49,7 +49,7 @@ from vigil.onboarding import levels as lv
 from vigil.onboarding import prior as pr
 from vigil.onboarding.crossfit import MIN_SEPTIC_PER_PART, crossfit
 from vigil.onboarding.gating import site_gate
-from vigil.onboarding.labelled import Adapted, adapt_labelled
+from vigil.onboarding.labelled import BOOST_FROM_STAYS, Adapted, adapt_labelled, preferred_adaptation
 from vigil.onboarding.markdown import report_markdown
 from vigil.onboarding.onset import onset_ece
 from vigil.onboarding.sample import frame_features as _features
@@ -77,7 +77,8 @@ class OnboardOptions:
     headroom: float = 0.1
     prevalence: float | None = None  # unlabelled: the site's share of septic stays moves the threshold (prior)
     level_by: str = "early"  # labelled: the level maximises "early" (share alerted before onset) or "utility"
-    min_gain: float = 0.01  # utility the site trees must gain on tune over the recalibration layer
+    min_gain: float = 0.01  # utility the adaptation not preferred must gain on tune over the preferred one
+    boost_from_stays: int = BOOST_FROM_STAYS  # fit stays from which continued boosting is the preferred adaptation
     sample_frac: float | None = None  # use only this seeded share of the file's stays as the site sample
     name: str | None = None  # registry name of the new version (default: the base's)
     threads: int = 1
@@ -207,8 +208,10 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     version = _next_version(reg.root, name)
     doc = f"{name} v{version}: {base.name}:{base.version} onboarded at a site"
 
+    prefer = preferred_adaptation(counts["train"]["stays"] + counts["tune"]["stays"], opts.boost_from_stays)
     if labelled:
-        adapted = adapt_labelled(base, sp, p_base, doc, seed=opts.seed, threads=opts.threads, min_gain=opts.min_gain)
+        adapted = adapt_labelled(base, sp, p_base, doc, seed=opts.seed, threads=opts.threads, min_gain=opts.min_gain,
+                                 prefer=prefer)  # fmt: skip
     else:
         adapted = Adapted("none (label-free: level and threshold only)", onnx.load(str(base.onnx_path)), None, "fit",
                            {"graph": f"the base graph of {base.name}:{base.version}, unchanged"})  # fmt: skip
@@ -358,7 +361,7 @@ def onboard(settings: Settings, data: Path, base_spec: str | None = None,
     cross, why_not = None, "unlabelled onboarding fits nothing on labels to cross-fit: judged on the check stays"
     if labelled:
         cross = crossfit(base, base_scorer, df, seed=opts.seed, tune_share=opts.tune_share, threads=opts.threads,
-                         min_gain=opts.min_gain)  # fmt: skip
+                         min_gain=opts.min_gain, prefer=prefer)  # fmt: skip
         why_not = ("judged on the held-back check stays: the sample is too small to cross-fit (fewer than "
                    f"{MIN_SEPTIC_PER_PART} septic stays in a fold's part)")  # fmt: skip
     gate, gate_on = site_gate(ref, base, sp.check, df, data.name, settings, check_labelled, cross, why_not)
