@@ -1,4 +1,4 @@
-"""Three measurements behind docs/evaluation/onboarding.md, "A base trained on most of the hospital" (eighth
+"""Measurements behind docs/evaluation/onboarding.md, "A base trained on most of the hospital" (eighth
 session). Each reads the unit registries that ``scripts/onboard_units.py`` leaves in its ``--work`` folders and
 prints one JSON line per run. Not part of ``make test`` (minutes on 2 cores).
 
@@ -14,7 +14,9 @@ prints one JSON line per run. Not part of ``make test`` (minutes on 2 cores).
 * ``adaptation``: both labelled adaptations (recalibration layer; continued boosting) fitted as
   ``vigil.onboarding.labelled.adapt_labelled`` fits them, with the choice it makes on the tune stays, a cross-fitted
   choice (three parts of the sample, as ``vigil.onboarding.crossfit``; ``--no-crossfit`` to skip) and the utility
-  of each on the other unit's remaining stays.
+  of each on the other unit's remaining stays;
+* ``trees-threshold``: the site trees' threshold fixed on the tune stays (as ``vigil onboard``) against one fixed on
+  out-of-fold scores of every fit stay, both read on the other unit's remaining stays.
 
     PYTHONPATH=src .venv/bin/python scripts/onboard_checks.py level-cap \
         --run /tmp/onboard-wide:base-micu-wide:1:SICU:7,11,12,14,15
@@ -275,9 +277,57 @@ def adaptation(a: argparse.Namespace) -> None:
             print(json.dumps(out), flush=True)
 
 
+def trees_threshold(a: argparse.Namespace) -> None:
+    """The site trees' threshold fixed on the tune stays (as ``vigil onboard``) against one fixed on out-of-fold
+    scores of every fit stay (three parts by patient, each scored by trees fitted as the registered ones on the
+    other two), both applied to the registered trees and read on the unit's remaining stays."""
+    from vigil.evaluation.utility import normalized_utility
+    from vigil.offline import score_frame
+    from vigil.onboarding import adapt
+    from vigil.onboarding import levels as lv
+    from vigil.onboarding.sample import frame_features, frame_labels, split_site
+    from vigil.registry import Registry
+    from vigil.scoring import Scorer
+    from vigil.training.data import split_by_patient
+
+    def fit_trees(train: Any, tune: Any, seed: int) -> Any:
+        xt, xv = frame_features(train)[0], frame_features(tune)[0]
+        return adapt.fit_boost(xt, frame_labels(train).astype(np.float32), score_frame(sc, train)[0], xv,
+                               frame_labels(tune).astype(np.float32), score_frame(sc, tune)[0], seed=seed,
+                               threads=a.threads)  # fmt: skip
+
+    def scores(trees: Any, df: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, s = frame_features(df)
+        return trees(score_frame(sc, df)[0], x), frame_labels(df), s
+
+    for work, spec, site_unit, seeds in _runs(a.run):
+        sc = Scorer(Registry(f"{work}/registry").get(spec), threads=a.threads)
+        for seed in seeds:
+            sample, rest = _site(work, site_unit, a.sample_frac, seed)
+            sp = split_site(sample, seed)
+            trees = fit_trees(sp.train, sp.tune, seed)
+            thr_tune, _ = lv.site_threshold(*scores(trees, sp.tune))
+            fit = sp.fit
+            cut = split_by_patient(fit["patient_id"].to_numpy(), seed + 2, (1 / 3, 1 / 3, 1 / 3))
+            oof = []
+            for held in cut.values():
+                other = fit[~held].reset_index(drop=True)
+                m = split_by_patient(other["patient_id"].to_numpy(), seed, (0.7, 0.3, 0.0))
+                t = fit_trees(other[m["train"]].reset_index(drop=True), other[m["validation"]].reset_index(drop=True),
+                              seed)  # fmt: skip
+                oof.append(scores(t, fit[held].reset_index(drop=True)))
+            thr_oof, _ = lv.site_threshold(*(np.concatenate([o[i] for o in oof]) for i in range(3)))
+            pr, yr, sr = scores(trees, rest)
+            best, u_best = lv.site_threshold(pr, yr, sr)
+            print(json.dumps({"sample_frac": a.sample_frac, "base": spec, "seed": seed, "rounds": trees.rounds,
+                              "tune": [round(thr_tune, 4), round(normalized_utility(yr, pr >= thr_tune, sr), 4)],
+                              "oof": [round(thr_oof, 4), round(normalized_utility(yr, pr >= thr_oof, sr), 4)],
+                              "rest_best": [round(best, 4), round(u_best, 4)]}), flush=True)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("check", choices=["level-cap", "threshold", "threshold-home", "adaptation"])
+    ap.add_argument("check", choices=["level-cap", "threshold", "threshold-home", "adaptation", "trees-threshold"])
     ap.add_argument("--run", action="append", default=[], help="WORK:NAME:VERSION:SITE_UNIT:SEED[,SEED...]")
     ap.add_argument("--model", default="sepsis-gbm:1", help="threshold-home: the registered model")
     ap.add_argument("--registry", default="models", help="threshold-home: its registry")
@@ -291,7 +341,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     {"level-cap": level_cap, "threshold": threshold, "threshold-home": threshold_home,
-     "adaptation": adaptation}[a.check](a)
+     "adaptation": adaptation, "trees-threshold": trees_threshold}[a.check](a)
 
 
 if __name__ == "__main__":
