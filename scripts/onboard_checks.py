@@ -11,6 +11,8 @@ prints one JSON line per run. Not part of ``make test`` (minutes on 2 cores).
   each ``m``'s best), each read on the other unit's remaining stays. Under a shift of the odds by ``m`` the
   normalized utility at a threshold is ``S + N / m`` (``S``: septic stays' share, ``N``: the false-alarm cost of the
   other stays, both over the septic stays' best), so every rule is a sort and a cumulative sum.
+* ``threshold-home``: the same rules for a registered model (default ``sepsis-gbm:1``) on its own validation split,
+  read on its test split as it is and reweighted to other odds.
 * ``adaptation``: both labelled adaptations (recalibration layer; continued boosting) fitted as
   ``vigil.onboarding.labelled.adapt_labelled`` fits them, with the choice it makes on the tune stays, a cross-fitted
   choice (three parts of the sample, as ``vigil.onboarding.crossfit``; ``--no-crossfit`` to skip) and the utility
