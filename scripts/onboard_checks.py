@@ -204,27 +204,26 @@ def threshold_home(a: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------------------------------- adaptation
 def _both(base: Any, sc: Any, sp: Any, seed: int, threads: int) -> dict[str, Any]:
+    """Both adaptations as ``vigil onboard`` registers them (``adapt_labelled`` with each one preferred and a margin
+    no tune difference reaches), each with its threshold on the stays that fix it, and both tune utilities."""
     from vigil.offline import score_frame
-    from vigil.onboarding import adapt
     from vigil.onboarding import levels as lv
+    from vigil.onboarding.labelled import BOOSTING, RECALIBRATION, adapt_labelled
     from vigil.onboarding.sample import frame_features, frame_labels
 
     pb = {k: score_frame(sc, getattr(sp, k))[0] for k in ("train", "tune")}
-    xs = {k: frame_features(getattr(sp, k)) for k in ("train", "tune")}
-    ys = {k: frame_labels(getattr(sp, k)) for k in ("train", "tune")}
-    pw = float((base.model_card.training.get("class_weight") or {}).get("1", 0)) or None
-    rec_train = adapt.fit_recalibration(pb["train"], ys["train"], positive_weight=pw)
-    boost = adapt.fit_boost(xs["train"][0], ys["train"].astype(np.float32), pb["train"], xs["tune"][0],
-                            ys["tune"].astype(np.float32), pb["tune"], seed=seed, threads=threads)  # fmt: skip
-    p_boost = boost(pb["tune"], xs["tune"][0])
-    thr_b, u_b = lv.site_threshold(p_boost, ys["tune"], xs["tune"][1])
-    u_r = lv.site_threshold(rec_train(pb["tune"]), ys["tune"], xs["tune"][1])[1]
-    # as registered: the layer refitted on every fit stay, its threshold there; the trees' threshold on tune
-    p_fit, y_fit = np.concatenate([pb["train"], pb["tune"]]), np.concatenate([ys["train"], ys["tune"]])
-    rec = adapt.fit_recalibration(p_fit, y_fit, positive_weight=pw)
-    thr_r = lv.site_threshold(rec(p_fit), y_fit, np.concatenate([xs["train"][1], xs["tune"][1]]))[0]
-    return {"rec": (lambda p, _x: rec(p), thr_r), "boost": (boost, thr_b), "tune": (u_r, u_b),
-            "rounds": boost.rounds}  # fmt: skip
+    out: dict[str, Any] = {}
+    for key, kind in (("rec", RECALIBRATION), ("boost", BOOSTING)):
+        ad = adapt_labelled(base, sp, pb, "onboard_checks", seed=seed, threads=threads, min_gain=10.0, prefer=kind)
+        assert ad.kind == kind, (ad.kind, kind)
+        fix = sp.tune if ad.fit_on == "tune" else sp.fit
+        p_fix = pb["tune"] if ad.fit_on == "tune" else np.concatenate([pb["train"], pb["tune"]])
+        x_fix, s_fix = frame_features(fix)
+        out[key] = (ad.native, lv.site_threshold(ad.native(p_fix, x_fix), frame_labels(fix), s_fix)[0])
+        compared = ad.details["compared"]
+    out["tune"] = (compared[RECALIBRATION]["utility"], compared[BOOSTING]["utility"])
+    out["rounds"] = compared[BOOSTING]["rounds"]
+    return out
 
 
 def _predictions(cands: dict[str, Any], sc: Any, df: Any) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

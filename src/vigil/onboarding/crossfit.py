@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vigil.onboarding import levels as lv
-from vigil.onboarding.labelled import adapt_labelled
+from vigil.onboarding.labelled import RECALIBRATION, adapt_labelled
 from vigil.onboarding.sample import SiteSplit, frame_counts, frame_features, frame_labels
 from vigil.registry import ModelRef
 from vigil.training.data import split_by_patient
@@ -60,7 +60,7 @@ def _septic(df: pd.DataFrame) -> int:
 
 
 def crossfit(base: ModelRef, base_scorer: Scorer, sample: pd.DataFrame, *, seed: int, tune_share: float,
-             threads: int, min_gain: float, prefer: str = "recalibration") -> CrossFit | None:  # fmt: skip
+             threads: int, min_gain: float, prefer: str = RECALIBRATION) -> CrossFit | None:  # fmt: skip
     """The cross-fitted scores (module docstring), or None when a fold's train, tune or held-out part has fewer
     than :data:`MIN_SEPTIC_PER_PART` septic stays (the gate then judges the check stays alone, and says so). Each
     fold prefers the adaptation the registered version preferred (``prefer``: the procedure judged is the same)."""

@@ -30,7 +30,8 @@ from vigil.onboarding.sample import frame_features as _features
 from vigil.onboarding.sample import frame_labels as _labels
 from vigil.registry import ModelRef
 
-__all__ = ["Adapted", "adapt_labelled", "BOOST_FROM_STAYS", "preferred_adaptation", "choose_adaptation"]
+__all__ = ["Adapted", "adapt_labelled", "BOOST_FROM_STAYS", "BOOSTING", "RECALIBRATION", "preferred_adaptation",
+           "choose_adaptation"]
 
 BOOST_FROM_STAYS = 1500  # fit stays from which the site trees are preferred (between ~1,330 and ~1,900 measured)
 RECALIBRATION, BOOSTING = "recalibration", "continued_boosting"
