@@ -1,11 +1,13 @@
 """Fit a model version's abstention block (issue 16, item 4; :mod:`vigil.abstain`) on its training-time
-validation split and evaluate it on the test split: the members' logit spread above which a score is
-indeterminate, at ``--share`` of the validation rows scored at or above the card's alert level. With ``--write``
-the block (and the test evaluation under it) goes into the version's card (validated, atomic).
+validation split and evaluate it on the test split: the ``--measure``'s cut-off that flags ``--share`` of the
+validation rows scored at or above the card's alert level, and, with ``--min-history-h``, rows with fewer hours of
+the stay behind them (a version 2 block). With ``--write`` the block (and the evaluation under it) goes into the
+version's card (validated, atomic). ``sepsis-gbm:1``'s block:
 
-    PYTHONPATH=src .venv/bin/python scripts/fit_abstention.py --model sepsis-gbm:1 --share 0.3 [--write]
+    PYTHONPATH=src .venv/bin/python scripts/fit_abstention.py --model sepsis-gbm:1 --measure low_coverage \
+        --share 0.2 --min-history-h 9 --write
 
-Needs a version of several members (``training.members`` > 1). Prints one JSON line per share.
+The member measures need a version of several members (``training.members`` > 1). Prints one JSON line per share.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def main() -> None:
     ap.add_argument("--share", type=float, nargs="+", default=[0.3])
     ap.add_argument("--measure", default="decision_margin_z",
                     choices=["decision_margin_z", "member_logit_sd", "low_coverage"])
+    ap.add_argument("--min-history-h", type=float, default=None,
+                    help="rows with fewer hours of the stay behind them are indeterminate too (a version 2 block)")
     ap.add_argument("--write", action="store_true", help="write the block of the (single) --share into the card")
     a = ap.parse_args()
     if a.write and len(a.share) != 1:
@@ -33,7 +37,13 @@ def main() -> None:
 
     from vigil.card import write_card
     from vigil.config import load_settings
-    from vigil.evaluation.abstention import evaluate_abstention, fit_member_spread, indeterminate_rows, members_frame
+    from vigil.evaluation.abstention import (
+        evaluate_abstention,
+        fit_member_spread,
+        indeterminate_rows,
+        members_frame,
+        ppv_gain_interval,
+    )
     from vigil.evaluation.alerting import simulate_policy, stay_table
     from vigil.evaluation.report import jsonable, row_units, screen_scores
     from vigil.evaluation.selection import select_rows
@@ -60,12 +70,14 @@ def main() -> None:
     for share in a.share:
         v = sets["validation"]
         fitted_on = f"validation split of {v['source']} (the trainer's patient-level split)"
-        block = fit_member_spread(v["mem"], v["p"], level, share, fitted_on, a.measure, v["x"])
+        block = fit_member_spread(v["mem"], v["p"], level, share, fitted_on, a.measure, v["x"], a.min_history_h)
         res = {}
         for split, d in sets.items():
             ind = indeterminate_rows(block, d["p"], d["mem"], d["x"])
             res[split] = evaluate_abstention(d["fired"], ind, d["y"], d["s"])
+            res[split]["ppv_gain_bootstrap"] = ppv_gain_interval(d["fired"], ind, d["y"], d["s"], 1000, 7)
         line = {"model": a.model, "measure": a.measure, "share": share, "cutoff": block["cutoff"],
+                "min_history_h": a.min_history_h,
                 **{f"{k}_{m}": (res[k][m] if m.startswith("share") else res[k][m]) for k in res
                    for m in ("share_rows_indeterminate", "share_alerts_indeterminate", "ppv_relative_gain")},
                 **{f"{k}_{w}_{m}": res[k][w][m] for k in res for w in ("all", "confident")

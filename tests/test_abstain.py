@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from vigil.abstain import (
+    REASON_SHORT_HISTORY,
     REASON_SPARSE,
     REASON_SPLIT_AT_LEVEL,
     Abstainer,
@@ -107,8 +108,12 @@ def test_card_abstention_block_is_typed_and_versioned() -> None:
     card = orjson.loads((GBM / "card.json").read_bytes())
     card["abstention"] = BLOCK
     assert ModelCard.from_dict(card).abstention == AbstentionSpec.model_validate(BLOCK)
-    for bad in ({**BLOCK, "version": 2}, {**BLOCK, "measure": "vibes"}, {**BLOCK, "cutoff": -1.0},
-                {k: v for k, v in BLOCK.items() if k != "level"}):  # fmt: skip
+    v2 = {**BLOCK, "version": 2, "min_history_h": 9}
+    assert ModelCard.from_dict({**card, "abstention": v2}).abstention.min_history_h == 9  # type: ignore[union-attr]
+    for bad in ({**BLOCK, "version": 3}, {**BLOCK, "measure": "vibes"}, {**BLOCK, "cutoff": -1.0},
+                {k: v for k, v in BLOCK.items() if k != "level"},
+                {**BLOCK, "min_history_h": 9},  # a version 2 key in a version 1 block: refused, not ignored
+                {**v2, "min_history_h": 0}, {**v2, "min_history_h": -3}):  # fmt: skip
         with pytest.raises(ModelError, match="abstention"):
             ModelCard.from_dict({**card, "abstention": bad})
     card.pop("abstention")
@@ -155,6 +160,26 @@ def test_a_coverage_block_needs_no_members_and_flags_the_never_measured_canary(t
     np.testing.assert_array_equal(p, sc.predict(x))
     assert ind is not None and ind.tolist() == [False, False, False, True]
     assert why == [None, None, None, REASON_SPARSE]
+
+
+def test_the_shipped_block_flags_short_histories_beside_sparse_coverage() -> None:
+    """sepsis-gbm:1's version 2 block: coverage below its cut-off (sparse_coverage) or fewer than min_history_h hours
+    of the stay behind the row (short_history); a row flagged by both gives the coverage reason."""
+    ref = Registry(REPO_ROOT / "models").get("sepsis-gbm:1")
+    spec = ref.model_card.abstention
+    assert spec is not None and spec.version == 2 and spec.min_history_h == 9.0 and spec.measure == "low_coverage"
+    sc = Scorer(ref)
+    x, _ = canary_inputs()  # coverage 8, 12, 8 and 0 variables of 34: all four below the cut-off (20 of 34)
+    rich = np.repeat(x[1:2], 4, axis=0)
+    rich[:, [i for i, n in enumerate(FEATURE_NAMES) if n.endswith("_hours_since")]] = 1.0  # every variable, 1 h ago
+    both = np.concatenate([rich, x])
+    both[:, FEATURE_NAMES.index("iculos")] = [0, 8, 9, 40, 3, 40, 40, 40]
+    p, ind, why = sc.predict_flagged(both)
+    np.testing.assert_array_equal(p, sc.predict(both))
+    assert ind is not None and ind.tolist() == [True, True, False, False, True, True, True, True]
+    assert why == [REASON_SHORT_HISTORY, REASON_SHORT_HISTORY, None, None, *[REASON_SPARSE] * 4]
+    no_history = Abstainer(spec.measure, spec.cutoff)  # the version 1 block (coverage alone)
+    assert no_history.flags(p, None, both)[0].tolist() == [False, False, False, False, True, True, True, True]
 
 
 def test_a_block_on_a_single_graph_without_members_is_refused(tmp_path: Path) -> None:

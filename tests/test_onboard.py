@@ -45,8 +45,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> dict[st
 
 
 def _add_abstention_block(path: Path, data: Path) -> None:
-    """A ``low_coverage`` block on the base as ``scripts/fit_abstention.py --write`` makes one (fit and figures
-    at the base's level; here on the base's own sample, which is all a test has)."""
+    """A ``low_coverage`` block with ``min_history_h`` on the base as ``scripts/fit_abstention.py --write`` makes
+    one (fit and figures at the base's level; here on the base's own sample, which is all a test has)."""
     from vigil.card import read_card, write_card
     from vigil.config import load_settings
     from vigil.evaluation.abstention import evaluate_abstention, fit_member_spread, indeterminate_rows
@@ -61,7 +61,8 @@ def _add_abstention_block(path: Path, data: Path) -> None:
     p, _ = score_frame(Scorer(ref), df)
     x, s = _features(df)
     y = _labels(df)
-    block = fit_member_spread(None, p, ref.alert_level, 0.2, "the base's sample (test)", "low_coverage", x)
+    block = fit_member_spread(None, p, ref.alert_level, 0.2, "the base's sample (test)", "low_coverage", x,
+                              min_history_h=9)  # as sepsis-gbm:1's (version 2) block
     fired = simulate_policy(load_settings(None).alerts, risk=p, threshold=ref.alert_level,
                             news2_total=np.zeros(len(p), np.int16), stay_start=s)["model_risk"]  # fmt: skip
     block["evaluation"] = {"test": evaluate_abstention(fired, indeterminate_rows(block, p, None, x), y, s),
@@ -182,13 +183,15 @@ def test_labelled_onboarding_registers_a_gated_site_version(site: dict[str, Path
 def _assert_site_abstention(site: dict[str, Path], ref: ModelRef, base: ModelRef, report: dict) -> None:
     """The site card's abstention block: the base's measure and cut-off, named as inherited; the base's fit and
     figures under base_* keys; the site's own figures on the held-back check stays, equal to a recomputation."""
-    from vigil.abstain import coverage
+    from vigil.abstain import coverage, history_hours
     from vigil.onboarding.run import _features
     from vigil.onboarding.sample import split_site
     from vigil.training.data import load_training_frame
 
     ab, bb = ref.card["abstention"], base.card["abstention"]
     assert (ab["measure"], ab["cutoff"], ab["fitted_on"]) == ("low_coverage", bb["cutoff"], bb["fitted_on"])
+    assert (ab["version"], ab["min_history_h"]) == (bb["version"], bb["min_history_h"]) == (2, 9.0)  # kept as it is
+    assert "min_history_h" not in ab["base_fit"]
     assert ab["inherited_from"] == "sepsis-gbm:1" and "kept from the base" in ab["cutoff_rule"]
     assert "evaluation" not in ab and "level" not in ab  # the base's figures and level are not the site's
     assert ab["base_fit"]["level"] == bb["level"] == base.alert_level
@@ -200,9 +203,11 @@ def _assert_site_abstention(site: dict[str, Path], ref: ModelRef, base: ModelRef
     assert se["rows"] == ob["split"]["check"]["rows"] == len(check)
     assert se["model"] == f"{ref.name}:{ref.version}" and se["alert_level"] == ref.alert_level
     assert se["labels_read"] is True and "check stays" in se["on"] and ob["site_sample"]["sha256"] in se["on"]
-    # the indeterminate share is serving's flag on the check rows: coverage below the inherited cut-off
+    # the indeterminate share is serving's flag on the check rows: coverage below the inherited cut-off, or fewer
+    # hours of the stay behind the row than the inherited min_history_h
     x, _ = _features(check)
-    flags = coverage(x) < ab["cutoff"]
+    flags = (coverage(x) < ab["cutoff"]) | (history_hours(x) < ab["min_history_h"])
+    assert flags.sum() > (coverage(x) < ab["cutoff"]).sum()  # the history criterion flags rows coverage does not
     assert 0.0 < flags.mean() < 1.0 and se["share_rows_indeterminate"] == pytest.approx(flags.mean())
     _, ind, _ = Scorer(ref).predict_flagged(x)
     assert ind is not None and int(ind.sum()) == int(flags.sum())
@@ -211,8 +216,8 @@ def _assert_site_abstention(site: dict[str, Path], ref: ModelRef, base: ModelRef
     assert se["all"]["ppv_stay"] is not None and "ppv_relative_gain" in se
     # the report shows base and onboarded on the same check stays, each at its own level
     rb, ro = report["check"]["base"]["abstention"], report["check"]["onboarded"]["abstention"]
-    assert ro == {k: v for k, v in se.items() if k not in ("on", "policy")} | {"measure": "low_coverage",
-                                                                                "cutoff": ab["cutoff"]}
+    assert ro == {k: v for k, v in se.items() if k not in ("on", "policy")} | {
+        "measure": "low_coverage", "cutoff": ab["cutoff"], "min_history_h": 9.0}
     assert (rb["model"], rb["alert_level"], rb["stays"], rb["rows"]) == ("sepsis-gbm:1", base.alert_level, se["stays"],
                                                                          se["rows"])  # fmt: skip
     assert rb["share_rows_indeterminate"] == se["share_rows_indeterminate"]  # same inputs, same cut-off

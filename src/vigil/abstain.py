@@ -19,6 +19,12 @@ familiar rows and disagrees on unfamiliar ones). Three measures (``measure`` in 
   the last 72 h (the featurizer's ``*_hours_since`` below 72); indeterminate below ``cutoff``. Reason
   ``sparse_coverage``.
 
+Beside any measure, a block may set ``min_history_h``: a score of a row with fewer than that many hours of the stay
+behind it (the featurizer's ``iculos``) is indeterminate too, reason ``short_history`` (a row flagged by both gives
+the measure's reason). ``sepsis-gbm:1`` carries 9 h: with coverage alone the PPV gain of confident alerts fell to
++22-27 % at the other unit of set A (docs/evaluation/onboarding.md, "Abstention at the other unit"); how many hours
+of the stay lie behind a row does not depend on a site's charting habits.
+
 The fitted cut-off lives with the model version, in the card's ``abstention`` block
 (:class:`vigil.card.AbstentionSpec`, versioned); no block means never indeterminate. Fitting and evaluation are
 offline (:mod:`vigil.evaluation.abstention`); this module is what serving needs and imports nothing from
@@ -38,11 +44,12 @@ import numpy as np
 
 __all__ = ["MEASURES", "REASON_MEMBERS_DISAGREE", "REASON_SPLIT_AT_LEVEL", "Abstainer", "logit", "decision_margin_z",
            "member_outputs", "with_member_outputs", "member_logit_sd", "abstain_flags", "scored", "coverage",
-           "REASON_SPARSE"]  # fmt: skip
+           "REASON_SPARSE", "REASON_SHORT_HISTORY", "history_hours"]  # fmt: skip
 
 REASON_MEMBERS_DISAGREE = "members_disagree"
 REASON_SPLIT_AT_LEVEL = "members_split_at_level"
 REASON_SPARSE = "sparse_coverage"
+REASON_SHORT_HISTORY = "short_history"
 MEASURES = ("decision_margin_z", "member_logit_sd", "low_coverage")
 HOURS_SENTINEL = 72.0  # the featurizer's "not measured in the last 72 h" value of *_hours_since
 _EPS = 1e-6
@@ -95,6 +102,19 @@ def coverage(x: np.ndarray) -> np.ndarray:
     return (np.asarray(x)[:, cols] < HOURS_SENTINEL).mean(axis=1)
 
 
+def history_hours(x: np.ndarray) -> np.ndarray:
+    """Per row of features ``x`` [B, F], the hours of the stay behind the row (the ``iculos`` feature).
+
+    >>> from vigil.features import FEATURE_NAMES
+    >>> x = np.zeros((2, len(FEATURE_NAMES)), np.float32); x[:, FEATURE_NAMES.index("iculos")] = [3, 40]
+    >>> history_hours(x).tolist()
+    [3.0, 40.0]
+    """
+    from vigil.features import FEATURE_NAMES
+
+    return np.asarray(x)[:, FEATURE_NAMES.index("iculos")].astype(np.float64)
+
+
 def decision_margin_z(p: np.ndarray, members: np.ndarray, level: float) -> np.ndarray:
     """Per row, ``|logit(p) - logit(level)|`` over the members' logit spread (floored at 0.001).
 
@@ -111,6 +131,7 @@ class Abstainer:
     measure: str
     cutoff: float
     level: float | None = None  # decision_margin_z: the alert level the margin is measured from
+    min_history_h: float | None = None  # rows with fewer hours of the stay behind them are indeterminate too
 
     @classmethod
     def from_spec(cls, spec: Any) -> Abstainer | None:
@@ -123,8 +144,10 @@ class Abstainer:
         if spec.measure == "decision_margin_z" and spec.level is None:
             msg = "the decision_margin_z abstention measure needs the block's level"
             raise ValueError(msg)
+        hist = getattr(spec, "min_history_h", None)
         return cls(measure=spec.measure, cutoff=float(spec.cutoff),
-                   level=None if spec.level is None else float(spec.level))  # fmt: skip
+                   level=None if spec.level is None else float(spec.level),
+                   min_history_h=None if hist is None else float(hist))  # fmt: skip
 
     @property
     def needs_members(self) -> bool:
@@ -133,7 +156,25 @@ class Abstainer:
     def flags(self, p: np.ndarray, members: np.ndarray | None, x: np.ndarray | None = None
               ) -> tuple[np.ndarray, list[str | None]]:  # fmt: skip
         """Indeterminate flags [B] and reasons of scores ``p`` [B] with member probabilities ``members`` [B, M]
-        (None for ``low_coverage``) and features ``x`` [B, F] (read by ``low_coverage`` only)."""
+        (None for ``low_coverage``) and features ``x`` [B, F] (read by ``low_coverage`` and ``min_history_h``).
+
+        >>> from vigil.features import FEATURE_NAMES
+        >>> x = np.zeros((3, len(FEATURE_NAMES)), np.float32); x[:, FEATURE_NAMES.index("iculos")] = [2, 30, 30]
+        >>> x[2, [i for i, n in enumerate(FEATURE_NAMES) if n.endswith("_hours_since")]] = 72.0
+        >>> Abstainer("low_coverage", 0.5, min_history_h=9).flags(np.zeros(3), None, x)
+        (array([ True, False,  True]), ['short_history', None, 'sparse_coverage'])
+        """
+        ind, reason = self._measure(p, members, x)
+        why: list[str | None] = [reason if f else None for f in ind.tolist()]
+        if self.min_history_h is not None:
+            if x is None:
+                raise ValueError("min_history_h reads the features (iculos)")
+            short = history_hours(x) < self.min_history_h
+            why = [w or (REASON_SHORT_HISTORY if sh else None) for w, sh in zip(why, short.tolist(), strict=True)]
+            ind = ind | short
+        return ind, why
+
+    def _measure(self, p: np.ndarray, members: np.ndarray | None, x: np.ndarray | None) -> tuple[np.ndarray, str]:
         if self.measure == "low_coverage":
             if x is None:
                 raise ValueError("the low_coverage measure reads the features")
@@ -147,7 +188,7 @@ class Abstainer:
         else:
             ind = member_logit_sd(members) > self.cutoff
             reason = REASON_MEMBERS_DISAGREE
-        return ind, [reason if f else None for f in ind.tolist()]
+        return np.asarray(ind, bool), reason
 
 
 def scored(sc: Any, x: np.ndarray, seq: np.ndarray | None) -> tuple[np.ndarray, Any, Any]:

@@ -83,12 +83,15 @@ class AlertPolicy(_Open):
 class AbstentionSpec(_Open):
     """When a score is *indeterminate* (:mod:`vigil.abstain`; issue 16, item 4): the measure, its cut-off (a score
     whose measure is above it is indeterminate) and how it was fitted. Versioned by ``version``; further keys
-    (the fit's facts and its evaluation) are kept as they are. No block: never indeterminate."""
+    (the fit's facts and its evaluation) are kept as they are. No block: never indeterminate. Version 2 adds
+    ``min_history_h`` (rows with fewer hours of the stay behind them are indeterminate too); a block that sets it
+    must say version 2, so a reader that knows only version 1 refuses the card instead of ignoring the key."""
 
-    version: Literal[1] = 1
+    version: Literal[1, 2] = 1
     measure: Literal["decision_margin_z", "member_logit_sd", "low_coverage"]
     cutoff: float = Field(ge=0.0)
     level: float | None = Field(default=None, gt=0.0, lt=1.0)  # decision_margin_z: measured from this alert level
+    min_history_h: float | None = Field(default=None, gt=0.0, le=24.0 * 365)
     fitted_on: str | None = None
     # a site version's block (vigil onboard; vigil.onboarding.abstention): the version the measure and cut-off come
     # from, how the cut-off was set, the base's fit facts (its alert level among them) and evaluation (not this
@@ -103,6 +106,8 @@ class AbstentionSpec(_Open):
     def _level_for_margin(self) -> AbstentionSpec:
         if self.measure == "decision_margin_z" and self.level is None:
             raise ValueError("the decision_margin_z measure needs the level it is measured from")
+        if self.min_history_h is not None and self.version < 2:
+            raise ValueError("min_history_h is a version 2 key: set the block's version to 2")
         return self
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from vigil.evaluation.alerting import StayAlerts, alert_summary, stay_alerts, stay_table
 
 __all__ = ["Abstention", "fit_abstention", "evaluate_abstention", "HOURS_SENTINEL", "fit_member_spread",
-           "members_frame", "flags_frame", "abstention_report", "indeterminate_rows"]  # fmt: skip
+           "members_frame", "flags_frame", "abstention_report", "indeterminate_rows", "ppv_gain_interval"]  # fmt: skip
 
 HOURS_SENTINEL = 72.0  # the featurizer's "not measured in the last 72 h" value of *_hours_since
 
@@ -100,6 +100,34 @@ def evaluate_abstention(alert_rows: np.ndarray, indeterminate: np.ndarray, label
     }  # fmt: skip
 
 
+def ppv_gain_interval(fired: np.ndarray, ind: np.ndarray, y: np.ndarray, s: np.ndarray, resamples: int,
+                      seed: int, level: float = 0.9) -> dict[str, Any]:  # fmt: skip
+    """A stay bootstrap of (confident stay PPV / all-alerts stay PPV - 1): stays drawn with replacement.
+
+    >>> y = np.array([0, 1, 0, 0, 1, 0]); s = np.array([1, 0, 1, 0, 1, 0], bool)
+    >>> a = np.array([1, 0, 1, 0, 1, 0], bool); ind = np.array([0, 0, 1, 0, 0, 0], bool)
+    >>> r = ppv_gain_interval(a, ind, y, s, 200, 0); r["point"]
+    0.5
+    """
+    stays = stay_table(y, s)
+    all_a = stay_alerts(np.asarray(fired, bool), stays).alerted
+    conf_a = stay_alerts(np.asarray(fired, bool) & ~np.asarray(ind, bool), stays).alerted
+    sep = stays.septic
+
+    def gain(w: np.ndarray) -> float:
+        pa = (w * (all_a & sep)).sum() / max((w * all_a).sum(), 1e-12)
+        pc = (w * (conf_a & sep)).sum() / max((w * conf_a).sum(), 1e-12)
+        return float(pc / pa - 1) if pa > 0 else float("nan")
+
+    n = sep.shape[0]
+    rng = np.random.default_rng(seed)
+    draws = np.array([gain(np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64))
+                      for _ in range(resamples)])  # fmt: skip
+    lo, hi = np.nanquantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return {"point": round(gain(np.ones(n)), 4), "low": round(float(lo), 4), "high": round(float(hi), 4),
+            "level": level, "resamples": resamples, "share_resamples_at_least_0_30": float(np.mean(draws >= 0.30))}
+
+
 def members_frame(ref: Any, df: Any, chunk_rows: int = 131_072
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(probability [N], member probabilities [N, M], stay_start [N], features [N, F]) of every row of ``df`` by
@@ -124,10 +152,12 @@ def members_frame(ref: Any, df: Any, chunk_rows: int = 131_072
 
 
 def fit_member_spread(members: np.ndarray | None, risk: np.ndarray, level: float, share: float, fitted_on: str,
-                      measure: str = "decision_margin_z", x: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+                      measure: str = "decision_margin_z", x: np.ndarray | None = None,
+                      min_history_h: float | None = None) -> dict[str, Any]:  # fmt: skip
     """The card's ``abstention`` block (:class:`vigil.card.AbstentionSpec`) for ``measure``
     (:mod:`vigil.abstain`), its cut-off chosen so that ``share`` of the fitting rows scored at or above ``level``
-    (``risk >= level``) are indeterminate.
+    (``risk >= level``) are indeterminate. ``min_history_h`` (a version 2 block): rows with fewer hours of the
+    stay behind them are indeterminate too; it is stated, not fitted here, and does not move the cut-off.
 
     >>> m = np.array([[0.5, 0.5], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]]); r = m.mean(1) + [0, .1, .2, .3]
     >>> b = fit_member_spread(m, r, 0.5, 0.5, "toy", "member_logit_sd"); round(b["cutoff"], 3), b["measure"]
@@ -163,6 +193,8 @@ def fit_member_spread(members: np.ndarray | None, risk: np.ndarray, level: float
         "rows": int(values.size),
         "alerting_rows": int(alerting.sum()),
     }  # fmt: skip
+    if min_history_h is not None:
+        block.update(version=2, min_history_h=float(min_history_h))
     block["share_rows_indeterminate"] = float(indeterminate_rows(block, risk, members, x).mean())
     return block
 
@@ -209,5 +241,6 @@ def abstention_report(ref: Any, scorer: Any, df: Any, scored: Any, policy: Any) 
         stay_start=scored.stay_start, news2_max_part=scored.screens["news2_max_part"], model=ref.name,
         unit=row_units(scored.static, stays.n_rows),
     )["model_risk"]  # fmt: skip
-    return {"measure": spec.measure, "cutoff": spec.cutoff,
+    hist = {} if spec.min_history_h is None else {"min_history_h": float(spec.min_history_h)}
+    return {"measure": spec.measure, "cutoff": spec.cutoff, **hist,
             **evaluate_abstention(fired, flags, scored.labels, scored.stay_start)}  # fmt: skip

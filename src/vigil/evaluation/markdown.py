@@ -267,7 +267,9 @@ def _abstention(m: dict[str, Any]) -> str | None:
             for name, r in pairs]  # fmt: skip
     gain = "n/a" if ab["ppv_relative_gain"] is None else f"{100 * ab['ppv_relative_gain']:+.0f} %"
     return (
-        f"## Abstention\n\nThe card's `abstention` block (measure `{ab['measure']}`, cut-off {_f(ab['cutoff'])}): "
+        f"## Abstention\n\nThe card's `abstention` block (measure `{ab['measure']}`, cut-off {_f(ab['cutoff'])}"
+        + (f", or fewer than {ab['min_history_h']:g} h of the stay behind the row" if ab.get("min_history_h") else "")
+        + "): "
         f"{_pct(ab['share_rows_indeterminate'])} of the scored rows and {_pct(ab['share_alerts_indeterminate'])} of "
         "the model-risk alerts are indeterminate (still raised, flagged). Stay-level PPV of confident alerts "
         f"relative to all alerts: {gain}.\n\n"

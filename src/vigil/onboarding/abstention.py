@@ -17,6 +17,8 @@ version must not present those as its own. :func:`site_block` builds the site ve
 * The member measures need the ensemble's ``Mean`` as the graph's output: an adapted graph (recalibration layer,
   site trees) no longer has it, so for those the block is dropped (the version would not load) and the onboarding
   block says why.
+* ``min_history_h`` (a version 2 block: rows with fewer hours of the stay behind them are indeterminate) is kept
+  as it is: the hours behind a row carry no site habit.
 
 The base's fit facts (its ``level`` among them) go under ``base_fit`` and its figures under ``base_evaluation``;
 ``site_evaluation`` (:func:`site_evaluation`) holds the site version's own figures on the check stays, at its own
@@ -42,7 +44,8 @@ KEPT_MEASURES = ("low_coverage", "member_logit_sd")  # cut-off kept from the bas
 # the figures that need no label (what a label-free onboarding's site_evaluation keeps)
 LABEL_FREE_KEYS = ("stays", "rows", "alert_level", "share_rows_indeterminate", "share_alerts_indeterminate")
 _LABEL_FREE_ALERTS = ("alerts", "alerts_per_patient_day", "stays_alerted")
-SUMMARY_KEYS = ("measure", "cutoff", "level", "inherited_from", "cutoff_rule")  # the summary line's "abstention"
+# the summary line's "abstention"
+SUMMARY_KEYS = ("measure", "cutoff", "level", "min_history_h", "inherited_from", "cutoff_rule")
 
 
 def site_block(base: ModelRef, graph_is_base: bool, fix_df: pd.DataFrame | None = None,
@@ -56,7 +59,8 @@ def site_block(base: ModelRef, graph_is_base: bool, fix_df: pd.DataFrame | None 
         return None, None
     src = f"{base.name}:{base.version}"
     measure = block["measure"]
-    base_fit = {k: v for k, v in block.items() if k not in ("version", "measure", "cutoff", "fitted_on", "evaluation")}
+    base_fit = {k: v for k, v in block.items()
+                if k not in ("version", "measure", "cutoff", "fitted_on", "evaluation", "min_history_h")}  # fmt: skip
     base_fit["note"] = (f"facts of the fit of {src}'s block (on {block.get('fitted_on') or 'its data'}"
                         + (f", at {src}'s alert level {block['level']:g}" if block.get("level") is not None else "")
                         + "): not this version's")  # fmt: skip
@@ -82,6 +86,8 @@ def site_block(base: ModelRef, graph_is_base: bool, fix_df: pd.DataFrame | None 
         out.update({"cutoff": float(block["cutoff"]), "fitted_on": block.get("fitted_on"),
                     "cutoff_rule": ("kept from the base: the cut-off marks where the base's training inputs end "
                                     "(a property of the inputs, not of the site's labels)")})  # fmt: skip
+    if block.get("min_history_h") is not None:  # hours of the stay behind a row: no site habit in it, kept
+        out["min_history_h"] = float(block["min_history_h"])
     out["inherited_from"] = src
     out["base_fit"] = base_fit
     if block.get("evaluation") is not None:
@@ -128,15 +134,20 @@ def check_figures(ref: ModelRef, scorer: Scorer, df: pd.DataFrame, policy: Alert
                             unit=row_units(static, stays.n_rows))["model_risk"]  # fmt: skip
     r = evaluate_abstention(fired, flags, labels, stay_start)
     out: dict[str, Any] = {"model": f"{ref.name}:{ref.version}", "measure": spec.measure, "cutoff": spec.cutoff,
-                           "alert_level": ref.alert_level, "stays": int(first.size), "rows": n,
+                           **_history(spec), "alert_level": ref.alert_level, "stays": int(first.size), "rows": n,
                            "labels_read": labelled, **r}  # fmt: skip
     if not labelled:
         out = _label_free(out)
     return out
 
 
+def _history(spec: Any) -> dict[str, float]:
+    """``{"min_history_h": h}`` of a block that sets it (version 2), else nothing."""
+    return {} if spec.min_history_h is None else {"min_history_h": float(spec.min_history_h)}
+
+
 def _label_free(fig: dict[str, Any]) -> dict[str, Any]:
-    keep = {k: fig[k] for k in ("model", "measure", "cutoff", *LABEL_FREE_KEYS) if k in fig}
+    keep = {k: fig[k] for k in ("model", "measure", "cutoff", "min_history_h", *LABEL_FREE_KEYS) if k in fig}
     for w in ("all", "confident"):
         if w in fig:
             keep[w] = {k: fig[w][k] for k in _LABEL_FREE_ALERTS}
@@ -151,6 +162,7 @@ def site_evaluation(fig: dict[str, Any], labelled_onboarding: bool, check_desc: 
     doc = dict(fig) if labelled_onboarding else _label_free(fig)
     doc.pop("measure", None)
     doc.pop("cutoff", None)
+    doc.pop("min_history_h", None)
     doc["on"] = check_desc
     doc["policy"] = "configured alert policy (model_risk alerts) at this version's alert level and graph"
     return doc

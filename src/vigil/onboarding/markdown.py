@@ -75,7 +75,8 @@ def _abstention(summary: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | no block | | | | | | | | | |")
             continue
         a, c = r.get("all") or {}, r.get("confident") or {}
-        lines.append(f"| {label} {r['model']} | `{r['measure']}` {_fmt(r['cutoff'])} | {r['stays']} | "
+        hist = f", or < {r['min_history_h']:g} h of the stay" if r.get("min_history_h") else ""
+        lines.append(f"| {label} {r['model']} | `{r['measure']}` {_fmt(r['cutoff'])}{hist} | {r['stays']} | "
                      f"{_fmt(r.get('share_rows_indeterminate'), True)} | "
                      f"{_fmt(r.get('share_alerts_indeterminate'), True)} | {a.get('alerts')} / {c.get('alerts')} | "
                      f"{_fmt(a.get('ppv_stay'), True)} | {_fmt(c.get('ppv_stay'), True)} | "
