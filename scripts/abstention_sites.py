@@ -31,14 +31,15 @@ def _scored(ref: Any, df: Any, policy: Any) -> dict[str, Any]:
     from vigil.evaluation.alerting import simulate_policy, stay_table
     from vigil.evaluation.report import row_units, screen_scores
     from vigil.features import FEATURE_NAMES, featurize, frame_chunks
-    from vigil.offline import score_frame
     from vigil.scoring import Scorer
 
-    p, s = score_frame(Scorer(ref, threads=2), df)  # the serving graph (one member is enough for low_coverage)
-    mem = None
+    scorer = Scorer(ref, threads=2)  # the serving graph (one member is enough for low_coverage)
+    s, chunks = frame_chunks(df, 131_072)
     x = np.empty((s.shape[0], len(FEATURE_NAMES)), np.float32)
-    for lo, hi, inp in frame_chunks(df, 131_072)[1]:
+    p = np.empty(s.shape[0], np.float32)
+    for lo, hi, inp in chunks:  # each row featurized once, for the score and the abstention measures
         x[lo:hi] = featurize(inp)
+        p[lo:hi] = scorer.predict(x[lo:hi])
     s = s.copy()
     s[0] = True
     y = df["SepsisLabel"].to_numpy(dtype=np.float64, na_value=0.0).astype(np.int8)
@@ -48,7 +49,7 @@ def _scored(ref: Any, df: Any, policy: Any) -> dict[str, Any]:
     fired = simulate_policy(policy, risk=p, threshold=ref.alert_level, news2_total=screens["news2_total"],
                             stay_start=s, news2_max_part=screens["news2_max_part"], model=ref.name,
                             unit=row_units(static, stay_table(y, s).n_rows))["model_risk"]  # fmt: skip
-    return {"p": p, "mem": mem, "s": s, "y": y, "x": x, "fired": fired}
+    return {"p": p, "mem": None, "s": s, "y": y, "x": x, "fired": fired}
 
 
 def main() -> None:

@@ -29,7 +29,8 @@ import numpy as np
 from vigil.evaluation.alerting import StayAlerts, alert_summary, stay_alerts, stay_table
 
 __all__ = ["Abstention", "fit_abstention", "evaluate_abstention", "HOURS_SENTINEL", "fit_member_spread",
-           "members_frame", "flags_frame", "abstention_report", "indeterminate_rows", "ppv_gain_interval"]  # fmt: skip
+           "members_frame", "flags_frame", "abstention_report", "indeterminate_rows", "ppv_gain_interval",
+           "history_key"]  # fmt: skip
 
 HOURS_SENTINEL = 72.0  # the featurizer's "not measured in the last 72 h" value of *_hours_since
 
@@ -98,6 +99,11 @@ def evaluate_abstention(alert_rows: np.ndarray, indeterminate: np.ndarray, label
         "all": everything, "confident": confident,
         "ppv_relative_gain": (ppv_conf / ppv_all - 1) if ppv_all and ppv_conf is not None else None,
     }  # fmt: skip
+
+
+def history_key(spec: Any) -> dict[str, float]:
+    """``{"min_history_h": h}`` of a block (:class:`vigil.card.AbstentionSpec`) that sets it, else ``{}``."""
+    return {} if spec.min_history_h is None else {"min_history_h": float(spec.min_history_h)}
 
 
 def ppv_gain_interval(fired: np.ndarray, ind: np.ndarray, y: np.ndarray, s: np.ndarray, resamples: int,
@@ -241,6 +247,5 @@ def abstention_report(ref: Any, scorer: Any, df: Any, scored: Any, policy: Any) 
         stay_start=scored.stay_start, news2_max_part=scored.screens["news2_max_part"], model=ref.name,
         unit=row_units(scored.static, stays.n_rows),
     )["model_risk"]  # fmt: skip
-    hist = {} if spec.min_history_h is None else {"min_history_h": float(spec.min_history_h)}
-    return {"measure": spec.measure, "cutoff": spec.cutoff, **hist,
+    return {"measure": spec.measure, "cutoff": spec.cutoff, **history_key(spec),
             **evaluate_abstention(fired, flags, scored.labels, scored.stay_start)}  # fmt: skip

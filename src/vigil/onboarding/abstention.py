@@ -106,7 +106,7 @@ def check_figures(ref: ModelRef, scorer: Scorer, df: pd.DataFrame, policy: Alert
     spec = ref.model_card.abstention
     if spec is None:
         return None
-    from vigil.evaluation.abstention import evaluate_abstention
+    from vigil.evaluation.abstention import evaluate_abstention, history_key
     from vigil.evaluation.alerting import simulate_policy, stay_table
     from vigil.evaluation.report import row_units, screen_scores
     from vigil.features import featurize, frame_chunks
@@ -134,16 +134,11 @@ def check_figures(ref: ModelRef, scorer: Scorer, df: pd.DataFrame, policy: Alert
                             unit=row_units(static, stays.n_rows))["model_risk"]  # fmt: skip
     r = evaluate_abstention(fired, flags, labels, stay_start)
     out: dict[str, Any] = {"model": f"{ref.name}:{ref.version}", "measure": spec.measure, "cutoff": spec.cutoff,
-                           **_history(spec), "alert_level": ref.alert_level, "stays": int(first.size), "rows": n,
+                           **history_key(spec), "alert_level": ref.alert_level, "stays": int(first.size), "rows": n,
                            "labels_read": labelled, **r}  # fmt: skip
     if not labelled:
         out = _label_free(out)
     return out
-
-
-def _history(spec: Any) -> dict[str, float]:
-    """``{"min_history_h": h}`` of a block that sets it (version 2), else nothing."""
-    return {} if spec.min_history_h is None else {"min_history_h": float(spec.min_history_h)}
 
 
 def _label_free(fig: dict[str, Any]) -> dict[str, Any]:
