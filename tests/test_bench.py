@@ -47,6 +47,11 @@ def test_every_contender_produces_exactly_the_expected_scores(
             assert res.events == len(wl.events)
         else:
             assert (res.scores, res.late, res.duplicates, res.dead_letters) == (expected, 0, 0, wl.invalid), name
+        if name == "naive":  # a child process: its CPU is not read
+            assert res.cpu is None
+        else:  # read in the timed span (Linux /proc; 10 ms clock ticks: a span this short may read 0)
+            assert res.cpu is not None and min(res.cpu.values()) >= 0, name
+            assert res.cpu["total"] == pytest.approx(sum(res.cpu[k] for k in ("event_loop", "other_threads", "broker")))
 
 
 def test_a_contender_that_restores_another_contenders_changelog_fails(

@@ -21,6 +21,7 @@ from aiokafka import TopicPartition
 
 from vigil import kafka_io
 from vigil.config import Settings
+from vigil.tools import bench_cpu
 
 __all__ = ["BenchFailure", "Result", "Workload", "check", "contender_settings", "expected_rows", "n_scorers",
            "run_contender", "throughput", "workload"]  # fmt: skip
@@ -56,6 +57,7 @@ class Result:
     duplicates: int = 0
     dead_letters: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, float] | None = None  # CPU seconds in the timed span (vigil.tools.bench_cpu.spent); None: not read
 
     @property
     def rate(self) -> float:
@@ -180,32 +182,35 @@ def _counter(registry_metric: Any) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- contenders
-async def _raw(s: Settings, wl: Workload) -> Result:
+async def _raw(s: Settings, wl: Workload, broker_pid: int | None = None) -> Result:
     topics = [s.topic(t) for t in STREAMS]
     c = kafka_io.consumer(s, *topics, group_id=s.group_id, auto_offset_reset="earliest", enable_auto_commit=False)
     await c.start()
     total = len(wl.events)
-    n, t0 = 0, None
+    n, t0, cpu0 = 0, None, None
     try:
         deadline = time.monotonic() + 600
         while n < total and time.monotonic() < deadline:
             batch = await c.getmany(timeout_ms=200, max_records=10_000)
             for recs in batch.values():
                 if t0 is None:
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), bench_cpu.snapshot(broker_pid)
                 for r in recs:
                     orjson.loads(r.value)
                     n += 1
         dt = time.perf_counter() - (t0 or time.perf_counter())
+        cpu = bench_cpu.spent(cpu0, bench_cpu.snapshot(broker_pid))
     finally:
         await c.stop()
-    return Result("raw", n, dt, extra={"read": n})
+    return Result("raw", n, dt, extra={"read": n}, cpu=cpu)
 
 
-async def _pipeline(s: Settings, wl: Workload, expected: int) -> Result:
+async def _pipeline(s: Settings, wl: Workload, expected: int, broker_pid: int | None = None) -> Result:
     from vigil.worker.engine import Engine
 
     eng = Engine(s)
+    cpu0: list[dict[str, Any] | None] = []
+    eng.on_first_fetch = lambda: cpu0.append(bench_cpu.snapshot(broker_pid))  # the span's start, as t0
     await eng.start()
     total = len(wl.events)
     t0 = None
@@ -224,12 +229,13 @@ async def _pipeline(s: Settings, wl: Workload, expected: int) -> Result:
                 break  # everything applied, nothing more will come: let the checks report the shortfall
             await asyncio.sleep(0.005)
         dt = time.perf_counter() - (t0 or time.perf_counter())
+        cpu = bench_cpu.spent(cpu0[0] if cpu0 else None, bench_cpu.snapshot(broker_pid))
     finally:
         await eng.stop()
     m = eng.metrics
     return Result("pipeline", total, dt, late=_counter(m.late), duplicates=_counter(m.duplicates),
                   dead_letters=_counter(m.dead_letters),
-                  extra={"batches": eng.batches, "done": eng.events_done})  # fmt: skip
+                  extra={"batches": eng.batches, "done": eng.events_done}, cpu=cpu)  # fmt: skip
 
 
 def _idle_since(eng: Any) -> float:
@@ -306,14 +312,16 @@ def on_broker(fresh: Callable[[], Any] | None) -> Any:
     return fresh() if fresh is not None else contextlib.nullcontext(None)
 
 
-def run_contender(name: str, s: Settings, wl: Workload, expected: int, logdir: Path, *, publish: bool = True) -> Result:
-    """Publish the workload to ``s``'s prefix (unless ``publish`` is false), run one contender, check it."""
+def run_contender(name: str, s: Settings, wl: Workload, expected: int, logdir: Path, *, publish: bool = True,
+                  broker_pid: int | None = None) -> Result:  # fmt: skip
+    """Publish the workload to ``s``'s prefix (unless ``publish`` is false), run one contender, check it;
+    ``broker_pid``: the broker whose CPU time the raw and pipeline contenders report with their own."""
     if publish:
         asyncio.run(_publish(s, wl, naive=name == "naive"))
     if name == "raw":
-        res = asyncio.run(_raw(s, wl))
+        res = asyncio.run(_raw(s, wl, broker_pid))
     elif name == "pipeline":
-        res = asyncio.run(_pipeline(s, wl, expected))
+        res = asyncio.run(_pipeline(s, wl, expected, broker_pid))
     elif name == "naive":
         res = _naive(s, wl, logdir)
     else:
@@ -341,7 +349,7 @@ def throughput(base: Settings, wl: Workload, reps: int, contenders: Sequence[str
         for name in contenders:
             with on_broker(fresh) as b:
                 s = contender_settings(base, name, b.bootstrap if b is not None else None)
-                res = run_contender(name, s, wl, expected, logdir)
+                res = run_contender(name, s, wl, expected, logdir, broker_pid=b.pid if b is not None else None)
             runs[name].append({**asdict(res), "rate": round(res.rate, 1)})
             done = (f"{res.events:,} records read" if name == "raw"
                     else f"{res.scores}/{expected} scores, {res.late} late")  # fmt: skip

@@ -106,6 +106,7 @@ stays are dated 2026-01-01). Repetitions: {t['reps']}, contenders interleaved
         if "vs_naive" in p:
             parts.append(f"\nThe pipeline runs at {p['vs_naive']}x the naive per-event Faust agent (median of "
                          "per-rep ratios).\n")  # fmt: skip
+        parts.append(cpu_section(t, m.get("cores") or 1))
     lat = r.get("latency")
     if lat:
         stays_ev = lat[0]["events"]
@@ -160,6 +161,39 @@ restarted worker holds), and measures the Python heap (tracemalloc) and the RSS 
 Raw result: `BENCH {orjson.dumps({k: v for k, v in r.items() if k != 'conditions'}).decode()}`
 """)
     return "".join(parts)
+
+
+def cpu_section(t: dict[str, Any], cores: int) -> str:
+    """Where each contender's CPU went in its timed span (medians over the reps), and what 0.40 of the raw
+    ceiling would leave the pipeline on this machine (vigil.tools.bench_cpu)."""
+    from statistics import median
+
+    from vigil.tools.bench_cpu import budget
+
+    rows, med = [], {}
+    for name, c in t["contenders"].items():
+        runs = [r for r in c["runs"] if r.get("cpu")]
+        if not runs:
+            continue
+        keys = ("event_loop", "other_threads", "broker", "total")
+        v = med[name] = {k: median(r["cpu"][k] for r in runs) for k in keys}
+        v["seconds"] = median(r["seconds"] for r in runs)
+        rows.append(f"| {name} | {v['seconds']:.2f} | {v['event_loop']:.2f} | {v['other_threads']:.2f} | "
+                    f"{v['broker']:.2f} | {v['total']:.2f} | {v['total'] / v['seconds']:.2f} |")  # fmt: skip
+    if not rows:
+        return ""
+    out = ("\n### Where the CPU went\n\nCPU seconds in each contender's timed span (Linux `/proc`: its event loop's "
+           "thread, its other threads — the pipeline's inference thread — and the broker process), medians over the "
+           "reps.\n\n| contender | span s | event-loop thread | other threads | broker | total core-s | cores busy |\n"
+           "|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n")  # fmt: skip
+    if "raw" in med and "pipeline" in med:
+        b, p = budget(med["raw"]["seconds"], cores), med["pipeline"]
+        out += (f"\nAt 0.40 of this run's raw ceiling the pipeline's span would be {b['seconds']:.2f} s: "
+                f"{b['core_seconds']:.2f} core-seconds on {cores} cores, for its threads and the broker together. "
+                f"It used {p['total']:.2f} ({p['total'] / b['core_seconds']:.1f}x), and its event loop's thread, "
+                f"which runs one step after another, {p['event_loop']:.2f} s ({p['event_loop'] / b['seconds']:.1f}x "
+                f"the span).\n")  # fmt: skip
+    return out
 
 
 def _targets(r: dict[str, Any]) -> str:

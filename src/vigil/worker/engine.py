@@ -32,7 +32,8 @@ The engine is the consume/process loop; it composes two parts with public interf
 
 Its public surface for a host (:mod:`vigil.worker.app`): :meth:`Engine.start`, :meth:`Engine.stop`,
 :meth:`Engine.wait`, :attr:`Engine.ready`, :meth:`Engine.swap_models`, the counters ``batches`` /
-``events_seen`` / ``events_done`` / ``first_fetch_at``, ``fatal`` and ``on_fatal``.
+``events_seen`` / ``events_done`` / ``first_fetch_at`` (and the ``on_first_fetch`` hook), ``fatal`` and
+``on_fatal``.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ class Engine:
         self.events_seen = 0  # records fetched
         self.events_done = 0  # records applied to state or dead-lettered, outputs acknowledged
         self.first_fetch_at: float | None = None  # perf_counter when the first non-empty fetch returned
+        self.on_first_fetch: Callable[[], None] | None = None  # called then, before it is handled (make bench)
         for t in INPUT_TOPICS:  # present from the start (0), so rates and alert rules see them
             self.metrics.watermarks.labels(t), self.metrics.watermark_violations.labels(t)
         for sc in self.scorers:
@@ -297,6 +299,8 @@ class Engine:
         """Decode a fetched batch into the reorder buffer, apply what is due, emit, then commit."""
         assert self._consumer is not None and self._producer is not None
         t0 = time.perf_counter()
+        if batch and self.first_fetch_at is None and self.on_first_fetch is not None:
+            self.on_first_fetch()
         m = self.metrics
         events: list[InEvent] = []
         side = Side()  # dead letters and re-routes (worker/intake.py)
