@@ -193,6 +193,22 @@ def test_columns_in_another_order() -> None:
     np.testing.assert_array_equal(stay.static, parse_psv(_psv([row]), "p1").static)
 
 
+def test_exports_from_other_tools_read_the_same() -> None:
+    """What a spreadsheet or a Windows export does to a file: CR LF line ends, a UTF-8 byte order mark, spaces
+    around the names and values. Same stay; a non-ASCII header is still refused."""
+    good = _psv([_row(3), _row(4, hr="NaN", label="1")])
+    want = parse_psv(good, "p1")
+    spaced = b"\n".join(b" | ".join(line.split(b"|")) for line in good.split(b"\n"))
+    bom = b"\xef\xbb\xbf"
+    for variant in (good.replace(b"\n", b"\r\n"), bom + good, spaced, bom + spaced.replace(b"\n", b"\r\n")):
+        got = parse_psv(variant, "p1")
+        np.testing.assert_array_equal(got.values, want.values)
+        np.testing.assert_array_equal(got.static, want.static)
+        np.testing.assert_array_equal(got.label, want.label)
+    with pytest.raises(PhysioNetFormatError, match="not ASCII"):
+        parse_psv("HR\u00e9".encode() + good[2:], "p1")
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
     [

@@ -124,7 +124,8 @@ def _bad_token(tokens: list[bytes], ncol: int) -> tuple[int, int, bytes] | None:
 def parse_psv(data: bytes, stay_id: str, source: str | None = None) -> Stay:
     """Parse the bytes of one ``.psv`` file (vectorised: one numpy conversion per file).
 
-    Empty fields read as missing, like ``NaN``. Raises :class:`PhysioNetFormatError` naming ``source``
+    Empty fields read as missing, like ``NaN``; Windows line ends, a UTF-8 byte order mark and spaces around the
+    header's names and the values are accepted. Raises :class:`PhysioNetFormatError` naming ``source``
     (default: the stay id) for a bad header, a row with the wrong number of fields, a value that is not a
     number, a label that is not 0/1, or a file without rows.
     """
@@ -133,9 +134,10 @@ def parse_psv(data: bytes, stay_id: str, source: str | None = None) -> Stay:
         raise PhysioNetFormatError(source, "empty file")
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    data = data.removeprefix(b"\xef\xbb\xbf")  # the UTF-8 byte order mark of spreadsheet and Windows exports
     try:
         text_header, _, body = data.partition(b"\n")
-        header = text_header.decode("ascii").strip().split("|")
+        header = [name.strip() for name in text_header.decode("ascii").strip().split("|")]
     except UnicodeDecodeError as exc:
         raise PhysioNetFormatError(source, "header is not ASCII text") from exc
     order, has_label = _header_order(header, source)
